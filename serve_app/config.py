@@ -1,0 +1,67 @@
+"""Typed application arguments: the ``args:`` block of ``configs/*.yaml``.
+
+Ray Serve validates that block against :class:`AppConfig` before the app builder runs, so a
+typo in a config fails at ``serve run``/``serve deploy`` with a clear message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from serve_app.synthetic import PRESETS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """One VoxCPM model and how its replicas load and queue it."""
+
+    name: str = Field("voxcpm", description="Public model name, returned in X-Model and /health.")
+    source: str = Field(
+        "openbmb/VoxCPM1.5",
+        description="Hugging Face model id, or a local checkpoint directory.",
+    )
+    synthetic_preset: str | None = Field(
+        None,
+        description="If set and `source` has no checkpoint yet, write this synthetic (random-weight) "
+        "checkpoint there on first start. For local development and tests only.",
+    )
+    cache_dir: str | None = Field(None, description="Hugging Face cache directory for downloaded weights.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    optimize: bool = Field(True, description="torch.compile the model (CUDA only); costs start-up time.")
+    load_denoiser: bool = Field(False, description="Load the ZipEnhancer denoiser so `denoise=true` works.")
+    denoiser_model: str = "iic/speech_zipenhancer_ans_multiloss_16k_base"
+    warmup: bool = Field(True, description="Generate one short utterance at replica start.")
+    max_waiting_requests: int = Field(
+        4,
+        ge=0,
+        description="Generations a replica queues behind the running one before it sheds load (503). "
+        "Keep the deployment's max_ongoing_requests above 1 + this, so status calls always get a slot.",
+    )
+
+    def synthetic_checkpoint(self) -> Path | None:
+        """The directory to build a synthetic checkpoint in, if this model asks for one."""
+        if self.synthetic_preset is None:
+            return None
+        if self.synthetic_preset not in PRESETS:
+            raise ValueError(f"unknown synthetic_preset {self.synthetic_preset!r}; known: {sorted(PRESETS)}")
+        return Path(self.source)
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what one request may ask for."""
+
+    max_text_chars: PositiveInt = 5000
+    max_prompt_audio_bytes: PositiveInt = 20 * 1024 * 1024
+    max_prompt_audio_seconds: float = Field(60.0, gt=0)
+
+
+class AppConfig(_Strict):
+    """Everything the app builder needs; see configs/local.yaml and configs/prod.yaml."""
+
+    model: ModelConfig = ModelConfig()
+    limits: LimitsConfig = LimitsConfig()

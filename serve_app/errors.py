@@ -1,0 +1,47 @@
+"""Errors a client caused, raised anywhere (ingress or model replica) and answered as 4xx/503.
+
+They cross the Ray boundary by pickling, so all state lives in ``args``.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, a stable code and, where one is to blame, the request field."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+
+    @property
+    def message(self) -> str:
+        return self.args[0]
+
+    @property
+    def field(self) -> str | None:
+        return self.args[1]
+
+
+class InvalidField(ServiceError):
+    status = 422
+    code = "invalid_field"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMedia(ServiceError):
+    status = 415
+    code = "unsupported_media"
+
+
+class Overloaded(ServiceError):
+    """The model replica's queue is full: shed the request rather than let it wait unbounded."""
+
+    status = 503
+    code = "overloaded"
+    retry_after_s = 1

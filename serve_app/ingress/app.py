@@ -1,0 +1,38 @@
+"""The ingress deployment: FastAPI app served by Ray Serve, one router per API family."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.ingress import status, tts
+from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.synthesis import SynthesisService
+
+DESCRIPTION = """
+Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray Serve.
+
+`POST /api/tts/stream` answers with one WAV header of unknown length followed by PCM16 as it
+is generated: concatenating the chunks gives one playable file. Errors are JSON
+`{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
+    app.include_router(tts.router)
+    app.include_router(status.router)
+    install_error_handlers(app)
+    return app
+
+
+fastapi_app = create_app()
+
+
+@serve.deployment(name="TTSIngress", max_ongoing_requests=64)
+@serve.ingress(fastapi_app)
+class TTSIngress:
+    def __init__(self, model: DeploymentHandle, config: AppConfig) -> None:
+        self.synthesis = SynthesisService(model, config)

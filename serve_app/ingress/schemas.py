@@ -1,0 +1,68 @@
+"""Request forms of the seed API, with the contract's ranges; FastAPI turns them into OpenAPI.
+
+Both endpoints take multipart/form-data or application/x-www-form-urlencoded, as the seed's
+``requests`` examples send both.
+"""
+
+from __future__ import annotations
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+MAX_LEN_LIMIT = 4096
+
+
+class TTSStreamForm(BaseModel):
+    """Fields of ``POST /api/tts/stream``; names and defaults are the seed's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(
+        description="Text to synthesize (non-empty after trimming; at most the configured length).",
+        examples=["你好，这是流式语音合成。"],
+    )
+    prompt_audio: UploadFile | None = Field(
+        None, description="Reference audio for voice cloning, any format libsndfile reads (WAV, FLAC, OGG, MP3)."
+    )
+    prompt_text: str | None = Field(
+        None,
+        description="Transcript of prompt_audio; required with it on VoxCPM 0.5B/1.5 "
+        "(VoxCPM2 can clone from audio alone).",
+        examples=["参考音频的文本"],
+    )
+    cfg_value: float = Field(2.0, ge=1.0, le=5.0, description="Guidance strength.")
+    inference_timesteps: int = Field(5, ge=1, le=100, description="Diffusion steps per audio patch.")
+    min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT, description="Minimum length, in generation steps.")
+    max_len: int = Field(4096, ge=1, le=MAX_LEN_LIMIT, description="Maximum length, in generation steps (>= min_len).")
+    normalize: bool = Field(False, description="Normalize numbers, dates and symbols in the text first.")
+    denoise: bool = Field(False, description="Denoise the reference audio (needs the denoiser loaded).")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text must not be empty or only whitespace")
+        return text
+
+    @field_validator("prompt_text")
+    @classmethod
+    def _blank_is_absent(cls, prompt_text: str | None) -> str | None:
+        return prompt_text if prompt_text and prompt_text.strip() else None
+
+    @field_validator("max_len")
+    @classmethod
+    def _max_len_covers_min_len(cls, max_len: int, info: ValidationInfo) -> int:
+        min_len = info.data.get("min_len")
+        if min_len is not None and max_len < min_len:
+            raise ValueError(f"max_len ({max_len}) must be >= min_len ({min_len})")
+        return max_len
+
+
+class TTSForm(TTSStreamForm):
+    """Fields of ``POST /api/tts``: the streaming ones plus voxcpm's bad-case retry."""
+
+    retry_badcase: bool = Field(True, description="Regenerate when the audio is implausibly long for the text.")
+    retry_badcase_max_times: int = Field(3, ge=1, le=10)
+    retry_badcase_ratio_threshold: float = Field(
+        6.0, gt=0.0, le=100.0, description="Audio/text length ratio that counts as a bad case."
+    )

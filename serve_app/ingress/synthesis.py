@@ -1,0 +1,152 @@
+"""Between HTTP and the model deployment: build the model request, call the handle, shape the audio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+from fastapi import UploadFile
+from fastapi.responses import Response, StreamingResponse
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serve_app.audio import wav
+from serve_app.audio.reference import decode_reference
+from serve_app.config import AppConfig
+from serve_app.errors import InvalidField, PayloadTooLarge, ServiceError
+from serve_app.ingress.schemas import TTSForm, TTSStreamForm
+from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
+
+logger = logging.getLogger("ray.serve")
+
+AUDIO_WAV = "audio/wav"
+
+
+@contextlib.contextmanager
+def model_errors() -> Iterator[None]:
+    """Re-raise a client error raised inside a model replica as itself, not wrapped by Ray."""
+    try:
+        yield
+    except RayTaskError as exc:
+        if isinstance(exc.cause, ServiceError):
+            raise exc.cause from None
+        raise
+
+
+class SynthesisService:
+    """The ingress's access to one model deployment."""
+
+    def __init__(self, model: DeploymentHandle, config: AppConfig) -> None:
+        self._model = model
+        self._limits = config.limits
+        self._info: ModelInfo | None = None
+
+    @property
+    def deployment_name(self) -> str:
+        return self._model.deployment_name
+
+    async def model_info(self) -> ModelInfo:
+        """The model's facts, asked once (they do not change for a deployment)."""
+        if self._info is None:
+            self._info = await self._model.info.remote()
+        return self._info
+
+    async def replica_status(self) -> ReplicaStatus:
+        return await self._model.status.remote()
+
+    async def request_from_form(self, form: TTSStreamForm, request_id: str) -> SynthesisRequest:
+        if len(form.text) > self._limits.max_text_chars:
+            raise PayloadTooLarge(
+                f"text has {len(form.text)} characters; the limit is {self._limits.max_text_chars}", "text"
+            )
+        prompt = await self._prompt(form.prompt_audio, form.prompt_text)
+        extra = {}
+        if isinstance(form, TTSForm):
+            extra = dict(
+                retry_badcase=form.retry_badcase,
+                retry_badcase_max_times=form.retry_badcase_max_times,
+                retry_badcase_ratio_threshold=form.retry_badcase_ratio_threshold,
+            )
+        return SynthesisRequest(
+            text=form.text,
+            request_id=request_id,
+            prompt=prompt,
+            cfg_value=form.cfg_value,
+            inference_timesteps=form.inference_timesteps,
+            min_len=form.min_len,
+            max_len=form.max_len,
+            normalize=form.normalize,
+            denoise=form.denoise,
+            **extra,
+        )
+
+    async def _prompt(self, upload: UploadFile | None, text: str | None) -> PromptAudio | None:
+        data = await self._read_upload(upload) if upload is not None else b""
+        if not data:
+            if text is not None:
+                raise InvalidField("prompt_text was given without prompt_audio", "prompt_audio")
+            return None
+        info = await self.model_info()
+        samples = await asyncio.to_thread(
+            decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, "prompt_audio"
+        )
+        return PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=text)
+
+    async def _read_upload(self, upload: UploadFile) -> bytes:
+        limit = self._limits.max_prompt_audio_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"prompt_audio is larger than {limit} bytes", "prompt_audio")
+        if not data and upload.filename:
+            raise InvalidField("prompt_audio is an empty file", "prompt_audio")
+        return data
+
+    async def stream_wav(self, request: SynthesisRequest) -> StreamingResponse:
+        """A WAV stream whose first bytes leave as soon as the first audio chunk exists.
+
+        The first chunk is awaited before the response starts, so a refusal (bad prompt,
+        overload) still becomes a clean JSON error rather than a broken 200.
+        """
+        info = await self.model_info()
+        chunks: DeploymentResponseGenerator = self._model.options(stream=True).stream.remote(request)
+        try:
+            with model_errors():
+                first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = np.zeros(0, dtype=np.float32)
+        except BaseException:
+            chunks.cancel()
+            raise
+        return StreamingResponse(
+            self._wav_body(request.request_id, info, first, chunks),
+            media_type=AUDIO_WAV,
+            headers=self._audio_headers(info),
+        )
+
+    async def _wav_body(
+        self, request_id: str, info: ModelInfo, first: np.ndarray, chunks: DeploymentResponseGenerator
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield wav.streaming_header(info.sample_rate) + wav.pcm16(first)
+            async for chunk in chunks:
+                yield wav.pcm16(chunk)
+        except Exception:
+            # The response has started: all we can do is end it without a clean terminator.
+            logger.exception("request %s: stream failed after the response started", request_id)
+            raise
+        finally:
+            chunks.cancel()  # a client disconnect cancels us here: stop the generation too
+
+    async def wav_file(self, request: SynthesisRequest) -> Response:
+        info = await self.model_info()
+        with model_errors():
+            samples = await self._model.synthesize.remote(request)
+        body = await asyncio.to_thread(wav.wav_file, samples, info.sample_rate)
+        return Response(body, media_type=AUDIO_WAV, headers=self._audio_headers(info))
+
+    @staticmethod
+    def _audio_headers(info: ModelInfo) -> dict[str, str]:
+        return {"X-Sample-Rate": str(info.sample_rate), "X-Model": info.name}

@@ -1,0 +1,88 @@
+"""The model deployment: one VoxCPM engine per replica, one generation at a time.
+
+Generations run on a single worker thread owned by the replica, so they are serialized in
+arrival order (voxcpm has one static KV cache) while the replica's event loop stays free:
+status and health calls never wait behind a generation. A replica queues at most
+``max_waiting_requests`` generations behind the running one and sheds the rest (503), so its
+``max_ongoing_requests`` always leaves room for status calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from ray import serve
+
+from serve_app import gpu
+from serve_app.config import ModelConfig
+from serve_app.errors import Overloaded
+from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.thread_stream import iterate_in_thread
+from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
+
+logger = logging.getLogger("ray.serve")
+
+# Chunks a generation may run ahead of the consumer before it pauses (bounded buffering).
+MAX_BUFFERED_CHUNKS = 32
+
+
+@serve.deployment(name="VoxCPMModel", max_ongoing_requests=8, graceful_shutdown_timeout_s=60)
+class VoxCPMDeployment:
+    def __init__(self, config: ModelConfig) -> None:
+        self._config = config
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
+        self._engine = self._executor.submit(VoxCPMEngine.load, config).result()
+        self._in_flight = 0
+
+    def __del__(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._engine.close()
+
+    async def info(self) -> ModelInfo:
+        return self._engine.info
+
+    async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+        """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
+        self._admit(request)
+        chunks = iterate_in_thread(
+            lambda: self._engine.stream(request),
+            self._executor,
+            MAX_BUFFERED_CHUNKS,
+            on_done=self._release,
+        )
+        async for chunk in chunks:
+            yield chunk
+
+    async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
+        """The whole utterance (the seed's non-streaming API)."""
+        self._admit(request)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._engine.synthesize, request)
+        future.add_done_callback(lambda _: self._release())
+        return await asyncio.shield(future)
+
+    async def status(self) -> ReplicaStatus:
+        context = serve.get_replica_context()
+        memory = gpu.torch_memory(self._engine.info.device)
+        return ReplicaStatus(
+            replica_id=context.replica_id.unique_id,
+            node_id=gpu.node_id(),
+            model=self._engine.info.name,
+            device=self._engine.info.device,
+            gpus=gpu.devices(),
+            torch_memory_allocated_bytes=memory[0] if memory else None,
+            torch_memory_reserved_bytes=memory[1] if memory else None,
+            generations_in_flight=self._in_flight,
+        )
+
+    def _admit(self, request: SynthesisRequest) -> None:
+        if self._in_flight > self._config.max_waiting_requests:
+            logger.warning("request %s shed: %d generations in flight", request.request_id, self._in_flight)
+            raise Overloaded("the model is busy; retry shortly")
+        self._in_flight += 1
+
+    def _release(self) -> None:
+        self._in_flight -= 1

@@ -1,0 +1,66 @@
+"""What the ingress and the model deployment exchange over a Ray Serve handle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PromptAudio:
+    """Decoded reference audio: mono float32 at the model's prompt sample rate, plus its transcript."""
+
+    samples: np.ndarray
+    sample_rate: int
+    text: str | None
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One utterance to synthesize; field meanings and defaults follow the seed API."""
+
+    text: str
+    request_id: str = ""
+    prompt: PromptAudio | None = None
+    cfg_value: float = 2.0
+    inference_timesteps: int = 5
+    min_len: int = 2
+    max_len: int = 4096
+    normalize: bool = False
+    denoise: bool = False
+    retry_badcase: bool = True
+    retry_badcase_max_times: int = 3
+    retry_badcase_ratio_threshold: float = 6.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, for routing, validation and /health."""
+
+    name: str
+    source: str
+    architecture: str  # "voxcpm" or "voxcpm2"
+    sample_rate: int  # of the audio it outputs
+    prompt_sample_rate: int  # at which it encodes reference audio
+    device: str
+    denoiser: bool
+
+    @property
+    def clones_from_audio_alone(self) -> bool:
+        """VoxCPM2 takes a reference without transcript; VoxCPM 0.5B/1.5 need the transcript."""
+        return self.architecture == "voxcpm2"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One model replica's view of its node's GPUs and of the memory it holds."""
+
+    replica_id: str
+    node_id: str
+    model: str
+    device: str
+    gpus: list[dict]
+    torch_memory_allocated_bytes: int | None
+    torch_memory_reserved_bytes: int | None
+    generations_in_flight: int
