@@ -7,7 +7,13 @@ Ray Serve validates the config's ``args:`` against :class:`AppConfig` and calls
 the builder's annotation at run time to validate ``args``.
 """
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
 from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
 from serve_app.ingress.app import TTSIngress
@@ -15,4 +21,25 @@ from serve_app.model.deployment import VoxCPMDeployment
 
 
 def build_app(args: AppConfig) -> Application:
-    return TTSIngress.bind(VoxCPMDeployment.bind(args.model), args)
+    return compose(args)
+
+
+def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """The graph: the ingress bound to one model deployment, with optional per-deployment options."""
+    options = deployment_options or {}
+    model = VoxCPMDeployment.options(**options.get("VoxCPMModel", {})).bind(args.model)
+    return TTSIngress.options(**options.get("TTSIngress", {})).bind(model, args)
+
+
+def from_config_file(path: str | Path, app_index: int = 0, **model_overrides: Any) -> tuple[Application, AppConfig]:
+    """The application a Serve config file describes, for ``serve.run`` from Python (tests, notebooks).
+
+    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``.
+    """
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
+    app_schema = schema.applications[app_index]
+    args = dict(app_schema.args)
+    args["model"] = {**args.get("model", {}), **model_overrides}
+    config = AppConfig.model_validate(args)
+    options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}
+    return compose(config, options), config

@@ -24,7 +24,8 @@ def decode_reference(data: bytes, target_rate: int, max_seconds: float, field: s
             samples = source.read(dtype="float32", always_2d=True)
             rate = source.samplerate
     except sf.LibsndfileError as exc:
-        raise UnsupportedMedia(f"{field} is not an audio file this service can decode ({exc})", field) from None
+        reason = exc.error_string.rstrip(".").lower()  # libsndfile's words, without its repr of our buffer
+        raise UnsupportedMedia(f"{field} is not audio this service can decode: {reason}", field) from None
     if samples.shape[0] == 0:
         raise InvalidField("reference audio contains no samples", field)
     mono = samples.mean(axis=1)

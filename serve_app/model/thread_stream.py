@@ -31,6 +31,8 @@ async def iterate_in_thread(
     At most ``max_buffered`` items wait for the consumer; beyond that the producer pauses.
     ``on_done`` runs (on the event loop) once the producer thread has really finished, so a
     caller can tie a resource (the model's KV cache) to the thread's lifetime, not the consumer's.
+    Closing or cancelling the consumer returns only after the producer stopped, or drops it
+    unstarted if it was still waiting for the executor.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
@@ -63,9 +65,9 @@ async def iterate_in_thread(
             if close is not None:
                 close()
 
-    producer = loop.run_in_executor(executor, produce)
+    producer = executor.submit(produce)
     if on_done is not None:
-        producer.add_done_callback(lambda _: on_done())
+        producer.add_done_callback(lambda _: loop.call_soon_threadsafe(on_done))
     try:
         while True:
             kind, value = await queue.get()
@@ -77,3 +79,5 @@ async def iterate_in_thread(
             yield value  # type: ignore[misc]
     finally:
         stopped.set()
+        if not producer.cancel():  # it started: wait (at most one item) until the thread lets go
+            await asyncio.shield(asyncio.wrap_future(producer))

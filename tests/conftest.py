@@ -1,0 +1,102 @@
+"""One real local Ray cluster and one Serve instance per test session, HTTP on loopback.
+
+The graph is deployed from ``configs/local.yaml`` itself (args and deployment options), with the
+synthetic checkpoint written to a session temp dir. A second app serves a VoxCPM2-architecture
+checkpoint under ``/v2`` so both architectures go through the real stack.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import yaml
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL_CONFIG = REPO / "configs" / "local.yaml"
+
+# The tiny presets' samples per generation step (patch_size x VAE hop at the output rate).
+TINY_V15_STEP_FRAMES = 2 * 735
+TINY_V2_STEP_FRAMES = 2 * 960
+
+
+def config_port() -> int:
+    """The port configs/local.yaml serves on (7861, the seed's): the seed examples run unchanged."""
+    return yaml.safe_load(LOCAL_CONFIG.read_text())["http_options"]["port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Service:
+    url: str  # the VoxCPM1.5-shaped app from configs/local.yaml
+    v2_url: str  # the same graph on a VoxCPM2-shaped checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def service(checkpoints: Path) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from serve_app.app import from_config_file
+
+    port = config_port()
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            pytest.exit(f"port {port} is in use (is `make serve` running?); the tests serve there", 2)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app, _ = from_config_file(LOCAL_CONFIG, source=str(checkpoints / "tiny-voxcpm1.5"))
+    serve.run(app, name="voxcpm", route_prefix="/")
+    v2_app, _ = from_config_file(
+        LOCAL_CONFIG,
+        name="voxcpm2-tiny-synthetic",
+        source=str(checkpoints / "tiny-voxcpm2"),
+        synthetic_preset="tiny-voxcpm2",
+    )
+    serve.run(v2_app, name="voxcpm2", route_prefix="/v2")
+    base = f"http://localhost:{port}"
+    yield Service(url=base, v2_url=f"{base}/v2")
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def url(service: Service) -> str:
+    return service.url
+
+
+@pytest.fixture(scope="session")
+def reference_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seconds of a 220 Hz tone at 16 kHz: any decodable audio will do as a reference."""
+    path = tmp_path_factory.mktemp("audio") / "reference.wav"
+    t = np.arange(32000) / 16000
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    return path
+
+
+def error_of(response: requests.Response) -> dict:
+    """The contract's error object, after checking the response is one."""
+    assert response.headers["content-type"].startswith("application/json"), response.text[:200]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "field"}, body
+    return body["error"]

@@ -1,0 +1,80 @@
+"""Synthetic checkpoints load through voxcpm's own from_pretrained and have predictable lengths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app import synthetic
+from serve_app.config import ModelConfig
+from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.types import PromptAudio, SynthesisRequest
+from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
+
+CASES = [
+    ("tiny-voxcpm1.5", "voxcpm", 44100, 44100, TINY_V15_STEP_FRAMES),
+    ("tiny-voxcpm2", "voxcpm2", 48000, 16000, TINY_V2_STEP_FRAMES),
+]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def engine(request: pytest.FixtureRequest, checkpoints: Path) -> VoxCPMEngine:
+    preset = request.param[0]
+    config = ModelConfig(
+        name=preset, source=str(checkpoints / f"unit-{preset}"), synthetic_preset=preset, device="cpu", optimize=False
+    )
+    loaded = VoxCPMEngine.load(config)
+    loaded.case = request.param  # type: ignore[attr-defined]
+    return loaded
+
+
+def test_architecture_and_rates_come_from_the_model(engine: VoxCPMEngine) -> None:
+    _, architecture, rate, prompt_rate, _ = engine.case  # type: ignore[attr-defined]
+    assert engine.info.architecture == architecture
+    assert engine.info.sample_rate == rate
+    assert engine.info.prompt_sample_rate == prompt_rate
+
+
+def test_stop_head_runs_to_voxcpm_length_cap(engine: VoxCPMEngine) -> None:
+    """Steps = min(6 * text tokens + 10, max_len): a sentence gives seconds of audio, max_len rules."""
+    step = engine.case[4]  # type: ignore[attr-defined]
+    chunks = list(engine.stream(SynthesisRequest(text="你好世界")))  # 4 tokens -> 34 steps
+    assert len(chunks) == 34
+    assert sum(len(c) for c in chunks) == 34 * step
+    assert len(list(engine.stream(SynthesisRequest(text="你好世界" * 10, max_len=7)))) == 7
+
+
+def test_cloning(engine: VoxCPMEngine) -> None:
+    rate = engine.info.prompt_sample_rate
+    prompt = PromptAudio(samples=np.zeros(rate, dtype=np.float32), sample_rate=rate, text="参考")
+    audio = engine.synthesize(SynthesisRequest(text="克隆", prompt=prompt, max_len=5, retry_badcase=False))
+    assert audio.dtype == np.float32 and audio.size > 0
+
+
+def test_cli_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    subprocess.run(
+        [sys.executable, "-m", "serve_app.synthetic", "--preset", "tiny-voxcpm1.5", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert {"config.json", "model.safetensors", "audiovae.safetensors", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_ensure_keeps_an_existing_checkpoint(tmp_path: Path) -> None:
+    out = synthetic.build("tiny-voxcpm1.5", tmp_path / "ckpt")
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    synthetic.ensure("tiny-voxcpm1.5", out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_full_size_presets_describe_real_architectures() -> None:
+    assert synthetic.PRESETS["voxcpm1.5"].vae["sample_rate"] == 44100
+    assert synthetic.PRESETS["voxcpm2"].architecture == "voxcpm2"
+    assert synthetic.PRESETS["voxcpm-0.5b"].vae["sample_rate"] == 16000
