@@ -1,0 +1,43 @@
+# VoxCPM Serve: two commands on a fresh Debian machine.
+#   make serve   install what is missing, then serve configs/local.yaml on http://localhost:7861
+#   make test    install what is missing, then lint and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: serve test lint system-deps clean
+
+serve: $(INSTALLED)
+	$(BIN)/serve run configs/local.yaml
+
+test: $(INSTALLED) lint
+	$(BIN)/python -m pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
+# seed's examples; venv support is a separate package on Debian.
+system-deps:
+	@missing=""; \
+	for cmd in ffmpeg ffprobe curl; do command -v $$cmd >/dev/null || missing="$$missing ffmpeg curl"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$(echo $$missing | tr ' ' '\n' | sort -u); \
+	fi
+
+# torch and torchaudio are pinned together in pyproject.toml (torchaudio must match torch exactly).
+$(INSTALLED): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) checkpoints .pytest_cache .ruff_cache
