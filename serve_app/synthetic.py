@@ -73,7 +73,11 @@ def _tiny(architecture: str, patch_size: int, vae: dict[str, Any]) -> Preset:
 
 
 # Real dimensions as published for the open VoxCPM releases (MiniCPM4 backbones); used to
-# measure speed and memory on a GPU, never for quality.
+# measure speed and memory on a GPU, never for quality. The hubs are unreachable where this was
+# written, so they could not be checked against the releases' config.json: compare before quoting.
+_MINICPM4_LOCAL = dict(local_hidden=1024, local_layers=4, local_heads=16, local_ffn=4096, vocab_size=73448)
+_MINICPM4_05B = dict(lm_hidden=1024, lm_layers=24, lm_heads=16, lm_kv_heads=2, lm_ffn=4096, **_MINICPM4_LOCAL)
+
 PRESETS: dict[str, Preset] = {
     # 44.1 kHz like VoxCPM1.5; 735-sample hop, 2 latents per step: 33 ms of audio per step.
     "tiny-voxcpm1.5": _tiny(
@@ -106,41 +110,14 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "voxcpm-0.5b": Preset(
-        architecture="voxcpm",
-        lm_hidden=1024,
-        lm_layers=24,
-        lm_heads=16,
-        lm_kv_heads=2,
-        lm_ffn=4096,
-        residual_layers=6,
-        local_hidden=1024,
-        local_layers=4,
-        local_heads=16,
-        local_ffn=4096,
-        patch_size=2,
-        vae=dict(sample_rate=16000),
-        vocab_size=73448,
+        architecture="voxcpm", residual_layers=6, patch_size=2, vae=dict(sample_rate=16000), **_MINICPM4_05B
     ),
     "voxcpm1.5": Preset(
         architecture="voxcpm",
-        lm_hidden=1024,
-        lm_layers=24,
-        lm_heads=16,
-        lm_kv_heads=2,
-        lm_ffn=4096,
         residual_layers=8,
-        local_hidden=1024,
-        local_layers=4,
-        local_heads=16,
-        local_ffn=4096,
         patch_size=4,
-        vae=dict(
-            encoder_rates=[2, 3, 6, 7, 7],
-            decoder_dim=2048,
-            decoder_rates=[7, 7, 6, 3, 2],
-            sample_rate=44100,
-        ),
-        vocab_size=73448,
+        vae=dict(encoder_rates=[2, 3, 6, 7, 7], decoder_dim=2048, decoder_rates=[7, 7, 6, 3, 2], sample_rate=44100),
+        **_MINICPM4_05B,
     ),
     "voxcpm2": Preset(
         architecture="voxcpm2",
@@ -150,14 +127,10 @@ PRESETS: dict[str, Preset] = {
         lm_kv_heads=2,
         lm_ffn=6144,
         residual_layers=8,
-        local_hidden=1024,
-        local_layers=4,
-        local_heads=16,
-        local_ffn=4096,
         patch_size=4,
         vae=dict(sample_rate=16000, out_sample_rate=48000),
-        vocab_size=73448,
         fsq_latent_dim=512,
+        **_MINICPM4_LOCAL,
     ),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,17 @@ def reference_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     t = np.arange(32000) / 16000
     sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
     return path
+
+
+def ffprobe(path: Path, entries: str) -> str:
+    """What FFmpeg's prober reads from ``path``: a second, independent decoder of our output."""
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", entries, "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
 
 
 def error_of(response: requests.Response) -> dict:

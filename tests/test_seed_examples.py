@@ -12,7 +12,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, ffprobe
 
 log = logging.getLogger(__name__)
 WAV_HEADER_BYTES = 44
@@ -85,22 +85,7 @@ def test_curl_examples(service: Service, tmp_path: Path, reference_wav: Path) ->
     for name in ("stream_output.wav", "cloned.wav"):
         assert_whole_wav(tmp_path / name)
         if shutil.which("ffprobe"):
-            probe = subprocess.run(
-                [
-                    "ffprobe",
-                    "-v",
-                    "error",
-                    "-show_entries",
-                    "stream=sample_rate,channels,codec_name",
-                    "-of",
-                    "csv=p=0",
-                    tmp_path / name,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            assert probe.stdout.strip() == "pcm_s16le,44100,1"
+            assert ffprobe(tmp_path / name, "stream=codec_name,sample_rate,channels") == "pcm_s16le,44100,1"
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")

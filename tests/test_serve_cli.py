@@ -19,7 +19,7 @@ import requests
 import soundfile as sf
 import yaml
 
-from tests.conftest import LOCAL_CONFIG, REPO, free_port
+from tests.conftest import LOCAL_CONFIG, REPO, ffprobe, free_port
 
 STARTUP_TIMEOUT_S = 240
 
@@ -69,22 +69,8 @@ def test_serve_run_local_config_answers_the_seed_curl(served_config: tuple[Path,
         data, rate = sf.read(tmp_path / "stream_output.wav")
         assert rate == 44100 and len(data) > 0
         if shutil.which("ffprobe"):
-            probe = subprocess.run(
-                [
-                    "ffprobe",
-                    "-v",
-                    "error",
-                    "-show_entries",
-                    "format=duration",
-                    "-of",
-                    "csv=p=0",
-                    tmp_path / "stream_output.wav",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            assert abs(float(probe.stdout) - len(data) / rate) < 0.01
+            duration = float(ffprobe(tmp_path / "stream_output.wav", "format=duration"))
+            assert abs(duration - len(data) / rate) < 0.01
     finally:
         os.killpg(process.pid, signal.SIGINT)  # `serve run` shuts Serve and its cluster down on SIGINT
         try:

@@ -31,12 +31,13 @@ async def _running_replicas(deployment: str) -> int | None:
 @router.get("/health", summary="Liveness and model state")
 async def health(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> JSONResponse:
     try:
-        info = await asyncio.wait_for(service.model_info(), STATUS_TIMEOUT_S)
+        info = await asyncio.wait_for(service.probe_model(), STATUS_TIMEOUT_S)
         replicas = await _running_replicas(service.deployment_name)
     except Exception as exc:  # noqa: BLE001 - loading, restarting or unreachable all mean not ready
         return JSONResponse({"status": "unavailable", "detail": type(exc).__name__, "models": []}, 503)
     model = {**dataclasses.asdict(info), "replicas_running": replicas}
-    return JSONResponse({"status": "ok", "models": [model]})
+    ready = bool(replicas)
+    return JSONResponse({"status": "ok" if ready else "unavailable", "models": [model]}, 200 if ready else 503)
 
 
 @router.get("/api/gpu/status", summary="GPUs and model replicas' memory (NVML)")

@@ -17,7 +17,7 @@ from serve_app.audio import wav
 from serve_app.audio.reference import decode_reference
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidField, PayloadTooLarge, ServiceError
-from serve_app.ingress.schemas import TTSForm, TTSStreamForm
+from serve_app.ingress.schemas import TTSStreamForm
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
 
 logger = logging.getLogger("ray.serve")
@@ -51,7 +51,12 @@ class SynthesisService:
     async def model_info(self) -> ModelInfo:
         """The model's facts, asked once (they do not change for a deployment)."""
         if self._info is None:
-            self._info = await self._model.info.remote()
+            return await self.probe_model()
+        return self._info
+
+    async def probe_model(self) -> ModelInfo:
+        """Ask a model replica now: answers only while one is up (for /health)."""
+        self._info = await self._model.info.remote()
         return self._info
 
     async def replica_status(self) -> ReplicaStatus:
@@ -63,25 +68,8 @@ class SynthesisService:
                 f"text has {len(form.text)} characters; the limit is {self._limits.max_text_chars}", "text"
             )
         prompt = await self._prompt(form.prompt_audio, form.prompt_text)
-        extra = {}
-        if isinstance(form, TTSForm):
-            extra = dict(
-                retry_badcase=form.retry_badcase,
-                retry_badcase_max_times=form.retry_badcase_max_times,
-                retry_badcase_ratio_threshold=form.retry_badcase_ratio_threshold,
-            )
-        return SynthesisRequest(
-            text=form.text,
-            request_id=request_id,
-            prompt=prompt,
-            cfg_value=form.cfg_value,
-            inference_timesteps=form.inference_timesteps,
-            min_len=form.min_len,
-            max_len=form.max_len,
-            normalize=form.normalize,
-            denoise=form.denoise,
-            **extra,
-        )
+        knobs = form.model_dump(exclude={"prompt_audio", "prompt_text"})  # the form's names are voxcpm's
+        return SynthesisRequest(request_id=request_id, prompt=prompt, **knobs)
 
     async def _prompt(self, upload: UploadFile | None, text: str | None) -> PromptAudio | None:
         data = await self._read_upload(upload) if upload is not None else b""

@@ -25,6 +25,9 @@ from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
+# SynthesisRequest fields that go to voxcpm under the same names (retry only when not streaming).
+_GENERATION_ARGUMENTS = ("text", "cfg_value", "inference_timesteps", "min_len", "max_len", "normalize", "denoise")
+_RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
 
 
 class VoxCPMEngine:
@@ -82,25 +85,12 @@ class VoxCPMEngine:
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance at once (voxcpm's non-streaming path, with retry_badcase)."""
         with self._voxcpm_arguments(request) as kwargs:
-            return self._tts.generate(
-                **kwargs,
-                retry_badcase=request.retry_badcase,
-                retry_badcase_max_times=request.retry_badcase_max_times,
-                retry_badcase_ratio_threshold=request.retry_badcase_ratio_threshold,
-            )
+            return self._tts.generate(**kwargs, **{name: getattr(request, name) for name in _RETRY_ARGUMENTS})
 
     @contextlib.contextmanager
     def _voxcpm_arguments(self, request: SynthesisRequest) -> Iterator[dict[str, Any]]:
         self._check(request)
-        kwargs: dict[str, Any] = dict(
-            text=request.text,
-            cfg_value=request.cfg_value,
-            inference_timesteps=request.inference_timesteps,
-            min_len=request.min_len,
-            max_len=request.max_len,
-            normalize=request.normalize,
-            denoise=request.denoise,
-        )
+        kwargs: dict[str, Any] = {name: getattr(request, name) for name in _GENERATION_ARGUMENTS}
         with self._prompt_file(request.prompt) as path:
             if path is not None and request.prompt is not None:
                 if request.prompt.text:
