@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint system-deps clean
+.PHONY: serve test lint bench system-deps clean
 
 serve: $(INSTALLED)
 	$(BIN)/serve run configs/local.yaml
@@ -20,6 +20,13 @@ test: $(INSTALLED) lint
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The CPU benchmark suite (a few minutes); results, tables and charts land in benchmarks/results/.
+bench: $(INSTALLED)
+	cd benchmarks && ../$(BIN)/python streaming_vs_normal.py --repeat 2
+	cd benchmarks && ../$(BIN)/python overhead.py --repeat 10 --variants default,haproxy
+	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
+	cd benchmarks && ../$(BIN)/python startup.py
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
 # seed's examples; venv support is a separate package on Debian.

@@ -1,8 +1,6 @@
 """The seed document's quick streaming test: time to first byte, each chunk's size, total time.
 
-Runs against a service that is already up (``make serve``), several repetitions, and saves the
-numbers under benchmarks/results/. Timings are reported as ratios within one run (TTFB / total),
-since absolute times on a shared machine are noisy.
+Against a running service (``make serve``); several repetitions, saved under benchmarks/results/.
 
     .venv/bin/python benchmarks/quick_stream.py --url http://localhost:7861 --repeat 5
 """
@@ -10,43 +8,9 @@ since absolute times on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import requests
-
-SEED_SENTENCE = "你好，这是VoxCPM流式语音合成测试。"
-WAV_HEADER_BYTES = 44
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def one_stream(url: str, text: str, show_chunks: bool) -> dict[str, float]:
-    started = time.perf_counter()
-    response = requests.post(f"{url}/api/tts/stream", data={"text": text, "inference_timesteps": 5}, stream=True)
-    response.raise_for_status()
-    first_byte = None
-    received = 0
-    for chunk in response.iter_content(chunk_size=8192):
-        if first_byte is None:
-            first_byte = time.perf_counter() - started
-        received += len(chunk)
-        if show_chunks:
-            print(f"  chunk {len(chunk):6d} bytes at {1e3 * (time.perf_counter() - started):8.1f} ms")
-    total = time.perf_counter() - started
-    sample_rate = int(response.headers["x-sample-rate"])
-    audio_s = (received - WAV_HEADER_BYTES) / 2 / sample_rate
-    assert first_byte is not None
-    return {
-        "ttfb_ms": 1e3 * first_byte,
-        "total_ms": 1e3 * total,
-        "ttfb_over_total": first_byte / total,
-        "audio_s": audio_s,
-        "rtf": total / audio_s,
-    }
+from common import SEED_SENTENCE, save, summary, table, time_request
 
 
 def main() -> None:
@@ -56,31 +20,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    health = requests.get(f"{args.url}/health", timeout=30).json()
-    one_stream(args.url, args.text, show_chunks=False)  # warm the path once
-    runs = [one_stream(args.url, args.text, show_chunks=(i == 0)) for i in range(args.repeat)]
-    summary = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    print(
-        f"median of {args.repeat}: TTFB {summary['ttfb_ms']:.1f} ms, total {summary['total_ms']:.1f} ms, "
-        f"TTFB/total {summary['ttfb_over_total']:.3f}, audio {summary['audio_s']:.2f} s, RTF {summary['rtf']:.3f}"
+    models = requests.get(f"{args.url}/health", timeout=30).json()["models"]
+    form = {"text": args.text, "inference_timesteps": 5}
+    time_request(args.url, "/api/tts/stream", form)  # warm the path once
+    runs = [time_request(args.url, "/api/tts/stream", form) for _ in range(args.repeat)]
+    for arrival, size in zip(runs[0].arrivals_s, runs[0].audio_bytes, strict=True):
+        print(f"  chunk {size:6d} audio bytes at {1e3 * arrival:8.1f} ms")
+    stats = {
+        "ttfb_ms": summary([1e3 * r.ttfb_s for r in runs]),
+        "total_ms": summary([1e3 * r.total_s for r in runs]),
+        "ttfb_over_total": summary([r.ttfb_s / r.total_s for r in runs]),
+        "audio_s": summary([r.audio_s for r in runs]),
+        "rtf": summary([r.rtf for r in runs]),
+    }
+    markdown = f"# Quick streaming test\n\n{args.repeat} runs against {args.url} ({models[0]['name']}).\n\n" + table(
+        ["measure", "p50", "min", "max"],
+        [[name, f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"] for name, s in stats.items()],
     )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "quick_stream.json"
-    out.write_text(
-        json.dumps(
-            {
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}, CPU only",
-                "model": health["models"],
-                "text": args.text,
-                "median": summary,
-                "runs": runs,
-            },
-            ensure_ascii=False,
-            indent=2,
-        )
-    )
-    print(f"saved {out}")
+    save("quick_stream", {"url": args.url, "models": models, "text": args.text, "stats": stats}, markdown)
 
 
 if __name__ == "__main__":

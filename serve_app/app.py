@@ -31,10 +31,16 @@ def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]]
     return TTSIngress.options(**options.get("TTSIngress", {})).bind(model, args)
 
 
-def from_config_file(path: str | Path, app_index: int = 0, **model_overrides: Any) -> tuple[Application, AppConfig]:
-    """The application a Serve config file describes, for ``serve.run`` from Python (tests, notebooks).
+def from_config_file(
+    path: str | Path,
+    app_index: int = 0,
+    deployment_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    **model_overrides: Any,
+) -> tuple[Application, AppConfig]:
+    """The application a Serve config file describes, for ``serve.run`` from Python (tests, benchmarks).
 
-    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``.
+    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``
+    and ``deployment_overrides`` (by deployment name) fields of its ``deployments:`` entries.
     """
     schema = ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
     app_schema = schema.applications[app_index]
@@ -42,4 +48,6 @@ def from_config_file(path: str | Path, app_index: int = 0, **model_overrides: An
     args["model"] = {**args.get("model", {}), **model_overrides}
     config = AppConfig.model_validate(args)
     options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}
+    for name, overrides in (deployment_overrides or {}).items():
+        options[name] = {**options.get(name, {}), **overrides}
     return compose(config, options), config

@@ -51,6 +51,7 @@ class Preset:
     vae: dict[str, Any] = field(default_factory=dict)
     vocab_size: int = 0  # 0: the synthetic character vocabulary
     fsq_latent_dim: int = 256
+    dtype: str = "bfloat16"  # of the LM and DiT, as the real checkpoints ship
 
 
 def _tiny(architecture: str, patch_size: int, vae: dict[str, Any]) -> Preset:
@@ -69,6 +70,7 @@ def _tiny(architecture: str, patch_size: int, vae: dict[str, Any]) -> Preset:
         patch_size=patch_size,
         vae=vae,
         fsq_latent_dim=32,
+        dtype="float32",  # faster than bfloat16 on CPU, where the tiny presets run
     )
 
 
@@ -159,7 +161,7 @@ def write_tokenizer(directory: Path) -> int:
     return len(vocab)
 
 
-def _config(preset: Preset, vocab_size: int) -> dict[str, Any]:
+def _config(preset: Preset, vocab_size: int, dtype: str) -> dict[str, Any]:
     head_dim = preset.lm_hidden // preset.lm_heads
     local = dict(
         hidden_dim=preset.local_hidden,
@@ -207,7 +209,7 @@ def _config(preset: Preset, vocab_size: int) -> dict[str, Any]:
         "audio_vae_config": preset.vae,
         "max_length": 4096,
         "device": "cuda",
-        "dtype": "bfloat16",
+        "dtype": dtype,
     }
 
 
@@ -223,7 +225,7 @@ def _model_classes(architecture: str) -> tuple[Any, Any, Any]:
     return VoxCPMModel, VoxCPMConfig, AudioVAE
 
 
-def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True) -> Path:
+def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dtype: str | None = None) -> Path:
     """Write a loadable checkpoint directory for ``preset_name`` at ``out``.
 
     The files are written beside ``out`` and moved into place in one rename, so a replica that
@@ -240,7 +242,7 @@ def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True) ->
     try:
         torch.manual_seed(seed)
         char_vocab = write_tokenizer(staging)
-        config = _config(preset, preset.vocab_size or char_vocab)
+        config = _config(preset, preset.vocab_size or char_vocab, dtype or preset.dtype)
         model_cls, config_cls, vae_cls = _model_classes(preset.architecture)
         parsed = config_cls.model_validate(config)
         vae = vae_cls(config=parsed.audio_vae_config)
@@ -284,8 +286,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the preset's")
     args = parser.parse_args()
-    print(build(args.preset, args.out, seed=args.seed))
+    print(build(args.preset, args.out, seed=args.seed, dtype=args.dtype))
 
 
 if __name__ == "__main__":

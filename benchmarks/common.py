@@ -1,0 +1,196 @@
+"""What every benchmark needs: a local service, timed HTTP streams, statistics and result files.
+
+Timings are compared as ratios and differences within one run: absolute numbers on a shared
+2-core machine drift from run to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+LOCAL_CONFIG = REPO / "configs" / "local.yaml"
+WAV_HEADER_BYTES = 44
+
+SEED_SENTENCE = "你好，这是VoxCPM流式语音合成测试。"
+# The synthetic tokenizer is per character (a real one packs several English letters per token),
+# so English runs about four times longer on the synthetic model than with real weights.
+LONG_CHINESE = (
+    "语音合成技术正在改变人们获取信息的方式。流式合成让第一段声音在几百毫秒内响起，而不必等待整段文字全部生成。"
+)
+LONG_ENGLISH = "Streaming speech plays the first words almost at once, while the model is still working."
+
+
+@dataclass
+class StreamTiming:
+    """One HTTP answer as a listener would see it: when each piece arrived and how much audio it held."""
+
+    ttfb_s: float
+    total_s: float
+    arrivals_s: list[float] = field(default_factory=list)  # since the request was sent
+    audio_bytes: list[int] = field(default_factory=list)  # PCM16 bytes in each piece
+    sample_rate: int = 0
+
+    @property
+    def audio_s(self) -> float:
+        return sum(self.audio_bytes) / 2 / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: generation time over audio time (< 1 is faster than real time)."""
+        return self.total_s / self.audio_s
+
+    def gaps_s(self) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals_s, self.arrivals_s[1:], strict=False)]
+
+    def underruns(self) -> tuple[int, float]:
+        """Stalls of a player that starts at the first byte: (count, seconds of silence in total)."""
+        played_until = self.arrivals_s[0]  # the player's clock: when its buffer runs dry
+        stalls, stalled_s = 0, 0.0
+        for arrival, size in zip(self.arrivals_s, self.audio_bytes, strict=True):
+            if arrival > played_until:  # never for the first piece: the player starts with it
+                stalls += 1
+                stalled_s += arrival - played_until
+                played_until = arrival
+            played_until += size / 2 / self.sample_rate
+        return stalls, stalled_s
+
+
+def time_request(url: str, path: str, data: dict[str, Any], reference: Path | None = None) -> StreamTiming:
+    """POST a form, read the answer as it arrives (chunk_size=None: pieces as the server sends them)."""
+    files = {"prompt_audio": reference.open("rb")} if reference else None
+    started = time.perf_counter()
+    try:
+        response = requests.post(f"{url}{path}", data=data, files=files, stream=True, timeout=600)
+        response.raise_for_status()
+        timing = StreamTiming(ttfb_s=0.0, total_s=0.0, sample_rate=int(response.headers["x-sample-rate"]))
+        header = WAV_HEADER_BYTES
+        for piece in response.iter_content(chunk_size=None):
+            timing.arrivals_s.append(time.perf_counter() - started)
+            timing.audio_bytes.append(len(piece) - min(header, len(piece)))
+            header -= min(header, len(piece))
+    finally:
+        if files:
+            files["prompt_audio"].close()
+    timing.ttfb_s = timing.arrivals_s[0]
+    timing.total_s = time.perf_counter() - started
+    return timing
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+    return {
+        "median": statistics.median(ordered),
+        "p95": pct(95),
+        "p99": pct(99),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "device": "CPU only",
+    }
+
+
+def save(name: str, payload: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **payload}, ensure_ascii=False, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
+    print(f"saved {RESULTS / name}.json, .md")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def reference_wav(path: Path) -> Path:
+    """Three seconds of a gliding tone at 16 kHz: a stand-in reference recording."""
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(48000) / 16000
+    sf.write(path, 0.3 * np.sin(2 * np.pi * (180 + 40 * t) * t), 16000)
+    return path
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def local_service(replicas: int = 1, env: Mapping[str, str] | None = None, **model_overrides: Any) -> Iterator[str]:
+    """configs/local.yaml on a fresh local Ray cluster, on a free loopback port; yields the base URL.
+
+    ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there).
+    """
+    with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
+        yield from _local_service(replicas, model_overrides)
+
+
+def _local_service(replicas: int, model_overrides: dict[str, Any]) -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    from serve_app.app import from_config_file
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app, _ = from_config_file(
+            LOCAL_CONFIG, deployment_overrides={"VoxCPMModel": {"num_replicas": replicas}}, **model_overrides
+        )
+        serve.run(app, name="voxcpm", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def png(figure: Any, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"saved {path}")
+    return path

@@ -1,0 +1,63 @@
+"""What replica warm-up buys the first user: first request's time to first chunk, warm-up off and on.
+
+Each variant loads a fresh engine in a fresh process (lazy initialisation in torch and voxcpm is
+per process), then times its first two requests.
+
+    .venv/bin/python benchmarks/startup.py [--device cuda --preset voxcpm1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+
+from common import SEED_SENTENCE, save, table
+
+from serve_app import synthetic
+from serve_app.config import ModelConfig
+from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.types import SynthesisRequest
+
+
+def first_requests(checkpoint: str, device: str, warmup: bool, out: mp.Queue) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    engine = VoxCPMEngine.load(ModelConfig(source=checkpoint, device=device, optimize=False, warmup=warmup))
+    load_s = time.perf_counter() - started
+    firsts = []
+    for _ in range(2):
+        started = time.perf_counter()
+        next(iter(engine.stream(SynthesisRequest(text=SEED_SENTENCE))))
+        firsts.append(1e3 * (time.perf_counter() - started))
+    out.put({"warmup": warmup, "load_s": load_s, "first_ms": firsts[0], "second_ms": firsts[1]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny-voxcpm1.5")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    context = mp.get_context("spawn")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = str(synthetic.build(args.preset, Path(tmp) / args.preset))
+        for warmup in (False, True):
+            out = context.Queue()
+            process = context.Process(target=first_requests, args=(checkpoint, args.device, warmup, out))
+            process.start()
+            rows.append(out.get(timeout=600))
+            process.join()
+    markdown = f"# Start-up: replica warm-up\n\n{args.preset} on {args.device}, a fresh process per row.\n\n" + table(
+        ["warm-up", "load s", "1st request first chunk ms", "2nd request first chunk ms"],
+        [[r["warmup"], f"{r['load_s']:.2f}", f"{r['first_ms']:.1f}", f"{r['second_ms']:.1f}"] for r in rows],
+    )
+    save("startup", {"preset": args.preset, "device": args.device, "rows": rows}, markdown)
+
+
+if __name__ == "__main__":
+    main()
