@@ -22,6 +22,8 @@ from typing import Any
 
 import requests
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # voxcpm's per-step progress bar, in engines run in-process here
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"

@@ -50,4 +50,8 @@ def from_config_file(
     options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}
     for name, overrides in (deployment_overrides or {}).items():
         options[name] = {**options.get(name, {}), **overrides}
+    if app_schema.runtime_env:  # as Serve does for a deployed config: every deployment inherits it
+        for name in ("VoxCPMModel", "TTSIngress"):
+            actor = options.setdefault(name, {}).setdefault("ray_actor_options", {})
+            actor["runtime_env"] = {**app_schema.runtime_env, **(actor.get("runtime_env") or {})}
     return compose(config, options), config
