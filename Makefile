@@ -27,6 +27,7 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python overhead.py --repeat 10 --variants default,haproxy
 	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
 	cd benchmarks && ../$(BIN)/python startup.py
+	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
 # seed's examples; venv support is a separate package on Debian.

@@ -14,12 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import SEED_SENTENCE, save, table
 
 from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.model.engine import VoxCPMEngine
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.types import PromptAudio, SynthesisRequest
 
 
 def first_requests(checkpoint: str, device: str, warmup: bool, out: mp.Queue) -> None:
@@ -29,12 +30,29 @@ def first_requests(checkpoint: str, device: str, warmup: bool, out: mp.Queue) ->
     started = time.perf_counter()
     engine = VoxCPMEngine.load(ModelConfig(source=checkpoint, device=device, optimize=False, warmup=warmup))
     load_s = time.perf_counter() - started
+    rate = engine.info.prompt_sample_rate
+    requests = [SynthesisRequest(text=SEED_SENTENCE)] * 2 + [
+        SynthesisRequest(  # cloning, each with a reference the prompt cache has not seen
+            text=SEED_SENTENCE,
+            prompt=PromptAudio(samples=np.full(rate, 0.01 * i, dtype=np.float32), sample_rate=rate, text="参考"),
+        )
+        for i in (1, 2)
+    ]
     firsts = []
-    for _ in range(2):
+    for request in requests:
         started = time.perf_counter()
-        next(iter(engine.stream(SynthesisRequest(text=SEED_SENTENCE))))
+        next(iter(engine.stream(request)))
         firsts.append(1e3 * (time.perf_counter() - started))
-    out.put({"warmup": warmup, "load_s": load_s, "first_ms": firsts[0], "second_ms": firsts[1]})
+    out.put(
+        {
+            "warmup": warmup,
+            "load_s": load_s,
+            "first_ms": firsts[0],
+            "second_ms": firsts[1],
+            "first_cloning_ms": firsts[2],
+            "second_cloning_ms": firsts[3],
+        }
+    )
 
 
 def main() -> None:
@@ -52,9 +70,10 @@ def main() -> None:
             process.start()
             rows.append(out.get(timeout=600))
             process.join()
+    columns = ("first_ms", "second_ms", "first_cloning_ms", "second_cloning_ms")
     markdown = f"# Start-up: replica warm-up\n\n{args.preset} on {args.device}, a fresh process per row.\n\n" + table(
-        ["warm-up", "load s", "1st request first chunk ms", "2nd request first chunk ms"],
-        [[r["warmup"], f"{r['load_s']:.2f}", f"{r['first_ms']:.1f}", f"{r['second_ms']:.1f}"] for r in rows],
+        ["warm-up", "load s", "first chunk ms: 1st request", "2nd request", "1st cloning", "2nd cloning"],
+        [[r["warmup"], f"{r['load_s']:.2f}", *(f"{r[c]:.1f}" for c in columns)] for r in rows],
     )
     save("startup", {"preset": args.preset, "device": args.device, "rows": rows}, markdown)
 

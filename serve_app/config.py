@@ -36,6 +36,9 @@ class ModelConfig(_Strict):
     load_denoiser: bool = Field(False, description="Load the ZipEnhancer denoiser so `denoise=true` works.")
     denoiser_model: str = "iic/speech_zipenhancer_ans_multiloss_16k_base"
     warmup: bool = Field(True, description="Generate one short utterance at replica start.")
+    prompt_cache_size: int = Field(
+        32, ge=0, description="Encoded reference prompts each replica keeps (least recently used dropped); 0: none."
+    )
     max_waiting_requests: int = Field(
         4,
         ge=0,

@@ -299,3 +299,29 @@ class TestVoxCPM2:
         (model,) = requests.get(f"{service.v2_url}/health").json()["models"]
         assert model["architecture"] == "voxcpm2"
         assert model["prompt_sample_rate"] == 16000
+
+
+class TestPromptCache:
+    def test_the_same_reference_is_encoded_once_per_replica(self, url: str, tmp_path: Path) -> None:
+        path = tmp_path / "unique.wav"
+        sf.write(path, 0.1 * np.sin(np.linspace(0, 1234, 22050)), 22050)
+
+        def clone(transcript: str) -> None:
+            with open(path, "rb") as audio:
+                response = requests.post(
+                    f"{url}/api/tts/stream",
+                    data={"text": "缓存", "prompt_text": transcript, "max_len": 3},
+                    files={"prompt_audio": audio},
+                )
+            assert stream_frames(response)[0].size == 3 * TINY_V15_STEP_FRAMES
+
+        def counters() -> tuple[int, int]:
+            replica = requests.get(f"{url}/api/gpu/status").json()["replicas"][0]
+            return replica["prompt_cache_hits"], replica["prompt_cache_misses"]
+
+        hits, misses = counters()
+        clone("第一次")
+        clone("第一次")
+        assert counters() == (hits + 1, misses + 1)
+        clone("另一段文本")  # same audio, other transcript: another prompt
+        assert counters() == (hits + 1, misses + 2)

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.engine import PromptCache, VoxCPMEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
 
@@ -78,3 +78,16 @@ def test_full_size_presets_describe_real_architectures() -> None:
     assert synthetic.PRESETS["voxcpm1.5"].vae["sample_rate"] == 44100
     assert synthetic.PRESETS["voxcpm2"].architecture == "voxcpm2"
     assert synthetic.PRESETS["voxcpm-0.5b"].vae["sample_rate"] == 16000
+
+
+def test_prompt_cache_keeps_the_most_recently_used() -> None:
+    cache = PromptCache(capacity=2)
+    prompts = [PromptAudio(samples=np.full(10, i, dtype=np.float32), sample_rate=16000, text="t") for i in range(3)]
+    keys = [PromptCache.key(p, denoise=False) for p in prompts]
+    assert len(set(keys)) == 3 and PromptCache.key(prompts[0], denoise=True) != keys[0]
+    cache.put(keys[0], "a")
+    cache.put(keys[1], "b")
+    assert cache.get(keys[0]) == "a"
+    cache.put(keys[2], "c")  # evicts keys[1], the least recently used
+    assert cache.get(keys[1]) is None and cache.get(keys[2]) == "c"
+    assert (cache.hits, cache.misses) == (2, 1)

@@ -76,6 +76,8 @@ class VoxCPMDeployment:
             torch_memory_allocated_bytes=memory[0] if memory else None,
             torch_memory_reserved_bytes=memory[1] if memory else None,
             generations_in_flight=self._in_flight,
+            prompt_cache_hits=self._engine.prompts.hits,
+            prompt_cache_misses=self._engine.prompts.misses,
         )
 
     def _admit(self, request: SynthesisRequest) -> None:

@@ -2,14 +2,22 @@
 
 No Ray and no asyncio here: the deployment decides on which thread this runs. Callers must
 never run two generations at once on one engine (voxcpm keeps one static KV cache).
+
+Generation follows ``VoxCPM._generate`` (text clean-up, optional normalization, denoised prompt)
+but keeps the encoded prompt: voxcpm's ``build_prompt_cache`` result is reused through
+``_generate_with_prompt_cache`` whenever the same reference comes again, so a client that sends
+the same reference with every request (as the seed's cloning example does) pays for encoding once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,27 +33,63 @@ from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
-# SynthesisRequest fields that go to voxcpm under the same names (retry only when not streaming).
-_GENERATION_ARGUMENTS = ("text", "cfg_value", "inference_timesteps", "min_len", "max_len", "normalize", "denoise")
 _RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
 
 
+class PromptCache:
+    """Encoded prompts by content (audio, rate, transcript, denoise), least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(prompt: PromptAudio, denoise: bool) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(prompt.samples, dtype=np.float32).tobytes())
+        digest.update(f"{prompt.sample_rate}|{denoise}|{prompt.text or ''}".encode())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+    def put(self, key: str, entry: Any) -> None:
+        if self._capacity <= 0:
+            return
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+
 class VoxCPMEngine:
-    """One ``voxcpm.VoxCPM`` instance and the files it needs for prompts."""
+    """One ``voxcpm.VoxCPM`` instance, its encoded prompts and the files it needs for them."""
 
     def __init__(self, tts: Any, config: ModelConfig) -> None:
         self._tts = tts
-        model = tts.tts_model
-        architecture = "voxcpm2" if type(model).__name__ == "VoxCPM2Model" else "voxcpm"
+        self._model = tts.tts_model
+        architecture = "voxcpm2" if type(self._model).__name__ == "VoxCPM2Model" else "voxcpm"
         self.info = ModelInfo(
             name=config.name,
             source=config.source,
             architecture=architecture,
-            sample_rate=int(model.sample_rate),
-            prompt_sample_rate=int(getattr(model, "_encode_sample_rate", model.sample_rate)),
-            device=str(model.device),
+            sample_rate=int(self._model.sample_rate),
+            prompt_sample_rate=int(getattr(self._model, "_encode_sample_rate", self._model.sample_rate)),
+            device=str(self._model.device),
             denoiser=tts.denoiser is not None,
         )
+        self.prompts = PromptCache(config.prompt_cache_size)
         # Prompt audio reaches voxcpm as a file path: a private directory, random names, always removed.
         self._prompt_dir = Path(tempfile.mkdtemp(prefix="voxcpm-prompts-"))
 
@@ -66,38 +110,65 @@ class VoxCPMEngine:
         )
         engine = cls(tts, config)
         if config.warmup:
-            engine.synthesize(SynthesisRequest(text=WARMUP_TEXT, max_len=8, retry_badcase=False))
+            engine.warm_up()
         logger.info("loaded %s", engine.info)
         return engine
+
+    def warm_up(self) -> None:
+        """One short generation from a prompt, so that no user pays for lazy initialisation
+        (torch kernels, and for VoxCPM 1.x the FFmpeg libraries that read prompt files: ~1 s)."""
+        rate = self.info.prompt_sample_rate
+        silence = PromptAudio(samples=np.zeros(rate // 2, dtype=np.float32), sample_rate=rate, text="warm up")
+        self.synthesize(SynthesisRequest(text=WARMUP_TEXT, prompt=silence, max_len=8, retry_badcase=False))
+        self.prompts.clear()
 
     def close(self) -> None:
         shutil.rmtree(self._prompt_dir, ignore_errors=True)
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """Yield float32 mono chunks in generation order; closing the iterator stops generation."""
-        with self._voxcpm_arguments(request) as kwargs:
-            chunks = self._tts.generate_streaming(**kwargs)
-            try:
-                yield from chunks
-            finally:
-                chunks.close()
+        chunks = self._generate(request, streaming=True)
+        try:
+            for audio, _, _ in chunks:
+                yield audio.squeeze(0).cpu().numpy()
+        finally:
+            chunks.close()
 
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance at once (voxcpm's non-streaming path, with retry_badcase)."""
-        with self._voxcpm_arguments(request) as kwargs:
-            return self._tts.generate(**kwargs, **{name: getattr(request, name) for name in _RETRY_ARGUMENTS})
+        chunks = self._generate(request, streaming=False)
+        try:
+            audio, _, _ = next(chunks)
+        finally:
+            chunks.close()
+        return audio.squeeze(0).cpu().numpy()
 
-    @contextlib.contextmanager
-    def _voxcpm_arguments(self, request: SynthesisRequest) -> Iterator[dict[str, Any]]:
+    def _generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[tuple[Any, Any, Any]]:
         self._check(request)
-        kwargs: dict[str, Any] = {name: getattr(request, name) for name in _GENERATION_ARGUMENTS}
-        with self._prompt_file(request.prompt) as path:
-            if path is not None and request.prompt is not None:
-                if request.prompt.text:
-                    kwargs.update(prompt_wav_path=path, prompt_text=request.prompt.text)
-                else:
-                    kwargs.update(reference_wav_path=path)
-            yield kwargs
+        prompt_cache = self._encoded_prompt(request) if request.prompt is not None else None
+        # voxcpm cannot retry a bad case it has already streamed
+        retry = {"retry_badcase": False} if streaming else {name: getattr(request, name) for name in _RETRY_ARGUMENTS}
+        return self._model._generate_with_prompt_cache(
+            target_text=self._clean_text(request),
+            prompt_cache=prompt_cache,
+            min_len=request.min_len,
+            max_len=request.max_len,
+            inference_timesteps=request.inference_timesteps,
+            cfg_value=request.cfg_value,
+            streaming=streaming,
+            **retry,
+        )
+
+    def _clean_text(self, request: SynthesisRequest) -> str:
+        """What ``VoxCPM._generate`` does to the text: one line, single spaces, optionally normalized."""
+        text = re.sub(r"\s+", " ", request.text.replace("\n", " "))
+        if request.normalize:
+            if self._tts.text_normalizer is None:
+                from voxcpm.utils.text_normalize import TextNormalizer
+
+                self._tts.text_normalizer = TextNormalizer()
+            text = self._tts.text_normalizer.normalize(text)
+        return text
 
     def _check(self, request: SynthesisRequest) -> None:
         """Refuse what this particular model cannot do, naming the field."""
@@ -116,12 +187,28 @@ class VoxCPMEngine:
         if prompt is not None and prompt.sample_rate != self.info.prompt_sample_rate:
             raise InvalidField(f"prompt audio must be resampled to {self.info.prompt_sample_rate} Hz", "prompt_audio")
 
+    def _encoded_prompt(self, request: SynthesisRequest) -> Any:
+        prompt = request.prompt
+        assert prompt is not None
+        key = PromptCache.key(prompt, request.denoise)
+        encoded = self.prompts.get(key)
+        if encoded is None:
+            with self._prompt_file(prompt, request.denoise) as path:
+                if prompt.text:
+                    encoded = self._model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
+                else:  # VoxCPM2: a reference without transcript
+                    encoded = self._model.build_prompt_cache(reference_wav_path=path)
+            self.prompts.put(key, encoded)
+        return encoded
+
     @contextlib.contextmanager
-    def _prompt_file(self, prompt: PromptAudio | None) -> Iterator[str | None]:
-        if prompt is None:
-            yield None
-            return
+    def _prompt_file(self, prompt: PromptAudio, denoise: bool) -> Iterator[str]:
         with tempfile.NamedTemporaryFile(dir=self._prompt_dir, suffix=".wav") as handle:
             sf.write(handle, prompt.samples, prompt.sample_rate, format="WAV", subtype="FLOAT")
             handle.flush()
-            yield handle.name
+            if not denoise:
+                yield handle.name
+                return
+            with tempfile.NamedTemporaryFile(dir=self._prompt_dir, suffix=".wav") as clean:
+                self._tts.denoiser.enhance(handle.name, output_path=clean.name)
+                yield clean.name

@@ -64,3 +64,5 @@ class ReplicaStatus:
     torch_memory_allocated_bytes: int | None
     torch_memory_reserved_bytes: int | None
     generations_in_flight: int
+    prompt_cache_hits: int
+    prompt_cache_misses: int
