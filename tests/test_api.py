@@ -12,7 +12,9 @@ import pytest
 import requests
 import soundfile as sf
 
+from serve_app.audio.codecs import AudioFormat
 from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, Service, error_of
+from tests.test_codecs import decode
 
 LONG_TEXT = "这是一个很长的句子，用来测试流式合成。" * 40  # thousands of steps: tens of seconds on CPU
 
@@ -325,3 +327,50 @@ class TestPromptCache:
         assert counters() == (hits + 1, misses + 1)
         clone("另一段文本")  # same audio, other transcript: another prompt
         assert counters() == (hits + 1, misses + 2)
+
+
+class TestFormats:
+    @pytest.mark.parametrize(
+        "fmt,media_type,rate",
+        [
+            ("wav", "audio/wav", 44100),
+            ("pcm", "audio/pcm", 44100),
+            ("flac", "audio/flac", 44100),
+            ("mp3", "audio/mpeg", 44100),
+            ("opus", "audio/ogg", 48000),
+            ("aac", "audio/aac", 44100),
+        ],
+    )
+    @pytest.mark.parametrize("path", ["/api/tts/stream", "/api/tts"])
+    def test_every_format_decodes_to_the_generated_audio(
+        self, url: str, path: str, fmt: str, media_type: str, rate: int
+    ) -> None:
+        data = {"text": LONG_TEXT, "max_len": 20, "format": fmt}
+        response = requests.post(
+            f"{url}{path}", data={**data, "retry_badcase": "false"} if path == "/api/tts" else data
+        )
+        assert response.status_code == 200, response.text[:200]
+        assert response.headers["content-type"] == media_type
+        assert int(response.headers["x-sample-rate"]) == rate
+        decoded_rate, seconds = decode(response.content, AudioFormat(fmt), rate)
+        assert decoded_rate == rate
+        assert seconds == pytest.approx(20 * TINY_V15_STEP_FRAMES / 44100, abs=0.06)
+
+    def test_sample_rate_resamples_the_stream(self, url: str) -> None:
+        response = requests.post(f"{url}/api/tts/stream", data={"text": LONG_TEXT, "max_len": 10, "sample_rate": 16000})
+        data, rate = stream_frames(response)
+        assert rate == 16000 and response.headers["x-sample-rate"] == "16000"
+        assert len(data) == pytest.approx(10 * TINY_V15_STEP_FRAMES * 16000 / 44100, abs=2)
+
+    @pytest.mark.parametrize(
+        "fields,field",
+        [
+            ({"format": "ogg-vorbis"}, "format"),
+            ({"sample_rate": "1000"}, "sample_rate"),
+            ({"format": "opus", "sample_rate": "44100"}, "sample_rate"),
+        ],
+    )
+    def test_impossible_outputs_are_422(self, url: str, fields: dict, field: str) -> None:
+        response = requests.post(f"{url}/api/tts/stream", data={"text": "x", **fields})
+        assert response.status_code == 422
+        assert error_of(response)["field"] == field

@@ -9,7 +9,11 @@ from __future__ import annotations
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from serve_app.audio.codecs import AudioFormat
+
 MAX_LEN_LIMIT = 4096
+# Form fields about the answer's encoding rather than the synthesis itself.
+OUTPUT_FIELDS = frozenset({"format", "sample_rate"})
 
 
 class TTSStreamForm(BaseModel):
@@ -36,6 +40,14 @@ class TTSStreamForm(BaseModel):
     max_len: int = Field(4096, ge=1, le=MAX_LEN_LIMIT, description="Maximum length, in generation steps (>= min_len).")
     normalize: bool = Field(False, description="Normalize numbers, dates and symbols in the text first.")
     denoise: bool = Field(False, description="Denoise the reference audio (needs the denoiser loaded).")
+    format: AudioFormat = Field(
+        AudioFormat.WAV,
+        description="Output format: wav (streamed with an unknown-length header), pcm (raw s16le), flac, mp3, "
+        "opus (Ogg) or aac (ADTS).",
+    )
+    sample_rate: int | None = Field(
+        None, ge=8000, le=96000, description="Resample the output to this rate (default: the model's own)."
+    )
 
     @field_validator("text")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import UploadFile
@@ -13,16 +14,15 @@ from fastapi.responses import Response, StreamingResponse
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from serve_app.audio import wav
+from serve_app.audio import codecs
+from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import decode_reference
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidField, PayloadTooLarge, ServiceError
-from serve_app.ingress.schemas import TTSStreamForm
+from serve_app.ingress.schemas import OUTPUT_FIELDS, TTSStreamForm
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
 
 logger = logging.getLogger("ray.serve")
-
-AUDIO_WAV = "audio/wav"
 
 
 @contextlib.contextmanager
@@ -68,7 +68,7 @@ class SynthesisService:
                 f"text has {len(form.text)} characters; the limit is {self._limits.max_text_chars}", "text"
             )
         prompt = await self._prompt(form.prompt_audio, form.prompt_text)
-        knobs = form.model_dump(exclude={"prompt_audio", "prompt_text"})  # the form's names are voxcpm's
+        knobs = form.model_dump(exclude={"prompt_audio", "prompt_text", *OUTPUT_FIELDS})  # names are voxcpm's
         return SynthesisRequest(request_id=request_id, prompt=prompt, **knobs)
 
     async def _prompt(self, upload: UploadFile | None, text: str | None) -> PromptAudio | None:
@@ -92,13 +92,21 @@ class SynthesisService:
             raise InvalidField("prompt_audio is an empty file", "prompt_audio")
         return data
 
-    async def stream_wav(self, request: SynthesisRequest) -> StreamingResponse:
-        """A WAV stream whose first bytes leave as soon as the first audio chunk exists.
+    async def output(self, form: TTSStreamForm) -> Output:
+        """The format and rate of the answer, checked against what the format can carry."""
+        info = await self.model_info()
+        try:
+            rate = codecs.output_rate(form.format, info.sample_rate, form.sample_rate)
+        except ValueError as exc:
+            raise InvalidField(str(exc), "sample_rate") from None
+        return Output(form.format, rate, info)
+
+    async def stream(self, request: SynthesisRequest, output: Output) -> StreamingResponse:
+        """Audio whose first bytes leave as soon as the first chunk exists.
 
         The first chunk is awaited before the response starts, so a refusal (bad prompt,
         overload) still becomes a clean JSON error rather than a broken 200.
         """
-        info = await self.model_info()
         chunks: DeploymentResponseGenerator = self._model.options(stream=True).stream.remote(request)
         try:
             with model_errors():
@@ -109,18 +117,21 @@ class SynthesisService:
             chunks.cancel()
             raise
         return StreamingResponse(
-            self._wav_body(request.request_id, info, first, chunks),
-            media_type=AUDIO_WAV,
-            headers=self._audio_headers(info),
+            self._encoded(request.request_id, output, first, chunks),
+            media_type=codecs.MEDIA_TYPES[output.format],
+            headers=output.headers(),
         )
 
-    async def _wav_body(
-        self, request_id: str, info: ModelInfo, first: np.ndarray, chunks: DeploymentResponseGenerator
+    async def _encoded(
+        self, request_id: str, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator
     ) -> AsyncIterator[bytes]:
+        encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
         try:
-            yield wav.streaming_header(info.sample_rate) + wav.pcm16(first)
+            yield encoder.encode(first)
             async for chunk in chunks:
-                yield wav.pcm16(chunk)
+                if data := encoder.encode(chunk):
+                    yield data
+            yield encoder.finish()
         except Exception:
             # The response has started: all we can do is end it without a clean terminator.
             logger.exception("request %s: stream failed after the response started", request_id)
@@ -128,13 +139,22 @@ class SynthesisService:
         finally:
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
 
-    async def wav_file(self, request: SynthesisRequest) -> Response:
-        info = await self.model_info()
+    async def whole(self, request: SynthesisRequest, output: Output) -> Response:
         with model_errors():
             samples = await self._model.synthesize.remote(request)
-        body = await asyncio.to_thread(wav.wav_file, samples, info.sample_rate)
-        return Response(body, media_type=AUDIO_WAV, headers=self._audio_headers(info))
+        body = await asyncio.to_thread(
+            codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
+        )
+        return Response(body, media_type=codecs.MEDIA_TYPES[output.format], headers=output.headers())
 
-    @staticmethod
-    def _audio_headers(info: ModelInfo) -> dict[str, str]:
-        return {"X-Sample-Rate": str(info.sample_rate), "X-Model": info.name}
+
+@dataclass(frozen=True)
+class Output:
+    """How an answer is encoded."""
+
+    format: AudioFormat
+    sample_rate: int
+    model: ModelInfo
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}

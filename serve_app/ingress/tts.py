@@ -1,4 +1,4 @@
-"""The seed's API: ``POST /api/tts/stream`` (chunked WAV) and ``POST /api/tts`` (one WAV file)."""
+"""The seed's API: ``POST /api/tts/stream`` (chunked audio) and ``POST /api/tts`` (one file)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
+from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.ingress.dependencies import request_id, synthesis_service
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
-from serve_app.ingress.synthesis import AUDIO_WAV, SynthesisService
+from serve_app.ingress.synthesis import SynthesisService
 
 router = APIRouter(tags=["tts"])
 
@@ -19,14 +20,14 @@ _ERRORS = {
     422: {"description": "a field is missing or out of range; `error.field` names it"},
     503: {"description": "the model is at capacity; retry after `Retry-After` seconds"},
 }
-_WAV = {"content": {AUDIO_WAV: {"schema": {"type": "string", "format": "binary"}}}}
+_AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
 
 
 @router.post(
     "/api/tts/stream",
     response_class=StreamingResponse,
     responses={
-        200: {**_WAV, "description": "One WAV header (sizes 0xFFFFFFFF), then PCM16 mono as it is generated."},
+        200: {**_AUDIO, "description": "Audio as it is generated; WAV: one header with sizes 0xFFFFFFFF, then PCM16."},
         **_ERRORS,
     },
     summary="Stream speech as it is generated",
@@ -36,13 +37,14 @@ async def tts_stream(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    return await service.stream_wav(await service.request_from_form(form, rid))
+    output = await service.output(form)
+    return await service.stream(await service.request_from_form(form, rid), output)
 
 
 @router.post(
     "/api/tts",
     response_class=Response,
-    responses={200: {**_WAV, "description": "A complete PCM16 WAV file with exact sizes."}, **_ERRORS},
+    responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}, **_ERRORS},
     summary="Synthesize a whole utterance",
 )
 async def tts(
@@ -50,4 +52,5 @@ async def tts(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> Response:
-    return await service.wav_file(await service.request_from_form(form, rid))
+    output = await service.output(form)
+    return await service.whole(await service.request_from_form(form, rid), output)
