@@ -24,6 +24,16 @@ class ServiceError(Exception):
         return self.args[1]
 
 
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
 class InvalidField(ServiceError):
     status = 422
     code = "invalid_field"

@@ -7,7 +7,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import status, tts
+from serve_app.ingress import openai, status, tts
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
 
@@ -23,6 +23,7 @@ is generated: concatenating the chunks gives one playable file. Errors are JSON
 def create_app() -> FastAPI:
     app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
     app.include_router(tts.router)
+    app.include_router(openai.router)
     app.include_router(status.router)
     install_error_handlers(app)
     return app

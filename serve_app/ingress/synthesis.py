@@ -62,11 +62,14 @@ class SynthesisService:
     async def replica_status(self) -> ReplicaStatus:
         return await self._model.status.remote()
 
-    async def request_from_form(self, form: TTSStreamForm, request_id: str) -> SynthesisRequest:
-        if len(form.text) > self._limits.max_text_chars:
+    def check_text_length(self, text: str, field: str) -> None:
+        if len(text) > self._limits.max_text_chars:
             raise PayloadTooLarge(
-                f"text has {len(form.text)} characters; the limit is {self._limits.max_text_chars}", "text"
+                f"{field} has {len(text)} characters; the limit is {self._limits.max_text_chars}", field
             )
+
+    async def request_from_form(self, form: TTSStreamForm, request_id: str) -> SynthesisRequest:
+        self.check_text_length(form.text, "text")
         prompt = await self._prompt(form.prompt_audio, form.prompt_text)
         knobs = form.model_dump(exclude={"prompt_audio", "prompt_text", *OUTPUT_FIELDS})  # names are voxcpm's
         return SynthesisRequest(request_id=request_id, prompt=prompt, **knobs)
@@ -92,19 +95,27 @@ class SynthesisService:
             raise InvalidField("prompt_audio is an empty file", "prompt_audio")
         return data
 
-    async def output(self, form: TTSStreamForm) -> Output:
+    async def output(self, fmt: AudioFormat, requested_rate: int | None) -> Output:
         """The format and rate of the answer, checked against what the format can carry."""
         info = await self.model_info()
         try:
-            rate = codecs.output_rate(form.format, info.sample_rate, form.sample_rate)
+            rate = codecs.output_rate(fmt, info.sample_rate, requested_rate)
         except ValueError as exc:
             raise InvalidField(str(exc), "sample_rate") from None
-        return Output(form.format, rate, info)
+        return Output(fmt, rate, info)
 
     async def stream(self, request: SynthesisRequest, output: Output) -> StreamingResponse:
-        """Audio whose first bytes leave as soon as the first chunk exists.
+        """Audio whose first bytes leave as soon as the first chunk exists."""
+        return StreamingResponse(
+            await self.encoded_stream(request, output),
+            media_type=codecs.MEDIA_TYPES[output.format],
+            headers=output.headers(),
+        )
 
-        The first chunk is awaited before the response starts, so a refusal (bad prompt,
+    async def encoded_stream(self, request: SynthesisRequest, output: Output) -> AsyncIterator[bytes]:
+        """The answer's bytes as they are generated and encoded.
+
+        The first chunk is awaited here, before any response starts, so a refusal (bad prompt,
         overload) still becomes a clean JSON error rather than a broken 200.
         """
         chunks: DeploymentResponseGenerator = self._model.options(stream=True).stream.remote(request)
@@ -116,11 +127,7 @@ class SynthesisService:
         except BaseException:
             chunks.cancel()
             raise
-        return StreamingResponse(
-            self._encoded(request.request_id, output, first, chunks),
-            media_type=codecs.MEDIA_TYPES[output.format],
-            headers=output.headers(),
-        )
+        return self._encoded(request.request_id, output, first, chunks)
 
     async def _encoded(
         self, request_id: str, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator

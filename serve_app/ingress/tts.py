@@ -37,7 +37,7 @@ async def tts_stream(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    output = await service.output(form)
+    output = await service.output(form.format, form.sample_rate)
     return await service.stream(await service.request_from_form(form, rid), output)
 
 
@@ -52,5 +52,5 @@ async def tts(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> Response:
-    output = await service.output(form)
+    output = await service.output(form.format, form.sample_rate)
     return await service.whole(await service.request_from_form(form, rid), output)
