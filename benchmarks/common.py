@@ -13,6 +13,7 @@ import platform
 import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,11 +181,15 @@ def _local_service(replicas: int, model_overrides: dict[str, Any]) -> Iterator[s
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app, _ = from_config_file(
-            LOCAL_CONFIG, deployment_overrides={"VoxCPMModel": {"num_replicas": replicas}}, **model_overrides
-        )
-        serve.run(app, name="voxcpm", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as voices:  # saved voices of this run only
+            app, _ = from_config_file(
+                LOCAL_CONFIG,
+                deployment_overrides={"VoxCPMModel": {"num_replicas": replicas}},
+                args_overrides={"voices_dir": voices},
+                **model_overrides,
+            )
+            serve.run(app, name="voxcpm", route_prefix="/")
+            yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -27,7 +27,7 @@ def build_app(args: AppConfig) -> Application:
 def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
     """The graph: the ingress bound to one model deployment, with optional per-deployment options."""
     options = deployment_options or {}
-    model = VoxCPMDeployment.options(**options.get("VoxCPMModel", {})).bind(args.model)
+    model = VoxCPMDeployment.options(**options.get("VoxCPMModel", {})).bind(args.model, args.voices_dir)
     return TTSIngress.options(**options.get("TTSIngress", {})).bind(model, args)
 
 
@@ -35,16 +35,18 @@ def from_config_file(
     path: str | Path,
     app_index: int = 0,
     deployment_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    args_overrides: Mapping[str, Any] | None = None,
     **model_overrides: Any,
 ) -> tuple[Application, AppConfig]:
     """The application a Serve config file describes, for ``serve.run`` from Python (tests, benchmarks).
 
-    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``
-    and ``deployment_overrides`` (by deployment name) fields of its ``deployments:`` entries.
+    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``,
+    ``args_overrides`` other fields of ``args``, and ``deployment_overrides`` (by deployment name)
+    fields of its ``deployments:`` entries.
     """
     schema = ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
     app_schema = schema.applications[app_index]
-    args = dict(app_schema.args)
+    args = {**app_schema.args, **(args_overrides or {})}
     args["model"] = {**args.get("model", {}), **model_overrides}
     config = AppConfig.model_validate(args)
     options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}

@@ -68,3 +68,8 @@ class AppConfig(_Strict):
 
     model: ModelConfig = ModelConfig()
     limits: LimitsConfig = LimitsConfig()
+    voices_dir: str = Field(
+        "voices",
+        description="Where saved voices live (relative paths: the replica's working directory). Every ingress "
+        "and model replica must see the same directory: on several nodes, shared storage.",
+    )

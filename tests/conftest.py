@@ -65,10 +65,12 @@ def service(checkpoints: Path) -> Iterator[Service]:
             pytest.exit(f"port {port} is in use (is `make serve` running?); the tests serve there", 2)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app, _ = from_config_file(LOCAL_CONFIG, source=str(checkpoints / "tiny-voxcpm1.5"))
+    voices = {"voices_dir": str(checkpoints.parent / "voices")}  # one store, shared by both apps
+    app, _ = from_config_file(LOCAL_CONFIG, args_overrides=voices, source=str(checkpoints / "tiny-voxcpm1.5"))
     serve.run(app, name="voxcpm", route_prefix="/")
     v2_app, _ = from_config_file(
         LOCAL_CONFIG,
+        args_overrides=voices,
         name="voxcpm2-tiny-synthetic",
         source=str(checkpoints / "tiny-voxcpm2"),
         synthetic_preset="tiny-voxcpm2",

@@ -16,6 +16,18 @@ from serve_app.errors import InvalidField, UnsupportedMedia
 
 def decode_reference(data: bytes, target_rate: int, max_seconds: float, field: str) -> np.ndarray:
     """Decode, mix down to mono and resample; refuse what is not audio or is too long or empty."""
+    mono, rate = decode_mono(data, max_seconds, field)
+    return resample(mono, rate, target_rate)
+
+
+def resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate != target_rate:
+        mono = soxr.resample(mono, rate, target_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def decode_mono(data: bytes, max_seconds: float, field: str) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate; refuse what is not audio or is too long or empty."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as source:
             seconds = source.frames / source.samplerate
@@ -31,6 +43,4 @@ def decode_reference(data: bytes, target_rate: int, max_seconds: float, field: s
     mono = samples.mean(axis=1)
     if not np.isfinite(mono).all():
         raise InvalidField("reference audio contains NaN or infinite samples", field)
-    if rate != target_rate:
-        mono = soxr.resample(mono, rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return mono, rate

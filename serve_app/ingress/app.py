@@ -7,7 +7,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import openai, status, tts
+from serve_app.ingress import openai, status, tts, voices
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
 
@@ -24,6 +24,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
     app.include_router(tts.router)
     app.include_router(openai.router)
+    app.include_router(voices.router)
     app.include_router(status.router)
     install_error_handlers(app)
     return app

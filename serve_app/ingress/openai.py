@@ -23,6 +23,7 @@ from serve_app.ingress.dependencies import request_id, synthesis_service
 from serve_app.ingress.schemas import MAX_LEN_LIMIT
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.model.types import SynthesisRequest
+from serve_app.voices import Voice
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -42,7 +43,11 @@ class SpeechRequest(BaseModel):
 
     model: str = Field(description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts.")
     input: str = Field(min_length=1, description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
-    voice: str = Field(description="One of OpenAI's voice names: the model's default voice.", examples=["alloy"])
+    voice: str = Field(
+        description="A saved voice's id or name (POST /api/voices), or one of OpenAI's voice names, which "
+        "select the model's default voice.",
+        examples=["alloy"],
+    )
     response_format: AudioFormat = AudioFormat.MP3
     speed: float = Field(
         1.0,
@@ -66,12 +71,11 @@ class SpeechRequest(BaseModel):
         return text
 
 
-async def _checked(body: SpeechRequest, service: SynthesisService) -> None:
+async def _checked(body: SpeechRequest, service: SynthesisService) -> Voice | None:
+    """Refuse what cannot be honoured; the saved voice to speak with, if any."""
     info = await service.model_info()
     if body.model not in OPENAI_MODELS and body.model != info.name:
         raise NotFound(f"model {body.model!r} is not served here; see GET /v1/models", "model")
-    if body.voice not in OPENAI_VOICES:
-        raise NotFound(f"voice {body.voice!r} is not known; use one of {sorted(OPENAI_VOICES)}", "voice")
     if body.speed != 1.0:
         raise BadRequest("speed: only 1.0 is supported (VoxCPM has no speaking-rate control)", "speed")
     if body.instructions and body.instructions.strip():
@@ -79,6 +83,7 @@ async def _checked(body: SpeechRequest, service: SynthesisService) -> None:
     if body.max_len < body.min_len:
         raise InvalidField(f"max_len ({body.max_len}) must be >= min_len ({body.min_len})", "max_len")
     service.check_text_length(body.input, "input")
+    return None if body.voice in OPENAI_VOICES else await service.voice(body.voice, "voice")
 
 
 @router.post(
@@ -100,12 +105,13 @@ async def speech(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    await _checked(body, service)
+    voice = await _checked(body, service)
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
     output = await service.output(body.response_format, body.sample_rate or default_rate)
     request = SynthesisRequest(
         text=body.input,
         request_id=rid,
+        voice=voice,
         cfg_value=body.cfg_value,
         inference_timesteps=body.inference_timesteps,
         min_len=body.min_len,

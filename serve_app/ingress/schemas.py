@@ -14,6 +14,8 @@ from serve_app.audio.codecs import AudioFormat
 MAX_LEN_LIMIT = 4096
 # Form fields about the answer's encoding rather than the synthesis itself.
 OUTPUT_FIELDS = frozenset({"format", "sample_rate"})
+# Form fields that say which voice to use; they become the request's prompt or voice.
+VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id"})
 
 
 class TTSStreamForm(BaseModel):
@@ -33,6 +35,9 @@ class TTSStreamForm(BaseModel):
         description="Transcript of prompt_audio; required with it on VoxCPM 0.5B/1.5 "
         "(VoxCPM2 can clone from audio alone).",
         examples=["参考音频的文本"],
+    )
+    voice_id: str | None = Field(
+        None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )
     cfg_value: float = Field(2.0, ge=1.0, le=5.0, description="Guidance strength.")
     inference_timesteps: int = Field(5, ge=1, le=100, description="Diffusion steps per audio patch.")

@@ -16,11 +16,12 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
-from serve_app.audio.reference import decode_reference
+from serve_app.audio.reference import decode_mono, decode_reference
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidField, PayloadTooLarge, ServiceError
-from serve_app.ingress.schemas import OUTPUT_FIELDS, TTSStreamForm
+from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
+from serve_app.voices import Voice, VoiceStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,6 +44,7 @@ class SynthesisService:
         self._model = model
         self._limits = config.limits
         self._info: ModelInfo | None = None
+        self.voices = VoiceStore(config.voices_dir)
 
     @property
     def deployment_name(self) -> str:
@@ -71,11 +73,24 @@ class SynthesisService:
     async def request_from_form(self, form: TTSStreamForm, request_id: str) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
         prompt = await self._prompt(form.prompt_audio, form.prompt_text)
-        knobs = form.model_dump(exclude={"prompt_audio", "prompt_text", *OUTPUT_FIELDS})  # names are voxcpm's
-        return SynthesisRequest(request_id=request_id, prompt=prompt, **knobs)
+        voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
+        if voice is not None and prompt is not None:
+            raise InvalidField("give either voice_id or prompt_audio, not both", "voice_id")
+        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS})  # the remaining names are voxcpm's
+        return SynthesisRequest(request_id=request_id, prompt=prompt, voice=voice, **knobs)
+
+    async def voice(self, id_or_name: str, field: str) -> Voice:
+        return await asyncio.to_thread(self.voices.find, id_or_name, field)
+
+    async def reference(self, upload: UploadFile, field: str) -> tuple[np.ndarray, int]:
+        """An uploaded recording as mono float32 at its own rate, within the configured limits."""
+        data = await self._read_upload(upload, field)
+        if not data:
+            raise InvalidField(f"{field} is required", field)
+        return await asyncio.to_thread(decode_mono, data, self._limits.max_prompt_audio_seconds, field)
 
     async def _prompt(self, upload: UploadFile | None, text: str | None) -> PromptAudio | None:
-        data = await self._read_upload(upload) if upload is not None else b""
+        data = await self._read_upload(upload, "prompt_audio") if upload is not None else b""
         if not data:
             if text is not None:
                 raise InvalidField("prompt_text was given without prompt_audio", "prompt_audio")
@@ -86,13 +101,13 @@ class SynthesisService:
         )
         return PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=text)
 
-    async def _read_upload(self, upload: UploadFile) -> bytes:
+    async def _read_upload(self, upload: UploadFile, field: str) -> bytes:
         limit = self._limits.max_prompt_audio_bytes
         data = await upload.read(limit + 1)
         if len(data) > limit:
-            raise PayloadTooLarge(f"prompt_audio is larger than {limit} bytes", "prompt_audio")
+            raise PayloadTooLarge(f"{field} is larger than {limit} bytes", field)
         if not data and upload.filename:
-            raise InvalidField("prompt_audio is an empty file", "prompt_audio")
+            raise InvalidField(f"{field} is an empty file", field)
         return data
 
     async def output(self, fmt: AudioFormat, requested_rate: int | None) -> Output:

@@ -23,6 +23,7 @@ from serve_app.errors import Overloaded
 from serve_app.model.engine import VoxCPMEngine
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
+from serve_app.voices import VoiceStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -32,10 +33,10 @@ MAX_BUFFERED_CHUNKS = 32
 
 @serve.deployment(name="VoxCPMModel", max_ongoing_requests=8, graceful_shutdown_timeout_s=60)
 class VoxCPMDeployment:
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, voices_dir: str) -> None:
         self._config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
-        self._engine = self._executor.submit(VoxCPMEngine.load, config).result()
+        self._engine = self._executor.submit(VoxCPMEngine.load, config, VoiceStore(voices_dir)).result()
         self._in_flight = 0
 
     def __del__(self) -> None:

@@ -26,9 +26,11 @@ import numpy as np
 import soundfile as sf
 
 from serve_app import synthetic
+from serve_app.audio.reference import resample
 from serve_app.config import ModelConfig
-from serve_app.errors import InvalidField
+from serve_app.errors import InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
+from serve_app.voices import Voice, VoiceStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,9 @@ class PromptCache:
 class VoxCPMEngine:
     """One ``voxcpm.VoxCPM`` instance, its encoded prompts and the files it needs for them."""
 
-    def __init__(self, tts: Any, config: ModelConfig) -> None:
+    def __init__(self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None) -> None:
         self._tts = tts
+        self._voices = voices
         self._model = tts.tts_model
         architecture = "voxcpm2" if type(self._model).__name__ == "VoxCPM2Model" else "voxcpm"
         self.info = ModelInfo(
@@ -94,7 +97,7 @@ class VoxCPMEngine:
         self._prompt_dir = Path(tempfile.mkdtemp(prefix="voxcpm-prompts-"))
 
     @classmethod
-    def load(cls, config: ModelConfig) -> VoxCPMEngine:
+    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> VoxCPMEngine:
         from voxcpm import VoxCPM
 
         checkpoint = config.synthetic_checkpoint()
@@ -108,7 +111,7 @@ class VoxCPMEngine:
             optimize=config.optimize,
             device=None if config.device == "auto" else config.device,
         )
-        engine = cls(tts, config)
+        engine = cls(tts, config, voices)
         if config.warmup:
             engine.warm_up()
         logger.info("loaded %s", engine.info)
@@ -145,7 +148,7 @@ class VoxCPMEngine:
 
     def _generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[tuple[Any, Any, Any]]:
         self._check(request)
-        prompt_cache = self._encoded_prompt(request) if request.prompt is not None else None
+        prompt_cache = self._encoded_prompt(request) if request.prompt or request.voice else None
         # voxcpm cannot retry a bad case it has already streamed
         retry = {"retry_badcase": False} if streaming else {name: getattr(request, name) for name in _RETRY_ARGUMENTS}
         return self._model._generate_with_prompt_cache(
@@ -188,11 +191,14 @@ class VoxCPMEngine:
             raise InvalidField(f"prompt audio must be resampled to {self.info.prompt_sample_rate} Hz", "prompt_audio")
 
     def _encoded_prompt(self, request: SynthesisRequest) -> Any:
-        prompt = request.prompt
-        assert prompt is not None
-        key = PromptCache.key(prompt, request.denoise)
+        if request.voice is not None:
+            key = f"voice:{request.voice.digest}:{request.denoise}"
+        else:
+            assert request.prompt is not None
+            key = PromptCache.key(request.prompt, request.denoise)
         encoded = self.prompts.get(key)
         if encoded is None:
+            prompt = request.prompt if request.voice is None else self._voice_prompt(request.voice)
             with self._prompt_file(prompt, request.denoise) as path:
                 if prompt.text:
                     encoded = self._model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
@@ -200,6 +206,14 @@ class VoxCPMEngine:
                     encoded = self._model.build_prompt_cache(reference_wav_path=path)
             self.prompts.put(key, encoded)
         return encoded
+
+    def _voice_prompt(self, voice: Voice) -> PromptAudio:
+        """A saved voice's recording, read from the shared store at the model's prompt rate."""
+        if self._voices is None:
+            raise NotFound("this model has no voice store", "voice_id")
+        samples, rate = self._voices.audio(voice)
+        target = self.info.prompt_sample_rate
+        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=voice.text)
 
     @contextlib.contextmanager
     def _prompt_file(self, prompt: PromptAudio, denoise: bool) -> Iterator[str]:

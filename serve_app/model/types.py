@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve_app.voices import Voice
+
 
 @dataclass(frozen=True)
 class PromptAudio:
@@ -22,7 +24,8 @@ class SynthesisRequest:
 
     text: str
     request_id: str = ""
-    prompt: PromptAudio | None = None
+    prompt: PromptAudio | None = None  # an uploaded reference ...
+    voice: Voice | None = None  # ... or a saved voice, which model replicas load and encode once
     cfg_value: float = 2.0
     inference_timesteps: int = 5
     min_len: int = 2

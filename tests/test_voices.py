@@ -1,0 +1,111 @@
+"""Saved voices: stored durably, listed, used by id or name on every endpoint, deleted; no path games."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from serve_app.voices import VoiceStore
+from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, Service, error_of
+
+
+def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "参考音频的文本") -> dict:
+    with open(reference, "rb") as audio:
+        response = requests.post(f"{url}/api/voices", data={"name": name, "text": text}, files={"audio": audio})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def prompt_cache(url: str) -> tuple[int, int]:
+    replica = requests.get(f"{url}/api/gpu/status").json()["replicas"][0]
+    return replica["prompt_cache_hits"], replica["prompt_cache_misses"]
+
+
+def test_voice_lifecycle(url: str, reference_wav: Path) -> None:
+    voice = save_voice(url, reference_wav)
+    assert set(voice) >= {"voice_id", "name", "text", "sample_rate", "seconds"}
+    assert voice["sample_rate"] == 16000 and voice["seconds"] == pytest.approx(2.0)
+    assert voice in requests.get(f"{url}/api/voices").json()["voices"]
+    assert requests.get(f"{url}/api/voices/{voice['voice_id']}").json() == voice
+    assert requests.delete(f"{url}/api/voices/{voice['voice_id']}").status_code == 204
+    gone = requests.get(f"{url}/api/voices/{voice['voice_id']}")
+    assert gone.status_code == 404 and error_of(gone)["field"] == "voice_id"
+
+
+def test_a_saved_voice_is_encoded_once_per_replica(url: str, reference_wav: Path) -> None:
+    voice = save_voice(url, reference_wav, name="once")
+    hits, misses = prompt_cache(url)
+    for _ in range(3):
+        response = requests.post(
+            f"{url}/api/tts/stream", data={"text": "保存的声音", "voice_id": voice["voice_id"], "max_len": 4}
+        )
+        assert response.status_code == 200
+        assert len(response.content) == 44 + 4 * TINY_V15_STEP_FRAMES * 2
+    assert prompt_cache(url) == (hits + 2, misses + 1)
+
+
+def test_voice_on_every_endpoint_and_every_model(service: Service, reference_wav: Path) -> None:
+    voice = save_voice(service.url, reference_wav, name="everywhere")
+    by_name = requests.post(
+        f"{service.url}/api/tts",
+        data={"text": "名字", "voice_id": "everywhere", "max_len": 4, "retry_badcase": "false"},
+    )
+    assert by_name.status_code == 200
+    for voice_field in (voice["voice_id"], "everywhere"):
+        speech = requests.post(
+            f"{service.url}/v1/audio/speech",
+            json={"model": "tts-1", "voice": voice_field, "input": "你好", "response_format": "pcm", "max_len": 3},
+        )
+        assert speech.status_code == 200, speech.text
+    v2 = requests.post(
+        f"{service.v2_url}/api/tts/stream", data={"text": "共享", "voice_id": voice["voice_id"], "max_len": 3}
+    )
+    assert v2.status_code == 200  # the store is shared by every deployment that names it
+    assert len(v2.content) == 44 + 3 * TINY_V2_STEP_FRAMES * 2
+
+
+@pytest.mark.parametrize("voice_id", ["../../etc/passwd", "..%2F..%2Fetc", "0" * 31, "a" * 33, "nonexistent"])
+def test_unknown_or_malformed_ids_are_404_and_touch_no_path(url: str, voice_id: str) -> None:
+    assert requests.get(f"{url}/api/voices/{voice_id}").status_code == 404
+    response = requests.post(f"{url}/api/tts/stream", data={"text": "x", "voice_id": voice_id})
+    assert response.status_code == 404
+    assert error_of(response)["field"] == "voice_id"
+    response = requests.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": voice_id, "input": "x"})
+    assert response.status_code == 404
+    assert error_of(response)["field"] == "voice"
+
+
+def test_refusals(url: str, reference_wav: Path) -> None:
+    voice = save_voice(url, reference_wav, name="refusals")
+    with open(reference_wav, "rb") as audio:
+        both = requests.post(
+            f"{url}/api/tts/stream",
+            data={"text": "x", "voice_id": voice["voice_id"], "prompt_text": "y"},
+            files={"prompt_audio": audio},
+        )
+    assert both.status_code == 422 and error_of(both)["field"] == "voice_id"
+    not_audio = requests.post(
+        f"{url}/api/voices", data={"name": "n", "text": "t"}, files={"audio": ("v.wav", b"not audio", "audio/wav")}
+    )
+    assert not_audio.status_code == 415 and error_of(not_audio)["field"] == "audio"
+    with open(reference_wav, "rb") as audio:
+        no_text = requests.post(f"{url}/api/voices", data={"name": "n"}, files={"audio": audio})
+    assert no_text.status_code == 422 and error_of(no_text)["field"] == "text"
+    no_audio = requests.post(f"{url}/api/voices", data={"name": "n", "text": "t"})
+    assert no_audio.status_code == 422 and error_of(no_audio)["field"] == "audio"
+
+
+def test_store_survives_a_restart_and_ignores_strays(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path)
+    voice = store.create("n", "t", np.zeros(1600, dtype=np.float32), 16000)
+    (tmp_path / "not-a-voice").mkdir()
+    (tmp_path / ("f" * 32)).mkdir()  # a voice-shaped directory without metadata
+    reopened = VoiceStore(tmp_path)
+    assert reopened.list() == [voice]
+    samples, rate = reopened.audio(voice)
+    assert rate == 16000 and len(samples) == 1600
+    assert sf.info(tmp_path / voice.voice_id / "audio.flac").subtype == "PCM_24"
