@@ -45,6 +45,18 @@ class TestStream:
         assert rate == 44100
         assert len(data) == 12 * TINY_V15_STEP_FRAMES
 
+    def test_long_text_streams_as_one_continuous_wav(self, url: str) -> None:
+        """Two sentences, spoken in turn: 58 steps each, one 10 ms crossfade, one header."""
+        response = requests.post(f"{url}/api/tts/stream", data={"text": "这是第一个句子。这是第二个句子。"})
+        data, _ = stream_frames(response)
+        assert len(data) == 2 * 58 * TINY_V15_STEP_FRAMES - 441
+
+    def test_normalize(self, url: str) -> None:
+        response = requests.post(
+            f"{url}/api/tts/stream", data={"text": "2025年1月3日，气温25度。", "normalize": "true", "max_len": 4}
+        )
+        assert stream_frames(response)[0].size == 4 * TINY_V15_STEP_FRAMES
+
     def test_streamed_header_announces_unknown_length(self, url: str) -> None:
         body = requests.post(f"{url}/api/tts/stream", data={"text": "你好", "max_len": 3}).content
         assert body[:4] == b"RIFF" and body[8:12] == b"WAVE"

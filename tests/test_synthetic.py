@@ -43,9 +43,20 @@ def test_stop_head_runs_to_voxcpm_length_cap(engine: VoxCPMEngine) -> None:
     """Steps = min(6 * text tokens + 10, max_len): a sentence gives seconds of audio, max_len rules."""
     step = engine.case[4]  # type: ignore[attr-defined]
     chunks = list(engine.stream(SynthesisRequest(text="你好世界")))  # 4 tokens -> 34 steps
-    assert len(chunks) == 34
     assert sum(len(c) for c in chunks) == 34 * step
-    assert len(list(engine.stream(SynthesisRequest(text="你好世界" * 10, max_len=7)))) == 7
+    assert sum(len(c) for c in engine.stream(SynthesisRequest(text="你好世界" * 10, max_len=7))) == 7 * step
+
+
+def test_long_text_is_spoken_sentence_by_sentence(engine: VoxCPMEngine) -> None:
+    """Two 8-character sentences: 58 steps each, joined by one crossfade; max_len budgets the whole."""
+    step = engine.case[4]  # type: ignore[attr-defined]
+    seam = int(0.01 * engine.info.sample_rate)
+    text = "这是第一个句子。这是第二个句子。"
+    streamed = sum(len(c) for c in engine.stream(SynthesisRequest(text=text)))
+    assert streamed == 2 * 58 * step - seam
+    whole = engine.synthesize(SynthesisRequest(text=text, retry_badcase=False))
+    assert abs(len(whole) - streamed) <= step
+    assert sum(len(c) for c in engine.stream(SynthesisRequest(text=text, max_len=70))) == 70 * step - seam
 
 
 def test_cloning(engine: VoxCPMEngine) -> None:

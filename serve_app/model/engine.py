@@ -3,8 +3,9 @@
 No Ray and no asyncio here: the deployment decides on which thread this runs. Callers must
 never run two generations at once on one engine (voxcpm keeps one static KV cache).
 
-Generation follows ``VoxCPM._generate`` (text clean-up, optional normalization, denoised prompt)
-but keeps the encoded prompt: voxcpm's ``build_prompt_cache`` result is reused through
+Generation follows ``VoxCPM._generate`` (text clean-up, optional normalization, denoised prompt),
+one sentence at a time for long text (crossfaded into one signal, in one voice), and keeps the
+encoded prompt: voxcpm's ``build_prompt_cache`` result is reused through
 ``_generate_with_prompt_cache`` whenever the same reference comes again, so a client that sends
 the same reference with every request (as the seed's cloning example does) pays for encoding once.
 """
@@ -27,15 +28,18 @@ import soundfile as sf
 
 from serve_app import synthetic
 from serve_app.audio.reference import resample
+from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
+from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
 
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 _RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
+SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
 
 
 class PromptCache:
@@ -93,6 +97,10 @@ class VoxCPMEngine:
             denoiser=tts.denoiser is not None,
         )
         self.prompts = PromptCache(config.prompt_cache_size)
+        # Samples per generation step at the output rate, and the crossfade between sentences.
+        decode_hop = getattr(self._model, "_decode_chunk_size", self._model.chunk_size)
+        self._step_samples = int(self._model.patch_size * decode_hop)
+        self._seam_samples = int(SEAM_SECONDS * self.info.sample_rate)
         # Prompt audio reaches voxcpm as a file path: a private directory, random names, always removed.
         self._prompt_dir = Path(tempfile.mkdtemp(prefix="voxcpm-prompts-"))
 
@@ -130,37 +138,69 @@ class VoxCPMEngine:
 
     def stream(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """Yield float32 mono chunks in generation order; closing the iterator stops generation."""
-        chunks = self._generate(request, streaming=True)
-        try:
-            for audio, _, _ in chunks:
-                yield audio.squeeze(0).cpu().numpy()
-        finally:
-            chunks.close()
+        yield from self._joined(request, streaming=True)
 
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance at once (voxcpm's non-streaming path, with retry_badcase)."""
-        chunks = self._generate(request, streaming=False)
-        try:
-            audio, _, _ = next(chunks)
-        finally:
-            chunks.close()
-        return audio.squeeze(0).cpu().numpy()
+        return np.concatenate([np.zeros(0, np.float32), *self._joined(request, streaming=False)])
 
-    def _generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[tuple[Any, Any, Any]]:
+    def _joined(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
+        """The sentences' audio as one signal, crossfaded at each seam."""
+        crossfade = Crossfader(self._seam_samples)
+        spoken = self._spoken(request, streaming)
+        try:
+            for samples in spoken:
+                if samples is None:
+                    crossfade.next_segment()
+                elif len(playable := crossfade.feed(samples)):
+                    yield playable
+            if len(tail := crossfade.flush()):
+                yield tail
+        finally:
+            spoken.close()
+
+    def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | None]:
+        """Each sentence's audio in turn (None between sentences), in one voice.
+
+        ``max_len`` is a budget of generation steps for the whole text. Without a reference, the
+        first sentence's own audio becomes the prompt of the rest, so the voice stays the same.
+        """
         self._check(request)
-        prompt_cache = self._encoded_prompt(request) if request.prompt or request.voice else None
+        prompt = self._encoded_prompt(request) if request.prompt or request.voice else None
+        sentences = split_sentences(self._clean_text(request))
         # voxcpm cannot retry a bad case it has already streamed
         retry = {"retry_badcase": False} if streaming else {name: getattr(request, name) for name in _RETRY_ARGUMENTS}
-        return self._model._generate_with_prompt_cache(
-            target_text=self._clean_text(request),
-            prompt_cache=prompt_cache,
-            min_len=request.min_len,
-            max_len=request.max_len,
-            inference_timesteps=request.inference_timesteps,
-            cfg_value=request.cfg_value,
-            streaming=streaming,
-            **retry,
-        )
+        budget = request.max_len
+        for index, sentence in enumerate(sentences):
+            if budget <= 0:
+                return
+            if index:
+                yield None
+            audio: list[np.ndarray] = []
+            generation = self._model._generate_with_prompt_cache(
+                target_text=sentence,
+                prompt_cache=prompt,
+                min_len=min(request.min_len, budget),
+                max_len=budget,
+                inference_timesteps=request.inference_timesteps,
+                cfg_value=request.cfg_value,
+                streaming=streaming,
+                **retry,
+            )
+            try:
+                for samples, _, _ in generation:
+                    audio.append(samples.squeeze(0).cpu().numpy())
+                    yield audio[-1]
+            finally:
+                generation.close()
+            budget -= len(audio) if streaming else round(sum(map(len, audio)) / self._step_samples)
+            if prompt is None and index + 1 < len(sentences):
+                spoken = PromptAudio(
+                    samples=resample(np.concatenate(audio), self.info.sample_rate, self.info.prompt_sample_rate),
+                    sample_rate=self.info.prompt_sample_rate,
+                    text=sentence,
+                )
+                prompt = self._encode(spoken, denoise=False)
 
     def _clean_text(self, request: SynthesisRequest) -> str:
         """What ``VoxCPM._generate`` does to the text: one line, single spaces, optionally normalized."""
@@ -191,6 +231,7 @@ class VoxCPMEngine:
             raise InvalidField(f"prompt audio must be resampled to {self.info.prompt_sample_rate} Hz", "prompt_audio")
 
     def _encoded_prompt(self, request: SynthesisRequest) -> Any:
+        """The request's reference or saved voice, encoded: from the prompt cache when it is there."""
         if request.voice is not None:
             key = f"voice:{request.voice.digest}:{request.denoise}"
         else:
@@ -199,13 +240,15 @@ class VoxCPMEngine:
         encoded = self.prompts.get(key)
         if encoded is None:
             prompt = request.prompt if request.voice is None else self._voice_prompt(request.voice)
-            with self._prompt_file(prompt, request.denoise) as path:
-                if prompt.text:
-                    encoded = self._model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
-                else:  # VoxCPM2: a reference without transcript
-                    encoded = self._model.build_prompt_cache(reference_wav_path=path)
+            encoded = self._encode(prompt, request.denoise)
             self.prompts.put(key, encoded)
         return encoded
+
+    def _encode(self, prompt: PromptAudio, denoise: bool) -> Any:
+        with self._prompt_file(prompt, denoise) as path:
+            if prompt.text:
+                return self._model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
+            return self._model.build_prompt_cache(reference_wav_path=path)  # VoxCPM2: no transcript needed
 
     def _voice_prompt(self, voice: Voice) -> PromptAudio:
         """A saved voice's recording, read from the shared store at the model's prompt rate."""

@@ -1,0 +1,42 @@
+"""Joining separately generated pieces of audio into one stream without a click or a gap.
+
+Each sentence is generated on its own, so one ends and the next begins at unrelated sample
+values. A short equal-power crossfade overlaps the end of one with the start of the next. To
+stream it, the last ``overlap`` samples of every chunk are held back until the next chunk shows
+whether a seam follows; the whole stream is delayed by those few milliseconds, not by a chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Crossfader:
+    def __init__(self, overlap: int) -> None:
+        self._overlap = overlap
+        self._held = np.zeros(0, dtype=np.float32)
+        self._seam = False
+        t = (np.arange(overlap, dtype=np.float32) + 0.5) / max(overlap, 1)
+        self._fade_in = np.sin(0.5 * np.pi * t).astype(np.float32)
+        self._fade_out = np.cos(0.5 * np.pi * t).astype(np.float32)
+
+    def next_segment(self) -> None:
+        """The next chunk starts a new piece: crossfade it with what is held."""
+        self._seam = True
+
+    def feed(self, chunk: np.ndarray) -> np.ndarray:
+        """What may be played now; the chunk's last ``overlap`` samples wait for the next call."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if self._seam and len(self._held) == self._overlap and len(chunk) >= self._overlap:
+            head = chunk[: self._overlap] * self._fade_in + self._held * self._fade_out
+            chunk = np.concatenate([head, chunk[self._overlap :]])
+            self._held = np.zeros(0, dtype=np.float32)
+        self._seam = False
+        joined = np.concatenate([self._held, chunk])
+        cut = max(0, len(joined) - self._overlap)
+        self._held = joined[cut:]
+        return joined[:cut]
+
+    def flush(self) -> np.ndarray:
+        held, self._held = self._held, np.zeros(0, dtype=np.float32)
+        return held
