@@ -3,7 +3,7 @@
 Ray Serve validates the config's ``args:`` against :class:`AppConfig` and calls
 :func:`build_app`; per-deployment resources (``num_gpus``, ``autoscaling_config``,
 ``max_ongoing_requests``) are set in the config's ``deployments:`` by deployment name
-(``VoxCPMModel``, ``TTSIngress``). No ``from __future__ import annotations`` here: Serve reads
+(each model's ``deployment_name``, and ``TTSIngress``). No ``from __future__ import annotations`` here: Serve reads
 the builder's annotation at run time to validate ``args``.
 """
 
@@ -25,10 +25,15 @@ def build_app(args: AppConfig) -> Application:
 
 
 def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
-    """The graph: the ingress bound to one model deployment, with optional per-deployment options."""
+    """The graph: the ingress bound to one model deployment per model, with per-deployment options."""
     options = deployment_options or {}
-    model = VoxCPMDeployment.options(**options.get("VoxCPMModel", {})).bind(args.model, args.voices_dir)
-    return TTSIngress.options(**options.get("TTSIngress", {})).bind(model, args)
+    models = {
+        model.name: VoxCPMDeployment.options(name=model.deployment_name, **options.get(model.deployment_name, {})).bind(
+            model, args.voices_dir
+        )
+        for model in args.models
+    }
+    return TTSIngress.options(**options.get("TTSIngress", {})).bind(models, args)
 
 
 def from_config_file(
@@ -36,24 +41,27 @@ def from_config_file(
     app_index: int = 0,
     deployment_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     args_overrides: Mapping[str, Any] | None = None,
-    **model_overrides: Any,
+    models_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    **default_model_overrides: Any,
 ) -> tuple[Application, AppConfig]:
     """The application a Serve config file describes, for ``serve.run`` from Python (tests, benchmarks).
 
-    The file is validated with Ray's own schema; ``model_overrides`` replace fields of ``args.model``,
-    ``args_overrides`` other fields of ``args``, and ``deployment_overrides`` (by deployment name)
-    fields of its ``deployments:`` entries.
+    The file is validated with Ray's own schema and :class:`AppConfig`. Overrides replace fields
+    of ``args`` (``args_overrides``), of a model by name (``models_overrides``) or of the default
+    model (keyword arguments), and of ``deployments:`` entries by deployment name.
     """
     schema = ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
     app_schema = schema.applications[app_index]
-    args = {**app_schema.args, **(args_overrides or {})}
-    args["model"] = {**args.get("model", {}), **model_overrides}
-    config = AppConfig.model_validate(args)
+    config = AppConfig.model_validate({**app_schema.args, **(args_overrides or {})})
+    changes = {**(models_overrides or {})}
+    changes[config.default] = {**changes.get(config.default, {}), **default_model_overrides}
+    models = [{**model.model_dump(), **changes.get(model.name, {})} for model in config.models]
+    config = AppConfig.model_validate({**config.model_dump(), "models": models})
     options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}
     for name, overrides in (deployment_overrides or {}).items():
         options[name] = {**options.get(name, {}), **overrides}
     if app_schema.runtime_env:  # as Serve does for a deployed config: every deployment inherits it
-        for name in ("VoxCPMModel", "TTSIngress"):
+        for name in [*(model.deployment_name for model in config.models), "TTSIngress"]:
             actor = options.setdefault(name, {}).setdefault("ray_actor_options", {})
             actor["runtime_env"] = {**app_schema.runtime_env, **(actor.get("runtime_env") or {})}
     return compose(config, options), config

@@ -7,8 +7,9 @@ typo in a config fails at ``serve run``/``serve deploy`` with a clear message.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from serve_app.synthetic import PRESETS
 
@@ -20,7 +21,12 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """One VoxCPM model and how its replicas load and queue it."""
 
-    name: str = Field("voxcpm", description="Public model name, returned in X-Model and /health.")
+    name: str = Field("voxcpm", description="Public model name: the `model` field of requests, X-Model, /health.")
+    deployment_name: str = Field(
+        "VoxCPMModel",
+        description="The Ray Serve deployment serving this model: the name its `deployments:` entry uses "
+        "(num_gpus, autoscaling). Unique per model.",
+    )
     source: str = Field(
         "openbmb/VoxCPM1.5",
         description="Hugging Face model id, or a local checkpoint directory.",
@@ -64,12 +70,41 @@ class LimitsConfig(_Strict):
 
 
 class AppConfig(_Strict):
-    """Everything the app builder needs; see configs/local.yaml and configs/prod.yaml."""
+    """Everything the app builder needs; see configs/local.yaml, configs/prod.yaml, configs/multi-model.yaml.
 
-    model: ModelConfig = ModelConfig()
+    ``model:`` declares one model; ``models:`` several, each its own deployment, routed by the
+    requests' ``model`` field, the first (or ``default_model``) answering requests that name none.
+    """
+
+    models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
+    default_model: str | None = Field(None, description="The model for requests that name none (default: the first).")
     limits: LimitsConfig = LimitsConfig()
     voices_dir: str = Field(
         "voices",
         description="Where saved voices live (relative paths: the replica's working directory). Every ingress "
         "and model replica must see the same directory: on several nodes, shared storage.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_or_several(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            if "models" in data:
+                raise ValueError("give either `model` or `models`, not both")
+            data = {**data, "models": [data["model"]]}
+            del data["model"]
+        return data
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> AppConfig:
+        for attribute in ("name", "deployment_name"):
+            values = [getattr(model, attribute) for model in self.models]
+            if len(set(values)) != len(values):
+                raise ValueError(f"each model needs its own {attribute}: {values}")
+        if self.default_model is not None and self.default_model not in {m.name for m in self.models}:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models")
+        return self
+
+    @property
+    def default(self) -> str:
+        return self.default_model or self.models[0].name

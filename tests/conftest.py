@@ -1,8 +1,9 @@
 """One real local Ray cluster and one Serve instance per test session, HTTP on loopback.
 
 The graph is deployed from ``configs/local.yaml`` itself (args and deployment options), with the
-synthetic checkpoint written to a session temp dir. A second app serves a VoxCPM2-architecture
-checkpoint under ``/v2`` so both architectures go through the real stack.
+synthetic checkpoint written to a session temp dir. A second app, ``configs/multi-model.yaml``
+under ``/multi``, serves a VoxCPM1.5- and a VoxCPM2-shaped model side by side, so both
+architectures and model routing go through the real stack.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
+MULTI_CONFIG = REPO / "configs" / "multi-model.yaml"
+V2_MODEL = "voxcpm2-tiny-synthetic"  # the VoxCPM2-shaped model of configs/multi-model.yaml
 
 # The tiny presets' samples per generation step (patch_size x VAE hop at the output rate).
 TINY_V15_STEP_FRAMES = 2 * 735
@@ -44,7 +47,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class Service:
     url: str  # the VoxCPM1.5-shaped app from configs/local.yaml
-    v2_url: str  # the same graph on a VoxCPM2-shaped checkpoint
+    multi_url: str  # configs/multi-model.yaml: a VoxCPM1.5- and a VoxCPM2-shaped model
 
 
 @pytest.fixture(scope="session")
@@ -68,16 +71,17 @@ def service(checkpoints: Path) -> Iterator[Service]:
     voices = {"voices_dir": str(checkpoints.parent / "voices")}  # one store, shared by both apps
     app, _ = from_config_file(LOCAL_CONFIG, args_overrides=voices, source=str(checkpoints / "tiny-voxcpm1.5"))
     serve.run(app, name="voxcpm", route_prefix="/")
-    v2_app, _ = from_config_file(
-        LOCAL_CONFIG,
+    multi_app, _ = from_config_file(
+        MULTI_CONFIG,
         args_overrides=voices,
-        name="voxcpm2-tiny-synthetic",
-        source=str(checkpoints / "tiny-voxcpm2"),
-        synthetic_preset="tiny-voxcpm2",
+        models_overrides={
+            "voxcpm1.5-tiny-synthetic": {"source": str(checkpoints / "tiny-voxcpm1.5")},
+            V2_MODEL: {"source": str(checkpoints / "tiny-voxcpm2")},
+        },
     )
-    serve.run(v2_app, name="voxcpm2", route_prefix="/v2")
+    serve.run(multi_app, name="multi", route_prefix="/multi")
     base = f"http://localhost:{port}"
-    yield Service(url=base, v2_url=f"{base}/v2")
+    yield Service(url=base, multi_url=f"{base}/multi")
     serve.shutdown()
     ray.shutdown()
 

@@ -13,7 +13,7 @@ import requests
 import soundfile as sf
 
 from serve_app.audio.codecs import AudioFormat
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, Service, error_of
+from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of
 from tests.test_codecs import decode
 
 LONG_TEXT = "这是一个很长的句子，用来测试流式合成。" * 40  # thousands of steps: tens of seconds on CPU
@@ -291,28 +291,50 @@ class TestCancellation:
         assert sorted(results) == [5, 6, 7, 8]
 
 
-class TestVoxCPM2:
-    def test_streams_at_48_khz(self, service: Service) -> None:
-        response = requests.post(f"{service.v2_url}/api/tts/stream", data={"text": "你好", "max_len": 5})
-        data, rate = stream_frames(response)
-        assert rate == 48000
-        assert response.headers["x-sample-rate"] == "48000"
-        assert len(data) == 5 * TINY_V2_STEP_FRAMES
+class TestSeveralModels:
+    """configs/multi-model.yaml: a VoxCPM1.5- and a VoxCPM2-shaped model, routed by `model`."""
 
-    def test_clones_from_audio_alone_and_with_transcript(self, service: Service, reference_wav: Path) -> None:
+    def test_the_model_field_routes(self, service: Service) -> None:
+        default = requests.post(f"{service.multi_url}/api/tts/stream", data={"text": "你好", "max_len": 5})
+        assert stream_frames(default)[0].size == 5 * TINY_V15_STEP_FRAMES
+        assert default.headers["x-model"] == "voxcpm1.5-tiny-synthetic"
+        v2 = requests.post(
+            f"{service.multi_url}/api/tts/stream", data={"text": "你好", "max_len": 5, "model": V2_MODEL}
+        )
+        data, rate = stream_frames(v2)
+        assert (rate, v2.headers["x-sample-rate"], v2.headers["x-model"]) == (48000, "48000", V2_MODEL)
+        assert len(data) == 5 * TINY_V2_STEP_FRAMES
+        openai = requests.post(
+            f"{service.multi_url}/v1/audio/speech",
+            json={"model": V2_MODEL, "voice": "alloy", "input": "你好", "response_format": "wav", "max_len": 3},
+        )
+        assert openai.headers["x-model"] == V2_MODEL and stream_frames(openai)[1] == 48000
+
+    def test_unknown_model_is_404_naming_the_field(self, service: Service) -> None:
+        response = requests.post(f"{service.multi_url}/api/tts/stream", data={"text": "x", "model": "voxcpm9"})
+        assert response.status_code == 404 and error_of(response)["field"] == "model"
+
+    def test_models_are_listed_with_their_state(self, service: Service) -> None:
+        health = requests.get(f"{service.multi_url}/health").json()
+        assert health["status"] == "ok" and health["default_model"] == "voxcpm1.5-tiny-synthetic"
+        architectures = {
+            m["name"]: (m["architecture"], m["prompt_sample_rate"], m["replicas_running"]) for m in health["models"]
+        }
+        assert architectures == {"voxcpm1.5-tiny-synthetic": ("voxcpm", 44100, 1), V2_MODEL: ("voxcpm2", 16000, 1)}
+        listed = requests.get(f"{service.multi_url}/v1/models").json()["data"]
+        assert [m["id"] for m in listed] == ["voxcpm1.5-tiny-synthetic", V2_MODEL]
+        status = requests.get(f"{service.multi_url}/api/gpu/status").json()
+        assert sorted(r["model"] for r in status["replicas"]) == sorted(architectures)
+
+    def test_voxcpm2_clones_from_audio_alone_and_with_transcript(self, service: Service, reference_wav: Path) -> None:
         for extra in ({}, {"prompt_text": "参考文本"}):
             with open(reference_wav, "rb") as audio:
                 response = requests.post(
-                    f"{service.v2_url}/api/tts/stream",
-                    data={"text": "克隆", "max_len": 4, **extra},
+                    f"{service.multi_url}/api/tts/stream",
+                    data={"text": "克隆", "max_len": 4, "model": V2_MODEL, **extra},
                     files={"prompt_audio": audio},
                 )
             assert stream_frames(response)[1] == 48000
-
-    def test_health_names_the_architecture(self, service: Service) -> None:
-        (model,) = requests.get(f"{service.v2_url}/health").json()["models"]
-        assert model["architecture"] == "voxcpm2"
-        assert model["prompt_sample_rate"] == 16000
 
 
 class TestPromptCache:

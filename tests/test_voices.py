@@ -10,7 +10,7 @@ import requests
 import soundfile as sf
 
 from serve_app.voices import VoiceStore
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, Service, error_of
+from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of
 
 
 def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "参考音频的文本") -> dict:
@@ -62,7 +62,8 @@ def test_voice_on_every_endpoint_and_every_model(service: Service, reference_wav
         )
         assert speech.status_code == 200, speech.text
     v2 = requests.post(
-        f"{service.v2_url}/api/tts/stream", data={"text": "共享", "voice_id": voice["voice_id"], "max_len": 3}
+        f"{service.multi_url}/api/tts/stream",
+        data={"text": "共享", "voice_id": voice["voice_id"], "max_len": 3, "model": V2_MODEL},
     )
     assert v2.status_code == 200  # the store is shared by every deployment that names it
     assert len(v2.content) == 44 + 3 * TINY_V2_STEP_FRAMES * 2

@@ -36,5 +36,5 @@ fastapi_app = create_app()
 @serve.deployment(name="TTSIngress", max_ongoing_requests=64)
 @serve.ingress(fastapi_app)
 class TTSIngress:
-    def __init__(self, model: DeploymentHandle, config: AppConfig) -> None:
-        self.synthesis = SynthesisService(model, config)
+    def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
+        self.synthesis = SynthesisService(models, config)

@@ -18,11 +18,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
-from serve_app.errors import BadRequest, InvalidField, NotFound
+from serve_app.errors import BadRequest, InvalidField
 from serve_app.ingress.dependencies import request_id, synthesis_service
 from serve_app.ingress.schemas import MAX_LEN_LIMIT
 from serve_app.ingress.synthesis import SynthesisService
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import Voice
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -41,7 +41,9 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts.")
+    model: str = Field(
+        description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default one."
+    )
     input: str = Field(min_length=1, description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
     voice: str = Field(
         description="A saved voice's id or name (POST /api/voices), or one of OpenAI's voice names, which "
@@ -71,11 +73,9 @@ class SpeechRequest(BaseModel):
         return text
 
 
-async def _checked(body: SpeechRequest, service: SynthesisService) -> Voice | None:
-    """Refuse what cannot be honoured; the saved voice to speak with, if any."""
-    info = await service.model_info()
-    if body.model not in OPENAI_MODELS and body.model != info.name:
-        raise NotFound(f"model {body.model!r} is not served here; see GET /v1/models", "model")
+async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str, Voice | None]:
+    """Refuse what cannot be honoured; the model, and the saved voice to speak with if any."""
+    model = service.resolve(None if body.model in OPENAI_MODELS else body.model)
     if body.speed != 1.0:
         raise BadRequest("speed: only 1.0 is supported (VoxCPM has no speaking-rate control)", "speed")
     if body.instructions and body.instructions.strip():
@@ -83,7 +83,7 @@ async def _checked(body: SpeechRequest, service: SynthesisService) -> Voice | No
     if body.max_len < body.min_len:
         raise InvalidField(f"max_len ({body.max_len}) must be >= min_len ({body.min_len})", "max_len")
     service.check_text_length(body.input, "input")
-    return None if body.voice in OPENAI_VOICES else await service.voice(body.voice, "voice")
+    return model, None if body.voice in OPENAI_VOICES else await service.voice(body.voice, "voice")
 
 
 @router.post(
@@ -105,9 +105,9 @@ async def speech(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    voice = await _checked(body, service)
+    model, voice = await _checked(body, service)
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
-    output = await service.output(body.response_format, body.sample_rate or default_rate)
+    output = await service.output(body.response_format, body.sample_rate or default_rate, model)
     request = SynthesisRequest(
         text=body.input,
         request_id=rid,
@@ -139,8 +139,11 @@ async def _events(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterato
 
 @router.get("/models", summary="The models this service speaks with")
 async def models(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> dict:
-    info = await service.model_info()
-    entry = {
+    return {"object": "list", "data": [_model_entry(await service.model_info(name)) for name in service.model_names]}
+
+
+def _model_entry(info: ModelInfo) -> dict:
+    return {
         "id": info.name,
         "object": "model",
         "created": 0,
@@ -148,4 +151,3 @@ async def models(service: Annotated[SynthesisService, Depends(synthesis_service)
         "architecture": info.architecture,
         "sample_rate": info.sample_rate,
     }
-    return {"object": "list", "data": [entry]}

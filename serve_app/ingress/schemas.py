@@ -36,6 +36,7 @@ class TTSStreamForm(BaseModel):
         "(VoxCPM2 can clone from audio alone).",
         examples=["参考音频的文本"],
     )
+    model: str | None = Field(None, description="A served model (GET /v1/models); default: the configured one.")
     voice_id: str | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )

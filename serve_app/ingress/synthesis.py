@@ -18,7 +18,7 @@ from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import decode_mono, decode_reference
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidField, PayloadTooLarge, ServiceError
+from serve_app.errors import InvalidField, NotFound, PayloadTooLarge, ServiceError
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
 from serve_app.voices import Voice, VoiceStore
@@ -38,31 +38,43 @@ def model_errors() -> Iterator[None]:
 
 
 class SynthesisService:
-    """The ingress's access to one model deployment."""
+    """The ingress's access to the model deployments, by model name."""
 
-    def __init__(self, model: DeploymentHandle, config: AppConfig) -> None:
-        self._model = model
+    def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
+        self._handles = models
+        self.default_model = config.default
         self._limits = config.limits
-        self._info: ModelInfo | None = None
+        self._infos: dict[str, ModelInfo] = {}
         self.voices = VoiceStore(config.voices_dir)
 
     @property
-    def deployment_name(self) -> str:
-        return self._model.deployment_name
+    def model_names(self) -> list[str]:
+        return list(self._handles)
 
-    async def model_info(self) -> ModelInfo:
+    def resolve(self, name: str | None, field: str = "model") -> str:
+        """The model a request asks for (none: the default), or a 404 naming the field."""
+        if name is None or name == "":
+            return self.default_model
+        if name not in self._handles:
+            raise NotFound(f"model {name!r} is not served here; served: {self.model_names}", field)
+        return name
+
+    def deployment_name(self, model: str) -> str:
+        return self._handles[model].deployment_name
+
+    async def model_info(self, model: str) -> ModelInfo:
         """The model's facts, asked once (they do not change for a deployment)."""
-        if self._info is None:
-            return await self.probe_model()
-        return self._info
+        if model not in self._infos:
+            return await self.probe_model(model)
+        return self._infos[model]
 
-    async def probe_model(self) -> ModelInfo:
+    async def probe_model(self, model: str) -> ModelInfo:
         """Ask a model replica now: answers only while one is up (for /health)."""
-        self._info = await self._model.info.remote()
-        return self._info
+        self._infos[model] = await self._handles[model].info.remote()
+        return self._infos[model]
 
-    async def replica_status(self) -> ReplicaStatus:
-        return await self._model.status.remote()
+    async def replica_status(self, model: str) -> ReplicaStatus:
+        return await self._handles[model].status.remote()
 
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
@@ -70,13 +82,13 @@ class SynthesisService:
                 f"{field} has {len(text)} characters; the limit is {self._limits.max_text_chars}", field
             )
 
-    async def request_from_form(self, form: TTSStreamForm, request_id: str) -> SynthesisRequest:
+    async def request_from_form(self, form: TTSStreamForm, request_id: str, model: str) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
-        prompt = await self._prompt(form.prompt_audio, form.prompt_text)
+        prompt = await self._prompt(form.prompt_audio, form.prompt_text, model)
         voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
         if voice is not None and prompt is not None:
             raise InvalidField("give either voice_id or prompt_audio, not both", "voice_id")
-        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS})  # the remaining names are voxcpm's
+        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model"})  # the rest are voxcpm's names
         return SynthesisRequest(request_id=request_id, prompt=prompt, voice=voice, **knobs)
 
     async def voice(self, id_or_name: str, field: str) -> Voice:
@@ -89,13 +101,13 @@ class SynthesisService:
             raise InvalidField(f"{field} is required", field)
         return await asyncio.to_thread(decode_mono, data, self._limits.max_prompt_audio_seconds, field)
 
-    async def _prompt(self, upload: UploadFile | None, text: str | None) -> PromptAudio | None:
+    async def _prompt(self, upload: UploadFile | None, text: str | None, model: str) -> PromptAudio | None:
         data = await self._read_upload(upload, "prompt_audio") if upload is not None else b""
         if not data:
             if text is not None:
                 raise InvalidField("prompt_text was given without prompt_audio", "prompt_audio")
             return None
-        info = await self.model_info()
+        info = await self.model_info(model)
         samples = await asyncio.to_thread(
             decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, "prompt_audio"
         )
@@ -110,9 +122,9 @@ class SynthesisService:
             raise InvalidField(f"{field} is an empty file", field)
         return data
 
-    async def output(self, fmt: AudioFormat, requested_rate: int | None) -> Output:
+    async def output(self, fmt: AudioFormat, requested_rate: int | None, model: str) -> Output:
         """The format and rate of the answer, checked against what the format can carry."""
-        info = await self.model_info()
+        info = await self.model_info(model)
         try:
             rate = codecs.output_rate(fmt, info.sample_rate, requested_rate)
         except ValueError as exc:
@@ -133,7 +145,8 @@ class SynthesisService:
         The first chunk is awaited here, before any response starts, so a refusal (bad prompt,
         overload) still becomes a clean JSON error rather than a broken 200.
         """
-        chunks: DeploymentResponseGenerator = self._model.options(stream=True).stream.remote(request)
+        handle = self._handles[output.model.name]
+        chunks: DeploymentResponseGenerator = handle.options(stream=True).stream.remote(request)
         try:
             with model_errors():
                 first = await chunks.__anext__()
@@ -163,7 +176,7 @@ class SynthesisService:
 
     async def whole(self, request: SynthesisRequest, output: Output) -> Response:
         with model_errors():
-            samples = await self._model.synthesize.remote(request)
+            samples = await self._handles[output.model.name].synthesize.remote(request)
         body = await asyncio.to_thread(
             codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
         )

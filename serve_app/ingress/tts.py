@@ -37,8 +37,9 @@ async def tts_stream(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    output = await service.output(form.format, form.sample_rate)
-    return await service.stream(await service.request_from_form(form, rid), output)
+    model = service.resolve(form.model)
+    output = await service.output(form.format, form.sample_rate, model)
+    return await service.stream(await service.request_from_form(form, rid, model), output)
 
 
 @router.post(
@@ -52,5 +53,6 @@ async def tts(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> Response:
-    output = await service.output(form.format, form.sample_rate)
-    return await service.whole(await service.request_from_form(form, rid), output)
+    model = service.resolve(form.model)
+    output = await service.output(form.format, form.sample_rate, model)
+    return await service.whole(await service.request_from_form(form, rid, model), output)
