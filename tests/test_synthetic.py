@@ -11,8 +11,10 @@ import pytest
 
 from serve_app import synthetic
 from serve_app.config import ModelConfig
+from serve_app.errors import NotFound
 from serve_app.model.engine import PromptCache, VoxCPMEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.voices import VoiceStore
 from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
 
 CASES = [
@@ -102,3 +104,20 @@ def test_prompt_cache_keeps_the_most_recently_used() -> None:
     cache.put(keys[2], "c")  # evicts keys[1], the least recently used
     assert cache.get(keys[1]) is None and cache.get(keys[2]) == "c"
     assert (cache.hits, cache.misses) == (2, 1)
+
+
+def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, checkpoints: Path) -> None:
+    store = VoiceStore(tmp_path / "voices")
+    voice = store.create("gone", "参考", np.zeros(16000, dtype=np.float32), 16000)
+    config = ModelConfig(
+        source=str(checkpoints / "unit-tiny-voxcpm1.5"),
+        synthetic_preset="tiny-voxcpm1.5",
+        device="cpu",
+        optimize=False,
+        warmup=False,
+    )
+    engine = VoxCPMEngine.load(config, store)
+    store.delete(voice.voice_id)
+    with pytest.raises(NotFound) as raised:
+        list(engine.stream(SynthesisRequest(text="你好", voice=voice, max_len=3)))
+    assert raised.value.field == "voice_id"

@@ -15,12 +15,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.errors import BadRequest, InvalidField
 from serve_app.ingress.dependencies import request_id, synthesis_service
-from serve_app.ingress.schemas import MAX_LEN_LIMIT
+from serve_app.ingress.schemas import MAX_LEN_LIMIT, NonBlankText
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import Voice
@@ -44,7 +44,7 @@ class SpeechRequest(BaseModel):
     model: str = Field(
         description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default one."
     )
-    input: str = Field(min_length=1, description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
+    input: NonBlankText = Field(description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
     voice: str = Field(
         description="A saved voice's id or name (POST /api/voices), or one of OpenAI's voice names, which "
         "select the model's default voice.",
@@ -64,13 +64,6 @@ class SpeechRequest(BaseModel):
     min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT)
     max_len: int = Field(4096, ge=1, le=MAX_LEN_LIMIT)
     normalize: bool = False
-
-    @field_validator("input")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("input must not be empty or only whitespace")
-        return text
 
 
 async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str, Voice | None]:

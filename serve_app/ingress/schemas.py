@@ -6,8 +6,10 @@ Both endpoints take multipart/form-data or application/x-www-form-urlencoded, as
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve_app.audio.codecs import AudioFormat
 
@@ -18,12 +20,21 @@ OUTPUT_FIELDS = frozenset({"format", "sample_rate"})
 VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id"})
 
 
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+NonBlankText = Annotated[str, AfterValidator(_not_blank)]
+
+
 class TTSStreamForm(BaseModel):
     """Fields of ``POST /api/tts/stream``; names and defaults are the seed's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(
+    text: NonBlankText = Field(
         description="Text to synthesize (non-empty after trimming; at most the configured length).",
         examples=["你好，这是流式语音合成。"],
     )
@@ -54,13 +65,6 @@ class TTSStreamForm(BaseModel):
     sample_rate: int | None = Field(
         None, ge=8000, le=96000, description="Resample the output to this rate (default: the model's own)."
     )
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("text must not be empty or only whitespace")
-        return text
 
     @field_validator("prompt_text")
     @classmethod

@@ -82,7 +82,13 @@ class SynthesisService:
                 f"{field} has {len(text)} characters; the limit is {self._limits.max_text_chars}", field
             )
 
-    async def request_from_form(self, form: TTSStreamForm, request_id: str, model: str) -> SynthesisRequest:
+    async def from_form(self, form: TTSStreamForm, request_id: str) -> tuple[SynthesisRequest, Output]:
+        """What a /api/tts* form asks for: the synthesis, and how to encode it."""
+        model = self.resolve(form.model)
+        output = await self.output(form.format, form.sample_rate, model)
+        return await self._request_from_form(form, request_id, model), output
+
+    async def _request_from_form(self, form: TTSStreamForm, request_id: str, model: str) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
         prompt = await self._prompt(form.prompt_audio, form.prompt_text, model)
         voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None

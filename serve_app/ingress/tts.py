@@ -37,9 +37,7 @@ async def tts_stream(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> StreamingResponse:
-    model = service.resolve(form.model)
-    output = await service.output(form.format, form.sample_rate, model)
-    return await service.stream(await service.request_from_form(form, rid, model), output)
+    return await service.stream(*await service.from_form(form, rid))
 
 
 @router.post(
@@ -53,6 +51,4 @@ async def tts(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     rid: Annotated[str, Depends(request_id)],
 ) -> Response:
-    model = service.resolve(form.model)
-    output = await service.output(form.format, form.sample_rate, model)
-    return await service.whole(await service.request_from_form(form, rid, model), output)
+    return await service.whole(*await service.from_form(form, rid))

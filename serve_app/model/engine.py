@@ -254,7 +254,10 @@ class VoxCPMEngine:
         """A saved voice's recording, read from the shared store at the model's prompt rate."""
         if self._voices is None:
             raise NotFound("this model has no voice store", "voice_id")
-        samples, rate = self._voices.audio(voice)
+        try:
+            samples, rate = self._voices.audio(voice)
+        except (OSError, sf.LibsndfileError):  # deleted since the ingress looked it up
+            raise NotFound(f"no saved voice {voice.voice_id!r}", "voice_id") from None
         target = self.info.prompt_sample_rate
         return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=voice.text)
 
