@@ -30,10 +30,11 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
-# seed's examples; venv support is a separate package on Debian.
+# seed's examples; Chromium runs the playground's browser test; venv support is a separate package on Debian.
 system-deps:
 	@missing=""; \
 	for cmd in ffmpeg ffprobe curl; do command -v $$cmd >/dev/null || missing="$$missing ffmpeg curl"; done; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \

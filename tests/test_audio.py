@@ -67,3 +67,20 @@ def test_reference_that_is_not_audio() -> None:
 def test_reference_without_samples() -> None:
     with pytest.raises(InvalidField, match="no samples"):
         decode_reference(encoded(np.zeros(0), 16000, format="WAV"), 16000, 10, "prompt_audio")
+
+
+def test_browser_recordings_decode_through_ffmpeg() -> None:
+    """MediaRecorder's WebM/Opus is no libsndfile format: FFmpeg (PyAV) takes over."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.full((1, 48000), 0.25, np.float32), format="flt", layout="mono")
+        frame.sample_rate = 48000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    mono = decode_reference(buffer.getvalue(), 16000, 10, "prompt_audio")
+    assert abs(len(mono) - 16000) < 400
+    with pytest.raises(InvalidField, match=r"limit is 0\.5 s"):
+        decode_reference(buffer.getvalue(), 16000, 0.5, "prompt_audio")

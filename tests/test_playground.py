@@ -1,0 +1,103 @@
+"""The playground page in headless Chromium against the real service: it speaks while it streams."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import REPO, TINY_V15_STEP_FRAMES
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # tests run as root in CI
+    "--disable-gpu",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-networking",  # nothing outside loopback is reachable here
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package: chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, url: str) -> Iterator[Page]:
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.goto(f"{url}/")
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    yield page
+    context.close()
+
+
+def test_speaks_while_streaming_and_downloads_a_wav(page: Page, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.fill("#text", "你好，这是浏览器里的流式语音合成。")
+    page.fill("#max_len", "40")
+    page.click("#speak")
+    page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
+    run = page.evaluate("({first: lastRun.firstAudioMs, total: lastRun.totalMs, audio: lastRun.audioSeconds})")
+    print(f"\nplayground: first audio after {run['first']:.0f} ms of {run['total']:.0f} ms")
+    assert 0 < run["first"] < run["total"]  # audio started before the stream ended
+    assert run["audio"] == pytest.approx(40 * TINY_V15_STEP_FRAMES / 44100, abs=1e-3)
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / "speech.wav"
+    download.value.save_as(saved)
+    data, rate = sf.read(saved)
+    assert rate == 44100 and len(data) == 40 * TINY_V15_STEP_FRAMES
+
+
+def test_out_of_range_knobs_are_stopped_in_the_browser(page: Page) -> None:
+    page.fill("#cfg_value", "9")
+    page.click("#speak")
+    assert page.evaluate("document.querySelector('#cfg_value').validity.rangeOverflow")
+    assert page.text_content("#status") == "idle"
+
+
+def test_shows_the_apis_errors(page: Page) -> None:
+    page.fill("#text", "字" * 5001)  # over the server's configured limit: only the API can refuse it
+    page.click("#speak")
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=30_000)
+    assert "limit is 5000" in error.text_content() and "(field: text)" in error.text_content()
+    page.screenshot(path=str(ARTIFACTS / "playground-error.png"))
+
+
+def test_knob_ranges_come_from_the_api(page: Page) -> None:
+    assert page.get_attribute("#cfg_value", "max") == "5"
+    assert page.get_attribute("#inference_timesteps", "min") == "1"
+    assert page.input_value("#inference_timesteps") == "5"
+
+
+def test_saves_uses_and_deletes_a_voice(page: Page, reference_wav: Path) -> None:
+    page.fill("#voice-name", "browser-voice")
+    page.fill("#voice-text", "参考音频的文本")
+    page.set_input_files("#voice-audio", str(reference_wav))
+    page.click("#voice-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#voice').selectedOptions[0].text === 'browser-voice'")
+    page.fill("#max_len", "10")
+    page.click("#speak")
+    page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
+    page.click("button[aria-label='Delete voice browser-voice']")
+    page.wait_for_function("!document.querySelector('#voice-list').textContent.includes('browser-voice')")
