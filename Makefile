@@ -9,12 +9,12 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint bench system-deps clean
+.PHONY: serve test lint bench system-deps browser clean
 
 serve: $(INSTALLED)
 	$(BIN)/serve run configs/local.yaml
 
-test: $(INSTALLED) lint
+test: $(INSTALLED) browser lint
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
@@ -30,16 +30,20 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
-# seed's examples; Chromium runs the playground's browser test; venv support is a separate package on Debian.
+# seed's examples; venv support is a separate package on Debian.
 system-deps:
 	@missing=""; \
 	for cmd in ffmpeg ffprobe curl; do command -v $$cmd >/dev/null || missing="$$missing ffmpeg curl"; done; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$(echo $$missing | tr ' ' '\n' | sort -u); \
 	fi
+
+# Debian's Chromium, driven by Playwright, runs the playground's browser test (tests only).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
 # torch and torchaudio are pinned together in pyproject.toml (torchaudio must match torch exactly).
 $(INSTALLED): pyproject.toml | system-deps
