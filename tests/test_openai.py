@@ -89,6 +89,7 @@ def test_models_lists_the_served_model(client: OpenAI, url: str) -> None:
         ({"input": "  "}, 422, "input"),
         ({"input": "字" * 5001}, 413, "input"),
         ({"cfg_value": 9}, 422, "cfg_value"),
+        ({"min_len": 10, "max_len": 5}, 422, "max_len"),
     ],
 )
 def test_refusals_name_the_field(url: str, extra: dict, status: int, field: str) -> None:

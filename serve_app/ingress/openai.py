@@ -15,12 +15,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
-from serve_app.errors import BadRequest, InvalidField
+from serve_app.errors import BadRequest
 from serve_app.ingress.dependencies import request_id, synthesis_service
-from serve_app.ingress.schemas import MAX_LEN_LIMIT, NonBlankText
+from serve_app.ingress.schemas import NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import Voice
@@ -36,10 +36,8 @@ OPENAI_VOICES = frozenset(
 OPENAI_PCM_RATE = 24000  # OpenAI's raw PCM is 24 kHz; clients play it at that rate
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(VoxCPMKnobs):
     """OpenAI's speech request, plus VoxCPM's knobs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default one."
@@ -59,11 +57,6 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(None, description="Not supported by VoxCPM; refused when not empty.")
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (pcm defaults to 24 kHz).")
-    cfg_value: float = Field(2.0, ge=1.0, le=5.0)
-    inference_timesteps: int = Field(5, ge=1, le=100)
-    min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT)
-    max_len: int = Field(4096, ge=1, le=MAX_LEN_LIMIT)
-    normalize: bool = False
 
 
 async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str, Voice | None]:
@@ -73,8 +66,6 @@ async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str,
         raise BadRequest("speed: only 1.0 is supported (VoxCPM has no speaking-rate control)", "speed")
     if body.instructions and body.instructions.strip():
         raise BadRequest("instructions are not supported by VoxCPM", "instructions")
-    if body.max_len < body.min_len:
-        raise InvalidField(f"max_len ({body.max_len}) must be >= min_len ({body.min_len})", "max_len")
     service.check_text_length(body.input, "input")
     return model, None if body.voice in OPENAI_VOICES else await service.voice(body.voice, "voice")
 
@@ -101,16 +92,7 @@ async def speech(
     model, voice = await _checked(body, service)
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
     output = await service.output(body.response_format, body.sample_rate or default_rate, model)
-    request = SynthesisRequest(
-        text=body.input,
-        request_id=rid,
-        voice=voice,
-        cfg_value=body.cfg_value,
-        inference_timesteps=body.inference_timesteps,
-        min_len=body.min_len,
-        max_len=body.max_len,
-        normalize=body.normalize,
-    )
+    request = SynthesisRequest(text=body.input, request_id=rid, voice=voice, **body.knobs())
     if body.stream_format == "audio":
         return await service.stream(request, output)
     audio = await service.encoded_stream(request, output)

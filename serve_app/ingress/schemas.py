@@ -6,7 +6,7 @@ Both endpoints take multipart/form-data or application/x-www-form-urlencoded, as
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -29,10 +29,34 @@ def _not_blank(text: str) -> str:
 NonBlankText = Annotated[str, AfterValidator(_not_blank)]
 
 
-class TTSStreamForm(BaseModel):
-    """Fields of ``POST /api/tts/stream``; names and defaults are the seed's."""
+class VoxCPMKnobs(BaseModel):
+    """voxcpm's generation settings with the contract's ranges: the seed's forms and the OpenAI body share them."""
 
     model_config = ConfigDict(extra="forbid")
+
+    cfg_value: float = Field(2.0, ge=1.0, le=5.0, description="Guidance strength.")
+    inference_timesteps: int = Field(5, ge=1, le=100, description="Diffusion steps per audio patch.")
+    min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT, description="Minimum length, in generation steps.")
+    max_len: int = Field(
+        4096, ge=1, le=MAX_LEN_LIMIT, description="Maximum length, in generation steps for the whole text (>= min_len)."
+    )
+    normalize: bool = Field(False, description="Normalize numbers, dates and symbols in the text first.")
+
+    @field_validator("max_len")
+    @classmethod
+    def _max_len_covers_min_len(cls, max_len: int, info: ValidationInfo) -> int:
+        min_len = info.data.get("min_len")
+        if min_len is not None and max_len < min_len:
+            raise ValueError(f"max_len ({max_len}) must be >= min_len ({min_len})")
+        return max_len
+
+    def knobs(self) -> dict[str, Any]:
+        """These settings by voxcpm's (and SynthesisRequest's) names."""
+        return self.model_dump(include=set(VoxCPMKnobs.model_fields))
+
+
+class TTSStreamForm(VoxCPMKnobs):
+    """Fields of ``POST /api/tts/stream``; names and defaults are the seed's."""
 
     text: NonBlankText = Field(
         description="Text to synthesize (non-empty after trimming; at most the configured length).",
@@ -51,11 +75,6 @@ class TTSStreamForm(BaseModel):
     voice_id: str | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )
-    cfg_value: float = Field(2.0, ge=1.0, le=5.0, description="Guidance strength.")
-    inference_timesteps: int = Field(5, ge=1, le=100, description="Diffusion steps per audio patch.")
-    min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT, description="Minimum length, in generation steps.")
-    max_len: int = Field(4096, ge=1, le=MAX_LEN_LIMIT, description="Maximum length, in generation steps (>= min_len).")
-    normalize: bool = Field(False, description="Normalize numbers, dates and symbols in the text first.")
     denoise: bool = Field(False, description="Denoise the reference audio (needs the denoiser loaded).")
     format: AudioFormat = Field(
         AudioFormat.WAV,
@@ -70,14 +89,6 @@ class TTSStreamForm(BaseModel):
     @classmethod
     def _blank_is_absent(cls, prompt_text: str | None) -> str | None:
         return prompt_text if prompt_text and prompt_text.strip() else None
-
-    @field_validator("max_len")
-    @classmethod
-    def _max_len_covers_min_len(cls, max_len: int, info: ValidationInfo) -> int:
-        min_len = info.data.get("min_len")
-        if min_len is not None and max_len < min_len:
-            raise ValueError(f"max_len ({max_len}) must be >= min_len ({min_len})")
-        return max_len
 
 
 class TTSForm(TTSStreamForm):
