@@ -60,8 +60,13 @@ def from_config_file(
     options = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in app_schema.deployments}
     for name, overrides in (deployment_overrides or {}).items():
         options[name] = {**options.get(name, {}), **overrides}
-    if app_schema.runtime_env:  # as Serve does for a deployed config: every deployment inherits it
-        for name in [*(model.deployment_name for model in config.models), "TTSIngress"]:
-            actor = options.setdefault(name, {}).setdefault("ray_actor_options", {})
+    # As Serve does for a deployed config: every deployment inherits the app's runtime_env and logging.
+    logging_config = app_schema.logging_config or schema.logging_config
+    for name in [*(model.deployment_name for model in config.models), "TTSIngress"]:
+        deployment = options.setdefault(name, {})
+        if app_schema.runtime_env:
+            actor = deployment.setdefault("ray_actor_options", {})
             actor["runtime_env"] = {**app_schema.runtime_env, **(actor.get("runtime_env") or {})}
+        if logging_config is not None:
+            deployment.setdefault("logging_config", logging_config.model_dump())
     return compose(config, options), config

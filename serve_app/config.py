@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+import limits
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from serve_app.synthetic import PRESETS
+
+API_KEYS_ENV = "VOXCPM_SERVE_API_KEYS"
 
 
 class _Strict(BaseModel):
@@ -67,6 +70,45 @@ class LimitsConfig(_Strict):
     max_text_chars: PositiveInt = 5000
     max_prompt_audio_bytes: PositiveInt = 20 * 1024 * 1024
     max_prompt_audio_seconds: float = Field(60.0, gt=0)
+    overload_retries: int = Field(
+        2,
+        ge=0,
+        description="Times the ingress re-sends a request a model replica shed (its queue was full) before "
+        "answering 503: Serve's router may pick a replica with room.",
+    )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body any route accepts: a reference upload, the text and the form around them."""
+        return self.max_prompt_audio_bytes + 4 * self.max_text_chars + 64 * 1024
+
+
+class AccessConfig(_Strict):
+    """Who may call the API, how often, and from which web origins. Everything is off by default."""
+
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted `Authorization: Bearer <key>` keys; none: no key needed. Keys are also read "
+        f"from the {API_KEYS_ENV} environment variable (comma-separated), which keeps them out of the config.",
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Requests allowed per API key (per client address when no keys are configured), in the "
+        "`limits` library's notation, e.g. '120/minute' or '10/second;300/hour'; counted by each ingress "
+        "replica; none: unlimited.",
+        examples=["120/minute"],
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call the API (['*']: any); none: same origin only.",
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            limits.parse_many(value)  # raises ValueError naming what it cannot read
+        return value
 
 
 class AppConfig(_Strict):
@@ -79,6 +121,7 @@ class AppConfig(_Strict):
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
     default_model: str | None = Field(None, description="The model for requests that name none (default: the first).")
     limits: LimitsConfig = LimitsConfig()
+    access: AccessConfig = AccessConfig()
     voices_dir: str = Field(
         "voices",
         description="Where saved voices live (relative paths: the replica's working directory). Every ingress "

@@ -11,9 +11,10 @@ class ServiceError(Exception):
 
     status: int = 400
     code: str = "bad_request"
+    default_retry_after_s: int | None = None
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message, field)
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message, field, self.default_retry_after_s if retry_after_s is None else retry_after_s)
 
     @property
     def message(self) -> str:
@@ -23,10 +24,25 @@ class ServiceError(Exception):
     def field(self) -> str | None:
         return self.args[1]
 
+    @property
+    def retry_after_s(self) -> int | None:
+        return self.args[2]
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
 
 class BadRequest(ServiceError):
     status = 400
     code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
 class NotFound(ServiceError):
@@ -54,4 +70,12 @@ class Overloaded(ServiceError):
 
     status = 503
     code = "overloaded"
-    retry_after_s = 1
+    default_retry_after_s = 1
+
+
+class RateLimited(ServiceError):
+    """The client sent more requests than its configured rate allows."""
+
+    status = 429
+    code = "rate_limited"
+    default_retry_after_s = 1

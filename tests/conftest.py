@@ -8,6 +8,7 @@ architectures and model routing go through the real stack.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -44,6 +45,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+METRICS_PORT = free_port()  # Ray's Prometheus endpoint for the session cluster
+
+
 @dataclass(frozen=True)
 class Service:
     url: str  # the VoxCPM1.5-shaped app from configs/local.yaml
@@ -66,7 +70,13 @@ def service(checkpoints: Path) -> Iterator[Service]:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             pytest.exit(f"port {port} is in use (is `make serve` running?); the tests serve there", 2)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+        _system_config={"metrics_report_interval_ms": 1000},  # scrapes see new samples within a second
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     voices = {"voices_dir": str(checkpoints.parent / "voices")}  # one store, shared by both apps
     app, _ = from_config_file(LOCAL_CONFIG, args_overrides=voices, source=str(checkpoints / "tiny-voxcpm1.5"))
@@ -89,6 +99,31 @@ def service(checkpoints: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def url(service: Service) -> str:
     return service.url
+
+
+@contextlib.contextmanager
+def extra_app(
+    service: Service,
+    checkpoints: Path,
+    app_name: str,
+    args_overrides: dict | None = None,
+    deployments: dict | None = None,
+    **model: object,
+) -> Iterator[str]:
+    """configs/local.yaml's graph deployed as one more app at /<name> of the session's Serve, for tests
+    that need their own settings or metrics of their own; deleted afterwards."""
+    from ray import serve
+
+    from serve_app.app import from_config_file
+
+    args = {"voices_dir": str(checkpoints.parent / "voices"), **(args_overrides or {})}
+    source = str(checkpoints / "tiny-voxcpm1.5")
+    app, _ = from_config_file(LOCAL_CONFIG, 0, deployments, args, source=source, **model)
+    serve.run(app, name=app_name, route_prefix=f"/{app_name}")
+    try:
+        yield f"{service.url}/{app_name}"
+    finally:
+        serve.delete(app_name)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.ingress import openai, playground, status, tts, voices
+from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
 
@@ -29,6 +30,7 @@ def create_app() -> FastAPI:
     app.mount("/playground", playground.assets, name="playground")
     app.include_router(status.router)
     install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware)
     return app
 
 
@@ -39,4 +41,5 @@ fastapi_app = create_app()
 @serve.ingress(fastapi_app)
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
+        self.config = config  # read by the edge middleware (API keys, rate limit, CORS, body cap)
         self.synthesis = SynthesisService(models, config)

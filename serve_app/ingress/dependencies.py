@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import Request
 from ray import serve
 
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.metrics import RequestTrace
 
 
 def synthesis_service() -> SynthesisService:
@@ -14,6 +17,16 @@ def synthesis_service() -> SynthesisService:
     return serve.get_replica_context().servable_object.synthesis
 
 
-def request_id(request: Request) -> str:
-    """Serve's proxy puts the client's X-Request-Id (or a generated one) on every request."""
-    return request.headers.get("x-request-id", "")
+def request_trace(request: Request) -> RequestTrace:
+    """This request's id and route, kept on the request so its error handler can label metrics too.
+
+    Serve's proxy puts the client's X-Request-Id (or one it generated) on every request, answers
+    with it in X-Request-ID, and tags the replicas' log lines with it.
+    """
+    route = request.scope.get("route")
+    trace = RequestTrace(
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        route=getattr(route, "path", request.url.path),
+    )
+    request.state.trace = trace
+    return trace

@@ -14,12 +14,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
+from serve_app import metrics
 from serve_app.errors import Overloaded, ServiceError
+from serve_app.metrics import RequestTrace
 
 logger = logging.getLogger("ray.serve")
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media",
+}
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
@@ -27,8 +36,14 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else {}
-    return error_response(exc.status, exc.code, exc.message, exc.field, **headers)
+    return error_response(exc.status, exc.code, exc.message, exc.field, **exc.headers())
+
+
+def count_error(scope: Scope, code: str) -> None:
+    """Count an error answer by model (once known), route (the matched one: paths are unbounded) and code."""
+    trace = scope.get("state", {}).get("trace")
+    route = getattr(scope.get("route"), "path", "unmatched")
+    metrics.ingress().failed(trace or RequestTrace(request_id="", route=route), code)
 
 
 def _field_of(location: tuple) -> str | None:
@@ -43,23 +58,28 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
+    count_error(request.scope, "invalid_field")
     return error_response(422, "invalid_field", f"{field}: {message}" if field else message, field)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    count_error(request.scope, code)
+    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "field", None))
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    count_error(request.scope, exc.code)
     return service_error_response(exc)
 
 
 async def _back_pressure(request: Request, exc: BackPressureError) -> JSONResponse:
-    return service_error_response(Overloaded("the service is at capacity; retry shortly"))
+    return await _service_error(request, Overloaded("the service is at capacity; retry shortly"))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("request %s failed", request.headers.get("x-request-id", "-"))
+    count_error(request.scope, "internal_error")
     return error_response(500, "internal_error", "internal error; see the service log for this request id")
 
 

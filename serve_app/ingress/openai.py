@@ -19,9 +19,10 @@ from pydantic import Field
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.errors import BadRequest
-from serve_app.ingress.dependencies import request_id, synthesis_service
+from serve_app.ingress.dependencies import request_trace, synthesis_service
 from serve_app.ingress.schemas import NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import Voice
 
@@ -87,12 +88,12 @@ async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str,
 async def speech(
     body: SpeechRequest,
     service: Annotated[SynthesisService, Depends(synthesis_service)],
-    rid: Annotated[str, Depends(request_id)],
+    trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> StreamingResponse:
     model, voice = await _checked(body, service)
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
-    output = await service.output(body.response_format, body.sample_rate or default_rate, model)
-    request = SynthesisRequest(text=body.input, request_id=rid, voice=voice, **body.knobs())
+    output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace)
+    request = SynthesisRequest(text=body.input, voice=voice, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
         return await service.stream(request, output)
     audio = await service.encoded_stream(request, output)

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from fastapi import UploadFile
 from fastapi.responses import Response, StreamingResponse
 from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from serve_app import metrics
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import decode_mono, decode_reference
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidField, NotFound, PayloadTooLarge, ServiceError
+from serve_app.errors import InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
+from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
 from serve_app.voices import Voice, VoiceStore
 
 logger = logging.getLogger("ray.serve")
+
+T = TypeVar("T")
+OVERLOAD_RETRY_PAUSE_S = 0.05
 
 
 @contextlib.contextmanager
@@ -82,20 +90,20 @@ class SynthesisService:
                 f"{field} has {len(text)} characters; the limit is {self._limits.max_text_chars}", field
             )
 
-    async def from_form(self, form: TTSStreamForm, request_id: str) -> tuple[SynthesisRequest, Output]:
+    async def from_form(self, form: TTSStreamForm, trace: RequestTrace) -> tuple[SynthesisRequest, Output]:
         """What a /api/tts* form asks for: the synthesis, and how to encode it."""
         model = self.resolve(form.model)
-        output = await self.output(form.format, form.sample_rate, model)
-        return await self._request_from_form(form, request_id, model), output
+        output = await self.output(form.format, form.sample_rate, model, trace)
+        return await self._request_from_form(form, trace, model), output
 
-    async def _request_from_form(self, form: TTSStreamForm, request_id: str, model: str) -> SynthesisRequest:
+    async def _request_from_form(self, form: TTSStreamForm, trace: RequestTrace, model: str) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
         prompt = await self._prompt(form.prompt_audio, form.prompt_text, model)
         voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
         if voice is not None and prompt is not None:
             raise InvalidField("give either voice_id or prompt_audio, not both", "voice_id")
         knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model"})  # the rest are voxcpm's names
-        return SynthesisRequest(request_id=request_id, prompt=prompt, voice=voice, **knobs)
+        return SynthesisRequest(prompt=prompt, voice=voice, **trace.ids, **knobs)
 
     async def voice(self, id_or_name: str, field: str) -> Voice:
         return await asyncio.to_thread(self.voices.find, id_or_name, field)
@@ -128,14 +136,15 @@ class SynthesisService:
             raise InvalidField(f"{field} is an empty file", field)
         return data
 
-    async def output(self, fmt: AudioFormat, requested_rate: int | None, model: str) -> Output:
+    async def output(self, fmt: AudioFormat, requested_rate: int | None, model: str, trace: RequestTrace) -> Output:
         """The format and rate of the answer, checked against what the format can carry."""
+        trace.model = model
         info = await self.model_info(model)
         try:
             rate = codecs.output_rate(fmt, info.sample_rate, requested_rate)
         except ValueError as exc:
             raise InvalidField(str(exc), "sample_rate") from None
-        return Output(fmt, rate, info)
+        return Output(fmt, rate, info, trace)
 
     async def stream(self, request: SynthesisRequest, output: Output) -> StreamingResponse:
         """Audio whose first bytes leave as soon as the first chunk exists."""
@@ -151,42 +160,74 @@ class SynthesisService:
         The first chunk is awaited here, before any response starts, so a refusal (bad prompt,
         overload) still becomes a clean JSON error rather than a broken 200.
         """
-        handle = self._handles[output.model.name]
-        chunks: DeploymentResponseGenerator = handle.options(stream=True).stream.remote(request)
-        try:
-            with model_errors():
-                first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = np.zeros(0, dtype=np.float32)
-        except BaseException:
-            chunks.cancel()
-            raise
-        return self._encoded(request.request_id, output, first, chunks)
+        handle = self._handles[output.model.name].options(stream=True)
+
+        async def first_chunk() -> tuple[np.ndarray, DeploymentResponseGenerator]:
+            chunks: DeploymentResponseGenerator = handle.stream.remote(request)
+            try:
+                with model_errors():
+                    return await chunks.__anext__(), chunks
+            except StopAsyncIteration:
+                return np.zeros(0, dtype=np.float32), chunks
+            except BaseException:
+                chunks.cancel()
+                raise
+
+        first, chunks = await self._retrying_overload(first_chunk, output.trace)
+        return self._encoded(output, first, chunks)
 
     async def _encoded(
-        self, request_id: str, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator
+        self, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator
     ) -> AsyncIterator[bytes]:
+        trace, recorder = output.trace, metrics.ingress()
         encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
+        frames = len(first)
+        recorder.stream_opened(trace)
         try:
             yield encoder.encode(first)
+            recorder.first_byte(trace)
             async for chunk in chunks:
+                frames += len(chunk)
                 if data := encoder.encode(chunk):
                     yield data
             yield encoder.finish()
+            recorder.completed(trace, frames / output.model.sample_rate)
         except Exception:
             # The response has started: all we can do is end it without a clean terminator.
-            logger.exception("request %s: stream failed after the response started", request_id)
+            logger.exception("request %s: stream failed after the response started", trace.request_id)
+            recorder.failed(trace, "stream_failed")
             raise
         finally:
+            recorder.stream_closed(trace)
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
 
     async def whole(self, request: SynthesisRequest, output: Output) -> Response:
-        with model_errors():
-            samples = await self._handles[output.model.name].synthesize.remote(request)
+        handle = self._handles[output.model.name]
+
+        async def synthesize() -> np.ndarray:
+            with model_errors():
+                return await handle.synthesize.remote(request)
+
+        samples = await self._retrying_overload(synthesize, output.trace)
         body = await asyncio.to_thread(
             codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
         )
+        metrics.ingress().first_byte(output.trace)
+        metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate)
         return Response(body, media_type=codecs.MEDIA_TYPES[output.format], headers=output.headers())
+
+    async def _retrying_overload(self, call: Callable[[], Awaitable[T]], trace: RequestTrace) -> T:
+        """``call()``, again after a short pause when the replica it reached was full: the next try may
+        reach one with room. Past ``limits.overload_retries`` the 503 goes to the client."""
+        for attempt in itertools.count():
+            try:
+                return await call()
+            except (Overloaded, BackPressureError):
+                if attempt >= self._limits.overload_retries:
+                    raise
+                logger.info("request %s: model replica full, retry %d", trace.request_id, attempt + 1)
+                await asyncio.sleep(OVERLOAD_RETRY_PAUSE_S * 2**attempt)
+        raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -196,6 +237,7 @@ class Output:
     format: AudioFormat
     sample_rate: int
     model: ModelInfo
+    trace: RequestTrace
 
     def headers(self) -> dict[str, str]:
-        return {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}
+        return {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}  # Serve adds X-Request-ID

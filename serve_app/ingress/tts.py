@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
-from serve_app.ingress.dependencies import request_id, synthesis_service
+from serve_app.ingress.dependencies import request_trace, synthesis_service
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.metrics import RequestTrace
 
 router = APIRouter(tags=["tts"])
 
@@ -35,9 +36,9 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
 async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
     service: Annotated[SynthesisService, Depends(synthesis_service)],
-    rid: Annotated[str, Depends(request_id)],
+    trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> StreamingResponse:
-    return await service.stream(*await service.from_form(form, rid))
+    return await service.stream(*await service.from_form(form, trace))
 
 
 @router.post(
@@ -49,6 +50,6 @@ async def tts_stream(
 async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],
     service: Annotated[SynthesisService, Depends(synthesis_service)],
-    rid: Annotated[str, Depends(request_id)],
+    trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> Response:
-    return await service.whole(*await service.from_form(form, rid))
+    return await service.whole(*await service.from_form(form, trace))

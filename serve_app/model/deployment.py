@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
 
-from serve_app import gpu
+from serve_app import gpu, metrics
 from serve_app.config import ModelConfig
 from serve_app.errors import Overloaded
 from serve_app.model.engine import VoxCPMEngine
@@ -26,6 +27,8 @@ from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
 from serve_app.voices import VoiceStore
 
 logger = logging.getLogger("ray.serve")
+
+LOGGED_TEXT_CHARS = 24  # logs carry a short prefix of the text, never all of it
 
 # Chunks a generation may run ahead of the consumer before it pauses (bounded buffering).
 MAX_BUFFERED_CHUNKS = 32
@@ -38,6 +41,9 @@ class VoxCPMDeployment:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
         self._engine = self._executor.submit(VoxCPMEngine.load, config, VoiceStore(voices_dir)).result()
         self._in_flight = 0
+        self._metrics = metrics.model()
+        # the engine's prompt-cache (hits, misses) last reported (warm-up's are not requests)
+        self._prompt_lookups = (self._engine.prompts.hits, self._engine.prompts.misses)
 
     def __del__(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -49,8 +55,14 @@ class VoxCPMDeployment:
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
         self._admit(request)
+        admitted = time.perf_counter()
+
+        def generate() -> Iterator[np.ndarray]:
+            self._started(request, admitted)
+            yield from self._engine.stream(request)
+
         chunks = iterate_in_thread(
-            lambda: self._engine.stream(request),
+            generate,
             self._executor,
             MAX_BUFFERED_CHUNKS,
             on_done=self._release,
@@ -61,7 +73,13 @@ class VoxCPMDeployment:
     async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance (the seed's non-streaming API)."""
         self._admit(request)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._engine.synthesize, request)
+        admitted = time.perf_counter()
+
+        def synthesize() -> np.ndarray:
+            self._started(request, admitted)
+            return self._engine.synthesize(request)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, synthesize)
         future.add_done_callback(lambda _: self._release())
         return await asyncio.shield(future)
 
@@ -86,6 +104,25 @@ class VoxCPMDeployment:
             logger.warning("request %s shed: %d generations in flight", request.request_id, self._in_flight)
             raise Overloaded("the model is busy; retry shortly")
         self._in_flight += 1
+        logger.info(
+            "request %s: %d characters (%r...), %d ahead",
+            request.request_id,
+            len(request.text),
+            request.text[:LOGGED_TEXT_CHARS],
+            self._in_flight - 1,
+        )
+        self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
+
+    def _started(self, request: SynthesisRequest, admitted: float) -> None:
+        """On the generation thread, as the model takes the request up."""
+        tags = {"model": self._config.name, "route": request.route}
+        self._metrics.queue_wait.observe(time.perf_counter() - admitted, tags=tags)
 
     def _release(self) -> None:
         self._in_flight -= 1
+        self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
+        hits, misses = self._engine.prompts.hits, self._engine.prompts.misses
+        for result, count in (("hit", hits - self._prompt_lookups[0]), ("miss", misses - self._prompt_lookups[1])):
+            if count > 0:
+                self._metrics.prompt_cache.inc(count, tags={"model": self._config.name, "result": result})
+        self._prompt_lookups = (hits, misses)

@@ -24,6 +24,7 @@ class SynthesisRequest:
 
     text: str
     request_id: str = ""
+    route: str = ""  # the HTTP route that asked, for the replica's metrics
     prompt: PromptAudio | None = None  # an uploaded reference ...
     voice: Voice | None = None  # ... or a saved voice, which model replicas load and encode once
     cfg_value: float = 2.0

@@ -1,0 +1,153 @@
+"""What every request meets before routing: CORS, Serve's client-controllable headers, the API key,
+the rate limit and the body size cap.
+
+Pure ASGI, so the body cap applies while the body streams in: an upload whose Content-Length is
+over the cap is refused before any of it is read, and one without a length is cut off as soon as
+it passes the cap; neither reaches the multipart parser. The chain is configured from the
+replica's :class:`AppConfig` at the first request (the FastAPI app itself is built at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import time
+
+import limits
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from ray import serve
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
+from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
+from serve_app.ingress.errors import count_error, service_error_response
+
+# Readable without a key: probes, the docs and the playground page (its API calls still need one).
+PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PREFIXES = ("/playground/",)
+
+# Ray Serve's proxy lets a client lift the end-to-end timeout (<= 0 disables it) and disconnect
+# cancellation with these; they cannot be stripped behind the proxy, so requests carrying them are refused.
+SERVE_CONTROL_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` so FastAPI's body parsing passes it through (it wraps other errors in a 400)."""
+
+    field = "body"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._chain: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._chain is None:
+            self._chain = build_chain(self.app, serve.get_replica_context().servable_object.config)
+        await self._chain(scope, receive, send)
+
+
+def build_chain(app: ASGIApp, config: AppConfig) -> ASGIApp:
+    guarded = Guard(app, config.access, config.limits.max_request_bytes)
+    if not config.access.cors_allow_origins:
+        return guarded
+    return CORSMiddleware(
+        guarded,
+        allow_origins=config.access.cors_allow_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Model", "Retry-After"],
+    )
+
+
+class Guard:
+    """Refuses, with the contract's JSON errors, what must not reach a route."""
+
+    def __init__(self, app: ASGIApp, access: AccessConfig, max_body_bytes: int) -> None:
+        self.app = app
+        self._keys = api_keys(access)
+        self._max_body = max_body_bytes
+        self._rate = limits.parse_many(access.rate_limit) if access.rate_limit else []
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            self._check(scope)
+        except ServiceError as exc:
+            count_error(scope, exc.code)
+            await service_error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, self._capped(receive), send)
+
+    def _check(self, scope: Scope) -> None:
+        headers = Headers(scope=scope)
+        for name in SERVE_CONTROL_HEADERS:
+            if name in headers:
+                raise BadRequest(f"the {name} header is not accepted here", name)
+        path = route_path(scope)
+        if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
+            client = self._authenticated_client(headers, scope)
+            self._count(client)
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise BadRequest("Content-Length is not a number", "content-length")
+            if int(length) > self._max_body:
+                raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
+
+    def _authenticated_client(self, headers: Headers, scope: Scope) -> str:
+        """Who is calling: a digest of their key when keys are configured, else their address."""
+        if not self._keys:
+            return "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        presented = token.strip().encode()
+        # Every configured key is compared, in constant time, so timing tells nothing about which matched.
+        matches = [hmac.compare_digest(presented, key) for key in self._keys]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>", "authorization")
+        return "key:" + hashlib.sha256(presented).hexdigest()[:16]
+
+    def _count(self, client: str) -> None:
+        for item in self._rate:
+            if not self._limiter.hit(item, client):
+                reset = self._limiter.get_window_stats(item, client).reset_time
+                raise RateLimited(f"rate limit {item} exceeded", retry_after_s=max(1, math.ceil(reset - time.time())))
+
+    def _capped(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._max_body:
+                    raise BodyTooLarge(self._max_body)
+            return message
+
+        return capped_receive
+
+
+def route_path(scope: Scope) -> str:
+    """The path within the app: Serve mounts an app under its route prefix (the ASGI root_path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
+
+
+def api_keys(access: AccessConfig) -> list[bytes]:
+    """The configured keys and those in the environment (how production keeps them out of configs)."""
+    from_env = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",")]
+    return [key.encode() for key in [*access.api_keys, *from_env] if key]

@@ -1,0 +1,134 @@
+"""Our Prometheus metrics, recorded through ``ray.serve.metrics``.
+
+Ray exports them on each node's metrics endpoint next to Serve's own (names gain a ``ray_``
+prefix; Serve adds the deployment, replica and application tags). Every metric is labelled by
+model and route; configs/grafana-dashboard.json charts them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from functools import cache
+
+from ray.serve import metrics
+
+SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+REAL_TIME_FACTORS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0]
+TAGS = ("model", "route")
+
+
+@dataclass
+class RequestTrace:
+    """One request as the ingress sees it: its id, route, model and start, for metrics and logs."""
+
+    request_id: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str = "none"
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """What the model replica gets to know about the request (for its logs and metrics)."""
+        return {"request_id": self.request_id, "route": self.route}
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"model": self.model, "route": self.route}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class IngressMetrics:
+    """What clients experience: latency to the first byte and to the end, speed, volume, errors."""
+
+    def __init__(self) -> None:
+        self.time_to_first_byte = metrics.Histogram(
+            "voxcpm_time_to_first_byte_seconds",
+            description="From the request reaching the ingress to its first audio byte.",
+            boundaries=SECONDS,
+            tag_keys=TAGS,
+        )
+        self.request_duration = metrics.Histogram(
+            "voxcpm_request_duration_seconds",
+            description="From the request reaching the ingress to its last audio byte.",
+            boundaries=SECONDS,
+            tag_keys=TAGS,
+        )
+        self.real_time_factor = metrics.Histogram(
+            "voxcpm_real_time_factor",
+            description="Request duration divided by the audio's duration (below 1: faster than real time).",
+            boundaries=REAL_TIME_FACTORS,
+            tag_keys=TAGS,
+        )
+        self.audio_seconds = metrics.Counter(
+            "voxcpm_audio_seconds", description="Seconds of audio sent to clients.", tag_keys=TAGS
+        )
+        self.active_streams = metrics.Gauge(
+            "voxcpm_active_streams", description="Responses sending audio now, on this replica.", tag_keys=TAGS
+        )
+        self.errors = metrics.Counter(
+            "voxcpm_errors",
+            description="Requests answered with an error, or whose stream broke, by error code.",
+            tag_keys=(*TAGS, "code"),
+        )
+        self._streams: Tally[tuple[str, str]] = Tally()
+
+    def stream_opened(self, trace: RequestTrace) -> None:
+        self._set_streams(trace, +1)
+
+    def stream_closed(self, trace: RequestTrace) -> None:
+        self._set_streams(trace, -1)
+
+    def _set_streams(self, trace: RequestTrace, change: int) -> None:
+        key = (trace.model, trace.route)
+        self._streams[key] += change
+        self.active_streams.set(self._streams[key], tags=trace.tags)
+
+    def first_byte(self, trace: RequestTrace) -> None:
+        self.time_to_first_byte.observe(trace.elapsed(), tags=trace.tags)
+
+    def completed(self, trace: RequestTrace, audio_seconds: float) -> None:
+        elapsed = trace.elapsed()
+        self.request_duration.observe(elapsed, tags=trace.tags)
+        self.audio_seconds.inc(audio_seconds, tags=trace.tags)
+        if audio_seconds > 0:
+            self.real_time_factor.observe(elapsed / audio_seconds, tags=trace.tags)
+
+    def failed(self, trace: RequestTrace, code: str) -> None:
+        self.errors.inc(tags={**trace.tags, "code": code})
+
+
+class ModelMetrics:
+    """What the model replicas do: how long generations wait for the model, and prompt-cache use."""
+
+    def __init__(self) -> None:
+        self.queue_wait = metrics.Histogram(
+            "voxcpm_queue_wait_seconds",
+            description="From a replica accepting a generation to the model starting it.",
+            boundaries=SECONDS,
+            tag_keys=TAGS,
+        )
+        self.generations_in_flight = metrics.Gauge(
+            "voxcpm_generations_in_flight",
+            description="Generations running or queued on this replica.",
+            tag_keys=("model",),
+        )
+        self.prompt_cache = metrics.Counter(
+            "voxcpm_prompt_cache_lookups",
+            description="Reference prompts looked up in the replica's cache, by result (hit or miss).",
+            tag_keys=("model", "result"),
+        )
+
+
+@cache
+def ingress() -> IngressMetrics:
+    """Created on first use, inside the replica (Ray metrics belong to the process that records them)."""
+    return IngressMetrics()
+
+
+@cache
+def model() -> ModelMetrics:
+    return ModelMetrics()
