@@ -19,6 +19,7 @@ import limits
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -127,11 +128,15 @@ class Guard:
                 raise RateLimited(f"rate limit {item} exceeded", retry_after_s=max(1, math.ceil(reset - time.time())))
 
     def _capped(self, receive: Receive) -> Receive:
+        """``receive`` that refuses bodies past the cap and reports a client gone as a disconnect."""
         received = 0
 
         async def capped_receive() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                message = await receive()
+            except TaskCancelledError:  # how Serve's proxy says the client went away: say it the ASGI way
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self._max_body:

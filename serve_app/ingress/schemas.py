@@ -6,6 +6,7 @@ Both endpoints take multipart/form-data or application/x-www-form-urlencoded, as
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import UploadFile
@@ -20,13 +21,19 @@ OUTPUT_FIELDS = frozenset({"format", "sample_rate"})
 VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id"})
 
 
-def _not_blank(text: str) -> str:
+# C0/C1 control characters other than tab and line breaks: invisible, unspeakable, and a way to
+# smuggle terminal escapes into logs.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _speakable(text: str) -> str:
+    text = _CONTROL_CHARACTERS.sub("", text)
     if not text.strip():
         raise ValueError("must not be empty or only whitespace")
     return text
 
 
-NonBlankText = Annotated[str, AfterValidator(_not_blank)]
+NonBlankText = Annotated[str, AfterValidator(_speakable)]
 
 
 class VoxCPMKnobs(BaseModel):
@@ -88,7 +95,8 @@ class TTSStreamForm(VoxCPMKnobs):
     @field_validator("prompt_text")
     @classmethod
     def _blank_is_absent(cls, prompt_text: str | None) -> str | None:
-        return prompt_text if prompt_text and prompt_text.strip() else None
+        prompt_text = _CONTROL_CHARACTERS.sub("", prompt_text or "")
+        return prompt_text if prompt_text.strip() else None
 
 
 class TTSForm(TTSStreamForm):
