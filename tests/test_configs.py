@@ -11,7 +11,9 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.app import from_config_file
 from serve_app.config import AppConfig
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+KUBERAY = CONFIG_DIR / "kuberay-rayservice.yaml"
+CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path != KUBERAY)  # Serve configs
 
 
 def deployments(path: Path) -> dict[str, dict]:
@@ -73,3 +75,42 @@ def test_several_models_need_distinct_names_and_deployments() -> None:
     assert config.default == "b"
     with pytest.raises(ValueError, match="default_model"):
         AppConfig.model_validate({"models": [{"name": "a"}], "default_model": "z"})
+
+
+class TestKubeRay:
+    """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and gives its deployments what they ask for."""
+
+    @pytest.fixture(scope="class")
+    def service(self) -> dict:
+        documents = list(yaml.safe_load_all(KUBERAY.read_text()))
+        (service,) = [doc for doc in documents if doc["kind"] == "RayService"]
+        return service
+
+    def test_embedded_serve_config_is_prod_yaml(self, service: dict) -> None:
+        embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+        ServeDeploySchema.model_validate(embedded)  # Ray's own schema
+        AppConfig.model_validate(embedded["applications"][0]["args"])
+        assert embedded == yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+
+    def test_gpu_workers_fit_the_model_deployment(self, service: dict) -> None:
+        model = deployments(CONFIG_DIR / "prod.yaml")["VoxCPMModel"]
+        (gpu_group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        (container,) = gpu_group["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        replicas_per_pod = int(limits["nvidia.com/gpu"] / model["ray_actor_options"]["num_gpus"])
+        assert replicas_per_pod >= 1
+        assert float(limits["cpu"]) >= replicas_per_pod * model["ray_actor_options"]["num_cpus"]
+        assert gpu_group["maxReplicas"] * replicas_per_pod >= model["autoscaling_config"]["max_replicas"]
+        assert gpu_group["minReplicas"] * replicas_per_pod >= model["autoscaling_config"]["min_replicas"]
+        assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert env["HF_HOME"].startswith("/models") and "/models" in mounts  # the weights' cache on a volume
+
+    def test_head_runs_the_ingress_and_probes_health(self, service: dict) -> None:
+        ingress = deployments(CONFIG_DIR / "prod.yaml")["TTSIngress"]
+        (head,) = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+        assert float(head["resources"]["limits"]["cpu"]) >= ingress["ray_actor_options"]["num_cpus"]
+        assert head["readinessProbe"]["httpGet"] == {"path": "/health", "port": 7861}
+        voices = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["voices_dir"]
+        assert voices in {mount["mountPath"] for mount in head["volumeMounts"]}

@@ -116,3 +116,13 @@ def test_request_id_follows_the_request_into_both_deployments_logs(url: str) -> 
         assert all(line["request_id"] == request_id for line in found)
     model_lines = [line["message"] for line in by_deployment["VoxCPMModel"]]
     assert any("7 characters ('追踪这个请求。'...)" in message for message in model_lines), model_lines
+
+
+def test_gpu_status_reports_every_replica(service: Service, checkpoints: Path) -> None:
+    """Two model replicas: both answer /api/gpu/status (a broadcast, not one routed call)."""
+    deployments = {"VoxCPMModel": {"num_replicas": 2}}
+    with extra_app(service, checkpoints, "two-replicas", deployments=deployments) as url:
+        body = requests.get(f"{url}/api/gpu/status", timeout=10).json()
+    assert len({replica["replica_id"] for replica in body["replicas"]}) == 2
+    assert body["nodes"] == []  # no node of this cluster declares GPUs
+    assert body["gpus"] == [] and body["cuda_available"] is False

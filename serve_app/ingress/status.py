@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from typing import Annotated, Any
 
+import ray
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -46,16 +47,34 @@ async def _model_health(service: SynthesisService, name: str) -> dict[str, Any]:
     return {**dataclasses.asdict(info), "replicas_running": replicas}
 
 
-@router.get("/api/gpu/status", summary="GPUs and model replicas' memory (NVML)")
+@router.get("/api/gpu/status", summary="GPUs of the whole cluster and every model replica's memory (NVML)")
 async def gpu_status(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> dict[str, Any]:
-    """One replica of each model reports its node's GPUs (NVML) and the memory it holds."""
-    replicas = await asyncio.wait_for(
-        asyncio.gather(*(service.replica_status(name) for name in service.model_names)), STATUS_TIMEOUT_S
+    """Every model replica reports its node's GPUs (NVML) and the memory it holds; Ray's view of the
+    cluster adds GPU nodes that host no replica right now (an idle autoscaled worker)."""
+    per_model = await asyncio.gather(
+        *(service.replica_statuses(name, STATUS_TIMEOUT_S) for name in service.model_names)
     )
+    replicas = [replica for statuses in per_model for replica in statuses]
     gpus = {(r.node_id, gpu["uuid"]): {**gpu, "node_id": r.node_id} for r in replicas for gpu in r.gpus}
+    nodes = await asyncio.to_thread(_gpu_nodes, {r.node_id for r in replicas if r.gpus})
     return {
         "cuda_available": bool(gpus),
         "message": None if gpus else "no NVIDIA GPU on the model replicas' nodes; running on CPU",
         "gpus": list(gpus.values()),
+        "nodes": nodes,
         "replicas": [dataclasses.asdict(replica) for replica in replicas],
     }
+
+
+def _gpu_nodes(reported: set[str]) -> list[dict[str, Any]]:
+    """The alive nodes Ray knows to have GPUs, and whether a replica there reported them."""
+    return [
+        {
+            "node_id": node["NodeID"],
+            "address": node["NodeManagerAddress"],
+            "gpus": node["Resources"]["GPU"],
+            "reported_by_a_replica": node["NodeID"] in reported,
+        }
+        for node in ray.nodes()
+        if node["Alive"] and node["Resources"].get("GPU")
+    ]

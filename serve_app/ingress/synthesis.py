@@ -81,8 +81,13 @@ class SynthesisService:
         self._infos[model] = await self._handles[model].info.remote()
         return self._infos[model]
 
-    async def replica_status(self, model: str) -> ReplicaStatus:
-        return await self._handles[model].status.remote()
+    async def replica_statuses(self, model: str, timeout_s: float) -> list[ReplicaStatus]:
+        """Every running replica of the model, wherever it is (Serve's broadcast, not one routed call);
+        replicas that do not answer in time are left out."""
+        answers = (
+            await self._handles[model].broadcast("status").results_async(timeout_s=timeout_s, return_exceptions=True)
+        )
+        return [answer for answer in answers if isinstance(answer, ReplicaStatus)]
 
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
