@@ -114,3 +114,22 @@ class TestKubeRay:
         assert head["readinessProbe"]["httpGet"] == {"path": "/health", "port": 7861}
         voices = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["voices_dir"]
         assert voices in {mount["mountPath"] for mount in head["volumeMounts"]}
+
+
+def test_grafana_dashboard_charts_only_metrics_we_export() -> None:
+    """Every ray_voxcpm_* series the dashboard queries is one serve_app/metrics.py defines."""
+    import json
+    import re
+
+    from serve_app import metrics
+
+    defined = set(re.findall(r'"(voxcpm_[a-z_]+)"', Path(metrics.__file__).read_text()))
+    dashboard = json.loads((CONFIG_DIR / "grafana-dashboard.json").read_text())
+    queried = {
+        re.sub(r"_(bucket|total|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(voxcpm_[a-z_]+)", target["expr"])
+    }
+    assert queried and queried <= defined, queried - defined
+    assert defined <= queried, f"metrics not on the dashboard: {defined - queried}"
