@@ -101,3 +101,14 @@ def test_saves_uses_and_deletes_a_voice(page: Page, reference_wav: Path) -> None
     page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
     page.click("button[aria-label='Delete voice browser-voice']")
     page.wait_for_function("!document.querySelector('#voice-list').textContent.includes('browser-voice')")
+
+
+def test_sends_the_api_key_the_user_typed(page: Page) -> None:
+    """A service with API keys: the key typed on the page goes with every API call of the page."""
+    with page.expect_request(lambda request: request.url.endswith("/v1/models")) as models:
+        page.fill("#api-key", "typed-key")
+        page.dispatch_event("#api-key", "change")
+    assert models.value.headers["authorization"] == "Bearer typed-key"
+    with page.expect_request(lambda request: request.url.endswith("/api/tts/stream")) as speak:
+        page.click("#speak")
+    assert speak.value.headers["authorization"] == "Bearer typed-key"

@@ -15,6 +15,20 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+// The API, with the key the user typed when the service asks for one (kept for this tab only).
+function api(path, init = {}) {
+  const headers = new Headers(init.headers || {});
+  const key = sessionStorage.getItem("voxcpm-api-key");
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  return fetch(path, { ...init, headers });
+}
+
+async function loaded(path) {
+  const response = await api(path);
+  if (!response.ok) throw new Error(await apiError(response));
+  return response.json();
+}
+
 async function apiError(response) {
   try {
     const { error } = await response.json();
@@ -38,12 +52,12 @@ async function loadRanges() {
 }
 
 async function loadModels() {
-  const { data } = await (await fetch("/v1/models")).json();
+  const { data } = await loaded("/v1/models");
   $("model").replaceChildren(...data.map((m) => new Option(`${m.id} (${m.sample_rate} Hz)`, m.id)));
 }
 
 async function loadVoices() {
-  const { voices } = await (await fetch("/api/voices")).json();
+  const { voices } = await loaded("/api/voices");
   const selected = $("voice").value;
   $("voice").replaceChildren(new Option("Default voice", ""), ...voices.map((v) => new Option(v.name, v.voice_id)));
   $("voice").value = voices.some((v) => v.voice_id === selected) ? selected : "";
@@ -57,7 +71,7 @@ async function loadVoices() {
     remove.textContent = "Delete";
     remove.setAttribute("aria-label", `Delete voice ${voice.name}`);
     remove.onclick = async () => {
-      const response = await fetch(`/api/voices/${voice.voice_id}`, { method: "DELETE" });
+      const response = await api(`/api/voices/${voice.voice_id}`, { method: "DELETE" });
       showError(response.ok ? "" : await apiError(response));
       loadVoices();
     };
@@ -121,7 +135,7 @@ async function speak(event) {
   await audioContext.resume();
   const started = performance.now();
   try {
-    const response = await fetch("/api/tts/stream", { method: "POST", body: requestForm() });
+    const response = await api("/api/tts/stream", { method: "POST", body: requestForm() });
     if (!response.ok) {
       showError(await apiError(response));
       $("status").textContent = "refused";
@@ -231,7 +245,7 @@ async function saveVoice(event) {
   form.append("name", $("voice-name").value);
   form.append("text", $("voice-text").value);
   form.append("audio", audio, "voice");
-  const response = await fetch("/api/voices", { method: "POST", body: form });
+  const response = await api("/api/voices", { method: "POST", body: form });
   showError(response.ok ? "" : await apiError(response));
   if (response.ok) {
     const voice = await response.json();
@@ -246,4 +260,14 @@ $("record").addEventListener("click", toggleRecording);
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("speak-form").requestSubmit();
 });
-Promise.all([loadRanges(), loadModels(), loadVoices()]).catch((error) => showError(`Cannot load: ${error.message}`));
+function loadAll() {
+  showError("");
+  return Promise.all([loadRanges(), loadModels(), loadVoices()]).catch((error) => showError(`Cannot load: ${error.message}`));
+}
+
+$("api-key").value = sessionStorage.getItem("voxcpm-api-key") || "";
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem("voxcpm-api-key", $("api-key").value.trim());
+  loadAll();
+});
+loadAll();
