@@ -138,3 +138,13 @@ def test_rollout_lets_in_flight_streams_finish(app_url: str, service: Service, c
     assert wav_frames(bytes(body)) == LONG_FRAMES
     too_long = requests.post(f"{app_url}/api/tts/stream", data={"text": "长" * 4500})
     assert too_long.status_code == 413  # the new config serves now
+
+
+def test_a_client_leaving_api_tts_stops_its_generation(app_url: str) -> None:
+    """The non-streaming API too: the replica stops at the next sentence, not at the end of the text."""
+    form = {**LONG, "max_len": 4096, "retry_badcase": "false"}  # 40 sentences: a minute on CPU
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{app_url}/api/tts", data=form, timeout=(5, 2))  # gives up, closing the connection
+    assert wait_until(lambda: in_flight(app_url) == 0, 15)
+    quick = requests.post(f"{app_url}/api/tts/stream", data={"text": "下一个。", "max_len": 2}, timeout=10)
+    assert quick.status_code == 200

@@ -9,10 +9,9 @@ status and health calls never wait behind a generation. A replica queues at most
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -54,34 +53,27 @@ class VoxCPMDeployment:
 
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
+        async for chunk in self._generate(request, self._engine.stream):
+            yield chunk
+
+    async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
+        """The whole utterance (the seed's non-streaming API). It is produced sentence by sentence, so
+        a caller that goes away (its client disconnected) stops it before the next sentence."""
+        sentences = [samples async for samples in self._generate(request, self._engine.sentences)]
+        return np.concatenate([np.zeros(0, np.float32), *sentences])
+
+    def _generate(
+        self, request: SynthesisRequest, produce: Callable[[SynthesisRequest], Iterator[np.ndarray]]
+    ) -> AsyncIterator[np.ndarray]:
+        """``produce(request)`` on the generation thread, after the generations ahead of it."""
         self._admit(request)
         admitted = time.perf_counter()
 
         def generate() -> Iterator[np.ndarray]:
             self._started(request, admitted)
-            yield from self._engine.stream(request)
+            yield from produce(request)
 
-        chunks = iterate_in_thread(
-            generate,
-            self._executor,
-            MAX_BUFFERED_CHUNKS,
-            on_done=self._release,
-        )
-        async for chunk in chunks:
-            yield chunk
-
-    async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
-        """The whole utterance (the seed's non-streaming API)."""
-        self._admit(request)
-        admitted = time.perf_counter()
-
-        def synthesize() -> np.ndarray:
-            self._started(request, admitted)
-            return self._engine.synthesize(request)
-
-        future = asyncio.get_running_loop().run_in_executor(self._executor, synthesize)
-        future.add_done_callback(lambda _: self._release())
-        return await asyncio.shield(future)
+        return iterate_in_thread(generate, self._executor, MAX_BUFFERED_CHUNKS, on_done=self._release)
 
     async def status(self) -> ReplicaStatus:
         context = serve.get_replica_context()

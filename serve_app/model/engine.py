@@ -142,7 +142,12 @@ class VoxCPMEngine:
 
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance at once (voxcpm's non-streaming path, with retry_badcase)."""
-        return np.concatenate([np.zeros(0, np.float32), *self._joined(request, streaming=False)])
+        return np.concatenate([np.zeros(0, np.float32), *self.sentences(request)])
+
+    def sentences(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """The utterance a sentence at a time through voxcpm's non-streaming path: closing the
+        iterator stops before the next sentence."""
+        yield from self._joined(request, streaming=False)
 
     def _joined(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
         """The sentences' audio as one signal, crossfaded at each seam."""
