@@ -15,7 +15,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,28 @@ def time_request(url: str, path: str, data: dict[str, Any], reference: Path | No
     timing.ttfb_s = timing.arrivals_s[0]
     timing.total_s = time.perf_counter() - started
     return timing
+
+
+def run_clients(count: int, client: Callable[[], None]) -> float:
+    """``count`` concurrent copies of ``client``; the wall-clock seconds until all have returned."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        for _ in range(count):
+            pool.submit(client)
+    return time.perf_counter() - started
+
+
+def stream_stats(timings: Sequence[StreamTiming], wall_s: float) -> dict[str, Any]:
+    """What listeners experienced over a run: first byte, speed, cadence, underruns, throughput."""
+    return {
+        "wall_s": wall_s,
+        "audio_s_per_wall_s": sum(t.audio_s for t in timings) / wall_s,
+        "ttfb_ms": summary([1e3 * t.ttfb_s for t in timings]),
+        "rtf": summary([t.rtf for t in timings]),
+        "gap_ms": summary([1e3 * g for t in timings for g in t.gaps_s()]),
+        "streams_with_underrun": sum(1 for t in timings if t.underruns()[0]),
+        "underrun_stall_s": summary([t.underruns()[1] for t in timings]),
+    }
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

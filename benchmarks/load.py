@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from common import SEED_SENTENCE, StreamTiming, local_service, png, save, summary, table, time_request
+from common import SEED_SENTENCE, StreamTiming, local_service, png, run_clients, save, stream_stats, table, time_request
 
 
 class ReplicaWatch(threading.Thread):
@@ -65,24 +64,13 @@ def level(url: str, concurrency: int, per_client: int, timeout_s: float) -> dict
             with lock:
                 timings.append(timing)
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for _ in range(concurrency):
-            pool.submit(client)
-    wall = time.perf_counter() - started
-    underruns = [t.underruns() for t in timings]
+    wall = run_clients(concurrency, client)
     return {
         "concurrency": concurrency,
         "completed": len(timings),
         "shed": shed,
         "errors": errors,
-        "wall_s": wall,
-        "audio_s_per_wall_s": sum(t.audio_s for t in timings) / wall,
-        "ttfb_ms": summary([1e3 * t.ttfb_s for t in timings]),
-        "rtf": summary([t.rtf for t in timings]),
-        "gap_ms": summary([1e3 * g for t in timings for g in t.gaps_s()]),
-        "streams_with_underrun": sum(1 for count, _ in underruns if count),
-        "underrun_stall_s": summary([stalled for _, stalled in underruns]),
+        **stream_stats(timings, wall),
     }
 
 

@@ -15,10 +15,20 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from common import SEED_SENTENCE, StreamTiming, local_service, png, save, summary, table, time_request
+from common import (
+    SEED_SENTENCE,
+    StreamTiming,
+    local_service,
+    png,
+    run_clients,
+    save,
+    stream_stats,
+    summary,
+    table,
+    time_request,
+)
 
 FORM = {"text": SEED_SENTENCE, "inference_timesteps": 5}
 
@@ -58,12 +68,7 @@ def drive(url: str, clients: int, total: int, seconds: float) -> dict:
             with lock:
                 accepted.append(timing)
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for _ in range(clients):
-            pool.submit(client)
-    wall = time.perf_counter() - started
-    underruns = [t.underruns()[0] for t in accepted]
+    wall = run_clients(clients, client)
     return {
         "clients": clients,
         "sent": sent,
@@ -71,13 +76,8 @@ def drive(url: str, clients: int, total: int, seconds: float) -> dict:
         "shed": len(shed_ms),
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
-        "wall_s": wall,
-        "ttfb_ms": summary([1e3 * t.ttfb_s for t in accepted]),
         "shed_answer_ms": summary(shed_ms) if shed_ms else None,
-        "gap_ms": summary([1e3 * g for t in accepted for g in t.gaps_s()]),
-        "rtf": summary([t.rtf for t in accepted]),
-        "streams_with_underrun": sum(1 for n in underruns if n),
-        "audio_s_per_wall_s": sum(t.audio_s for t in accepted) / wall,
+        **stream_stats(accepted, wall),
     }
 
 
