@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint bench system-deps browser clean
+.PHONY: serve test lint bench soak cluster system-deps browser clean
 
 serve: $(INSTALLED)
 	$(BIN)/serve run configs/local.yaml
@@ -28,6 +28,16 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
 	cd benchmarks && ../$(BIN)/python startup.py
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
+	cd benchmarks && ../$(BIN)/python overload.py --factor 10
+
+# 2,000 mixed requests watching the replicas for leaks (about ten minutes).
+soak: $(INSTALLED)
+	cd benchmarks && ../$(BIN)/python soak.py --requests 2000
+
+# A two-node Ray cluster on this machine (CPU head + fake-GPU worker) running configs/prod.yaml's
+# graph, driven from min to max replicas and back (a few minutes).
+cluster: $(INSTALLED)
+	cd benchmarks && ../$(BIN)/python cluster.py
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
 # seed's examples; venv support is a separate package on Debian.

@@ -144,8 +144,8 @@ def plot(runs: list[dict], capacity: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factor", type=int, default=10)
-    parser.add_argument("--requests", type=int, default=300, help="per run")
-    parser.add_argument("--seconds", type=float, default=60.0, help="per run")
+    parser.add_argument("--requests", type=int, default=5000, help="per run, shed ones included")
+    parser.add_argument("--seconds", type=float, default=45.0, help="per run")
     parser.add_argument("--max-waiting", type=int, default=4, help="the model's max_waiting_requests")
     args = parser.parse_args()
     capacity = 1 + args.max_waiting
