@@ -183,16 +183,21 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_service(replicas: int = 1, env: Mapping[str, str] | None = None, **model_overrides: Any) -> Iterator[str]:
+def local_service(
+    replicas: int = 1,
+    env: Mapping[str, str] | None = None,
+    limits: Mapping[str, Any] | None = None,
+    **model_overrides: Any,
+) -> Iterator[str]:
     """configs/local.yaml on a fresh local Ray cluster, on a free loopback port; yields the base URL.
 
     ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there).
     """
     with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
-        yield from _local_service(replicas, model_overrides)
+        yield from _local_service(replicas, dict(limits or {}), model_overrides)
 
 
-def _local_service(replicas: int, model_overrides: dict[str, Any]) -> Iterator[str]:
+def _local_service(replicas: int, limits: dict[str, Any], model_overrides: dict[str, Any]) -> Iterator[str]:
     import ray
     from ray import serve
 
@@ -208,7 +213,7 @@ def _local_service(replicas: int, model_overrides: dict[str, Any]) -> Iterator[s
             app, _ = from_config_file(
                 LOCAL_CONFIG,
                 deployment_overrides={"VoxCPMModel": {"num_replicas": replicas}},
-                args_overrides={"voices_dir": voices},
+                args_overrides={"voices_dir": voices, **({"limits": limits} if limits else {})},
                 **model_overrides,
             )
             serve.run(app, name="voxcpm", route_prefix="/")

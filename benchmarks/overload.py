@@ -147,9 +147,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="per run, shed ones included")
     parser.add_argument("--seconds", type=float, default=45.0, help="per run")
     parser.add_argument("--max-waiting", type=int, default=4, help="the model's max_waiting_requests")
+    parser.add_argument("--overload-retries", type=int, default=None, help="limits.overload_retries (default: config)")
     args = parser.parse_args()
     capacity = 1 + args.max_waiting
-    with local_service(max_waiting_requests=args.max_waiting) as url:
+    limits = {} if args.overload_retries is None else {"overload_retries": args.overload_retries}
+    with local_service(limits=limits, max_waiting_requests=args.max_waiting) as url:
         time_request(url, "/api/tts/stream", FORM)  # warm
         runs = [drive(url, clients, args.requests, args.seconds) for clients in (capacity, args.factor * capacity)]
     save("overload", {"capacity": capacity, "runs": runs}, report(runs, capacity))

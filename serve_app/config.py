@@ -71,7 +71,7 @@ class LimitsConfig(_Strict):
     max_prompt_audio_bytes: PositiveInt = 20 * 1024 * 1024
     max_prompt_audio_seconds: float = Field(60.0, gt=0)
     overload_retries: int = Field(
-        2,
+        1,
         ge=0,
         description="Times the ingress re-sends a request a model replica shed (its queue was full) before "
         "answering 503: Serve's router may pick a replica with room.",
