@@ -78,9 +78,13 @@ def requests_mix(url: str, audio: bytes) -> list:
 
 
 def replica_processes() -> dict[str, psutil.Process]:
+    """This run's replica processes: workers of this cluster's raylet (other clusters may be running)."""
+    import ray
+
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     found = {}
-    for process in psutil.process_iter(["cmdline"]):
-        title = " ".join(process.info["cmdline"] or [])
+    for process in raylet.children(recursive=True):
+        title = " ".join(process.cmdline())
         for role, marker in ROLES.items():
             if title.startswith("ray::ServeReplica") and marker in title:
                 found[role] = process
@@ -89,14 +93,15 @@ def replica_processes() -> dict[str, psutil.Process]:
 
 def sample(done: int, started: float) -> dict:
     point = {"requests": done, "t_s": time.perf_counter() - started}
-    for role, process in replica_processes().items():
+    processes = replica_processes()
+    for role, process in processes.items():
         with process.oneshot():
             point[f"{role}_rss_mb"] = process.memory_info().rss / 2**20
             point[f"{role}_threads"] = process.num_threads()
             point[f"{role}_fds"] = process.num_fds()
     # The replicas' own temp files: reference prompts voxcpm reads from disk, deleted after each use.
     # (Uploads Starlette spools to disk are unlinked at creation: they show as open descriptors.)
-    prompt_dirs = list(Path(tempfile.gettempdir()).glob("voxcpm-prompts-*"))
+    prompt_dirs = list(Path(tempfile.gettempdir()).glob(f"voxcpm-prompts-{processes['model'].pid}-*"))
     point["prompt_temp_files"] = sum(1 for directory in prompt_dirs for _ in directory.iterdir())
     return point
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -102,7 +103,7 @@ class VoxCPMEngine:
         self._step_samples = int(self._model.patch_size * decode_hop)
         self._seam_samples = int(SEAM_SECONDS * self.info.sample_rate)
         # Prompt audio reaches voxcpm as a file path: a private directory, random names, always removed.
-        self._prompt_dir = Path(tempfile.mkdtemp(prefix="voxcpm-prompts-"))
+        self._prompt_dir = Path(tempfile.mkdtemp(prefix=f"voxcpm-prompts-{os.getpid()}-"))  # pid: whose it is
 
     @classmethod
     def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> VoxCPMEngine:
