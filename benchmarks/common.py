@@ -14,6 +14,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,36 @@ def time_request(url: str, path: str, data: dict[str, Any], reference: Path | No
     timing.ttfb_s = timing.arrivals_s[0]
     timing.total_s = time.perf_counter() - started
     return timing
+
+
+@dataclass
+class Outcomes:
+    """What concurrent clients got: streams, refusals (503, with how long each took) and errors."""
+
+    streams: list[StreamTiming] = field(default_factory=list)
+    shed_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attempt(self, url: str, path: str, form: dict[str, Any]) -> None:
+        """One request, recorded; a refused one waits its Retry-After, as the contract asks of clients."""
+        started = time.perf_counter()
+        try:
+            timing = time_request(url, path, form)
+        except requests.HTTPError as exc:
+            with self.lock:
+                if exc.response.status_code == 503:
+                    self.shed_ms.append(1e3 * (time.perf_counter() - started))
+                else:
+                    self.errors.append(str(exc.response.status_code))
+            time.sleep(float(exc.response.headers.get("retry-after", 1)))
+            return
+        except requests.RequestException as exc:
+            with self.lock:
+                self.errors.append(type(exc).__name__)
+            return
+        with self.lock:
+            self.streams.append(timing)
 
 
 def run_clients(count: int, client: Callable[[], None]) -> float:

@@ -16,7 +16,7 @@ import threading
 import time
 
 import requests
-from common import SEED_SENTENCE, StreamTiming, local_service, png, run_clients, save, stream_stats, table, time_request
+from common import SEED_SENTENCE, Outcomes, local_service, png, run_clients, save, stream_stats, table, time_request
 
 
 class ReplicaWatch(threading.Thread):
@@ -40,37 +40,21 @@ class ReplicaWatch(threading.Thread):
 
 def level(url: str, concurrency: int, per_client: int, timeout_s: float) -> dict:
     deadline = time.perf_counter() + timeout_s
-    timings: list[StreamTiming] = []
-    shed = errors = 0
-    lock = threading.Lock()
+    outcomes = Outcomes()
 
     def client() -> None:
-        nonlocal shed, errors
         for _ in range(per_client):
             if time.perf_counter() > deadline:
                 return
-            try:
-                timing = time_request(url, "/api/tts/stream", {"text": SEED_SENTENCE, "inference_timesteps": 5})
-            except requests.HTTPError as exc:
-                with lock:
-                    shed += exc.response.status_code == 503
-                    errors += exc.response.status_code != 503
-                time.sleep(float(exc.response.headers.get("retry-after", 1)))
-                continue
-            except requests.RequestException:
-                with lock:
-                    errors += 1
-                continue
-            with lock:
-                timings.append(timing)
+            outcomes.attempt(url, "/api/tts/stream", {"text": SEED_SENTENCE, "inference_timesteps": 5})
 
     wall = run_clients(concurrency, client)
     return {
         "concurrency": concurrency,
-        "completed": len(timings),
-        "shed": shed,
-        "errors": errors,
-        **stream_stats(timings, wall),
+        "completed": len(outcomes.streams),
+        "shed": len(outcomes.shed_ms),
+        "errors": len(outcomes.errors),
+        **stream_stats(outcomes.streams, wall),
     }
 
 

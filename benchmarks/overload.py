@@ -13,13 +13,11 @@ how fast a shed request is answered, and whether accepted streams keep their cad
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
-import requests
 from common import (
     SEED_SENTENCE,
-    StreamTiming,
+    Outcomes,
     local_service,
     png,
     run_clients,
@@ -35,49 +33,28 @@ FORM = {"text": SEED_SENTENCE, "inference_timesteps": 5}
 
 def drive(url: str, clients: int, total: int, seconds: float) -> dict:
     deadline = time.perf_counter() + seconds
-    accepted: list[StreamTiming] = []
-    shed_ms: list[float] = []
-    errors: list[str] = []
+    outcomes = Outcomes()
     sent = 0
-    lock = threading.Lock()
 
     def client() -> None:
         nonlocal sent
         while time.perf_counter() < deadline:
-            with lock:
+            with outcomes.lock:
                 if sent >= total:
                     return
                 sent += 1
-            started = time.perf_counter()
-            try:
-                timing = time_request(url, "/api/tts/stream", FORM)
-            except requests.HTTPError as exc:
-                status = exc.response.status_code
-                with lock:
-                    (
-                        shed_ms.append(1e3 * (time.perf_counter() - started))
-                        if status == 503
-                        else errors.append(str(status))
-                    )
-                time.sleep(float(exc.response.headers.get("retry-after", 1)))
-                continue
-            except requests.RequestException as exc:
-                with lock:
-                    errors.append(type(exc).__name__)
-                continue
-            with lock:
-                accepted.append(timing)
+            outcomes.attempt(url, "/api/tts/stream", FORM)
 
     wall = run_clients(clients, client)
     return {
         "clients": clients,
         "sent": sent,
-        "accepted": len(accepted),
-        "shed": len(shed_ms),
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-        "shed_answer_ms": summary(shed_ms) if shed_ms else None,
-        **stream_stats(accepted, wall),
+        "accepted": len(outcomes.streams),
+        "shed": len(outcomes.shed_ms),
+        "errors": len(outcomes.errors),
+        "error_kinds": sorted(set(outcomes.errors)),
+        "shed_answer_ms": summary(outcomes.shed_ms) if outcomes.shed_ms else None,
+        **stream_stats(outcomes.streams, wall),
     }
 
 
