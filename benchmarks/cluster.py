@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from common import REPO, SEED_SENTENCE, png, save, table, time_request
+from common import REPO, SEED_SENTENCE, Outcomes, png, save, table, time_request
 
 PROD_CONFIG = REPO / "configs" / "prod.yaml"
 FAKE_GPUS = 2
@@ -108,9 +108,8 @@ def autoscale(url: str, peak_clients: int, ramp_s: float, hold_s: float, settle_
     started = time.perf_counter()
     stop_at = started + ramp_s + hold_s
     samples: list[tuple[float, int, int]] = []
-    outcome = {"completed": 0, "shed_then_retried": 0, "failed": 0}
+    outcomes = Outcomes()
     active = 0
-    lock = threading.Lock()
     sampling = threading.Event()
 
     def sampler() -> None:
@@ -119,20 +118,11 @@ def autoscale(url: str, peak_clients: int, ramp_s: float, hold_s: float, settle_
 
     def client() -> None:
         nonlocal active
-        with lock:
+        with outcomes.lock:
             active += 1
         while time.perf_counter() < stop_at:
-            try:
-                time_request(url, "/api/tts/stream", {"text": SEED_SENTENCE})
-                key = "completed"
-            except requests.HTTPError as exc:
-                key = "shed_then_retried" if exc.response.status_code == 503 else "failed"
-                time.sleep(float(exc.response.headers.get("retry-after", 1)))
-            except requests.RequestException:
-                key = "failed"
-            with lock:
-                outcome[key] += 1
-        with lock:
+            outcomes.attempt(url, "/api/tts/stream", {"text": SEED_SENTENCE})
+        with outcomes.lock:
             active -= 1
 
     watcher = threading.Thread(target=sampler, daemon=True)
@@ -148,7 +138,14 @@ def autoscale(url: str, peak_clients: int, ramp_s: float, hold_s: float, settle_
     sampling.set()
     watcher.join()
     counts = [n for _, n, _ in samples]
-    return {**outcome, "samples": samples, "peak_replicas": max(counts), "final_replicas": counts[-1]}
+    return {
+        "completed": len(outcomes.streams),
+        "shed_then_retried": len(outcomes.shed_ms),
+        "failed": len(outcomes.errors),
+        "samples": samples,
+        "peak_replicas": max(counts),
+        "final_replicas": counts[-1],
+    }
 
 
 def report(result: dict, where: dict) -> str:

@@ -12,7 +12,8 @@ import contextlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,20 @@ def ffprobe(path: Path, entries: str) -> str:
         check=True,
     )
     return result.stdout.strip()
+
+
+def in_flight(url: str) -> int:
+    """Generations running or queued on the (first) model replica of the app at ``url``."""
+    return requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]["generations_in_flight"]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def error_of(response: requests.Response) -> dict:

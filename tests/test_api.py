@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,15 @@ import requests
 import soundfile as sf
 
 from serve_app.audio.codecs import AudioFormat
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of
+from tests.conftest import (
+    TINY_V2_STEP_FRAMES,
+    TINY_V15_STEP_FRAMES,
+    V2_MODEL,
+    Service,
+    error_of,
+    in_flight,
+    wait_until,
+)
 from tests.test_codecs import decode
 
 LONG_TEXT = "这是一个很长的句子，用来测试流式合成。" * 40  # thousands of steps: tens of seconds on CPU
@@ -23,19 +30,6 @@ def stream_frames(response: requests.Response) -> tuple[np.ndarray, int]:
     assert response.status_code == 200, response.text[:300]
     data, rate = sf.read(io.BytesIO(response.content), dtype="int16")
     return data, rate
-
-
-def in_flight(url: str) -> int:
-    return requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]["generations_in_flight"]
-
-
-def wait_idle(url: str, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if in_flight(url) == 0:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class TestStream:
@@ -259,7 +253,7 @@ class TestStatus:
             assert requests.get(f"{url}/health", timeout=10).json()["status"] == "ok"
             assert in_flight(url) == 1
             next(chunks)  # the stream is still going: status did not wait for its end
-        assert wait_idle(url)
+        assert wait_until(lambda: in_flight(url) == 0, 15)
 
 
 class TestCancellation:
@@ -271,7 +265,7 @@ class TestCancellation:
             if received > 20000:
                 break
         stream.close()
-        assert wait_idle(url), "the generation went on after the client left"
+        assert wait_until(lambda: in_flight(url) == 0, 15), "the generation went on after the client left"
         response = requests.post(f"{url}/api/tts/stream", data={"text": "下一个请求", "max_len": 4})
         assert stream_frames(response)[0].size == 4 * TINY_V15_STEP_FRAMES
 

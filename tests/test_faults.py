@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, in_flight, wait_until
 
 LONG = {"text": "这是一个很长的句子，用来测试故障。" * 40, "max_len": 600}  # 600 steps: seconds on CPU
 # 600 steps over 6 sentences (112 steps each, the last cut short): 5 seams of a 10 ms crossfade
@@ -24,19 +24,6 @@ LONG_FRAMES = 600 * TINY_V15_STEP_FRAMES - 5 * 441
 def wav_frames(body: bytes) -> int:
     """PCM16 mono frames after the streaming WAV header."""
     return (len(body) - 44) // 2
-
-
-def in_flight(url: str) -> int:
-    return requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]["generations_in_flight"]
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
