@@ -56,7 +56,7 @@ def start(port: int, voices: str):
             "VoxCPMModel": {
                 "ray_actor_options": {"num_cpus": MODEL_CPUS, "num_gpus": 0.5},
                 "autoscaling_config": AUTOSCALING,
-                "max_ongoing_requests": 8,
+                "max_ongoing_requests": 7,
                 "graceful_shutdown_timeout_s": 30,
             }
         },
@@ -65,7 +65,6 @@ def start(port: int, voices: str):
         synthetic_preset="tiny-voxcpm1.5",
         device="auto",
         optimize=False,
-        max_waiting_requests=6,
     )
     serve.run(app, name="voxcpm", route_prefix="/")
     return cluster
@@ -88,6 +87,7 @@ def placement(url: str) -> dict:
         "head_node": head,
         "gpu_nodes": gpu_nodes,
         "ingress_nodes": by_class.get("TTSIngress", []),
+        "status_board_nodes": by_class.get("StatusBoard", []),
         "model_nodes": by_class.get("VoxCPMModel", []),
         "model_nodes_reported": [replica["node_id"] for replica in status["replicas"]],
         "model_devices": [replica["device"] for replica in status["replicas"]],

@@ -217,18 +217,20 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 def local_service(
     replicas: int = 1,
     env: Mapping[str, str] | None = None,
-    limits: Mapping[str, Any] | None = None,
+    model_deployment: Mapping[str, Any] | None = None,
     **model_overrides: Any,
 ) -> Iterator[str]:
     """configs/local.yaml on a fresh local Ray cluster, on a free loopback port; yields the base URL.
 
-    ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there).
+    ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there);
+    ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``.
     """
+    deployment = {"num_replicas": replicas, **(model_deployment or {})}
     with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
-        yield from _local_service(replicas, dict(limits or {}), model_overrides)
+        yield from _local_service(deployment, model_overrides)
 
 
-def _local_service(replicas: int, limits: dict[str, Any], model_overrides: dict[str, Any]) -> Iterator[str]:
+def _local_service(model_deployment: dict[str, Any], model_overrides: dict[str, Any]) -> Iterator[str]:
     import ray
     from ray import serve
 
@@ -243,8 +245,8 @@ def _local_service(replicas: int, limits: dict[str, Any], model_overrides: dict[
         with tempfile.TemporaryDirectory() as voices:  # saved voices of this run only
             app, _ = from_config_file(
                 LOCAL_CONFIG,
-                deployment_overrides={"VoxCPMModel": {"num_replicas": replicas}},
-                args_overrides={"voices_dir": voices, **({"limits": limits} if limits else {})},
+                deployment_overrides={"VoxCPMModel": model_deployment},
+                args_overrides={"voices_dir": voices},
                 **model_overrides,
             )
             serve.run(app, name="voxcpm", route_prefix="/")

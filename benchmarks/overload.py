@@ -1,18 +1,21 @@
 """Overload: ten times the service's capacity on loopback, against one model replica.
 
-Capacity is what a replica takes at once: one generating stream plus `max_waiting_requests`
-queued ones. First a run at capacity, then one at `--factor` times it; each client sends
-requests back to back (a shed one waits its Retry-After) until `--requests` are sent or
-`--seconds` pass. Reported: accepted, shed (503), errors, time to first byte of the accepted,
-how fast a shed request is answered, and whether accepted streams keep their cadence
+Capacity is what the service holds at once: the replica's `max_ongoing_requests` (one
+generating stream, the rest waiting for it) plus the `max_queued_requests` that may wait in
+Serve's router. First a run at capacity, then one at `--factor` times it, `--repeat` times in
+turn (this machine is noisy: the ratios are per pair, and their median is the result); each
+client sends requests back to back (a shed one waits its Retry-After) until `--requests` are
+sent or `--seconds` pass. Reported: accepted, shed (503), errors, time to first byte of the
+accepted, how fast a shed request is answered, and whether accepted streams keep their cadence
 (chunk gaps and underruns), at capacity vs overloaded.
 
-    .venv/bin/python benchmarks/overload.py --factor 10
+    .venv/bin/python benchmarks/overload.py --factor 10 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from common import (
@@ -58,13 +61,14 @@ def drive(url: str, clients: int, total: int, seconds: float) -> dict:
     }
 
 
-def report(runs: list[dict], capacity: int) -> str:
+def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
     def cell(stats: dict | None, key: str = "median") -> str:
         return "-" if not stats else f"{stats[key]:.0f}"
 
+    total = capacity["ongoing"] + capacity["queued"]
     rows = [
         [
-            f"{run['clients']} ({run['clients'] / capacity:.0f}x)",
+            f"{number}: {run['clients']} ({run['clients'] / total:.0f}x)",
             f"{run['sent']}: {run['accepted']} / {run['shed']} / {run['errors']}",
             f"{cell(run['ttfb_ms'])} / {cell(run['ttfb_ms'], 'p95')} / {cell(run['ttfb_ms'], 'p99')}",
             f"{cell(run['shed_answer_ms'])} / {cell(run['shed_answer_ms'], 'p99')}",
@@ -72,16 +76,20 @@ def report(runs: list[dict], capacity: int) -> str:
             f"{run['streams_with_underrun']}/{run['accepted']}",
             f"{run['audio_s_per_wall_s']:.2f}",
         ]
-        for run in runs
+        for number, pair in enumerate(pairs, 1)
+        for run in pair
     ]
-    at, over = runs
+    gaps = [over["gap_ms"]["p99"] / at["gap_ms"]["p99"] for at, over in pairs]
+    throughputs = [over["audio_s_per_wall_s"] / at["audio_s_per_wall_s"] for at, over in pairs]
     return (
-        f"# Overload: {over['clients'] // capacity}x capacity against one model replica\n\n"
-        f"Capacity {capacity} streams (1 generating + {capacity - 1} queued); seed sentence, tiny synthetic model, "
-        "2-core CPU, HTTP on loopback. Shed requests wait their Retry-After before the client's next one.\n\n"
+        f"# Overload: {pairs[0][1]['clients'] // total}x capacity against one model replica\n\n"
+        f"Capacity {total} streams: {capacity['ongoing']} on the replica (1 generating, "
+        f"{capacity['ongoing'] - 1} waiting for it) and {capacity['queued']} waiting in Serve's router; "
+        "seed sentence, tiny synthetic model, 2-core CPU, HTTP on loopback. Shed requests wait their "
+        "Retry-After before the client's next one. Runs at capacity and overloaded alternate.\n\n"
         + table(
             [
-                "clients",
+                "run: clients",
                 "sent: accepted / shed / errors",
                 "accepted TTFB ms p50/p95/p99",
                 "shed answered in ms p50/p99",
@@ -91,12 +99,14 @@ def report(runs: list[dict], capacity: int) -> str:
             ],
             rows,
         )
-        + f"\nOverloaded vs at capacity: chunk gap p99 x{over['gap_ms']['p99'] / at['gap_ms']['p99']:.2f}, "
-        f"throughput x{over['audio_s_per_wall_s'] / at['audio_s_per_wall_s']:.2f}.\n"
+        + f"\nOverloaded vs at capacity, per pair: chunk gap p99 x{' x'.join(f'{g:.2f}' for g in gaps)}, "
+        f"throughput x{' x'.join(f'{t:.2f}' for t in throughputs)}; "
+        f"median: chunk gap p99 x{statistics.median(gaps):.2f}, throughput x{statistics.median(throughputs):.2f}.\n"
     )
 
 
 def plot(runs: list[dict], capacity: int) -> None:
+    """The first pair: requests, latency and cadence at capacity vs overloaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,18 +131,23 @@ def plot(runs: list[dict], capacity: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs (at capacity, overloaded)")
     parser.add_argument("--requests", type=int, default=5000, help="per run, shed ones included")
     parser.add_argument("--seconds", type=float, default=45.0, help="per run")
-    parser.add_argument("--max-waiting", type=int, default=4, help="the model's max_waiting_requests")
-    parser.add_argument("--overload-retries", type=int, default=None, help="limits.overload_retries (default: config)")
+    parser.add_argument("--max-ongoing", type=int, default=5, help="the model deployment's max_ongoing_requests")
+    parser.add_argument("--max-queued", type=int, default=4, help="the model deployment's max_queued_requests")
     args = parser.parse_args()
-    capacity = 1 + args.max_waiting
-    limits = {} if args.overload_retries is None else {"overload_retries": args.overload_retries}
-    with local_service(limits=limits, max_waiting_requests=args.max_waiting) as url:
+    capacity = {"ongoing": args.max_ongoing, "queued": args.max_queued}
+    total = args.max_ongoing + args.max_queued
+    deployment = {"max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued}
+    with local_service(model_deployment=deployment) as url:
         time_request(url, "/api/tts/stream", FORM)  # warm
-        runs = [drive(url, clients, args.requests, args.seconds) for clients in (capacity, args.factor * capacity)]
-    save("overload", {"capacity": capacity, "runs": runs}, report(runs, capacity))
-    plot(runs, capacity)
+        pairs = [
+            [drive(url, clients, args.requests, args.seconds) for clients in (total, args.factor * total)]
+            for _ in range(args.repeat)
+        ]
+    save("overload", {"capacity": capacity, "pairs": pairs}, report(pairs, capacity))
+    plot(pairs[0], total)
 
 
 if __name__ == "__main__":

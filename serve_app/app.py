@@ -3,8 +3,9 @@
 Ray Serve validates the config's ``args:`` against :class:`AppConfig` and calls
 :func:`build_app`; per-deployment resources (``num_gpus``, ``autoscaling_config``,
 ``max_ongoing_requests``) are set in the config's ``deployments:`` by deployment name
-(each model's ``deployment_name``, and ``TTSIngress``). No ``from __future__ import annotations`` here: Serve reads
-the builder's annotation at run time to validate ``args``.
+(each model's ``deployment_name``, ``TTSIngress`` and ``StatusBoard``). No
+``from __future__ import annotations`` here: Serve reads the builder's annotation at run time
+to validate ``args``.
 """
 
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.config import AppConfig
 from serve_app.ingress.app import TTSIngress
 from serve_app.model.deployment import VoxCPMDeployment
+from serve_app.status_board import StatusBoard
 
 
 def build_app(args: AppConfig) -> Application:
@@ -25,15 +27,17 @@ def build_app(args: AppConfig) -> Application:
 
 
 def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
-    """The graph: the ingress bound to one model deployment per model, with per-deployment options."""
+    """The graph: the ingress bound to one model deployment per model, and the status board the model
+    replicas report to and the ingress reads; with per-deployment options."""
     options = deployment_options or {}
+    board = StatusBoard.options(**options.get("StatusBoard", {})).bind()
     models = {
         model.name: VoxCPMDeployment.options(name=model.deployment_name, **options.get(model.deployment_name, {})).bind(
-            model, args.voices_dir
+            model, args.voices_dir, board
         )
         for model in args.models
     }
-    return TTSIngress.options(**options.get("TTSIngress", {})).bind(models, args)
+    return TTSIngress.options(**options.get("TTSIngress", {})).bind(models, board, args)
 
 
 def from_config_file(
@@ -62,7 +66,7 @@ def from_config_file(
         options[name] = {**options.get(name, {}), **overrides}
     # As Serve does for a deployed config: every deployment inherits the app's runtime_env and logging.
     logging_config = app_schema.logging_config or schema.logging_config
-    for name in [*(model.deployment_name for model in config.models), "TTSIngress"]:
+    for name in [*(model.deployment_name for model in config.models), "TTSIngress", "StatusBoard"]:
         deployment = options.setdefault(name, {})
         if app_schema.runtime_env:
             actor = deployment.setdefault("ray_actor_options", {})

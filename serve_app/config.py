@@ -22,7 +22,8 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """One VoxCPM model and how its replicas load and queue it."""
+    """One VoxCPM model and how its replicas load it (how many requests they hold: the deployment's
+    ``max_ongoing_requests`` and ``max_queued_requests`` in the config's ``deployments:``)."""
 
     name: str = Field("voxcpm", description="Public model name: the `model` field of requests, X-Model, /health.")
     deployment_name: str = Field(
@@ -48,12 +49,6 @@ class ModelConfig(_Strict):
     prompt_cache_size: int = Field(
         32, ge=0, description="Encoded reference prompts each replica keeps (least recently used dropped); 0: none."
     )
-    max_waiting_requests: int = Field(
-        4,
-        ge=0,
-        description="Generations a replica queues behind the running one before it sheds load (503). "
-        "Keep the deployment's max_ongoing_requests above 1 + this, so status calls always get a slot.",
-    )
 
     def synthetic_checkpoint(self) -> Path | None:
         """The directory to build a synthetic checkpoint in, if this model asks for one."""
@@ -73,8 +68,9 @@ class LimitsConfig(_Strict):
     overload_retries: int = Field(
         1,
         ge=0,
-        description="Times the ingress re-sends a request a model replica shed (its queue was full) before "
-        "answering 503: Serve's router may pick a replica with room.",
+        description="Times the ingress asks Serve's router again (after 50 ms, then 100 ms, ...) when it refused "
+        "a request for a full queue, before answering 503: the router also refuses requests that arrive "
+        "together while it is still assigning the first of them to a replica with room.",
     )
 
     @property

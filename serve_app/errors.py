@@ -66,10 +66,18 @@ class UnsupportedMedia(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """The model replica's queue is full: shed the request rather than let it wait unbounded."""
+    """Every replica and the router's queue are full: shed the request rather than let it wait unbounded."""
 
     status = 503
     code = "overloaded"
+    default_retry_after_s = 1
+
+
+class Unavailable(ServiceError):
+    """A part of the service the answer needs is starting or restarting."""
+
+    status = 503
+    code = "unavailable"
     default_retry_after_s = 1
 
 

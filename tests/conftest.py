@@ -147,9 +147,20 @@ def ffprobe(path: Path, entries: str) -> str:
     return result.stdout.strip()
 
 
+def replica_status(url: str) -> dict:
+    """The (first) model replica's report in /api/gpu/status, one it made after this call began:
+    replicas report on every change and every second, so what happened before is in it."""
+    asked = time.time()
+    while True:
+        replica = requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]
+        if replica["reported_at"] > asked:
+            return replica
+        time.sleep(0.05)
+
+
 def in_flight(url: str) -> int:
-    """Generations running or queued on the (first) model replica of the app at ``url``."""
-    return requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]["generations_in_flight"]
+    """Generations running or waiting on the (first) model replica of the app at ``url``."""
+    return replica_status(url)["generations_in_flight"]
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:

@@ -19,6 +19,7 @@ from tests.conftest import (
     Service,
     error_of,
     in_flight,
+    replica_status,
     wait_until,
 )
 from tests.test_codecs import decode
@@ -346,7 +347,7 @@ class TestPromptCache:
             assert stream_frames(response)[0].size == 3 * TINY_V15_STEP_FRAMES
 
         def counters() -> tuple[int, int]:
-            replica = requests.get(f"{url}/api/gpu/status").json()["replicas"][0]
+            replica = replica_status(url)
             return replica["prompt_cache_hits"], replica["prompt_cache_misses"]
 
         hits, misses = counters()

@@ -1,5 +1,5 @@
 """A real two-node Ray cluster on this machine: model replicas on the (fake) GPU node, the ingress on the
-head, a stream through both. Runs benchmarks/cluster.py --check in its own process (its own cluster)."""
+head with the status board, a stream through both. Runs benchmarks/cluster.py --check in its own process (its own cluster)."""
 
 from __future__ import annotations
 
@@ -28,5 +28,6 @@ def test_prod_graph_schedules_model_replicas_on_the_gpu_node() -> None:
     assert gpu_node != where["head_node"]
     assert where["model_nodes"] == where["model_nodes_reported"] == [gpu_node]
     assert where["ingress_nodes"] == [where["head_node"]]
+    assert where["status_board_nodes"] == [where["head_node"]]  # pinned: GPU workers may be scaled away
     assert where["model_devices"] == ["cpu"]  # Ray set CUDA_VISIBLE_DEVICES, but there is no CUDA here
     assert where["stream_audio_s"] > 0

@@ -10,7 +10,7 @@ import requests
 import soundfile as sf
 
 from serve_app.voices import VoiceStore
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of
+from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of, replica_status
 
 
 def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "参考音频的文本") -> dict:
@@ -21,7 +21,7 @@ def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "�
 
 
 def prompt_cache(url: str) -> tuple[int, int]:
-    replica = requests.get(f"{url}/api/gpu/status").json()["replicas"][0]
+    replica = replica_status(url)
     return replica["prompt_cache_hits"], replica["prompt_cache_misses"]
 
 

@@ -40,6 +40,6 @@ fastapi_app = create_app()
 @serve.deployment(name="TTSIngress", max_ongoing_requests=64)
 @serve.ingress(fastapi_app)
 class TTSIngress:
-    def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
         self.config = config  # read by the edge middleware (API keys, rate limit, CORS, body cap)
-        self.synthesis = SynthesisService(models, config)
+        self.synthesis = SynthesisService(models, status_board, config)

@@ -12,12 +12,11 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
 from serve_app import metrics
-from serve_app.errors import Overloaded, ServiceError
+from serve_app.errors import ServiceError
 from serve_app.metrics import RequestTrace
 
 logger = logging.getLogger("ray.serve")
@@ -73,10 +72,6 @@ async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return service_error_response(exc)
 
 
-async def _back_pressure(request: Request, exc: BackPressureError) -> JSONResponse:
-    return await _service_error(request, Overloaded("the service is at capacity; retry shortly"))
-
-
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("request %s failed", request.headers.get("x-request-id", "-"))
     count_error(request.scope, "internal_error")
@@ -87,5 +82,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
-    app.add_exception_handler(BackPressureError, _back_pressure)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -1,4 +1,4 @@
-"""``GET /health`` and ``GET /api/gpu/status``, answered from the model deployment's own state."""
+"""``GET /health`` and ``GET /api/gpu/status``, answered from what model replicas report to the status board."""
 
 from __future__ import annotations
 
@@ -9,52 +9,42 @@ from typing import Annotated, Any
 import ray
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from ray import serve
 
+from serve_app.errors import Unavailable
 from serve_app.ingress.dependencies import synthesis_service
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.model.types import ModelInfo
 
 router = APIRouter(tags=["status"])
 
 STATUS_TIMEOUT_S = 5.0
 
 
-async def _running_replicas(deployment: str) -> int | None:
-    """How many replicas of ``deployment`` Serve's controller reports RUNNING."""
-    app_name = serve.get_replica_context().app_name
-    status = await asyncio.to_thread(serve.status)
-    app = status.applications.get(app_name)
-    if app is None or deployment not in app.deployments:
-        return None
-    return sum(n for state, n in app.deployments[deployment].replica_states.items() if str(state).endswith("RUNNING"))
-
-
 @router.get("/health", summary="Liveness and model state")
 async def health(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> JSONResponse:
-    """Ready when every model has a running replica that answers."""
-    models = await asyncio.gather(*(_model_health(service, name) for name in service.model_names))
-    ready = all(model.get("replicas_running") for model in models)
+    """Ready when every model has a replica that reported to the status board in the last few seconds
+    (a replica's reports go on while all its request slots are taken: a full service is ready)."""
+    try:
+        reports = await service.replica_reports(STATUS_TIMEOUT_S)
+    except Unavailable as exc:
+        return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
+    models = [_model_health(name, [info for info, _ in reports if info.name == name]) for name in service.model_names]
+    ready = all(model["replicas_running"] for model in models)
     body = {"status": "ok" if ready else "unavailable", "default_model": service.default_model, "models": models}
     return JSONResponse(body, 200 if ready else 503)
 
 
-async def _model_health(service: SynthesisService, name: str) -> dict[str, Any]:
-    try:
-        info = await asyncio.wait_for(service.probe_model(name), STATUS_TIMEOUT_S)
-        replicas = await _running_replicas(service.deployment_name(name))
-    except Exception as exc:  # noqa: BLE001 - loading, restarting or unreachable all mean not ready
-        return {"name": name, "replicas_running": 0, "detail": type(exc).__name__}
-    return {**dataclasses.asdict(info), "replicas_running": replicas}
+def _model_health(name: str, infos: list[ModelInfo]) -> dict[str, Any]:
+    facts = dataclasses.asdict(infos[0]) if infos else {"name": name}
+    return {**facts, "replicas_running": len(infos)}
 
 
 @router.get("/api/gpu/status", summary="GPUs of the whole cluster and every model replica's memory (NVML)")
 async def gpu_status(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> dict[str, Any]:
-    """Every model replica reports its node's GPUs (NVML) and the memory it holds; Ray's view of the
-    cluster adds GPU nodes that host no replica right now (an idle autoscaled worker)."""
-    per_model = await asyncio.gather(
-        *(service.replica_statuses(name, STATUS_TIMEOUT_S) for name in service.model_names)
-    )
-    replicas = [replica for statuses in per_model for replica in statuses]
+    """Every model replica reports its node's GPUs (NVML) and the memory it holds to the status board
+    (at most a second old); Ray's view of the cluster adds GPU nodes that host no replica right now
+    (an idle autoscaled worker)."""
+    replicas = [status for _, status in await service.replica_reports(STATUS_TIMEOUT_S)]
     gpus = {(r.node_id, gpu["uuid"]): {**gpu, "node_id": r.node_id} for r in replicas for gpu in r.gpus}
     nodes = await asyncio.to_thread(_gpu_nodes, {r.node_id for r in replicas if r.gpus})
     return {

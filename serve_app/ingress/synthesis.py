@@ -22,7 +22,7 @@ from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import decode_mono, decode_reference
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError
+from serve_app.errors import InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError, Unavailable
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
@@ -48,8 +48,9 @@ def model_errors() -> Iterator[None]:
 class SynthesisService:
     """The ingress's access to the model deployments, by model name."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
         self._handles = models
+        self._status_board = status_board
         self.default_model = config.default
         self._limits = config.limits
         self._infos: dict[str, ModelInfo] = {}
@@ -71,23 +72,18 @@ class SynthesisService:
         return self._handles[model].deployment_name
 
     async def model_info(self, model: str) -> ModelInfo:
-        """The model's facts, asked once (they do not change for a deployment)."""
+        """The model's facts, asked once (they do not change for a deployment). The call is routed like
+        a request, so it waits for a replica that is starting and is refused (503) past capacity."""
         if model not in self._infos:
-            return await self.probe_model(model)
+            self._infos[model] = await self._retrying_refusals(self._handles[model].info.remote)
         return self._infos[model]
 
-    async def probe_model(self, model: str) -> ModelInfo:
-        """Ask a model replica now: answers only while one is up (for /health)."""
-        self._infos[model] = await self._handles[model].info.remote()
-        return self._infos[model]
-
-    async def replica_statuses(self, model: str, timeout_s: float) -> list[ReplicaStatus]:
-        """Every running replica of the model, wherever it is (Serve's broadcast, not one routed call);
-        replicas that do not answer in time are left out."""
-        answers = (
-            await self._handles[model].broadcast("status").results_async(timeout_s=timeout_s, return_exceptions=True)
-        )
-        return [answer for answer in answers if isinstance(answer, ReplicaStatus)]
+    async def replica_reports(self, timeout_s: float) -> list[tuple[ModelInfo, ReplicaStatus]]:
+        """What every live model replica last reported to the status board (never blocked by full replicas)."""
+        try:
+            return await asyncio.wait_for(self._status_board.reports.remote(), timeout_s)
+        except Exception as exc:  # whatever keeps the board from answering, it is not the client's
+            raise Unavailable(f"the status board did not answer ({type(exc).__name__}); retry shortly") from exc
 
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
@@ -178,7 +174,7 @@ class SynthesisService:
                 chunks.cancel()
                 raise
 
-        first, chunks = await self._retrying_overload(first_chunk, output.trace)
+        first, chunks = await self._retrying_refusals(first_chunk)
         return self._encoded(output, first, chunks)
 
     async def _encoded(
@@ -213,7 +209,7 @@ class SynthesisService:
             with model_errors():
                 return await handle.synthesize.remote(request)
 
-        samples = await self._retrying_overload(synthesize, output.trace)
+        samples = await self._retrying_refusals(synthesize)
         body = await asyncio.to_thread(
             codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
         )
@@ -221,16 +217,18 @@ class SynthesisService:
         metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate)
         return Response(body, media_type=codecs.MEDIA_TYPES[output.format], headers=output.headers())
 
-    async def _retrying_overload(self, call: Callable[[], Awaitable[T]], trace: RequestTrace) -> T:
-        """``call()``, again after a short pause when the replica it reached was full: the next try may
-        reach one with room. Past ``limits.overload_retries`` the 503 goes to the client."""
+    async def _retrying_refusals(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again after a short pause when Serve's router refused it for a full queue: it also
+        refuses requests that arrive together while it assigns the first. Past ``limits.overload_retries``
+        the refusal becomes the client's 503 (ours: Serve answers its own BackPressureError in plain text). A
+        refusal never reaches a model replica, so retrying is cheap."""
         for attempt in itertools.count():
             try:
                 return await call()
-            except (Overloaded, BackPressureError):
+            except BackPressureError:
                 if attempt >= self._limits.overload_retries:
-                    raise
-                logger.info("request %s: model replica full, retry %d", trace.request_id, attempt + 1)
+                    raise Overloaded("the service is at capacity; retry shortly") from None
+                logger.info("router queue full, retry %d", attempt + 1)  # Serve adds the request id
                 await asyncio.sleep(OVERLOAD_RETRY_PAUSE_S * 2**attempt)
         raise AssertionError("unreachable")
 

@@ -1,14 +1,18 @@
 """The model deployment: one VoxCPM engine per replica, one generation at a time.
 
 Generations run on a single worker thread owned by the replica, so they are serialized in
-arrival order (voxcpm has one static KV cache) while the replica's event loop stays free:
-status and health calls never wait behind a generation. A replica queues at most
-``max_waiting_requests`` generations behind the running one and sheds the rest (503), so its
-``max_ongoing_requests`` always leaves room for status calls.
+arrival order (voxcpm has one static KV cache) while the replica's event loop stays free.
+Serve's ``max_ongoing_requests`` is how many generations a replica holds (one running, the rest
+waiting for the thread); callers beyond that wait in Serve's router, bounded by
+``max_queued_requests``, and past it get 503 there, without reaching this process: a full replica
+spends nothing on the requests it cannot take. Status goes out the other way: the replica
+publishes it to the status board, so it is readable while every request slot is taken.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,13 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app import gpu, metrics
 from serve_app.config import ModelConfig
-from serve_app.errors import Overloaded
 from serve_app.model.engine import VoxCPMEngine
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
+from serve_app.status_board import PUBLISH_PERIOD_S
 from serve_app.voices import VoiceStore
 
 logger = logging.getLogger("ray.serve")
@@ -32,10 +37,12 @@ LOGGED_TEXT_CHARS = 24  # logs carry a short prefix of the text, never all of it
 # Chunks a generation may run ahead of the consumer before it pauses (bounded buffering).
 MAX_BUFFERED_CHUNKS = 32
 
+MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together than this
 
-@serve.deployment(name="VoxCPMModel", max_ongoing_requests=8, graceful_shutdown_timeout_s=60)
+
+@serve.deployment(name="VoxCPMModel", max_ongoing_requests=5, max_queued_requests=4, graceful_shutdown_timeout_s=60)
 class VoxCPMDeployment:
-    def __init__(self, config: ModelConfig, voices_dir: str) -> None:
+    def __init__(self, config: ModelConfig, voices_dir: str, status_board: DeploymentHandle) -> None:
         self._config = config
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
         self._engine = self._executor.submit(VoxCPMEngine.load, config, VoiceStore(voices_dir)).result()
@@ -43,10 +50,25 @@ class VoxCPMDeployment:
         self._metrics = metrics.model()
         # the engine's prompt-cache (hits, misses) last reported (warm-up's are not requests)
         self._prompt_lookups = (self._engine.prompts.hits, self._engine.prompts.misses)
+        self._status_changed = asyncio.Event()
+        self._publishing = asyncio.get_running_loop().create_task(self._publish_status(status_board))
 
     def __del__(self) -> None:
+        self._publishing.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._engine.close()
+
+    async def _publish_status(self, board: DeploymentHandle) -> None:
+        """Report to the status board on changes (a burst of them once) and every period as a sign of life."""
+        while True:
+            self._status_changed.clear()
+            try:
+                await board.publish.remote(self._engine.info, self._status())
+            except Exception as exc:  # noqa: BLE001 - the board restarting must not stop the reports
+                logger.warning("status board unreachable: %s", exc)
+            await asyncio.sleep(MIN_PUBLISH_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_changed.wait(), PUBLISH_PERIOD_S)
 
     async def info(self) -> ModelInfo:
         return self._engine.info
@@ -75,7 +97,7 @@ class VoxCPMDeployment:
 
         return iterate_in_thread(generate, self._executor, MAX_BUFFERED_CHUNKS, on_done=self._release)
 
-    async def status(self) -> ReplicaStatus:
+    def _status(self) -> ReplicaStatus:
         context = serve.get_replica_context()
         memory = gpu.torch_memory(self._engine.info.device)
         return ReplicaStatus(
@@ -89,12 +111,10 @@ class VoxCPMDeployment:
             generations_in_flight=self._in_flight,
             prompt_cache_hits=self._engine.prompts.hits,
             prompt_cache_misses=self._engine.prompts.misses,
+            reported_at=time.time(),
         )
 
     def _admit(self, request: SynthesisRequest) -> None:
-        if self._in_flight > self._config.max_waiting_requests:
-            logger.warning("request %s shed: %d generations in flight", request.request_id, self._in_flight)
-            raise Overloaded("the model is busy; retry shortly")
         self._in_flight += 1
         logger.info(
             "request %s: %d characters (%r...), %d ahead",
@@ -103,7 +123,7 @@ class VoxCPMDeployment:
             request.text[:LOGGED_TEXT_CHARS],
             self._in_flight - 1,
         )
-        self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
+        self._in_flight_changed()
 
     def _started(self, request: SynthesisRequest, admitted: float) -> None:
         """On the generation thread, as the model takes the request up."""
@@ -112,9 +132,13 @@ class VoxCPMDeployment:
 
     def _release(self) -> None:
         self._in_flight -= 1
-        self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
+        self._in_flight_changed()
         hits, misses = self._engine.prompts.hits, self._engine.prompts.misses
         for result, count in (("hit", hits - self._prompt_lookups[0]), ("miss", misses - self._prompt_lookups[1])):
             if count > 0:
                 self._metrics.prompt_cache.inc(count, tags={"model": self._config.name, "result": result})
         self._prompt_lookups = (hits, misses)
+
+    def _in_flight_changed(self) -> None:
+        self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
+        self._status_changed.set()

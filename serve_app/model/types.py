@@ -58,7 +58,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ReplicaStatus:
-    """One model replica's view of its node's GPUs and of the memory it holds."""
+    """One model replica's view of its node's GPUs and of the memory it holds, as of ``reported_at``."""
 
     replica_id: str
     node_id: str
@@ -70,3 +70,4 @@ class ReplicaStatus:
     generations_in_flight: int
     prompt_cache_hits: int
     prompt_cache_misses: int
+    reported_at: float  # Unix time
