@@ -256,6 +256,55 @@ def _local_service(model_deployment: dict[str, Any], model_overrides: dict[str, 
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def model_on_its_own_core(core: int = 0) -> Iterator[None]:
+    """Every thread of the model replicas on ``core``, every other process of the machine (proxy,
+    ingress, Ray, this script's clients) on the other cores; all cores again afterwards.
+
+    On a GPU node generation does not share cores with HTTP handling; on a 2-core machine it does,
+    and then any load slows it, whatever the design. This separates the two, so a benchmark can
+    tell what load costs the model process itself.
+    """
+    models = {pid for pid, title in _process_titles() if title.startswith("ray::ServeReplica:") and "Model" in title}
+    assert models, "no model replica process found"
+    everything = set(range(os.cpu_count() or 1))
+    _set_affinity(lambda pid: {core} if pid in models else everything - {core})
+    try:
+        yield
+    finally:
+        _set_affinity(lambda _: everything)
+
+
+def _process_titles() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process; Ray titles an actor's process ``ray::<actor class>``."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the Serve processes (model replicas, ingress, proxy), summed by
+    deployment, and by this process (the benchmark's clients)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {"clients": sum(os.times()[:2])}
+    for pid, title in _process_titles():
+        if title.startswith(("ray::ServeReplica:", "ray::ProxyActor")):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                name = title.split()[0].rsplit(":", 1)[-1]
+                used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return used
+
+
+def _set_affinity(cores_of: Callable[[int], set[int]]) -> None:
+    for pid, _ in _process_titles():
+        with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread bound to its core
+            for thread in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(thread.name), cores_of(pid))
+
+
 def png(figure: Any, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.png"

@@ -15,13 +15,16 @@ accepted, how fast a shed request is answered, and whether accepted streams keep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
 from common import (
     SEED_SENTENCE,
     Outcomes,
+    cpu_seconds,
     local_service,
+    model_on_its_own_core,
     png,
     run_clients,
     save,
@@ -32,6 +35,7 @@ from common import (
 )
 
 FORM = {"text": SEED_SENTENCE, "inference_timesteps": 5}
+CPU_COLUMNS = ("VoxCPMModel", "TTSIngress", "ProxyActor", "clients")
 
 
 def drive(url: str, clients: int, total: int, seconds: float) -> dict:
@@ -48,7 +52,9 @@ def drive(url: str, clients: int, total: int, seconds: float) -> dict:
                 sent += 1
             outcomes.attempt(url, "/api/tts/stream", FORM)
 
+    cpu_before = cpu_seconds()
     wall = run_clients(clients, client)
+    cpu = {name: (used - cpu_before.get(name, 0.0)) / wall for name, used in cpu_seconds().items()}
     return {
         "clients": clients,
         "sent": sent,
@@ -58,10 +64,11 @@ def drive(url: str, clients: int, total: int, seconds: float) -> dict:
         "error_kinds": sorted(set(outcomes.errors)),
         "shed_answer_ms": summary(outcomes.shed_ms) if outcomes.shed_ms else None,
         **stream_stats(outcomes.streams, wall),
+        "cpu_cores": cpu,  # CPU seconds per wall second, by process
     }
 
 
-def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
+def report(pairs: list[list[dict]], capacity: dict[str, int], model_core: bool) -> str:
     def cell(stats: dict | None, key: str = "median") -> str:
         return "-" if not stats else f"{stats[key]:.0f}"
 
@@ -75,6 +82,7 @@ def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
             f"{run['gap_ms']['median']:.1f} / {run['gap_ms']['p99']:.1f}",
             f"{run['streams_with_underrun']}/{run['accepted']}",
             f"{run['audio_s_per_wall_s']:.2f}",
+            " / ".join(f"{run['cpu_cores'].get(name, 0):.2f}" for name in CPU_COLUMNS),
         ]
         for number, pair in enumerate(pairs, 1)
         for run in pair
@@ -85,7 +93,13 @@ def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
         f"# Overload: {pairs[0][1]['clients'] // total}x capacity against one model replica\n\n"
         f"Capacity {total} streams: {capacity['ongoing']} on the replica (1 generating, "
         f"{capacity['ongoing'] - 1} waiting for it) and {capacity['queued']} waiting in Serve's router; "
-        "seed sentence, tiny synthetic model, 2-core CPU, HTTP on loopback. Shed requests wait their "
+        "seed sentence, tiny synthetic model, 2-core CPU, HTTP on loopback"
+        + (
+            " (the model replica alone on one core; proxy, ingress, Ray and these clients on the other)"
+            if model_core
+            else " (every process on both cores)"
+        )
+        + ". Shed requests wait their "
         "Retry-After before the client's next one. Runs at capacity and overloaded alternate.\n\n"
         + table(
             [
@@ -96,6 +110,7 @@ def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
                 "chunk gap ms p50/p99",
                 "streams with underrun",
                 "audio s per wall s",
+                "CPU cores: " + " / ".join(CPU_COLUMNS),
             ],
             rows,
         )
@@ -105,7 +120,7 @@ def report(pairs: list[list[dict]], capacity: dict[str, int]) -> str:
     )
 
 
-def plot(runs: list[dict], capacity: int) -> None:
+def plot(runs: list[dict], capacity: int, name: str) -> None:
     """The first pair: requests, latency and cadence at capacity vs overloaded."""
     import matplotlib
 
@@ -125,7 +140,7 @@ def plot(runs: list[dict], capacity: int) -> None:
     axes[2].bar(labels, [run["gap_ms"]["p99"] for run in runs])
     axes[2].set(title="accepted streams: chunk gap p99, ms")
     figure.suptitle(f"Capacity {capacity} vs overload, one replica, tiny synthetic model on CPU", y=1.04)
-    png(figure, "overload")
+    png(figure, name)
 
 
 def main() -> None:
@@ -136,18 +151,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=45.0, help="per run")
     parser.add_argument("--max-ongoing", type=int, default=5, help="the model deployment's max_ongoing_requests")
     parser.add_argument("--max-queued", type=int, default=4, help="the model deployment's max_queued_requests")
+    parser.add_argument(
+        "--model-core",
+        action="store_true",
+        help="the model replica on a core of its own, everything else on the others (as on a GPU node)",
+    )
     args = parser.parse_args()
     capacity = {"ongoing": args.max_ongoing, "queued": args.max_queued}
     total = args.max_ongoing + args.max_queued
     deployment = {"max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued}
+    name = "overload_model_core" if args.model_core else "overload"
     with local_service(model_deployment=deployment) as url:
         time_request(url, "/api/tts/stream", FORM)  # warm
-        pairs = [
-            [drive(url, clients, args.requests, args.seconds) for clients in (total, args.factor * total)]
-            for _ in range(args.repeat)
-        ]
-    save("overload", {"capacity": capacity, "pairs": pairs}, report(pairs, capacity))
-    plot(pairs[0], total)
+        with model_on_its_own_core() if args.model_core else contextlib.nullcontext():
+            pairs = [
+                [drive(url, clients, args.requests, args.seconds) for clients in (total, args.factor * total)]
+                for _ in range(args.repeat)
+            ]
+    payload = {"capacity": capacity, "model_core": args.model_core, "pairs": pairs}
+    save(name, payload, report(pairs, capacity, args.model_core))
+    plot(pairs[0], total, name)
 
 
 if __name__ == "__main__":

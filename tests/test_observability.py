@@ -119,7 +119,7 @@ def test_request_id_follows_the_request_into_both_deployments_logs(url: str) -> 
 
 
 def test_gpu_status_reports_every_replica(service: Service, checkpoints: Path) -> None:
-    """Two model replicas: both answer /api/gpu/status (a broadcast, not one routed call)."""
+    """Two model replicas: both are in /api/gpu/status (each reports to the status board)."""
     deployments = {"VoxCPMModel": {"num_replicas": 2}}
     with extra_app(service, checkpoints, "two-replicas", deployments=deployments) as url:
         body = requests.get(f"{url}/api/gpu/status", timeout=10).json()
