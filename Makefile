@@ -28,7 +28,8 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
 	cd benchmarks && ../$(BIN)/python startup.py
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
-	cd benchmarks && ../$(BIN)/python overload.py --factor 10
+	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2
+	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2 --model-core
 
 # 2,000 mixed requests watching the replicas for leaks (about ten minutes).
 soak: $(INSTALLED)

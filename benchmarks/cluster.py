@@ -26,7 +26,9 @@ from common import REPO, SEED_SENTENCE, Outcomes, png, save, table, time_request
 
 PROD_CONFIG = REPO / "configs" / "prod.yaml"
 FAKE_GPUS = 2
-MODEL_CPUS = 0.25  # per model replica: prod.yaml's 2 CPUs would not fit 4 replicas on this machine
+# The fake GPU node offers GPUs only (prod.yaml's 2 CPUs per model replica would not fit 4 replicas on this
+# machine), so CPU work (ingress) cannot take the room model replicas need there.
+MODEL_CPUS = 0
 # prod.yaml's autoscaling with delays short enough to watch (its own: 10 s up, 300 s down)
 AUTOSCALING = {
     "min_replicas": 1,
@@ -46,7 +48,7 @@ def start(port: int, voices: str):
     from serve_app.app import from_config_file
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 0})
-    cluster.add_node(num_cpus=AUTOSCALING["max_replicas"] * MODEL_CPUS, num_gpus=FAKE_GPUS)
+    cluster.add_node(num_cpus=0, num_gpus=FAKE_GPUS)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})

@@ -38,8 +38,9 @@ def app_url(request: pytest.FixtureRequest, service: Service, checkpoints: Path)
 @pytest.mark.model(deployments={"VoxCPMModel": {"max_ongoing_requests": 2, "max_queued_requests": 1}})
 def test_past_capacity_requests_get_503_fast_and_accepted_streams_finish(app_url: str) -> None:
     """Two streams fill the replica (one generating, one waiting for it) and one more may wait in Serve's
-    router: of two further requests one waits there, the other is refused at once with Retry-After.
-    Status answers all the while, from the replica's reports rather than a request slot."""
+    router: of two further requests one waits there, the other is refused at once with Retry-After, and
+    so is the next (by the edge, before its form is read). Status answers all the while, from the
+    replica's reports rather than a request slot; once the streams end, requests are taken again."""
     pool = ThreadPoolExecutor(4)  # a waiting stream's headers wait for its first chunk
     stream = f"{app_url}/api/tts/stream"
     accepted = [pool.submit(requests.post, stream, data=LONG, stream=True) for _ in range(2)]
@@ -51,6 +52,9 @@ def test_past_capacity_requests_get_503_fast_and_accepted_streams_finish(app_url
     assert shed.elapsed.total_seconds() < 2  # refused by the router, not after waiting
     assert shed.headers["retry-after"] == "1"
     assert error_of(shed)["code"] == "overloaded"
+    again = requests.post(stream, data={"text": "再排队。", "max_len": 2})  # still full: refused at the edge
+    assert again.status_code == 503 and again.elapsed.total_seconds() < 1
+    assert again.headers["retry-after"] == "1" and error_of(again)["code"] == "overloaded"
     started = time.monotonic()
     assert requests.get(f"{app_url}/health", timeout=5).json()["status"] == "ok"
     assert in_flight(app_url) == 2
@@ -62,6 +66,7 @@ def test_past_capacity_requests_get_503_fast_and_accepted_streams_finish(app_url
     (queued,) = [future for future in late if future is not first_done]
     assert queued.result().status_code == 200
     pool.shutdown()
+    assert requests.post(stream, data={"text": "好了。", "max_len": 2}).status_code == 200
 
 
 def test_replica_killed_mid_stream(app_url: str, caplog: pytest.LogCaptureFixture) -> None:

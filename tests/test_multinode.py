@@ -1,5 +1,6 @@
-"""A real two-node Ray cluster on this machine: model replicas on the (fake) GPU node, the ingress on the
-head with the status board, a stream through both. Runs benchmarks/cluster.py --check in its own process (its own cluster)."""
+"""A real two-node Ray cluster on this machine: model replicas on the (fake) GPU node, the ingress and the
+status board on the head, a stream through both. Runs benchmarks/cluster.py --check in its own process
+(its own cluster)."""
 
 from __future__ import annotations
 

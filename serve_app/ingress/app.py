@@ -37,7 +37,9 @@ def create_app() -> FastAPI:
 fastapi_app = create_app()
 
 
-@serve.deployment(name="TTSIngress", max_ongoing_requests=64)
+# Streams pass through the ingress too: an ingress replica being replaced waits for them as long as a model
+# replica does (Serve's default is 20 s).
+@serve.deployment(name="TTSIngress", max_ongoing_requests=64, graceful_shutdown_timeout_s=60)
 @serve.ingress(fastapi_app)
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:

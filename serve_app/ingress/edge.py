@@ -1,5 +1,5 @@
 """What every request meets before routing: CORS, Serve's client-controllable headers, the API key,
-the rate limit and the body size cap.
+the rate limit, the body size cap, and a service at capacity (refused before any form is parsed).
 
 Pure ASGI, so the body cap applies while the body streams in: an upload whose Content-Length is
 over the cap is refused before any of it is read, and one without a length is cut off as soon as
@@ -14,6 +14,7 @@ import hmac
 import math
 import os
 import time
+from collections.abc import Callable
 
 import limits
 from limits.storage import MemoryStorage
@@ -26,12 +27,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
-from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
+from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
 from serve_app.ingress.errors import count_error, service_error_response
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
 PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/playground/",)
+# Routes that need a model slot: refused here, before their forms are parsed, while every model is full.
+SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech"})
 
 # Ray Serve's proxy lets a client lift the end-to-end timeout (<= 0 disables it) and disconnect
 # cancellation with these; they cannot be stripped behind the proxy, so requests carrying them are refused.
@@ -57,12 +60,13 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         if self._chain is None:
-            self._chain = build_chain(self.app, serve.get_replica_context().servable_object.config)
+            ingress = serve.get_replica_context().servable_object
+            self._chain = build_chain(self.app, ingress.config, ingress.synthesis.every_model_full)
         await self._chain(scope, receive, send)
 
 
-def build_chain(app: ASGIApp, config: AppConfig) -> ASGIApp:
-    guarded = Guard(app, config.access, config.limits.max_request_bytes)
+def build_chain(app: ASGIApp, config: AppConfig, full: Callable[[], bool]) -> ASGIApp:
+    guarded = Guard(app, config.access, config.limits.max_request_bytes, full)
     if not config.access.cors_allow_origins:
         return guarded
     return CORSMiddleware(
@@ -77,8 +81,9 @@ def build_chain(app: ASGIApp, config: AppConfig) -> ASGIApp:
 class Guard:
     """Refuses, with the contract's JSON errors, what must not reach a route."""
 
-    def __init__(self, app: ASGIApp, access: AccessConfig, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, access: AccessConfig, max_body_bytes: int, full: Callable[[], bool]) -> None:
         self.app = app
+        self._full = full
         self._keys = api_keys(access)
         self._max_body = max_body_bytes
         self._rate = limits.parse_many(access.rate_limit) if access.rate_limit else []
@@ -108,6 +113,8 @@ class Guard:
                 raise BadRequest("Content-Length is not a number", "content-length")
             if int(length) > self._max_body:
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
+        if scope["method"] == "POST" and path in SYNTHESIS_PATHS and self._full():
+            raise Overloaded("the service is at capacity; retry shortly")
 
     def _authenticated_client(self, headers: Headers, scope: Scope) -> str:
         """Who is calling: a digest of their key when keys are configured, else their address."""

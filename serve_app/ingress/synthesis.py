@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -32,6 +33,9 @@ logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 OVERLOAD_RETRY_PAUSE_S = 0.05
+# After the router refused a model's request, the next ones are refused without asking it, until one
+# of this replica's streams of that model ends or this long has passed (another ingress replica's may).
+FULL_FOR_S = 0.25
 
 
 @contextlib.contextmanager
@@ -54,6 +58,7 @@ class SynthesisService:
         self.default_model = config.default
         self._limits = config.limits
         self._infos: dict[str, ModelInfo] = {}
+        self._full_until: dict[str, float] = {}  # monotonic time, by model
         self.voices = VoiceStore(config.voices_dir)
 
     @property
@@ -68,6 +73,12 @@ class SynthesisService:
             raise NotFound(f"model {name!r} is not served here; served: {self.model_names}", field)
         return name
 
+    def every_model_full(self) -> bool:
+        """Whether a synthesis request would be refused whatever model it names (the edge asks, so a
+        flood past capacity is answered before any form is parsed)."""
+        now = time.monotonic()
+        return all(self._full_until.get(model, 0.0) > now for model in self._handles)
+
     def deployment_name(self, model: str) -> str:
         return self._handles[model].deployment_name
 
@@ -75,7 +86,7 @@ class SynthesisService:
         """The model's facts, asked once (they do not change for a deployment). The call is routed like
         a request, so it waits for a replica that is starting and is refused (503) past capacity."""
         if model not in self._infos:
-            self._infos[model] = await self._retrying_refusals(self._handles[model].info.remote)
+            self._infos[model] = await self._retrying_refusals(model, self._handles[model].info.remote)
         return self._infos[model]
 
     async def replica_reports(self, timeout_s: float) -> list[tuple[ModelInfo, ReplicaStatus]]:
@@ -174,7 +185,7 @@ class SynthesisService:
                 chunks.cancel()
                 raise
 
-        first, chunks = await self._retrying_refusals(first_chunk)
+        first, chunks = await self._retrying_refusals(output.model.name, first_chunk)
         return self._encoded(output, first, chunks)
 
     async def _encoded(
@@ -201,6 +212,7 @@ class SynthesisService:
         finally:
             recorder.stream_closed(trace)
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
+            self._full_until.pop(output.model.name, None)  # its slot is free
 
     async def whole(self, request: SynthesisRequest, output: Output) -> Response:
         handle = self._handles[output.model.name]
@@ -209,7 +221,8 @@ class SynthesisService:
             with model_errors():
                 return await handle.synthesize.remote(request)
 
-        samples = await self._retrying_refusals(synthesize)
+        samples = await self._retrying_refusals(output.model.name, synthesize)
+        self._full_until.pop(output.model.name, None)  # its slot is free
         body = await asyncio.to_thread(
             codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
         )
@@ -217,18 +230,20 @@ class SynthesisService:
         metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate)
         return Response(body, media_type=codecs.MEDIA_TYPES[output.format], headers=output.headers())
 
-    async def _retrying_refusals(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying_refusals(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again after a short pause when Serve's router refused it for a full queue: it also
         refuses requests that arrive together while it assigns the first. Past ``limits.overload_retries``
         the refusal becomes the client's 503 (ours: Serve answers its own BackPressureError in plain text). A
         refusal never reaches a model replica, so retrying is cheap."""
         for attempt in itertools.count():
+            if self._full_until.get(model, 0.0) > time.monotonic():
+                raise Overloaded("the service is at capacity; retry shortly")
             try:
                 return await call()
             except BackPressureError:
                 if attempt >= self._limits.overload_retries:
+                    self._full_until[model] = time.monotonic() + FULL_FOR_S
                     raise Overloaded("the service is at capacity; retry shortly") from None
-                logger.info("router queue full, retry %d", attempt + 1)  # Serve adds the request id
                 await asyncio.sleep(OVERLOAD_RETRY_PAUSE_S * 2**attempt)
         raise AssertionError("unreachable")
 
