@@ -72,6 +72,14 @@ class Overloaded(ServiceError):
     code = "overloaded"
     default_retry_after_s = 1
 
+    def __init__(
+        self,
+        message: str = "the service is at capacity; retry shortly",
+        field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, field, retry_after_s)
+
 
 class Unavailable(ServiceError):
     """A part of the service the answer needs is starting or restarting."""

@@ -114,7 +114,7 @@ class Guard:
             if int(length) > self._max_body:
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
         if scope["method"] == "POST" and path in SYNTHESIS_PATHS and self._full():
-            raise Overloaded("the service is at capacity; retry shortly")
+            raise Overloaded()
 
     def _authenticated_client(self, headers: Headers, scope: Scope) -> str:
         """Who is calling: a digest of their key when keys are configured, else their address."""

@@ -76,8 +76,10 @@ class SynthesisService:
     def every_model_full(self) -> bool:
         """Whether a synthesis request would be refused whatever model it names (the edge asks, so a
         flood past capacity is answered before any form is parsed)."""
-        now = time.monotonic()
-        return all(self._full_until.get(model, 0.0) > now for model in self._handles)
+        return all(map(self._is_full, self._handles))
+
+    def _is_full(self, model: str) -> bool:
+        return self._full_until.get(model, 0.0) > time.monotonic()
 
     def deployment_name(self, model: str) -> str:
         return self._handles[model].deployment_name
@@ -236,14 +238,14 @@ class SynthesisService:
         the refusal becomes the client's 503 (ours: Serve answers its own BackPressureError in plain text). A
         refusal never reaches a model replica, so retrying is cheap."""
         for attempt in itertools.count():
-            if self._full_until.get(model, 0.0) > time.monotonic():
-                raise Overloaded("the service is at capacity; retry shortly")
+            if self._is_full(model):
+                raise Overloaded()
             try:
                 return await call()
             except BackPressureError:
                 if attempt >= self._limits.overload_retries:
                     self._full_until[model] = time.monotonic() + FULL_FOR_S
-                    raise Overloaded("the service is at capacity; retry shortly") from None
+                    raise Overloaded() from None
                 await asyncio.sleep(OVERLOAD_RETRY_PAUSE_S * 2**attempt)
         raise AssertionError("unreachable")
 

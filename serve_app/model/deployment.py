@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import gpu, metrics
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.engine import VoxCPMEngine, joined
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
 from serve_app.status_board import PUBLISH_PERIOD_S
@@ -59,11 +59,16 @@ class VoxCPMDeployment:
         self._engine.close()
 
     async def _publish_status(self, board: DeploymentHandle) -> None:
-        """Report to the status board on changes (a burst of them once) and every period as a sign of life."""
+        """Report to the status board on changes (a burst of them once) and every period as a sign of life.
+        The GPUs are read (NVML: milliseconds) once a period, on a thread, not at every change."""
+        gpus: list[dict] = []
+        gpus_read_at = -PUBLISH_PERIOD_S
         while True:
             self._status_changed.clear()
+            if time.monotonic() - gpus_read_at >= PUBLISH_PERIOD_S:
+                gpus, gpus_read_at = await asyncio.to_thread(gpu.devices), time.monotonic()
             try:
-                await board.publish.remote(self._engine.info, self._status())
+                await board.publish.remote(self._engine.info, self._status(gpus))
             except Exception as exc:  # noqa: BLE001 - the board restarting must not stop the reports
                 logger.warning("status board unreachable: %s", exc)
             await asyncio.sleep(MIN_PUBLISH_INTERVAL_S)
@@ -81,8 +86,7 @@ class VoxCPMDeployment:
     async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance (the seed's non-streaming API). It is produced sentence by sentence, so
         a caller that goes away (its client disconnected) stops it before the next sentence."""
-        sentences = [samples async for samples in self._generate(request, self._engine.sentences)]
-        return np.concatenate([np.zeros(0, np.float32), *sentences])
+        return joined([samples async for samples in self._generate(request, self._engine.sentences)])
 
     def _generate(
         self, request: SynthesisRequest, produce: Callable[[SynthesisRequest], Iterator[np.ndarray]]
@@ -97,7 +101,7 @@ class VoxCPMDeployment:
 
         return iterate_in_thread(generate, self._executor, MAX_BUFFERED_CHUNKS, on_done=self._release)
 
-    def _status(self) -> ReplicaStatus:
+    def _status(self, gpus: list[dict]) -> ReplicaStatus:
         context = serve.get_replica_context()
         memory = gpu.torch_memory(self._engine.info.device)
         return ReplicaStatus(
@@ -105,7 +109,7 @@ class VoxCPMDeployment:
             node_id=gpu.node_id(),
             model=self._engine.info.name,
             device=self._engine.info.device,
-            gpus=gpu.devices(),
+            gpus=gpus,
             torch_memory_allocated_bytes=memory[0] if memory else None,
             torch_memory_reserved_bytes=memory[1] if memory else None,
             generations_in_flight=self._in_flight,

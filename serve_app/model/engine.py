@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 _RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
 SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
+
+
+def joined(pieces: Iterable[np.ndarray]) -> np.ndarray:
+    """Consecutive pieces of one signal as one array (empty float32 when there are none)."""
+    return np.concatenate([np.zeros(0, np.float32), *pieces])
 
 
 class PromptCache:
@@ -143,7 +148,7 @@ class VoxCPMEngine:
 
     def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance at once (voxcpm's non-streaming path, with retry_badcase)."""
-        return np.concatenate([np.zeros(0, np.float32), *self.sentences(request)])
+        return joined(self.sentences(request))
 
     def sentences(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """The utterance a sentence at a time through voxcpm's non-streaming path: closing the
