@@ -15,6 +15,8 @@ from functools import cache
 from ray.serve import metrics
 
 SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+# Chunk gaps: a stream's chunks come tens of milliseconds apart; a listener hears a stall past the audio one carries.
+CHUNK_GAP_SECONDS = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56]
 REAL_TIME_FACTORS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0]
 TAGS = ("model", "route")
 
@@ -69,6 +71,13 @@ class IngressMetrics:
         self.active_streams = metrics.Gauge(
             "voxcpm_active_streams", description="Responses sending audio now, on this replica.", tag_keys=TAGS
         )
+        self.stream_chunk_gap = metrics.Histogram(
+            "voxcpm_stream_chunk_gap_seconds",
+            description="Between consecutive audio chunks of a stream as the ingress receives them. Against "
+            "voxcpm_generation_chunk_gap_seconds it tells a slow model from slow delivery.",
+            boundaries=CHUNK_GAP_SECONDS,
+            tag_keys=TAGS,
+        )
         self.errors = metrics.Counter(
             "voxcpm_errors",
             description="Requests answered with an error, or whose stream broke, by error code.",
@@ -111,6 +120,12 @@ class ModelMetrics:
             boundaries=SECONDS,
             tag_keys=TAGS,
         )
+        self.generation_chunk_gap = metrics.Histogram(
+            "voxcpm_generation_chunk_gap_seconds",
+            description="Between consecutive audio chunks of a streamed generation as the model replica sends them.",
+            boundaries=CHUNK_GAP_SECONDS,
+            tag_keys=TAGS,
+        )
         self.generations_in_flight = metrics.Gauge(
             "voxcpm_generations_in_flight",
             description="Generations running or queued on this replica.",
@@ -121,6 +136,21 @@ class ModelMetrics:
             description="Reference prompts looked up in the replica's cache, by result (hit or miss).",
             tag_keys=("model", "result"),
         )
+
+
+class Cadence:
+    """Observes the time between consecutive ``tick()`` calls: how evenly a stream's chunks pass a point."""
+
+    def __init__(self, histogram: metrics.Histogram, tags: dict[str, str]) -> None:
+        self._histogram = histogram
+        self._tags = tags
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self._histogram.observe(now - self._last, tags=self._tags)
+        self._last = now
 
 
 @cache

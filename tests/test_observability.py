@@ -46,7 +46,8 @@ def audio_seconds(response: requests.Response) -> float:
 
 
 def test_our_metrics_and_serves_after_real_requests(probe_url: str, reference_wav: Path) -> None:
-    streamed = audio_seconds(requests.post(f"{probe_url}/api/tts/stream", data={"text": "你好。", "max_len": 10}))
+    three_chunks_or_more = {"text": "你好。", "min_len": 3, "max_len": 10}
+    streamed = audio_seconds(requests.post(f"{probe_url}/api/tts/stream", data=three_chunks_or_more))
     with reference_wav.open("rb") as audio:
         cloned = {"prompt_audio": ("ref.wav", audio.read(), "audio/wav")}
     form = {"text": "再见。", "prompt_text": "参考", "max_len": 6, "retry_badcase": "false"}
@@ -64,6 +65,8 @@ def test_our_metrics_and_serves_after_real_requests(probe_url: str, reference_wa
             and total(samples, "ray_voxcpm_queue_wait_seconds_count", application="metrics") == 3
             and total(samples, "ray_voxcpm_errors_total", application="metrics") == 1
             and total(samples, "ray_voxcpm_prompt_cache_lookups_total", application="metrics") == 2
+            and total(samples, "ray_voxcpm_stream_chunk_gap_seconds_count", **stream) >= 2
+            and total(samples, "ray_voxcpm_generation_chunk_gap_seconds_count", **stream) >= 2
         )
         if arrived or time.monotonic() > deadline:
             break
@@ -81,6 +84,10 @@ def test_our_metrics_and_serves_after_real_requests(probe_url: str, reference_wa
     assert total(samples, "ray_voxcpm_active_streams", model=MODEL, **stream) == 0
     assert total(samples, "ray_voxcpm_generations_in_flight", model=MODEL, application="metrics") == 0
     assert total(samples, "ray_voxcpm_queue_wait_seconds_count", model=MODEL, **once) == 2
+    # the same chunks timed where they leave the model and where they reach the ingress (only streams have them)
+    gaps = total(samples, "ray_voxcpm_generation_chunk_gap_seconds_count", model=MODEL, **stream)
+    assert total(samples, "ray_voxcpm_stream_chunk_gap_seconds_count", model=MODEL, **stream) == gaps
+    assert total(samples, "ray_voxcpm_generation_chunk_gap_seconds_count", **once) == 0
     cache = {"model": MODEL, "application": "metrics"}
     assert total(samples, "ray_voxcpm_prompt_cache_lookups_total", result="miss", **cache) == 1
     assert total(samples, "ray_voxcpm_prompt_cache_lookups_total", result="hit", **cache) == 1

@@ -195,12 +195,15 @@ class SynthesisService:
     ) -> AsyncIterator[bytes]:
         trace, recorder = output.trace, metrics.ingress()
         encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
+        cadence = metrics.Cadence(recorder.stream_chunk_gap, trace.tags)
+        cadence.tick()  # the first chunk, as the response starts
         frames = len(first)
         recorder.stream_opened(trace)
         try:
             yield encoder.encode(first)
             recorder.first_byte(trace)
             async for chunk in chunks:
+                cadence.tick()
                 frames += len(chunk)
                 if data := encoder.encode(chunk):
                     yield data

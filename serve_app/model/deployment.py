@@ -80,7 +80,9 @@ class VoxCPMDeployment:
 
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
+        cadence = metrics.Cadence(self._metrics.generation_chunk_gap, self._tags(request))
         async for chunk in self._generate(request, self._engine.stream):
+            cadence.tick()
             yield chunk
 
     async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
@@ -131,8 +133,10 @@ class VoxCPMDeployment:
 
     def _started(self, request: SynthesisRequest, admitted: float) -> None:
         """On the generation thread, as the model takes the request up."""
-        tags = {"model": self._config.name, "route": request.route}
-        self._metrics.queue_wait.observe(time.perf_counter() - admitted, tags=tags)
+        self._metrics.queue_wait.observe(time.perf_counter() - admitted, tags=self._tags(request))
+
+    def _tags(self, request: SynthesisRequest) -> dict[str, str]:
+        return {"model": self._config.name, "route": request.route}
 
     def _release(self) -> None:
         self._in_flight -= 1
