@@ -30,6 +30,7 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
 	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2
 	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2 --model-core
+	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2 --model-core --data-plane haproxy
 
 # 2,000 mixed requests watching the replicas for leaks (about ten minutes).
 soak: $(INSTALLED)

@@ -32,6 +32,14 @@ RESULTS = REPO / "benchmarks" / "results"
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 WAV_HEADER_BYTES = 44
 
+# Variants of Ray Serve's data plane: cluster-level environment variables (see overhead.py).
+INLINE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+DATA_PLANES = {
+    "default": {},
+    "inline-loops": INLINE_LOOPS,
+    "haproxy": {**INLINE_LOOPS, "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+
 SEED_SENTENCE = "你好，这是VoxCPM流式语音合成测试。"
 # The synthetic tokenizer is per character (a real one packs several English letters per token),
 # so English runs about four times longer on the synthetic model than with real weights.
@@ -218,28 +226,31 @@ def local_service(
     replicas: int = 1,
     env: Mapping[str, str] | None = None,
     model_deployment: Mapping[str, Any] | None = None,
+    metrics_port: int | None = None,
     **model_overrides: Any,
 ) -> Iterator[str]:
     """configs/local.yaml on a fresh local Ray cluster, on a free loopback port; yields the base URL.
 
     ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there);
-    ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``.
+    ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``;
+    with ``metrics_port``, Ray's Prometheus endpoint is there, with samples at most a second old.
     """
     deployment = {"num_replicas": replicas, **(model_deployment or {})}
     with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
-        yield from _local_service(deployment, model_overrides)
+        yield from _local_service(deployment, model_overrides, metrics_port)
 
 
-def _local_service(model_deployment: dict[str, Any], model_overrides: dict[str, Any]) -> Iterator[str]:
+def _local_service(
+    model_deployment: dict[str, Any], model_overrides: dict[str, Any], metrics_port: int | None
+) -> Iterator[str]:
     import ray
     from ray import serve
 
     from serve_app.app import from_config_file
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    metrics = {"_metrics_export_port": metrics_port, "_system_config": {"metrics_report_interval_ms": 1000}}
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, **(metrics if metrics_port else {}))
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         with tempfile.TemporaryDirectory() as voices:  # saved voices of this run only
@@ -254,6 +265,27 @@ def _local_service(model_deployment: dict[str, Any], model_overrides: dict[str, 
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def histogram_buckets(metrics_port: int, names: Sequence[str]) -> dict[str, dict[float, float]]:
+    """Each named histogram on Ray's Prometheus endpoint as {upper bound: cumulative count}, summed over labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    buckets: dict[str, dict[float, float]] = {name: {} for name in names}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_bucket")
+            if name in buckets and sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                buckets[name][bound] = buckets[name].get(bound, 0.0) + sample.value
+    return buckets
 
 
 @contextlib.contextmanager

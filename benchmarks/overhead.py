@@ -23,7 +23,7 @@ import itertools
 import statistics
 import time
 
-from common import REPO, SEED_SENTENCE, local_service, save, summary, table, time_request
+from common import DATA_PLANES, REPO, SEED_SENTENCE, local_service, save, summary, table, time_request
 
 from serve_app.config import ModelConfig
 from serve_app.model.engine import VoxCPMEngine
@@ -31,12 +31,6 @@ from serve_app.model.types import SynthesisRequest
 
 CHECKPOINT = REPO / "checkpoints" / "tiny-voxcpm1.5"
 REPLICA_TORCH_THREADS = 1  # Ray sets OMP_NUM_THREADS from num_cpus (0.5 in configs/local.yaml -> 1)
-INLINE_LOOPS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
-VARIANTS = {
-    "default": {},
-    "inline-loops": INLINE_LOOPS,
-    "haproxy": {**INLINE_LOOPS, "RAY_SERVE_ENABLE_HA_PROXY": "1"},
-}
 
 
 def in_process(engine: VoxCPMEngine, text: str) -> list[float]:
@@ -84,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--text", default=SEED_SENTENCE)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DATA_PLANES))
     args = parser.parse_args()
 
     import torch
@@ -93,7 +87,7 @@ def main() -> None:
     engine = VoxCPMEngine.load(
         ModelConfig(source=str(CHECKPOINT), synthetic_preset="tiny-voxcpm1.5", device="cpu", optimize=False)
     )
-    results = {name: measure(engine, VARIANTS[name], args.text, args.repeat) for name in args.variants.split(",")}
+    results = {name: measure(engine, DATA_PLANES[name], args.text, args.repeat) for name in args.variants.split(",")}
     whole_ms = [1e3 * whole(engine, args.text) for _ in range(max(3, args.repeat // 4))]
     stream_ms = [1e3 * in_process(engine, args.text)[-1] for _ in range(max(3, args.repeat // 4))]
     engine.close()
