@@ -147,15 +147,22 @@ def ffprobe(path: Path, entries: str) -> str:
     return result.stdout.strip()
 
 
+REPORT_WAIT_S = 10  # replicas report every second: ten missed reports is a failure, not a slow machine
+
+
 def replica_status(url: str) -> dict:
     """The (first) model replica's report in /api/gpu/status, one it made after this call began:
     replicas report on every change and every second, so what happened before is in it."""
     asked = time.time()
-    while True:
-        replica = requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"][0]
-        if replica["reported_at"] > asked:
-            return replica
-        time.sleep(0.05)
+    replicas: list[dict] = []
+
+    def reported() -> bool:
+        nonlocal replicas
+        replicas = requests.get(f"{url}/api/gpu/status", timeout=10).json()["replicas"]
+        return bool(replicas) and replicas[0]["reported_at"] > asked
+
+    assert wait_until(reported, REPORT_WAIT_S), f"no report newer than the call within {REPORT_WAIT_S} s: {replicas}"
+    return replicas[0]
 
 
 def in_flight(url: str) -> int:
