@@ -183,10 +183,12 @@ def plot(runs: list[dict], capacity: int, name: str) -> None:
     axes[1].bar(labels, [(run["shed_answer_ms"] or {"p99": 0})["p99"] for run in runs], alpha=0.6, label="503 p99")
     axes[1].set(title="latency, ms")
     axes[1].legend()
-    for offset, hop in enumerate(runs[0]["gaps_by_hop"]):
-        positions = [index + (offset - 1) * 0.27 for index in range(len(runs))]
+    hops = list(runs[0]["gaps_by_hop"])
+    width = 0.8 / len(hops)
+    for offset, hop in enumerate(hops):
+        positions = [index + (offset - (len(hops) - 1) / 2) * width for index in range(len(runs))]
         shares = [100 * run["gaps_by_hop"][hop]["late_share"] for run in runs]
-        axes[2].bar(positions, shares, width=0.27, label=f"at the {hop}")
+        axes[2].bar(positions, shares, width=width, label=f"at the {hop}")
     axes[2].set_xticks(range(len(runs)), labels)
     axes[2].set(title=f"accepted streams: chunk gaps over {LATE_GAP_S * 1e3:.0f} ms, %")
     axes[2].legend()
