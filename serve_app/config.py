@@ -7,7 +7,7 @@ typo in a config fails at ``serve run``/``serve deploy`` with a clear message.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import limits
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -48,6 +48,28 @@ class ModelConfig(_Strict):
     warmup: bool = Field(True, description="Generate one short utterance at replica start.")
     prompt_cache_size: int = Field(
         32, ge=0, description="Encoded reference prompts each replica keeps (least recently used dropped); 0: none."
+    )
+    engine: Literal["voxcpm", "batched"] = Field(
+        "voxcpm",
+        description="'voxcpm': voxcpm's own generation loop, one request at a time per replica; 'batched': many "
+        "requests stepped together on one model instance (continuous batching), each with the audio the "
+        "reference engine gives it alone.",
+    )
+    max_batch_size: PositiveInt = Field(
+        16,
+        description="engine: batched — requests generating together (one KV slot each); more wait in the "
+        "replica's queue (the deployment's max_ongoing_requests bounds it) and join as slots free.",
+    )
+    batch_invariant: bool = Field(
+        False,
+        description="Compute with kernels whose result for a request does not depend on the batch size (on CPU: "
+        "PyTorch's own matrix products instead of oneDNN's; slower). With a bfloat16 model, the batched engine's "
+        "audio for a request is then the reference engine's bit for bit. For tests and audits.",
+    )
+    kv_cache_length: PositiveInt | None = Field(
+        None,
+        description="engine: batched — positions per KV slot (prompt + text + generated steps); default: the "
+        "model's own max_length (4096). KV memory = max_batch_size x this x the model's per-token size.",
     )
 
     def synthetic_checkpoint(self) -> Path | None:

@@ -12,7 +12,9 @@ import pytest
 from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
-from serve_app.model.engine import PromptCache, VoxCPMEngine
+from serve_app.model.engine import joined
+from serve_app.model.reference import ReferenceEngine
+from serve_app.model.runtime import PromptCache
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
 from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
@@ -24,47 +26,55 @@ CASES = [
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
-def engine(request: pytest.FixtureRequest, checkpoints: Path) -> VoxCPMEngine:
+def engine(request: pytest.FixtureRequest, checkpoints: Path) -> ReferenceEngine:
     preset = request.param[0]
     config = ModelConfig(
         name=preset, source=str(checkpoints / f"unit-{preset}"), synthetic_preset=preset, device="cpu", optimize=False
     )
-    loaded = VoxCPMEngine.load(config)
+    loaded = ReferenceEngine.load(config)
     loaded.case = request.param  # type: ignore[attr-defined]
     return loaded
 
 
-def test_architecture_and_rates_come_from_the_model(engine: VoxCPMEngine) -> None:
+def test_architecture_and_rates_come_from_the_model(engine: ReferenceEngine) -> None:
     _, architecture, rate, prompt_rate, _ = engine.case  # type: ignore[attr-defined]
     assert engine.info.architecture == architecture
     assert engine.info.sample_rate == rate
     assert engine.info.prompt_sample_rate == prompt_rate
 
 
-def test_stop_head_runs_to_voxcpm_length_cap(engine: VoxCPMEngine) -> None:
+def test_stop_head_runs_to_voxcpm_length_cap(engine: ReferenceEngine) -> None:
     """Steps = min(6 * text tokens + 10, max_len): a sentence gives seconds of audio, max_len rules."""
     step = engine.case[4]  # type: ignore[attr-defined]
-    chunks = list(engine.stream(SynthesisRequest(text="你好世界")))  # 4 tokens -> 34 steps
+    chunks = list(engine.generate(SynthesisRequest(text="你好世界"), streaming=True))  # 4 tokens -> 34 steps
     assert sum(len(c) for c in chunks) == 34 * step
-    assert sum(len(c) for c in engine.stream(SynthesisRequest(text="你好世界" * 10, max_len=7))) == 7 * step
+    assert (
+        sum(len(c) for c in engine.generate(SynthesisRequest(text="你好世界" * 10, max_len=7), streaming=True))
+        == 7 * step
+    )
 
 
-def test_long_text_is_spoken_sentence_by_sentence(engine: VoxCPMEngine) -> None:
+def test_long_text_is_spoken_sentence_by_sentence(engine: ReferenceEngine) -> None:
     """Two 8-character sentences: 58 steps each, joined by one crossfade; max_len budgets the whole."""
     step = engine.case[4]  # type: ignore[attr-defined]
     seam = int(0.01 * engine.info.sample_rate)
     text = "这是第一个句子。这是第二个句子。"
-    streamed = sum(len(c) for c in engine.stream(SynthesisRequest(text=text)))
+    streamed = sum(len(c) for c in engine.generate(SynthesisRequest(text=text), streaming=True))
     assert streamed == 2 * 58 * step - seam
-    whole = engine.synthesize(SynthesisRequest(text=text, retry_badcase=False))
+    whole = joined(engine.generate(SynthesisRequest(text=text, retry_badcase=False), streaming=False))
     assert abs(len(whole) - streamed) <= step
-    assert sum(len(c) for c in engine.stream(SynthesisRequest(text=text, max_len=70))) == 70 * step - seam
+    assert (
+        sum(len(c) for c in engine.generate(SynthesisRequest(text=text, max_len=70), streaming=True))
+        == 70 * step - seam
+    )
 
 
-def test_cloning(engine: VoxCPMEngine) -> None:
+def test_cloning(engine: ReferenceEngine) -> None:
     rate = engine.info.prompt_sample_rate
     prompt = PromptAudio(samples=np.zeros(rate, dtype=np.float32), sample_rate=rate, text="参考")
-    audio = engine.synthesize(SynthesisRequest(text="克隆", prompt=prompt, max_len=5, retry_badcase=False))
+    audio = joined(
+        engine.generate(SynthesisRequest(text="克隆", prompt=prompt, max_len=5, retry_badcase=False), streaming=False)
+    )
     assert audio.dtype == np.float32 and audio.size > 0
 
 
@@ -116,8 +126,8 @@ def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, checkpoint
         optimize=False,
         warmup=False,
     )
-    engine = VoxCPMEngine.load(config, store)
+    engine = ReferenceEngine.load(config, store)
     store.delete(voice.voice_id)
     with pytest.raises(NotFound) as raised:
-        list(engine.stream(SynthesisRequest(text="你好", voice=voice, max_len=3)))
+        list(engine.generate(SynthesisRequest(text="你好", voice=voice, max_len=3), streaming=True))
     assert raised.value.field == "voice_id"

@@ -1,12 +1,13 @@
-"""The model deployment: one VoxCPM engine per replica, one generation at a time.
+"""The model deployment: one engine per replica (``engine.py``: the reference or the batched one).
 
-Generations run on a single worker thread owned by the replica, so they are serialized in
-arrival order (voxcpm has one static KV cache) while the replica's event loop stays free.
-Serve's ``max_ongoing_requests`` is how many generations a replica holds (one running, the rest
-waiting for the thread); callers beyond that wait in Serve's router, bounded by
-``max_queued_requests``, and past it get 503 there, without reaching this process: a full replica
-spends nothing on the requests it cannot take. Status goes out the other way: the replica
-publishes it to the status board, so it is readable while every request slot is taken.
+The engine decides how generations share the model: the reference engine runs one at a time on its
+thread, in arrival order (voxcpm keeps one static KV cache); the batched engine steps up to
+``max_batch_size`` together and queues the rest. Either way the replica's event loop stays free, and
+the deployment never serialises anything itself. Serve's ``max_ongoing_requests`` is how many
+requests a replica holds (generating plus waiting in the engine); callers beyond that wait in
+Serve's router, bounded by ``max_queued_requests``, and past it get 503 there, without reaching this
+process: a full replica spends nothing on the requests it cannot take. Status goes out the other
+way: the replica publishes it to the status board, so it is readable while every slot is taken.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 
 import numpy as np
 from ray import serve
@@ -24,8 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import gpu, metrics
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine, joined
-from serve_app.model.thread_stream import iterate_in_thread
+from serve_app.model.engine import Engine, joined, load_engine
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
 from serve_app.status_board import PUBLISH_PERIOD_S
 from serve_app.voices import VoiceStore
@@ -34,9 +33,6 @@ logger = logging.getLogger("ray.serve")
 
 LOGGED_TEXT_CHARS = 24  # logs carry a short prefix of the text, never all of it
 
-# Chunks a generation may run ahead of the consumer before it pauses (bounded buffering).
-MAX_BUFFERED_CHUNKS = 32
-
 MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together than this
 
 
@@ -44,18 +40,15 @@ MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together 
 class VoxCPMDeployment:
     def __init__(self, config: ModelConfig, voices_dir: str, status_board: DeploymentHandle) -> None:
         self._config = config
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
-        self._engine = self._executor.submit(VoxCPMEngine.load, config, VoiceStore(voices_dir)).result()
+        self._engine: Engine = load_engine(config, VoiceStore(voices_dir))
         self._in_flight = 0
         self._metrics = metrics.model()
-        # the engine's prompt-cache (hits, misses) last reported (warm-up's are not requests)
-        self._prompt_lookups = (self._engine.prompts.hits, self._engine.prompts.misses)
+        self._prompt_lookups = self._engine.prompt_lookups()  # (hits, misses) last counted in the metrics
         self._status_changed = asyncio.Event()
         self._publishing = asyncio.get_running_loop().create_task(self._publish_status(status_board))
 
     def __del__(self) -> None:
         self._publishing.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self._engine.close()
 
     async def _publish_status(self, board: DeploymentHandle) -> None:
@@ -81,31 +74,30 @@ class VoxCPMDeployment:
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
         cadence = metrics.Cadence(self._metrics.generation_chunk_gap, self._tags(request))
-        async for chunk in self._generate(request, self._engine.stream):
+        async for chunk in self._generate(request, streaming=True):
             cadence.tick()
             yield chunk
 
     async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance (the seed's non-streaming API). It is produced sentence by sentence, so
         a caller that goes away (its client disconnected) stops it before the next sentence."""
-        return joined([samples async for samples in self._generate(request, self._engine.sentences)])
+        return joined([samples async for samples in self._generate(request, streaming=False)])
 
-    def _generate(
-        self, request: SynthesisRequest, produce: Callable[[SynthesisRequest], Iterator[np.ndarray]]
-    ) -> AsyncIterator[np.ndarray]:
-        """``produce(request)`` on the generation thread, after the generations ahead of it."""
+    async def _generate(self, request: SynthesisRequest, streaming: bool) -> AsyncIterator[np.ndarray]:
+        """The engine's audio for the request, counted in flight from admission until the engine let go."""
         self._admit(request)
         admitted = time.perf_counter()
-
-        def generate() -> Iterator[np.ndarray]:
-            self._started(request, admitted)
-            yield from produce(request)
-
-        return iterate_in_thread(generate, self._executor, MAX_BUFFERED_CHUNKS, on_done=self._release)
+        produce = self._engine.stream if streaming else self._engine.sentences
+        try:
+            async for samples in produce(request, lambda: self._started(request, admitted)):
+                yield samples
+        finally:
+            self._release()
 
     def _status(self, gpus: list[dict]) -> ReplicaStatus:
         context = serve.get_replica_context()
         memory = gpu.torch_memory(self._engine.info.device)
+        hits, misses = self._engine.prompt_lookups()
         return ReplicaStatus(
             replica_id=context.replica_id.unique_id,
             node_id=gpu.node_id(),
@@ -115,8 +107,8 @@ class VoxCPMDeployment:
             torch_memory_allocated_bytes=memory[0] if memory else None,
             torch_memory_reserved_bytes=memory[1] if memory else None,
             generations_in_flight=self._in_flight,
-            prompt_cache_hits=self._engine.prompts.hits,
-            prompt_cache_misses=self._engine.prompts.misses,
+            prompt_cache_hits=hits,
+            prompt_cache_misses=misses,
             reported_at=time.time(),
         )
 
@@ -132,7 +124,7 @@ class VoxCPMDeployment:
         self._in_flight_changed()
 
     def _started(self, request: SynthesisRequest, admitted: float) -> None:
-        """On the generation thread, as the model takes the request up."""
+        """On the engine's thread, as the model takes the request up."""
         self._metrics.queue_wait.observe(time.perf_counter() - admitted, tags=self._tags(request))
 
     def _tags(self, request: SynthesisRequest) -> dict[str, str]:
@@ -141,7 +133,7 @@ class VoxCPMDeployment:
     def _release(self) -> None:
         self._in_flight -= 1
         self._in_flight_changed()
-        hits, misses = self._engine.prompts.hits, self._engine.prompts.misses
+        hits, misses = self._engine.prompt_lookups()
         for result, count in (("hit", hits - self._prompt_lookups[0]), ("miss", misses - self._prompt_lookups[1])):
             if count > 0:
                 self._metrics.prompt_cache.inc(count, tags={"model": self._config.name, "result": result})

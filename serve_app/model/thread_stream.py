@@ -24,13 +24,10 @@ async def iterate_in_thread(
     make_iterator: Callable[[], Iterator[T]],
     executor: Executor,
     max_buffered: int,
-    on_done: Callable[[], None] | None = None,
 ) -> AsyncIterator[T]:
     """Yield what ``make_iterator()`` yields, producing it on ``executor``.
 
     At most ``max_buffered`` items wait for the consumer; beyond that the producer pauses.
-    ``on_done`` runs (on the event loop) once the producer thread has really finished, so a
-    caller can tie a resource (the model's KV cache) to the thread's lifetime, not the consumer's.
     Closing or cancelling the consumer returns only after the producer stopped, or drops it
     unstarted if it was still waiting for the executor.
     """
@@ -66,8 +63,6 @@ async def iterate_in_thread(
                 close()
 
     producer = executor.submit(produce)
-    if on_done is not None:
-        producer.add_done_callback(lambda _: loop.call_soon_threadsafe(on_done))
     try:
         while True:
             kind, value = await queue.get()

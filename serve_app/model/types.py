@@ -36,6 +36,7 @@ class SynthesisRequest:
     retry_badcase: bool = True
     retry_badcase_max_times: int = 3
     retry_badcase_ratio_threshold: float = 6.0
+    seed: int | None = None  # of the diffusion noise: the same seed, text and settings give the same audio
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ModelInfo:
     prompt_sample_rate: int  # at which it encodes reference audio
     device: str
     denoiser: bool
+    engine: str = "voxcpm"  # which engine generates: "voxcpm" (the reference) or "batched"
 
     @property
     def clones_from_audio_alone(self) -> bool:

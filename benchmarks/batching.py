@@ -1,0 +1,224 @@
+"""Many streams on one model instance: the reference engine against the batched engine.
+
+Per engine and level of N concurrent streams (all sent at once, each the seed sentence): time to
+first audio p50/p95, aggregate audio seconds per wall second, chunk-gap p99, streams that underrun
+(a player started at the first chunk runs dry) and memory. ``--mode engine`` drives the engines
+in-process through the interface the model deployment uses (no Ray; also the GPU run);
+``--mode http`` sends the same load through configs/local.yaml's graph over HTTP (one model replica,
+its ``max_ongoing_requests`` raised to the level so that no request waits in Serve's router).
+
+    .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32
+    .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32
+    PYTHONPATH=. python benchmarks/batching.py --mode engine --device cuda --preset voxcpm1.5 --dtype bfloat16 \
+        --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96   # a GPU: streams per GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    SEED_SENTENCE,
+    Outcomes,
+    StreamTiming,
+    local_service,
+    png,
+    run_clients,
+    save,
+    stream_stats,
+    table,
+    time_request,
+)
+
+from serve_app import synthetic
+from serve_app.config import ModelConfig
+from serve_app.model.engine import Engine, load_engine
+from serve_app.model.types import SynthesisRequest
+
+ENGINES = ("voxcpm", "batched")
+
+
+async def _timed_stream(engine: Engine, request: SynthesisRequest, sync: Any) -> StreamTiming:
+    started = time.perf_counter()
+    timing = StreamTiming(ttfb_s=0.0, total_s=0.0, sample_rate=engine.info.sample_rate)
+    async for chunk in engine.stream(request, lambda: None):
+        sync()
+        timing.arrivals_s.append(time.perf_counter() - started)
+        timing.audio_bytes.append(2 * len(chunk))  # as PCM16, like the HTTP benchmarks count it
+    timing.ttfb_s, timing.total_s = timing.arrivals_s[0], time.perf_counter() - started
+    return timing
+
+
+def engine_level(engine: Engine, streams: int, inference_timesteps: int, sync: Any) -> dict[str, Any]:
+    request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=inference_timesteps, retry_badcase=False)
+
+    async def run() -> tuple[list[StreamTiming], float]:
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(_timed_stream(engine, request, sync) for _ in range(streams)))
+        return list(timings), time.perf_counter() - started
+
+    timings, wall = asyncio.run(run())
+    return {"streams": streams, **stream_stats(timings, wall)}
+
+
+def http_level(url: str, streams: int, inference_timesteps: int) -> dict[str, Any]:
+    outcomes = Outcomes()
+    form = {"text": SEED_SENTENCE, "inference_timesteps": inference_timesteps}
+    wall = run_clients(streams, lambda: outcomes.attempt(url, "/api/tts/stream", form))
+    return {
+        "streams": streams,
+        "shed": len(outcomes.shed_ms),
+        "errors": len(outcomes.errors),
+        **stream_stats(outcomes.streams, wall),
+    }
+
+
+def device_tools(device: str) -> tuple[Any, Any]:
+    """(synchronize, memory in MiB): the GPU's peak allocation, or the process's resident memory on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize, lambda: torch.cuda.max_memory_allocated() / 2**20
+    import psutil
+
+    return (lambda: None), (lambda: psutil.Process().memory_info().rss / 2**20)
+
+
+def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
+    sync, memory = device_tools(args.device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = synthetic.build(args.preset, Path(tmp) / args.preset, dtype=args.dtype)
+        for name in args.engines.split(","):
+            config = ModelConfig(
+                source=str(checkpoint),
+                device=args.device,
+                optimize=args.optimize,
+                engine=name,
+                max_batch_size=args.max_batch_size,
+                kv_cache_length=args.kv_cache_length,
+            )
+            engine = load_engine(config)
+            for streams in map(int, args.levels.split(",")):
+                row = {"engine": name, **engine_level(engine, streams, args.inference_timesteps, sync)}
+                row["memory_mib"] = memory()
+                rows.append(row)
+                print(_line(row), flush=True)
+            engine.close()
+    return rows
+
+
+def run_http(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    top = max(map(int, args.levels.split(",")))
+    for name in args.engines.split(","):
+        deployment = {"max_ongoing_requests": max(top, 2), "max_queued_requests": top}
+        overrides = {"engine": name, "max_batch_size": args.max_batch_size}
+        with local_service(model_deployment=deployment, **overrides) as url:
+            time_request(url, "/api/tts/stream", {"text": SEED_SENTENCE})  # warm
+            for streams in map(int, args.levels.split(",")):
+                row = {"engine": name, **http_level(url, streams, args.inference_timesteps)}
+                rows.append(row)
+                print(_line(row), flush=True)
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['engine']:8} {row['streams']:3} streams: TTFA p50 {row['ttfb_ms']['median']:.0f} ms, "
+        f"p95 {row['ttfb_ms']['p95']:.0f} ms, {row['audio_s_per_wall_s']:.2f} audio s/s, "
+        f"gap p99 {row['gap_ms']['p99']:.0f} ms, underruns {row['streams_with_underrun']}"
+    )
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    by_engine: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in rows:
+        by_engine.setdefault(row["engine"], {})[row["streams"]] = row
+    lines = []
+    for row in rows:
+        one = by_engine[row["engine"]].get(1)
+        lines.append(
+            [
+                row["engine"],
+                row["streams"],
+                f"{row['ttfb_ms']['median']:.0f} / {row['ttfb_ms']['p95']:.0f}",
+                f"x{row['ttfb_ms']['median'] / one['ttfb_ms']['median']:.2f}" if one else "",
+                f"{row['audio_s_per_wall_s']:.2f}",
+                f"x{row['audio_s_per_wall_s'] / one['audio_s_per_wall_s']:.2f}" if one else "",
+                f"{row['gap_ms']['p99']:.0f}",
+                f"{row['streams_with_underrun']}/{row['ttfb_ms']['n']}",
+                f"{row['memory_mib']:.0f}" if "memory_mib" in row else "",
+            ]
+        )
+    where = "in-process engines" if args.mode == "engine" else "HTTP through configs/local.yaml's graph, one replica"
+    return (
+        f"# Batching: reference vs batched engine ({where})\n\n"
+        f"{args.preset} ({args.dtype or 'preset dtype'}) on {args.device}, seed sentence, inference_timesteps "
+        f"{args.inference_timesteps}, max_batch_size {args.max_batch_size}; N streams sent at once.\n\n"
+        + table(
+            [
+                "engine",
+                "streams",
+                "TTFA ms p50 / p95",
+                "TTFA p50 vs 1",
+                "audio s per wall s",
+                "vs 1 stream",
+                "gap ms p99",
+                "underruns",
+                "memory MiB",
+            ],
+            lines,
+        )
+    )
+
+
+def plot(rows: list[dict[str, Any]], name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for engine in dict.fromkeys(row["engine"] for row in rows):
+        mine = [row for row in rows if row["engine"] == engine]
+        x = [row["streams"] for row in mine]
+        axes[0].plot(x, [row["ttfb_ms"]["median"] for row in mine], marker="o", label=f"{engine} p50")
+        axes[0].plot(x, [row["ttfb_ms"]["p95"] for row in mine], marker="x", linestyle="--", label=f"{engine} p95")
+        axes[1].plot(x, [row["audio_s_per_wall_s"] for row in mine], marker="o", label=engine)
+        axes[2].plot(x, [row["streams_with_underrun"] / row["ttfb_ms"]["n"] for row in mine], marker="o", label=engine)
+    axes[0].set(title="time to first audio", xlabel="concurrent streams", ylabel="ms", xscale="log", yscale="log")
+    axes[1].set(title="audio seconds per wall second", xlabel="concurrent streams", xscale="log", ylim=(0, None))
+    axes[2].set(title="share of streams that underrun", xlabel="concurrent streams", xscale="log", ylim=(0, 1.05))
+    for axis in axes:
+        axis.legend()
+    png(figure, name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["engine", "http"], default="engine")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--levels", default="1,2,4,8,16,32")
+    parser.add_argument("--preset", default="tiny-voxcpm1.5")
+    parser.add_argument("--dtype", default=None, help="default: the preset's")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--optimize", action="store_true", help="torch.compile (CUDA)")
+    parser.add_argument("--inference-timesteps", type=int, default=5)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--kv-cache-length", type=int, default=None)
+    parser.add_argument("--name", default=None, help="results file name (default: batching_<mode>)")
+    args = parser.parse_args()
+    rows = run_engines(args) if args.mode == "engine" else run_http(args)
+    name = args.name or f"batching_{args.mode}"
+    save(name, {"arguments": vars(args), "levels": rows}, report(rows, args))
+    plot(rows, name)
+
+
+if __name__ == "__main__":
+    main()

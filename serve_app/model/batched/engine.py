@@ -1,0 +1,262 @@
+"""The batched engine: many requests generating together on one model instance (continuous batching).
+
+One loop thread owns the model. Between steps it takes in new requests and cancellations, prefills
+newcomers alone and places them in free KV slots (``scheduler.py``, ``kv_slots.py``), then runs one
+decode step for every running request together (``step_runner.py``) and decodes the new patches
+through the VAE, each request with its own causal-conv state (``../vae.py``). A request leaves between
+steps when its text is spoken, its ``max_len`` is reached, or it is cancelled (its consumer closed,
+the client disconnected); what one request does (a bad prompt, a cancel, a failure of its own) never
+touches the others. Long text, voices, prompts and checks are the runtime's, as in the reference
+engine, so a request's audio is the one the reference engine gives it alone.
+
+Many async callers, one loop thread: each request has a queue its chunks go into
+(``loop.call_soon_threadsafe``), and closing its iterator cancels it by identity. Output is not
+throttled per request (a slow reader would stall the whole batch): what a client has not read is
+bounded by ``max_len`` and buffered by Serve's proxy, as with the reference engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import queue
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve_app.audio.seams import Crossfader
+from serve_app.config import ModelConfig
+from serve_app.errors import InvalidField
+from serve_app.model.batched.scheduler import Scheduler
+from serve_app.model.batched.sequence import Sequence, Status
+from serve_app.model.batched.step_runner import StepRunner
+from serve_app.model.engine import Started, joined
+from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
+from serve_app.model.types import SynthesisRequest
+from serve_app.voices import VoiceStore
+
+logger = logging.getLogger(__name__)
+
+_END = object()  # a request's last item
+_STOP = object()  # the loop thread's last command
+
+
+class BatchedEngine:
+    def __init__(self, runtime: VoxCPMRuntime, config: ModelConfig) -> None:
+        self.runtime = runtime
+        self.info = runtime.info
+        length = config.kv_cache_length or runtime.model.config.max_length
+        self._runner = StepRunner(runtime.model, config.max_batch_size, length)
+        self._decoder = runtime.decoder(config.max_batch_size)
+        self._scheduler = Scheduler(config.max_batch_size)
+        self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="voxcpm-batch", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> BatchedEngine:
+        engine = cls(VoxCPMRuntime.load(config, voices), config)
+        if config.warmup:
+            engine.generate(engine.runtime.warmup_request(), streaming=True)
+            engine.runtime.prompts.clear()
+        logger.info(
+            "loaded %s: batches of up to %d, KV slots of %d positions (%.1f MiB)",
+            engine.info,
+            config.max_batch_size,
+            engine._runner.kv_length,
+            (engine._runner.base_kv.bytes + engine._runner.residual_kv.bytes) / 2**20,
+        )
+        return engine
+
+    # -- the interface (event loop side) ---------------------------------------------------------
+    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._results(request, started, streaming=True)
+
+    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._results(request, started, streaming=False)
+
+    def prompt_lookups(self) -> tuple[int, int]:
+        return self.runtime.prompts.hits, self.runtime.prompts.misses
+
+    def close(self) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join(timeout=10)
+        self.runtime.close()
+
+    def generate(self, request: SynthesisRequest, streaming: bool) -> np.ndarray:
+        """The whole audio of one request, from any thread but the loop's (warm-up, tests, benchmarks)."""
+        done, out = threading.Event(), []
+
+        def deliver(item: object) -> None:
+            out.append(item)
+            if item is _END or isinstance(item, BaseException):
+                done.set()
+
+        self._inbox.put(("add", self._sequence(request, lambda: None, deliver, streaming)))
+        done.wait()
+        if isinstance(out[-1], BaseException):
+            raise out[-1]
+        return joined(out[:-1])
+
+    async def _results(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[object] = asyncio.Queue()
+        deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
+        sequence = self._sequence(request, started, deliver, streaming)
+        self._inbox.put(("add", sequence))
+        try:
+            while (item := await items.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            sequence.cancelled = True
+            self._inbox.put(("cancel", sequence))
+
+    def _sequence(
+        self, request: SynthesisRequest, started: Started, deliver: Callable[[object], Any], streaming: bool
+    ) -> Sequence:
+        generator = torch.Generator(device=self.runtime.model.device)
+        generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
+        return Sequence(request, streaming, started, deliver, Crossfader(self.runtime.seam_samples), generator)
+
+    # -- the loop thread -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if not self._take_commands(block=not self._scheduler):
+                return
+            for sequence in self._scheduler.admit():
+                self._guarded(sequence, self._start, sequence)
+            if self._scheduler.running:
+                self._step()
+
+    def _take_commands(self, block: bool) -> bool:
+        """Add and cancel requests as asked since the last step; False once the engine closes."""
+        while True:
+            try:
+                command = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command is _STOP:
+                for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
+                    self._retire(sequence)
+                return False
+            action, sequence = command  # type: ignore[misc]
+            if action == "add" and not sequence.cancelled:
+                self._scheduler.add(sequence)
+            elif action == "cancel" and sequence.status is not Status.FINISHED:
+                self._retire(sequence)
+
+    def _start(self, sequence: Sequence) -> None:
+        sequence.started()
+        sequence.plan = self.runtime.utterance(sequence.request)
+        self._next_sentence(sequence, next(sequence.plan, None))
+
+    def _next_sentence(self, sequence: Sequence, sentence: Sentence | None) -> None:
+        """Prefill the sentence into the request's slot, or finish the request when there is none."""
+        if sentence is None:
+            self._finish(sequence)
+            return
+        sequence.sentence = sentence
+        sequence.attempts += 1
+        inputs = self.runtime.model_inputs(sentence, sequence.request)
+        prefilled = self._runner.prefill(inputs)
+        room = self._runner.kv_length - prefilled.length  # positions left in the slot for generated steps
+        if room <= 0:
+            raise InvalidField("the text and its prompt are longer than a KV slot holds (kv_cache_length)", "text")
+        sequence.inputs = dataclasses.replace(inputs, max_len=min(inputs.max_len, room))
+        self._runner.place(sequence.slot, prefilled)
+        self._decoder.reset(sequence.slot)
+        if (context := inputs.context()) is not None:
+            self._decoder.decode(context, torch.tensor([sequence.slot]))
+        sequence.step, sequence.position = 0, prefilled.length
+        sequence.lm_hidden, sequence.residual_hidden = prefilled.lm_hidden, prefilled.residual_hidden
+        sequence.condition = prefilled.condition
+        sequence.pieces = []
+
+    def _step(self) -> None:
+        running = list(self._scheduler.running)
+        rows = [sequence.row() for sequence in running]
+        try:
+            output = self._runner.step(rows)
+            audio = self._decoder.decode(output.latents, torch.arange(len(running)))
+        except Exception as exc:  # a failure of the shared step fails the batch, not the replica
+            logger.exception("batched step failed for %d requests", len(running))
+            for sequence in running:
+                self._fail(sequence, exc)
+            return
+        for index, sequence in enumerate(running):
+            sequence.lm_hidden = output.lm_hidden[index : index + 1]
+            sequence.residual_hidden = output.residual_hidden[index : index + 1]
+            sequence.condition = output.patches[index : index + 1]
+            sequence.position += 1
+            self._guarded(sequence, self._emit, sequence, audio[index].cpu().numpy(), output.stop[index])
+
+    def _emit(self, sequence: Sequence, chunk: np.ndarray, stop: bool) -> None:
+        sequence.pieces.append(chunk)
+        if sequence.streaming:
+            self._deliver(sequence, chunk)
+        ended = sequence.finished_sentence(stop)
+        sequence.step += 1
+        if not ended:
+            return
+        if not sequence.streaming and self._retry_badcase(sequence):
+            self._next_sentence(sequence, sequence.sentence)
+            return
+        audio = joined(sequence.pieces)
+        if not sequence.streaming:
+            self._deliver(sequence, audio)
+        try:
+            following = sequence.plan.send(Spoken(audio, sequence.step))  # type: ignore[union-attr]
+        except StopIteration:
+            following = None
+        if following is not None:
+            sequence.crossfade.next_segment()
+            sequence.attempts = 0
+        self._next_sentence(sequence, following)
+
+    def _retry_badcase(self, sequence: Sequence) -> bool:
+        """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""
+        request, inputs = sequence.request, sequence.inputs
+        if not request.retry_badcase or sequence.attempts >= request.retry_badcase_max_times:
+            return False
+        # voxcpm 1.x counts the prompt patches its VAE decode starts from; VoxCPM2 counts the generated ones
+        patches = sequence.step + (0 if self.runtime.v2 else inputs.context_patches)  # type: ignore[union-attr]
+        return patches >= self.runtime.text_tokens(sequence.sentence.text) * request.retry_badcase_ratio_threshold  # type: ignore[union-attr]
+
+    def _deliver(self, sequence: Sequence, audio: np.ndarray) -> None:
+        if len(playable := sequence.crossfade.feed(audio)):
+            sequence.deliver(playable)
+
+    def _finish(self, sequence: Sequence) -> None:
+        if len(tail := sequence.crossfade.flush()):
+            sequence.deliver(tail)
+        sequence.deliver(_END)
+        self._retire(sequence)
+
+    def _fail(self, sequence: Sequence, error: BaseException) -> None:
+        sequence.deliver(error)
+        self._retire(sequence)
+
+    def _retire(self, sequence: Sequence) -> None:
+        moved = self._scheduler.retire(sequence)
+        if moved is not None:
+            self._runner.move(*moved)
+            self._decoder.move(*moved)
+        if sequence.plan is not None:
+            sequence.plan.close()
+
+    def _guarded(self, sequence: Sequence, work: Callable[..., None], *arguments: Any) -> None:
+        """Run one request's own work; a failure fails that request alone."""
+        try:
+            work(*arguments)
+        except Exception as exc:  # noqa: BLE001 - handed to the request's consumer, which re-raises it
+            if sequence.status is not Status.FINISHED:
+                self._fail(sequence, exc)

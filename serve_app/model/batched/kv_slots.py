@@ -1,0 +1,40 @@
+"""KV slots: one language model's key/value cache with a row per request (voxcpm's has one row).
+
+voxcpm's ``StaticKVCache`` holds one length for every row, so it serves one generation. Here each slot
+is a request's own row, filled from that request's prefill (computed alone, exactly as voxcpm does) and
+written at the request's own position each step. The requests in the batch occupy slots 0..n-1, so a
+step's cache is a view of the first n rows, never a copy; when one leaves, the last one moves into its
+slot (``move``). A slot is zeroed before reuse: left-over values would turn masked attention into NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVSlots:
+    def __init__(self, lm: torch.nn.Module, slots: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        config = lm.config
+        head_dim = config.kv_channels or config.hidden_size // config.num_attention_heads
+        shape = (config.num_hidden_layers, 2, slots, config.num_key_value_heads, length, head_dim)
+        self.cache = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = length
+
+    @property
+    def bytes(self) -> int:
+        return self.cache.numel() * self.cache.element_size()
+
+    def layer(self, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer for the first ``rows`` slots: (rows, kv_heads, length, head_dim) views."""
+        return self.cache[index, 0, :rows], self.cache[index, 1, :rows]
+
+    def fill(self, slot: int, prefill: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """A request's prefill (per layer, keys and values (1, kv_heads, tokens, head_dim)) into its slot."""
+        self.cache[:, :, slot].zero_()
+        for index, (keys, values) in enumerate(prefill):
+            tokens = keys.shape[2]
+            self.cache[index, 0, slot, :, :tokens] = keys[0]
+            self.cache[index, 1, slot, :, :tokens] = values[0]
+
+    def move(self, source: int, target: int) -> None:
+        self.cache[:, :, target] = self.cache[:, :, source]

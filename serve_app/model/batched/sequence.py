@@ -1,0 +1,72 @@
+"""One request's progress through the batched engine: what it asked, where it is, what it still owes.
+
+The frozen ``SynthesisRequest`` says what was asked; a ``Sequence`` is the mutable rest (as nano-vllm's
+``Sequence`` is): its status, KV slot, the sentence being generated and the model state carried from one
+step to the next, its noise generator, the step count against its limits, and the audio on its way out.
+Only the engine's loop thread touches it, except ``cancelled``, which the event loop sets.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from serve_app.audio.seams import Crossfader
+from serve_app.model.batched.step_runner import Row
+from serve_app.model.engine import Started
+from serve_app.model.runtime import ModelInputs, Sentence, Utterance
+from serve_app.model.types import SynthesisRequest
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"  # queued for a KV slot
+    RUNNING = "running"  # in a slot, stepped with the batch
+    FINISHED = "finished"  # done, failed or cancelled: its slot is free
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: SynthesisRequest
+    streaming: bool  # a chunk per step, or each sentence once complete
+    started: Started
+    deliver: Callable[[object], None]  # hands a chunk, an exception or END to the consumer (thread-safe)
+    crossfade: Crossfader
+    generator: torch.Generator  # this request's diffusion noise, as voxcpm's global generator would give it
+    status: Status = Status.WAITING
+    cancelled: bool = False
+    slot: int = -1
+    plan: Utterance | None = None
+    sentence: Sentence | None = None
+    inputs: ModelInputs | None = None
+    attempts: int = 0  # generations of the current sentence (retry_badcase)
+    # carried from step to step, as voxcpm's _inference carries them
+    step: int = 0  # of the current sentence
+    position: int = 0  # the next KV position
+    lm_hidden: torch.Tensor | None = None
+    residual_hidden: torch.Tensor | None = None
+    condition: torch.Tensor | None = None  # the previous patch: the diffusion's prefix condition
+    pieces: list[np.ndarray] = field(default_factory=list)  # the current sentence's audio
+
+    def row(self) -> Row:
+        """Its part of the next decode step."""
+        assert self.inputs is not None and self.lm_hidden is not None
+        assert self.residual_hidden is not None and self.condition is not None
+        inputs = self.inputs
+        return Row(
+            self.lm_hidden,
+            self.residual_hidden,
+            self.condition,
+            self.position,
+            inputs.inference_timesteps,
+            inputs.cfg_value,
+            self.generator,
+        )
+
+    def finished_sentence(self, stop: bool) -> bool:
+        """Whether the step just taken ends the sentence: voxcpm's stop rule and its step cap."""
+        assert self.inputs is not None
+        return (self.step > self.inputs.min_len and stop) or self.step + 1 >= self.inputs.max_len

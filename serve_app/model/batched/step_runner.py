@@ -1,0 +1,234 @@
+"""The model's work in the batched engine: a request's prefill alone, then decode steps for the whole batch.
+
+Written over voxcpm's own modules and weights, following its ``_inference`` line by line, with what a
+batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batching-facts.md):
+
+- **Prefill** runs for one request at a time, exactly as voxcpm runs it; its keys and values then go
+  into the request's KV slot. (Prefilling several together with padding is not exact.)
+- **LM steps** write each row's key and value at the row's own position and attend over the whole
+  slot with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
+  rotary embeddings shaped per row.
+- **Diffusion** draws each row's noise from the request's own generator, scales each row's guidance by
+  its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product rounds), and runs the rows that
+  share ``inference_timesteps`` together, conditional then unconditional rows, as voxcpm's CFG does.
+- **Stop decisions** are per row; the caller retires a row that stops before the next step.
+
+In bfloat16 (the real checkpoints' dtype) every module here gives the same bits at every batch size on
+CPU, so a request's latents are the reference engine's bit for bit whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional
+from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
+
+from serve_app.model.batched.kv_slots import KVSlots
+from serve_app.model.runtime import ModelInputs
+
+SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
+USE_CFG_ZERO_STAR = True
+
+
+@dataclass
+class Prefilled:
+    """A request's state after its prefill: what its first decode step starts from."""
+
+    base_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    residual_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int  # positions filled: the first decode step writes here
+    lm_hidden: torch.Tensor  # (1, hidden)
+    residual_hidden: torch.Tensor  # (1, hidden)
+    condition: torch.Tensor  # (1, patch_size, latent_dim): the last input patch
+
+
+@dataclass
+class Row:
+    """One request's part of a decode step."""
+
+    lm_hidden: torch.Tensor
+    residual_hidden: torch.Tensor
+    condition: torch.Tensor
+    position: int
+    inference_timesteps: int
+    cfg_value: float
+    generator: torch.Generator
+
+
+@dataclass
+class StepOutput:
+    patches: torch.Tensor  # (rows, patch_size, latent_dim), each row's new patch (a view of ``latents``)
+    latents: torch.Tensor  # (rows, latent_dim, patch_size): the same patches as the VAE decodes them
+    stop: list[bool]  # the stop head's decision, per row
+    lm_hidden: torch.Tensor  # (rows, hidden), for the next step
+    residual_hidden: torch.Tensor
+
+
+class StepRunner:
+    def __init__(self, model: Any, slots: int, kv_length: int) -> None:
+        self.model = model
+        self.v2 = type(model).__name__ == "VoxCPM2Model"
+        dtype = next(model.base_lm.parameters()).dtype
+        device = torch.device(model.device)
+        self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
+        self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
+        self.kv_length = kv_length
+
+    @torch.inference_mode()
+    def prefill(self, inputs: ModelInputs) -> Prefilled:
+        """voxcpm's prefill of one request (``_inference`` before its loop)."""
+        model = self.model
+        encoder = getattr(model, "_feat_encoder_raw", model.feat_encoder)
+        feat_embed = model.enc_to_lm_proj(encoder(inputs.feat))
+        lm_config = model.config.lm_config
+        scale_emb = lm_config.scale_emb if lm_config.use_mup else 1.0
+        text_embed = model.base_lm.embed_tokens(inputs.text) * scale_emb
+        feat_mask, text_mask = inputs.feat_mask.unsqueeze(-1), inputs.text_mask.unsqueeze(-1)
+        combined = text_mask * text_embed + feat_mask * feat_embed
+        enc_outputs, base_kv = model.base_lm(inputs_embeds=combined, is_causal=True)
+        enc_outputs = model.fsq_layer(enc_outputs) * feat_mask + enc_outputs * text_mask
+        residual_outputs, residual_kv = model.residual_lm(
+            inputs_embeds=self._residual_input(enc_outputs, feat_mask * feat_embed), is_causal=True
+        )
+        return Prefilled(
+            base_kv=base_kv,
+            residual_kv=residual_kv,
+            length=combined.shape[1],
+            lm_hidden=enc_outputs[:, -1, :],
+            residual_hidden=residual_outputs[:, -1, :],
+            condition=inputs.feat[:, -1, ...],
+        )
+
+    def place(self, slot: int, prefilled: Prefilled) -> None:
+        self.base_kv.fill(slot, prefilled.base_kv)
+        self.residual_kv.fill(slot, prefilled.residual_kv)
+
+    def move(self, source: int, target: int) -> None:
+        self.base_kv.move(source, target)
+        self.residual_kv.move(source, target)
+
+    @torch.inference_mode()
+    def step(self, rows: list[Row]) -> StepOutput:
+        """One generation step for rows 0..n-1 of the slots (one loop iteration of voxcpm's ``_inference``)."""
+        model = self.model
+        lm_hidden = torch.cat([row.lm_hidden for row in rows])
+        residual_hidden = torch.cat([row.residual_hidden for row in rows])
+        condition = torch.cat([row.condition for row in rows])
+        mu = self._dit_input(model.lm_to_dit_proj(lm_hidden), model.res_to_dit_proj(residual_hidden))
+        # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
+        # as in voxcpm (the local encoder's numerics depend on that memory layout)
+        latents = torch.empty_like(condition.transpose(1, 2), memory_format=torch.contiguous_format)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, row in enumerate(rows):
+            groups[row.inference_timesteps].append(index)
+        for timesteps, indices in groups.items():
+            chosen = torch.tensor(indices, device=mu.device)
+            latents[chosen] = self._diffuse(
+                mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
+            )
+        patches = latents.transpose(1, 2)
+        # The encoder's output is a strided view of its rows; for one row (voxcpm's case) that is contiguous,
+        # and a projection of a strided batch takes another GEMM path with other rounding: copy it first.
+        embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
+        stop = model.stop_head(model.stop_actn(model.stop_proj(lm_hidden))).argmax(dim=-1)
+        positions = torch.tensor([row.position for row in rows], device=mu.device)
+        new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, embed))
+        residual_input = self._residual_input(new_lm_hidden, embed)
+        new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, residual_input)
+        return StepOutput(patches, latents, (stop == 1).tolist(), new_lm_hidden, new_residual)
+
+    def _dit_input(self, from_lm: torch.Tensor, from_residual: torch.Tensor) -> torch.Tensor:
+        return torch.cat((from_lm, from_residual), dim=-1) if self.v2 else from_lm + from_residual
+
+    def _residual_input(self, lm_hidden: torch.Tensor, feat_embed: torch.Tensor) -> torch.Tensor:
+        if self.v2:
+            return self.model.fusion_concat_proj(torch.cat((lm_hidden, feat_embed), dim=-1))
+        return lm_hidden + feat_embed
+
+    def _diffuse(self, mu: torch.Tensor, cond: torch.Tensor, timesteps: int, rows: list[Row]) -> torch.Tensor:
+        """voxcpm's ``UnifiedCFM.forward`` and ``solve_euler`` over rows that share ``timesteps``: noise from
+        each row's generator, guidance scaled by each row's ``cfg_value``."""
+        cfm = self.model.feat_decoder
+        b, patch_size = mu.shape[0], self.model.patch_size
+        x = torch.cat(
+            [
+                torch.randn((1, cfm.in_channels, patch_size), generator=row.generator, device=mu.device, dtype=mu.dtype)
+                for row in rows
+            ]
+        )
+        cfg = torch.tensor([row.cfg_value for row in rows], dtype=torch.float32, device=mu.device).view(b, 1, 1)
+        t_span = torch.linspace(1, 0, timesteps + 1, device=mu.device, dtype=mu.dtype)
+        t_span = t_span + SWAY_SAMPLING_COEF * (torch.cos(torch.pi / 2 * t_span) - 1 + t_span)
+        t, dt = t_span[0], t_span[0] - t_span[1]
+        zero_init_steps = max(1, int(len(t_span) * 0.04))
+        for step in range(1, len(t_span)):
+            if USE_CFG_ZERO_STAR and step <= zero_init_steps:
+                dphi_dt = torch.zeros_like(x)
+            else:
+                t_in = t.expand(2 * b)
+                dt_in = dt.expand(2 * b) if cfm.mean_mode else torch.zeros_like(t_in)
+                estimate = cfm.estimator(
+                    torch.cat([x, x]), torch.cat([mu, torch.zeros_like(mu)]), t_in, torch.cat([cond, cond]), dt_in
+                )
+                positive, negative = torch.split(estimate, [b, b], dim=0)
+                st_star = cfm.optimized_scale(positive.view(b, -1), negative.view(b, -1)).view(b, 1, 1)
+                difference = positive - negative * st_star
+                dphi_dt = negative * st_star + (difference.to(torch.float32) * cfg).to(difference.dtype)
+            x = x - dt * dphi_dt
+            t = t - dt
+            if step < len(t_span) - 1:
+                dt = t - t_span[step + 1]
+        return x
+
+    def _lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot."""
+        rows = hidden.shape[0]
+        rotary = None
+        if lm.rope_emb is not None:
+            cos, sin = lm.rope_emb(positions)
+            rotary = (cos[:, None, None, :], sin[:, None, None, :])
+        mask = (torch.arange(kv.length, device=hidden.device)[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
+        for index, layer in enumerate(lm.layers):
+            residual = hidden
+            normed = layer.input_layernorm(hidden)
+            attended = self._attention(layer.self_attn, normed, rotary, positions, kv.layer(index, rows), mask)
+            hidden = residual + (attended * _depth_scale(layer) if layer.use_mup else attended)
+            residual = hidden
+            mlp = layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = residual + (mlp * _depth_scale(layer) if layer.use_mup else mlp)
+        return lm.norm(hidden)
+
+    @staticmethod
+    def _attention(
+        attention: Any,
+        hidden: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        positions: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``MiniCPMAttention.forward_step`` with a per-row cache write and a per-row mask."""
+        rows, heads, head_dim = hidden.shape[0], attention.num_heads, attention.head_dim
+        kv_heads = attention.num_key_value_heads
+        query = attention.q_proj(hidden).view(rows, 1, heads, head_dim).transpose(1, 2)
+        key = attention.k_proj(hidden).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+        value = attention.v_proj(hidden).view(rows, 1, kv_heads, head_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key = apply_rotary_pos_emb(query, key, *rotary)
+        keys, values = cache
+        every_row = torch.arange(rows, device=hidden.device)
+        keys[every_row, :, positions, :] = key[:, :, 0, :]
+        values[every_row, :, positions, :] = value[:, :, 0, :]
+        output = functional.scaled_dot_product_attention(
+            query.contiguous(), keys, values, attn_mask=mask, enable_gqa=True
+        )
+        return attention.o_proj(output.transpose(1, 2).contiguous().reshape(rows, heads * head_dim))
+
+
+def _depth_scale(layer: Any) -> float:
+    return layer.scale_depth / math.sqrt(layer.num_hidden_layers)

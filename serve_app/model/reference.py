@@ -1,0 +1,149 @@
+"""The reference engine: voxcpm's own generation loop, one request at a time, on a thread it owns.
+
+A ``VoxCPM`` instance keeps one static KV cache, so generations run one after another on a single
+worker thread, in arrival order, while the replica's event loop stays free (``thread_stream.py``:
+cancellation between chunks, bounded buffering). Streams decode each step's new patch with the
+incremental VAE decoder (``vae.py``) instead of voxcpm's windowed re-decode (VoxCPM 1.x) or its
+decoder that patches the shared modules (VoxCPM2); the non-streaming path is voxcpm's own, with
+``retry_badcase``. This is the engine the batched one is measured against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from serve_app.audio.seams import Crossfader
+from serve_app.config import ModelConfig
+from serve_app.model.engine import Started, joined
+from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime, latents
+from serve_app.model.thread_stream import iterate_in_thread
+from serve_app.model.types import SynthesisRequest
+from serve_app.voices import VoiceStore
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFERED_CHUNKS = 32  # chunks a generation may run ahead of its consumer before it pauses
+_SLOT = torch.tensor([0])  # the decoder's one slot: one generation at a time
+_RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
+
+
+class ReferenceEngine:
+    def __init__(self, runtime: VoxCPMRuntime, executor: ThreadPoolExecutor) -> None:
+        self.runtime = runtime
+        self.info = runtime.info
+        self._executor = executor
+        self._decoder = runtime.decoder(1)
+
+    @classmethod
+    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> ReferenceEngine:
+        """Loaded (and warmed up) on the generation thread, where its generations will run."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
+        runtime = executor.submit(VoxCPMRuntime.load, config, voices).result()
+        engine = cls(runtime, executor)
+        if config.warmup:
+            executor.submit(lambda: joined(engine.generate(runtime.warmup_request(), streaming=True))).result()
+            runtime.prompts.clear()
+        logger.info("loaded %s", engine.info)
+        return engine
+
+    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._on_thread(request, started, streaming=True)
+
+    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._on_thread(request, started, streaming=False)
+
+    def prompt_lookups(self) -> tuple[int, int]:
+        return self.runtime.prompts.hits, self.runtime.prompts.misses
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.runtime.close()
+
+    def _on_thread(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+        def produce() -> Iterator[np.ndarray]:
+            started()
+            yield from self.generate(request, streaming)
+
+        return iterate_in_thread(produce, self._executor, MAX_BUFFERED_CHUNKS)
+
+    def generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
+        """The utterance (synchronously, on the caller's thread): a chunk per step when streaming, else a
+        piece per sentence; sentences crossfaded into one signal. Closing the iterator stops it."""
+        crossfade = Crossfader(self.runtime.seam_samples)
+        for piece in self._spoken(request, streaming):
+            if piece is None:
+                crossfade.next_segment()
+            elif len(playable := crossfade.feed(piece)):
+                yield playable
+        if len(tail := crossfade.flush()):
+            yield tail
+
+    def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | None]:
+        """Each sentence's audio in turn, None between sentences."""
+        if request.seed is not None:
+            torch.manual_seed(request.seed)  # voxcpm draws its noise from the global generator
+        plan = self.runtime.utterance(request)
+        try:
+            sentence = next(plan, None)
+            while sentence is not None:
+                pieces: list[np.ndarray] = []
+                for piece in self._sentence(sentence, request, streaming):
+                    pieces.append(piece)
+                    yield piece
+                audio = joined(pieces)
+                steps = len(pieces) if streaming else round(len(audio) / self.runtime.step_samples)
+                try:
+                    sentence = plan.send(Spoken(audio, steps))
+                except StopIteration:
+                    return
+                yield None
+        finally:
+            plan.close()
+
+    def _sentence(self, sentence: Sentence, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
+        if not streaming:
+            yield self._whole(sentence, request)
+            return
+        model = self.runtime.model
+        inputs = self.runtime.model_inputs(sentence, request)
+        self._decoder.reset(0)
+        if (context := inputs.context()) is not None:
+            self._decoder.decode(context, _SLOT)  # the state the prompt leaves; its audio is not ours
+        steps = model._inference(
+            inputs.text,
+            inputs.text_mask,
+            inputs.feat,
+            inputs.feat_mask,
+            min_len=inputs.min_len,
+            max_len=inputs.max_len,
+            inference_timesteps=inputs.inference_timesteps,
+            cfg_value=inputs.cfg_value,
+            streaming=True,
+        )
+        try:
+            for output in steps:  # (window, patches so far[, context]); the newest patch is the step's
+                yield self._decoder.decode(latents(output[1][-1]), _SLOT)[0].cpu().numpy()
+        finally:
+            steps.close()
+
+    def _whole(self, sentence: Sentence, request: SynthesisRequest) -> np.ndarray:
+        """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase."""
+        generation = self.runtime.model._generate_with_prompt_cache(
+            target_text=sentence.text,
+            prompt_cache=sentence.prompt,
+            min_len=sentence.min_len,
+            max_len=sentence.max_len,
+            inference_timesteps=request.inference_timesteps,
+            cfg_value=request.cfg_value,
+            streaming=False,
+            **{name: getattr(request, name) for name in _RETRY_ARGUMENTS},
+        )
+        try:
+            return joined(samples.squeeze(0).cpu().numpy() for samples, _, _ in generation)
+        finally:
+            generation.close()

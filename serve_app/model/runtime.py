@@ -1,0 +1,331 @@
+"""One loaded ``voxcpm.VoxCPM`` and what every engine does with it the same way.
+
+Both engines (``reference.py``: voxcpm's own generation loop, one request at a time; ``batched/``: many
+requests stepped together) share everything but the generation loop: loading, the model's facts,
+refusing what a model cannot do, text clean-up, encoded prompts (kept by content in a cache, so a
+client that re-sends the same reference pays for encoding once), the long-text plan (one sentence at a
+time, in one voice, within one step budget), the model inputs voxcpm builds for a sentence, and the
+incremental VAE decoder. No asyncio and no threads here: the engine that owns the runtime decides on
+which one thread it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from serve_app import synthetic
+from serve_app.audio.reference import resample
+from serve_app.config import ModelConfig
+from serve_app.errors import InvalidField, NotFound
+from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
+from serve_app.model.vae import StreamingVAEDecoder
+from serve_app.text import split_sentences
+from serve_app.voices import Voice, VoiceStore
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TEXT = "Hello, this is a warm-up sentence."
+SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
+
+
+class PromptCache:
+    """Encoded prompts by content (audio, rate, transcript, denoise), least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(prompt: PromptAudio, denoise: bool) -> str:
+        digest = hashlib.sha256(np.ascontiguousarray(prompt.samples, dtype=np.float32).tobytes())
+        digest.update(f"{prompt.sample_rate}|{denoise}|{prompt.text or ''}".encode())
+        return digest.hexdigest()
+
+    def get(self, key: str) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+    def put(self, key: str, entry: Any) -> None:
+        if self._capacity <= 0:
+            return
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of an utterance to generate: the text, the voice's encoded prompt, its step limits."""
+
+    text: str
+    prompt: Any  # voxcpm's prompt cache dict, or None
+    min_len: int
+    max_len: int  # what is left of the request's step budget
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """What generating a sentence gave: its audio (at the output rate) and how many steps it took."""
+
+    audio: np.ndarray
+    steps: int
+
+
+# The long-text plan: yields each sentence to generate, is sent what it gave (see VoxCPMRuntime.utterance).
+Utterance = Generator[Sentence, Spoken, None]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """voxcpm's inputs for one sentence (batch of one), as its ``_generate_with_prompt_cache`` builds them."""
+
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    feat: torch.Tensor
+    feat_mask: torch.Tensor
+    min_len: int
+    max_len: int  # the request's budget, capped by voxcpm at 6 x text tokens + 10
+    inference_timesteps: int
+    cfg_value: float
+    context_patches: int  # prompt patches that precede generation (VAE warm-up, streaming_prefix_len - 1)
+
+    def context(self) -> torch.Tensor | None:
+        """The prompt's last patches as VAE latents (1, latent_dim, frames): voxcpm decodes a continuation with
+        them in front (and cuts their audio off), so the decoder starts in the state the prompt left."""
+        if not self.context_patches:
+            return None
+        audio_positions = self.feat_mask[0].nonzero(as_tuple=True)[0][-self.context_patches :]
+        return latents(self.feat[:, audio_positions])
+
+
+def latents(patches: torch.Tensor) -> torch.Tensor:
+    """voxcpm's patches (rows, steps, patch_size, latent_dim) as VAE input (rows, latent_dim, steps x patch_size)."""
+    return patches.flatten(1, 2).transpose(1, 2)
+
+
+class VoxCPMRuntime:
+    """One ``voxcpm.VoxCPM`` instance, its encoded prompts and the files it needs for them."""
+
+    def __init__(self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None) -> None:
+        self.tts = tts
+        self.model = tts.tts_model
+        self._voices = voices
+        self.v2 = type(self.model).__name__ == "VoxCPM2Model"
+        self.info = ModelInfo(
+            name=config.name,
+            source=config.source,
+            architecture="voxcpm2" if self.v2 else "voxcpm",
+            sample_rate=int(self.model.sample_rate),
+            prompt_sample_rate=int(getattr(self.model, "_encode_sample_rate", self.model.sample_rate)),
+            device=str(self.model.device),
+            denoiser=tts.denoiser is not None,
+            engine=config.engine,
+        )
+        self.prompts = PromptCache(config.prompt_cache_size)
+        # Samples per generation step at the output rate, and the crossfade between sentences.
+        decode_hop = getattr(self.model, "_decode_chunk_size", self.model.chunk_size)
+        self.step_samples = int(self.model.patch_size * decode_hop)
+        self.seam_samples = int(SEAM_SECONDS * self.info.sample_rate)
+        # Prompt audio reaches voxcpm as a file path: a private directory, random names, always removed.
+        self._prompt_dir = Path(tempfile.mkdtemp(prefix=f"voxcpm-prompts-{os.getpid()}-"))  # pid: whose it is
+
+    @classmethod
+    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> VoxCPMRuntime:
+        from voxcpm import VoxCPM
+
+        if config.batch_invariant:
+            # Process-wide: oneDNN picks its bf16 GEMM kernels by batch size; PyTorch's own give the same
+            # bits for a row whatever the batch (slower on CPU). Both engines honour it, so they compare.
+            torch.backends.mkldnn.enabled = False
+        checkpoint = config.synthetic_checkpoint()
+        if checkpoint is not None:
+            synthetic.ensure(config.synthetic_preset or "", checkpoint)
+        tts = VoxCPM.from_pretrained(
+            config.source,
+            load_denoiser=config.load_denoiser,
+            zipenhancer_model_id=config.denoiser_model,
+            cache_dir=config.cache_dir,
+            optimize=config.optimize,
+            device=None if config.device == "auto" else config.device,
+        )
+        return cls(tts, config, voices)
+
+    def close(self) -> None:
+        shutil.rmtree(self._prompt_dir, ignore_errors=True)
+
+    def warmup_request(self) -> SynthesisRequest:
+        """One short generation from a prompt, so that no user pays for lazy initialisation
+        (torch kernels, and for VoxCPM 1.x the FFmpeg libraries that read prompt files: ~1 s)."""
+        rate = self.info.prompt_sample_rate
+        silence = PromptAudio(samples=np.zeros(rate // 2, dtype=np.float32), sample_rate=rate, text="warm up")
+        return SynthesisRequest(text=WARMUP_TEXT, prompt=silence, max_len=8, retry_badcase=False)
+
+    def decoder(self, slots: int) -> StreamingVAEDecoder:
+        return StreamingVAEDecoder(self.model.audio_vae, slots)
+
+    def utterance(self, request: SynthesisRequest) -> Utterance:
+        """The request's sentences in turn, each sent back what it gave, in one voice.
+
+        ``max_len`` is a budget of generation steps for the whole text. Without a reference, the first
+        sentence's own audio becomes the prompt of the rest, so the voice stays the same.
+        """
+        self.check(request)
+        prompt = self._encoded_prompt(request) if request.prompt or request.voice else None
+        sentences = split_sentences(self._clean_text(request))
+        budget = request.max_len
+        for index, text in enumerate(sentences):
+            if budget <= 0:
+                return
+            spoken = yield Sentence(text, prompt, min(request.min_len, budget), budget)
+            budget -= spoken.steps
+            if prompt is None and index + 1 < len(sentences):
+                own = PromptAudio(
+                    samples=resample(spoken.audio, self.info.sample_rate, self.info.prompt_sample_rate),
+                    sample_rate=self.info.prompt_sample_rate,
+                    text=text,
+                )
+                prompt = self._encode(own, denoise=False)
+
+    def model_inputs(self, sentence: Sentence, request: SynthesisRequest) -> ModelInputs:
+        """The inputs voxcpm's ``_generate_with_prompt_cache`` gives its ``_inference`` for this sentence.
+
+        voxcpm builds them (tokens, masks, prompt features for every prompt mode of either architecture,
+        the length cap) inside that method, interleaved with its generation loop; standing in for
+        ``_inference`` for one call takes them as voxcpm made them, so neither engine re-implements them.
+        """
+        captured: dict[str, Any] = {}
+
+        def capture(text: Any, text_mask: Any, feat: Any, feat_mask: Any, **options: Any) -> Iterator[Any]:
+            captured.update(text=text, text_mask=text_mask, feat=feat, feat_mask=feat_mask, **options)
+            return iter(())
+
+        self.model._inference = capture
+        try:
+            for _ in self.model._generate_with_prompt_cache(
+                target_text=sentence.text,
+                prompt_cache=sentence.prompt,
+                min_len=sentence.min_len,
+                max_len=sentence.max_len,
+                inference_timesteps=request.inference_timesteps,
+                cfg_value=request.cfg_value,
+                retry_badcase=False,
+                streaming=True,
+            ):
+                pass
+        finally:
+            del self.model._inference
+        feat_mask = captured["feat_mask"]
+        continues_audio = bool(feat_mask[0, -1].item() == 1)  # continuation prompts end with their audio
+        prompt_patches = int(feat_mask.sum().item())
+        return ModelInputs(
+            text=captured["text"],
+            text_mask=captured["text_mask"],
+            feat=captured["feat"],
+            feat_mask=feat_mask,
+            min_len=captured["min_len"],
+            max_len=captured["max_len"],
+            inference_timesteps=captured["inference_timesteps"],
+            cfg_value=captured["cfg_value"],
+            context_patches=min(captured["streaming_prefix_len"] - 1, prompt_patches) if continues_audio else 0,
+        )
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.model.text_tokenizer(text))
+
+    def _clean_text(self, request: SynthesisRequest) -> str:
+        """What ``VoxCPM._generate`` does to the text: one line, single spaces, optionally normalized."""
+        text = re.sub(r"\s+", " ", request.text.replace("\n", " "))
+        if request.normalize:
+            if self.tts.text_normalizer is None:
+                from voxcpm.utils.text_normalize import TextNormalizer
+
+                self.tts.text_normalizer = TextNormalizer()
+            text = self.tts.text_normalizer.normalize(text)
+        return text
+
+    def check(self, request: SynthesisRequest) -> None:
+        """Refuse what this particular model cannot do, naming the field."""
+        if request.denoise and not self.info.denoiser:
+            raise InvalidField(
+                "denoise=true needs the denoiser, which this deployment does not load "
+                "(set model.load_denoiser: true in the Serve config)",
+                "denoise",
+            )
+        prompt = request.prompt
+        if prompt is not None and not prompt.text and not self.info.clones_from_audio_alone:
+            raise InvalidField(
+                f"prompt_text (the transcript of prompt_audio) is required by {self.info.architecture} models",
+                "prompt_text",
+            )
+        if prompt is not None and prompt.sample_rate != self.info.prompt_sample_rate:
+            raise InvalidField(f"prompt audio must be resampled to {self.info.prompt_sample_rate} Hz", "prompt_audio")
+
+    def _encoded_prompt(self, request: SynthesisRequest) -> Any:
+        """The request's reference or saved voice, encoded: from the prompt cache when it is there."""
+        if request.voice is not None:
+            key = f"voice:{request.voice.digest}:{request.denoise}"
+        else:
+            assert request.prompt is not None
+            key = PromptCache.key(request.prompt, request.denoise)
+        encoded = self.prompts.get(key)
+        if encoded is None:
+            prompt = request.prompt if request.voice is None else self._voice_prompt(request.voice)
+            encoded = self._encode(prompt, request.denoise)
+            self.prompts.put(key, encoded)
+        return encoded
+
+    def _encode(self, prompt: PromptAudio, denoise: bool) -> Any:
+        with self._prompt_file(prompt, denoise) as path:
+            if prompt.text:
+                return self.model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
+            return self.model.build_prompt_cache(reference_wav_path=path)  # VoxCPM2: no transcript needed
+
+    def _voice_prompt(self, voice: Voice) -> PromptAudio:
+        """A saved voice's recording, read from the shared store at the model's prompt rate."""
+        if self._voices is None:
+            raise NotFound("this model has no voice store", "voice_id")
+        try:
+            samples, rate = self._voices.audio(voice)
+        except (OSError, sf.LibsndfileError):  # deleted since the ingress looked it up
+            raise NotFound(f"no saved voice {voice.voice_id!r}", "voice_id") from None
+        target = self.info.prompt_sample_rate
+        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=voice.text)
+
+    @contextlib.contextmanager
+    def _prompt_file(self, prompt: PromptAudio, denoise: bool) -> Iterator[str]:
+        with tempfile.NamedTemporaryFile(dir=self._prompt_dir, suffix=".wav") as handle:
+            sf.write(handle, prompt.samples, prompt.sample_rate, format="WAV", subtype="FLOAT")
+            handle.flush()
+            if not denoise:
+                yield handle.name
+                return
+            with tempfile.NamedTemporaryFile(dir=self._prompt_dir, suffix=".wav") as clean:
+                self.tts.denoiser.enhance(handle.name, output_path=clean.name)
+                yield clean.name

@@ -1,0 +1,102 @@
+"""Incremental VAE decoding: each generation step's new latent patch only, with causal-conv state per slot.
+
+voxcpm's VAE decoders (VoxCPM 1.x and VoxCPM2 alike) are stacks of causal convolutions, so a signal can
+be decoded a patch at a time if every convolution keeps the last input frames it saw. voxcpm does this
+for VoxCPM2 only (``StreamingVAEDecoder``), by patching the shared modules of the one decoder for one
+stream at a time; for VoxCPM 1.x it re-decodes a window of the last three patches at every step, which
+made streaming cost about 1.9x non-streaming. Here every convolution keeps one state row per *slot*, so
+one decoder serves a whole batch of streams, each at its own point: the rows of a call are the slots of
+the requests in the batch. The states follow voxcpm's ``StreamingVAEDecoder`` exactly (left context of
+``2 * padding - output_padding`` frames for a causal convolution, ``(kernel - 1) // stride`` input frames
+for a transposed one); a slot starts from zeros, as a whole-utterance decode does.
+
+What it matches: decoding an utterance patch by patch equals voxcpm's whole-utterance decode
+(``audio_vae.decode`` of all patches, the non-streaming path) up to float32 rounding (about 4e-7,
+``tests/test_batched_engine.py``). On CPU the rows of a call are decoded one after another: the CPU
+convolution kernels are not batch-invariant in float32 (1e-7 apart), batching buys little there, and
+so a request's audio never depends on what else is in the batch. On a GPU the batch is one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _causal_context(module: nn.Module) -> tuple[int, int | None] | None:
+    """(input frames of left context, output samples the class trims at the end) for voxcpm's causal
+    convolutions (a trim of None: an ordinary causal convolution), or None for any other module."""
+    kind = type(module).__name__
+    if kind == "CausalConv1d":
+        context = module._CausalConv1d__padding * 2 - getattr(module, "_CausalConv1d__output_padding", 0)
+        return (context, None) if context > 0 else None
+    if kind == "CausalTransposeConv1d":
+        context = (module.kernel_size[0] - 1) // module.stride[0]
+        trim = module._CausalTransposeConv1d__padding * 2 - module._CausalTransposeConv1d__output_padding
+        return (context, trim) if context > 0 else None
+    return None
+
+
+class StreamingVAEDecoder:
+    """Decodes latent patches of up to ``slots`` streams at once, each carrying its own causal-conv state."""
+
+    def __init__(self, vae: Any, slots: int) -> None:
+        self._vae = vae
+        self._layers: list[tuple[nn.Module, int, int | None, torch.Tensor]] = []
+        device = next(vae.parameters()).device
+        for module in vae.decoder.modules():
+            if (found := _causal_context(module)) is not None:
+                context, trim = found
+                state = torch.zeros(slots, module.in_channels, context, dtype=torch.float32, device=device)
+                self._layers.append((module, context, trim, state))
+
+    def reset(self, slot: int) -> None:
+        """Forget a slot's past: its next patch is the start of a new signal."""
+        for *_, state in self._layers:
+            state[slot].zero_()
+
+    def move(self, source: int, target: int) -> None:
+        """Carry a stream's state to another slot (the batch keeps its active slots contiguous)."""
+        for *_, state in self._layers:
+            state[target].copy_(state[source])
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""
+        latents = latents.to(torch.float32)
+        if latents.device.type == "cpu":
+            return torch.cat([self._decode(latents[row : row + 1], slots[row : row + 1]) for row in range(len(slots))])
+        return self._decode(latents, slots)
+
+    def _decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        with self._installed(slots):
+            return self._vae.decode(latents).squeeze(1)
+
+    @contextlib.contextmanager
+    def _installed(self, slots: torch.Tensor) -> Iterator[None]:
+        """Each causal convolution reads and updates the given slots' states for the length of one call.
+        (The modules are voxcpm's own, shared with its non-streaming decode: patched only while we decode.)"""
+        for module, context, trim, state in self._layers:
+            module.forward = functools.partial(_causal_step, module, context, trim, state, slots)
+        try:
+            yield
+        finally:
+            for module, *_ in self._layers:
+                del module.forward  # back to the class's forward
+
+
+def _causal_step(
+    module: nn.Module, context: int, trim: int | None, state: torch.Tensor, slots: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """One causal (transposed) convolution over new frames, continuing each row's slot state."""
+    padded = torch.cat([state[slots], x], dim=-1)
+    state[slots] = padded[..., -context:]
+    if trim is None:
+        return nn.Conv1d.forward(module, padded)
+    out = nn.ConvTranspose1d.forward(module, padded)[..., context * module.stride[0] :]
+    return out[..., :-trim] if trim > 0 else out

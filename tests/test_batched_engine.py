@@ -1,0 +1,195 @@
+"""The batched engine against the reference engine, in-process, on real voxcpm with synthetic checkpoints.
+
+Each request's audio from the batched engine must be the reference engine's audio for that request
+alone: bit for bit with a bfloat16 model (``batch_invariant``: PyTorch's own CPU kernels), within a
+stated tolerance in float32, whatever else is in the batch and whenever it joined or others left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app import synthetic
+from serve_app.config import ModelConfig
+from serve_app.errors import NotFound
+from serve_app.model.batched.engine import BatchedEngine
+from serve_app.model.batched.scheduler import Scheduler
+from serve_app.model.batched.sequence import Sequence, Status
+from serve_app.model.engine import joined
+from serve_app.model.reference import ReferenceEngine
+from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.voices import VoiceStore
+
+PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
+FLOAT32_TOLERANCE = 1e-3  # largest sample difference seen in float32 was ~2e-4 (see README)
+
+
+def _requests(prompt_rate: int) -> list[SynthesisRequest]:
+    """Mixed parameters: each its own text, seed, cfg_value, inference_timesteps, min_len, max_len."""
+    prompt = PromptAudio(np.sin(np.arange(prompt_rate) / 9).astype(np.float32) * 0.3, prompt_rate, "参考音频")
+    return [
+        SynthesisRequest(text="你好世界", seed=1, max_len=20),
+        SynthesisRequest(text="Hello there. How are you today?", seed=2, cfg_value=1.7, max_len=70),
+        SynthesisRequest(text="测试一下", seed=3, inference_timesteps=3, max_len=15),
+        SynthesisRequest(text="abc def", seed=4, min_len=5, max_len=12),
+        SynthesisRequest(text="第五个请求。第二句。", seed=5, max_len=80),
+        SynthesisRequest(text="克隆的声音", seed=6, prompt=prompt, max_len=18),
+    ]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def engines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    preset = request.param
+    checkpoint = synthetic.build(preset, tmp_path_factory.mktemp("bf16") / preset, dtype="bfloat16")
+    common = dict(source=str(checkpoint), device="cpu", optimize=False, warmup=False, batch_invariant=True)
+    voices = VoiceStore(tmp_path_factory.mktemp("voices"))
+    reference = ReferenceEngine.load(ModelConfig(**common), voices)
+    batched = BatchedEngine.load(ModelConfig(**common, engine="batched", max_batch_size=4, kv_cache_length=512), voices)
+    yield reference, batched, voices
+    batched.close()
+    reference.close()
+    torch.backends.mkldnn.enabled = True  # batch_invariant turned it off for the process
+
+
+def _alone(reference: ReferenceEngine, request: SynthesisRequest) -> np.ndarray:
+    return joined(reference.generate(request, streaming=True))
+
+
+def _together(batched: BatchedEngine, requests: list[SynthesisRequest], stagger_s: float) -> list[np.ndarray]:
+    """Each request from its own thread, the i-th joining ``i * stagger_s`` after the first."""
+    results: list[np.ndarray | BaseException | None] = [None] * len(requests)
+
+    def run(index: int) -> None:
+        time.sleep(index * stagger_s)
+        try:
+            results[index] = batched.generate(requests[index], streaming=True)
+        except BaseException as exc:  # noqa: BLE001 - compared by the test
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("stagger_s", [0.0, 0.15])
+def test_each_request_is_the_reference_audio_bit_for_bit(engines: tuple, stagger_s: float) -> None:
+    """Six requests through four slots (so two wait, then join as others leave), joining together or
+    staggered, with long text (two sentences, the first's audio as the second's prompt) and cloning."""
+    reference, batched, _ = engines
+    requests = _requests(reference.info.prompt_sample_rate)
+    expected = [_alone(reference, request) for request in requests]
+    for request, want, got in zip(requests, expected, _together(batched, requests, stagger_s), strict=True):
+        assert isinstance(got, np.ndarray), got
+        assert got.shape == want.shape and np.array_equal(got, want), request.text
+
+
+def test_a_cancelled_request_leaves_the_others_exact(engines: tuple) -> None:
+    reference, batched, _ = engines
+    requests = _requests(reference.info.prompt_sample_rate)[:3]
+    expected = [_alone(reference, request) for request in requests]
+
+    async def scenario() -> list[np.ndarray]:
+        async def consume(request: SynthesisRequest, stop_after: int | None) -> np.ndarray:
+            chunks = []
+            stream = batched.stream(request, lambda: None)
+            async for chunk in stream:
+                chunks.append(chunk)
+                if stop_after is not None and len(chunks) == stop_after:
+                    await stream.aclose()  # the client went away mid-generation
+                    break
+            return joined(chunks)
+
+        long = SynthesisRequest(text="这个请求会在中途被取消。" * 3, seed=9, max_len=200)
+        return await asyncio.gather(consume(long, stop_after=5), *(consume(request, None) for request in requests))
+
+    cancelled, *results = asyncio.run(scenario())
+    assert len(cancelled) > 0
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
+    assert _idle(batched)
+
+
+def test_a_failing_request_fails_alone(engines: tuple) -> None:
+    """A saved voice deleted under a request: that request gets NotFound, the batch goes on exact."""
+    reference, batched, voices = engines
+    rate = reference.info.prompt_sample_rate
+    voice = voices.create("gone", "参考", np.zeros(rate, dtype=np.float32), rate)
+    voices.delete(voice.voice_id)
+    requests = _requests(rate)[:3]
+    expected = [_alone(reference, request) for request in requests]
+    failing = SynthesisRequest(text="你好", voice=voice, seed=1, max_len=5)
+    results = _together(batched, [requests[0], failing, *requests[1:]], stagger_s=0.05)
+    assert isinstance(results[1], NotFound) and results[1].field == "voice_id"
+    for want, got in zip(expected, [results[0], *results[2:]], strict=True):
+        assert np.array_equal(got, want)
+    assert _idle(batched)
+
+
+def test_non_streaming_sentences_match_the_reference_within_decode_rounding(engines: tuple) -> None:
+    """/api/tts: voxcpm decodes each sentence whole; the batched engine decodes patch by patch (the
+    same causal convolutions): equal up to float32 rounding, with the same retry_badcase behaviour."""
+    reference, batched, _ = engines
+    request = SynthesisRequest(text="你好世界。再来一句。", seed=3, max_len=60, retry_badcase=True)
+    want = joined(reference.generate(request, streaming=False))
+    got = batched.generate(request, streaming=False)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 1e-5
+
+
+def _idle(engine: BatchedEngine) -> bool:
+    """No request left in a slot or the queue (the loop thread retires them between steps)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not engine._scheduler:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_float32_matches_within_tolerance(tmp_path: Path) -> None:
+    """float32 matrix products are not batch-invariant on CPU (1e-7 per product): the drift stays small."""
+    checkpoint = synthetic.build("tiny-voxcpm1.5", tmp_path / "f32")
+    common = dict(source=str(checkpoint), device="cpu", optimize=False, warmup=False)
+    reference = ReferenceEngine.load(ModelConfig(**common))
+    batched = BatchedEngine.load(ModelConfig(**common, engine="batched", max_batch_size=4, kv_cache_length=512))
+    try:
+        requests = _requests(reference.info.prompt_sample_rate)[:4]
+        expected = [_alone(reference, request) for request in requests]
+        for want, got in zip(expected, _together(batched, requests, 0.0), strict=True):
+            assert got.shape == want.shape
+            assert np.abs(got - want).max() < FLOAT32_TOLERANCE
+    finally:
+        batched.close()
+        reference.close()
+
+
+def _sequence(name: str) -> Sequence:
+    return Sequence(SynthesisRequest(text=name), True, lambda: None, lambda _: None, None, None)  # type: ignore[arg-type]
+
+
+def test_scheduler_admits_in_order_within_the_batch_and_keeps_slots_contiguous() -> None:
+    scheduler = Scheduler(max_batch_size=3)
+    a, b, c, d = (_sequence(name) for name in "abcd")
+    for sequence in (a, b, c, d):
+        scheduler.add(sequence)
+    assert scheduler.admit() == [a, b, c] and [s.slot for s in (a, b, c)] == [0, 1, 2]
+    assert d.status is Status.WAITING and scheduler.admit() == []
+    assert scheduler.retire(a) == (2, 0)  # the last request moves into the freed slot
+    assert scheduler.running == [c, b] and (c.slot, b.slot) == (0, 1) and a.status is Status.FINISHED
+    assert scheduler.admit() == [d] and d.slot == 2
+    assert scheduler.retire(d) is None  # the last one leaves: nothing moves
+    assert scheduler.retire(d) is None  # twice: nothing happens
+    waiting = _sequence("e")
+    scheduler.add(waiting)
+    assert scheduler.retire(waiting) is None and not scheduler.waiting
