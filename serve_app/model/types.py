@@ -36,6 +36,7 @@ class SynthesisRequest:
     retry_badcase: bool = True
     retry_badcase_max_times: int = 3
     retry_badcase_ratio_threshold: float = 6.0
+    instructions: str | None = None  # a description of the voice or style; VoxCPM2 models only
 
 
 @dataclass(frozen=True)
