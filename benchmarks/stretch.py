@@ -2,8 +2,9 @@
 
 1. The stretcher (serve_app/audio/stretch.py) on a voiced test signal fed in 33 ms chunks, as the
    ingress feeds it: CPU per audio second, how much input it holds before its first output, and
-   whether pitch and length come out right. Other libraries are measured beside it when installed
-   (``pip install audiotsm pedalboard`` in a scratch environment; not dependencies of the service).
+   whether pitch and length come out right. audiotsm is measured beside it where it is installed
+   (not a dependency of the service; ``--libraries-only`` runs just this part, e.g. in a scratch
+   environment with ``pip install pylibrb audiotsm numpy``, saved as stretch_libraries).
 2. The service (configs/local.yaml, tiny synthetic model on CPU): time to first audio byte and the
    ingress's CPU per audio second for ``/api/tts/stream`` at speed 1.0 and others, interleaved.
 
@@ -139,9 +140,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=8)
     parser.add_argument("--speeds", type=float, nargs="+", default=[1.0, 1.5, 0.75])
+    parser.add_argument(
+        "--libraries-only",
+        action="store_true",
+        help="only the stretchers, saved as stretch_libraries (run where the other libraries are installed)",
+    )
     args = parser.parse_args()
     alone = stretcher_alone()
-    service = through_the_service(args.repeat, args.speeds)
     stage_rows = [
         [
             name,
@@ -153,6 +158,17 @@ def main() -> None:
         ]
         for name, r in alone["stages"].items()
     ]
+    alone_md = (
+        f"## The stretcher alone\n\nA voiced test signal (f0 {alone['source']['f0_hz']:.0f} Hz, "
+        f"HNR {alone['source']['hnr_db']:.0f} dB) fed in 33 ms chunks; one core.\n\n"
+        + table(
+            ["stage", "CPU ms / audio s", "input held before first output, ms", "length", "f0 Hz", "HNR dB"], stage_rows
+        )
+    )
+    if args.libraries_only:
+        save("stretch_libraries", {"stretcher": alone}, "# speed: time-stretch libraries compared\n\n" + alone_md)
+        return
+    service = through_the_service(args.repeat, args.speeds)
     base = service[str(args.speeds[0])]
     service_rows = [
         [
@@ -166,11 +182,7 @@ def main() -> None:
     ]
     markdown = (
         "# speed: the time-stretcher's cost\n\n"
-        f"## The stretcher alone\n\nA voiced test signal (f0 {alone['source']['f0_hz']:.0f} Hz, "
-        f"HNR {alone['source']['hnr_db']:.0f} dB) fed in 33 ms chunks; one core.\n\n"
-        + table(
-            ["stage", "CPU ms / audio s", "input held before first output, ms", "length", "f0 Hz", "HNR dB"], stage_rows
-        )
+        + alone_md
         + f"\n## Through the service\n\n{args.repeat} interleaved `/api/tts/stream` requests per speed, two seed "
         "sentences, tiny synthetic VoxCPM1.5 on CPU (2 shared cores: compare the rows, not absolute values).\n\n"
         + table(["speed", "TTFB ms p50", "vs 1.0", "audio s", "ingress CPU ms / audio s"], service_rows)

@@ -6,16 +6,18 @@ sentence seams, so the stretcher sees one continuous signal and adds no seam of 
 
 The library is Rubber Band (R3 "finer" engine, real-time mode, short window, formants preserved)
 through ``pylibrb``, a binding that ships the library in its wheel. Compared on a voiced
-150 Hz harmonic test signal fed in 33 ms chunks (see ``benchmarks/stretch.py``):
+150 Hz harmonic test signal fed in 33 ms chunks, as the ingress feeds it (``benchmarks/stretch.py``,
+results in ``benchmarks/results/stretch_libraries.md``):
 
-- Rubber Band R3 real-time, short window: pitch and harmonic-to-noise ratio kept at 0.5x-2x;
-  12-25 ms CPU per audio second (44.1 kHz, one core); first output after ~70-100 ms of input.
-  The standard window doubles the cost and the latency for no audible gain on speech.
-- Rubber Band R2 ("faster") real-time: half the CPU, but at 1.5x and 2x the harmonics smear
-  (HNR from 13 dB to -1 / -5 dB, fundamental read an octave up at 2x): audibly rough voices.
-- audiotsm (WSOLA, phase vocoder): cheapest (5-8 ms per second) and streams, but unmaintained
-  since 2017, WSOLA doubles or drops pitch periods (warbling on vowels) and its phase vocoder
-  put 2x larger sample jumps (clicks) into the output than the input had.
+- Rubber Band R3 real-time, short window: pitch and harmonics kept from 0.5x to 2x, length exact
+  (after the trim below); 12-26 ms CPU per audio second at 44.1/48 kHz on one core; holds 67-100 ms
+  of input before its first output. The standard window doubled both cost and latency.
+- Rubber Band R2 ("faster") real-time: half the CPU, but at 1.5x and 2x the harmonics smeared
+  (harmonic-to-noise ratio from 13 dB to -1 / -5 dB, the fundamental read an octave up at 2x).
+- audiotsm (WSOLA; phase vocoder): about the same cost and latency, streams, but unmaintained
+  since 2017, lengths off by 1 %, and WSOLA's known weakness on speech (doubled or skipped pitch
+  periods where the pitch moves) is what Rubber Band's phase-locked engine avoids; its phase
+  vocoder put sample jumps twice the input's into the output (clicks).
 - pyrubberband, pytsmod, libtsm, pedalboard's ``time_stretch``: whole-buffer only (pyrubberband
   shells out to the ``rubberband`` CLI per call); they cannot stretch a stream as it arrives.
 

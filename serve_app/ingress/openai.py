@@ -69,6 +69,11 @@ def is_openai_model(name: str) -> bool:
     return any(name == family or name.startswith(family + "-") for family in OPENAI_MODELS)
 
 
+def served_model(name: str, service: SynthesisService) -> str:
+    """The served model a request's ``model`` names: its own name first, then OpenAI's ids as the default."""
+    return service.resolve(None if name not in service.model_names and is_openai_model(name) else name)
+
+
 class VoiceRef(BaseModel):
     """OpenAI's custom-voice form of ``voice``."""
 
@@ -157,7 +162,7 @@ async def speech(
     config: Annotated[AppConfig, Depends(app_config)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> StreamingResponse:
-    model = service.resolve(None if is_openai_model(body.model) else body.model)
+    model = served_model(body.model, service)
     service.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
     output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace, body.speed)
@@ -200,13 +205,8 @@ async def models(service: Service) -> dict:
     responses=documented_errors(404, 422, openai=True),
 )
 async def model(model_id: str, service: Service) -> dict:
-    if is_openai_model(model_id):
-        return {
-            **_model_entry(await service.model_info(service.default_model)),
-            "id": model_id,
-            "alias_of": service.default_model,
-        }
-    return _model_entry(await service.model_info(service.resolve(model_id)))
+    entry = _model_entry(await service.model_info(served_model(model_id, service)))
+    return entry if entry["id"] == model_id else {**entry, "id": model_id, "alias_of": entry["id"]}
 
 
 @router.get("/audio/models", summary="Speech models, as Open WebUI and Kokoro-FastAPI list them")
