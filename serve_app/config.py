@@ -129,6 +129,32 @@ class AccessConfig(_Strict):
         return value
 
 
+class OpenAIRouteConfig(_Strict):
+    """How ``/v1/audio/speech`` treats what OpenAI's clients send: voice names, and fields a model cannot honour."""
+
+    voices: dict[str, str] = Field(
+        default_factory=dict,
+        description="OpenAI voice names (any case) to saved voices (id or name): `alloy: narrator` makes `alloy` "
+        "speak with the saved voice `narrator`, for clients that only offer OpenAI's names (pipecat). Names "
+        "not mapped speak with the model's default voice.",
+        examples=[{"alloy": "narrator", "nova": "3f2a9c0e5b7d4e8f9a1b2c3d4e5f6a7b"}],
+    )
+    strict: bool = Field(
+        False,
+        description="Refuse (400) fields the model cannot honour, such as `instructions` on VoxCPM 1.x, instead of "
+        "ignoring them and naming them in the X-Ignored-Fields header. Some clients (Home Assistant) send "
+        "`instructions` with every request, so the default is lenient.",
+    )
+
+    @field_validator("voices")
+    @classmethod
+    def _names_any_case(cls, voices: dict[str, str]) -> dict[str, str]:
+        folded = {name.strip().casefold(): target for name, target in voices.items()}
+        if len(folded) != len(voices):
+            raise ValueError("voice names differ only in case or spaces; give each once")
+        return folded
+
+
 class AppConfig(_Strict):
     """Everything the app builder needs; see configs/local.yaml, configs/prod.yaml, configs/multi-model.yaml.
 
@@ -140,6 +166,7 @@ class AppConfig(_Strict):
     default_model: str | None = Field(None, description="The model for requests that name none (default: the first).")
     limits: LimitsConfig = LimitsConfig()
     access: AccessConfig = AccessConfig()
+    openai: OpenAIRouteConfig = OpenAIRouteConfig()
     voices_dir: str = Field(
         "voices",
         description="Where saved voices live (relative paths: the replica's working directory). Every ingress "

@@ -83,10 +83,13 @@ class VoiceStore:
         return voice
 
     def find(self, id_or_name: str, field: str) -> Voice:
-        """By id, else by name (the most recent voice of that name)."""
+        """By id, else by name (the most recent voice of that name; in any case when none matches exactly)."""
         if _VOICE_ID.match(id_or_name) and (voice := self._read(id_or_name)) is not None:
             return voice
-        named = [v for v in self.list() if v.name == id_or_name]
+        voices = self.list()
+        named = [v for v in voices if v.name == id_or_name] or [
+            v for v in voices if v.name.casefold() == id_or_name.casefold()
+        ]
         if not named:
             raise NotFound(f"no saved voice {id_or_name!r}", field)
         return named[-1]

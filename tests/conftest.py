@@ -186,3 +186,14 @@ def error_of(response: requests.Response) -> dict:
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message", "field"}, body
     return body["error"]
+
+
+def openai_error_of(response: requests.Response) -> dict:
+    """The error object of a /v1 route: OpenAI's fields plus the contract's ``field``."""
+    assert response.headers["content-type"].startswith("application/json"), response.text[:200]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code", "field"}, body
+    assert error["param"] == error["field"], body
+    return error

@@ -10,7 +10,15 @@ import requests
 import soundfile as sf
 
 from serve_app.voices import VoiceStore
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of, replica_status
+from tests.conftest import (
+    TINY_V2_STEP_FRAMES,
+    TINY_V15_STEP_FRAMES,
+    V2_MODEL,
+    Service,
+    error_of,
+    openai_error_of,
+    replica_status,
+)
 
 
 def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "参考音频的文本") -> dict:
@@ -78,7 +86,7 @@ def test_unknown_or_malformed_ids_are_404_and_touch_no_path(url: str, voice_id: 
     assert error_of(response)["field"] == "voice_id"
     response = requests.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": voice_id, "input": "x"})
     assert response.status_code == 404
-    assert error_of(response)["field"] == "voice"
+    assert openai_error_of(response)["field"] == "voice"
 
 
 def test_refusals(url: str, reference_wav: Path) -> None:

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
-from serve_app.ingress.errors import count_error, service_error_response
+from serve_app.ingress.errors import count_error, route_path, service_error_response
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
 PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -74,7 +74,7 @@ def build_chain(app: ASGIApp, config: AppConfig, full: Callable[[], bool]) -> AS
         allow_origins=config.access.cors_allow_origins,
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-        expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Model", "Retry-After"],
+        expose_headers=["X-Request-Id", "X-Sample-Rate", "X-Model", "X-Ignored-Fields", "Retry-After"],
     )
 
 
@@ -94,7 +94,7 @@ class Guard:
             self._check(scope)
         except ServiceError as exc:
             count_error(scope, exc.code)
-            await service_error_response(exc)(scope, receive, send)
+            await service_error_response(scope, exc)(scope, receive, send)
             return
         await self.app(scope, self._capped(receive), send)
 
@@ -151,12 +151,6 @@ class Guard:
             return message
 
         return capped_receive
-
-
-def route_path(scope: Scope) -> str:
-    """The path within the app: Serve mounts an app under its route prefix (the ASGI root_path)."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return (path[len(root) :] or "/") if root and path.startswith(root) else path
 
 
 def api_keys(access: AccessConfig) -> list[bytes]:

@@ -2,7 +2,8 @@
 
 FastAPI's own validation and HTTP errors, our ServiceErrors (raised here or inside a model
 replica and re-raised through the handle) and Ray's back-pressure all end up here, so a client
-never sees a stack trace or FastAPI's default shapes.
+never sees a stack trace or FastAPI's default shapes. Under ``/v1`` the same error also carries
+OpenAI's fields (``type``, ``param``), which OpenAI's SDKs and the tools built on them read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
@@ -30,12 +32,69 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "field": field}}, status, headers=headers or None)
+OPENAI_PREFIX = "/v1"
+# OpenAI's error ``type`` by status (its SDKs map statuses to exception classes; ``type`` is what they show).
+_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 
 
-def service_error_response(exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.field, **exc.headers())
+def route_path(scope: Scope) -> str:
+    """The path within the app: Serve mounts an app under its route prefix (the ASGI root_path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return (path[len(root) :] or "/") if root and path.startswith(root) else path
+
+
+def error_response(
+    scope: Scope, status: int, code: str, message: str, field: str | None = None, **headers: str
+) -> JSONResponse:
+    error: dict = {"code": code, "message": message, "field": field}
+    path = route_path(scope)
+    if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        error = {"message": message, "type": kind, "param": field, "code": code, "field": field}
+    return JSONResponse({"error": error}, status, headers=headers or None)
+
+
+def service_error_response(scope: Scope, exc: ServiceError) -> JSONResponse:
+    return error_response(scope, exc.status, exc.code, exc.message, exc.field, **exc.headers())
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_field, not_found, overloaded.")
+    message: str = Field(description="What went wrong, for people.")
+    field: str | None = Field(description="The request field to blame, if one is.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(ErrorDetail):
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, ...")
+    param: str | None = Field(description="OpenAI's name for `field`: the request field to blame, if one is.")
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+_WHY = {
+    400: "a field the model cannot honour, a value out of the supported range (`speed`), or a body that is "
+    "not valid JSON; `error.field` names the field",
+    401: "an API key is configured and the request has none or a wrong one",
+    404: "the model or voice named does not exist; `error.field` names which",
+    413: "the text or an upload is over the configured limit",
+    415: "an upload is not decodable audio",
+    422: "a field is missing, of the wrong type or out of range; `error.field` names it",
+    429: "the client's configured rate is exceeded; retry after `Retry-After` seconds",
+    503: "the service is at capacity or starting; retry after `Retry-After` seconds",
+}
+
+
+def documented_errors(*statuses: int, openai: bool = False) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the errors a route sends, with the body they carry (this replaces
+    FastAPI's default 422 ``detail`` list, which this service never sends)."""
+    model = OpenAIErrorBody if openai else ErrorBody
+    return {status: {"model": model, "description": _WHY[status]} for status in statuses}
 
 
 def count_error(scope: Scope, code: str) -> None:
@@ -53,29 +112,39 @@ def _field_of(location: tuple) -> str | None:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
-    field = _field_of(tuple(first.get("loc", ())))
+    location = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":  # pydantic puts the character offset where a field name goes
+        reason = first.get("ctx", {}).get("error", "malformed")
+        position = location[1] if len(location) > 1 else "?"
+        count_error(request.scope, "invalid_json")
+        return error_response(
+            request.scope, 400, "invalid_json", f"the body is not valid JSON: {reason} at position {position}", "body"
+        )
+    field = _field_of(location)
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
     count_error(request.scope, "invalid_field")
-    return error_response(422, "invalid_field", f"{field}: {message}" if field else message, field)
+    return error_response(request.scope, 422, "invalid_field", f"{field}: {message}" if field else message, field)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     count_error(request.scope, code)
-    return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "field", None))
+    return error_response(request.scope, exc.status_code, code, str(exc.detail), getattr(exc, "field", None))
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     count_error(request.scope, exc.code)
-    return service_error_response(exc)
+    return service_error_response(request.scope, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("request %s failed", request.headers.get("x-request-id", "-"))
     count_error(request.scope, "internal_error")
-    return error_response(500, "internal_error", "internal error; see the service log for this request id")
+    return error_response(
+        request.scope, 500, "internal_error", "internal error; see the service log for this request id"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

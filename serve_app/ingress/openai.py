@@ -1,13 +1,21 @@
-"""OpenAI-compatible speech: ``POST /v1/audio/speech`` and ``GET /v1/models``.
+"""OpenAI-compatible speech: ``POST /v1/audio/speech``, the model and voice listings clients ask for.
 
-Clients written for OpenAI's API (its official Python client included) work unchanged: the
-JSON body, the formats, raw audio streaming and ``stream_format="sse"`` events
-(``speech.audio.delta`` with base64 audio, then ``speech.audio.done``). VoxCPM's own knobs are
+Clients written for OpenAI's API (its official SDKs, pipecat, livekit-agents, Open WebUI, Home
+Assistant) work by changing their base URL: the JSON body, the formats, raw audio streaming and
+``stream_format="sse"`` events (``speech.audio.delta`` with base64 audio, then
+``speech.audio.done``), OpenAI's error shape, and the listings Kokoro-FastAPI made the convention
+for OpenAI-compatible servers (``/v1/audio/models``, ``/v1/audio/voices``). VoxCPM's own knobs are
 optional extra fields.
+
+Fields a model cannot honour: such clients send them whether or not the server can use them
+(Home Assistant sends ``instructions`` with every request, the string "None" when it has none), so
+here they are ignored and named in the ``X-Ignored-Fields`` header, unless the deployment sets
+``openai.strict``. The native ``/api`` routes, whose callers are written for this service, refuse them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -15,60 +23,121 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
-from serve_app.errors import BadRequest
-from serve_app.ingress.dependencies import request_trace, synthesis_service
-from serve_app.ingress.schemas import NonBlankText, VoxCPMKnobs
+from serve_app.config import AppConfig, OpenAIRouteConfig
+from serve_app.errors import BadRequest, NotFound
+from serve_app.ingress.dependencies import app_config, request_trace, synthesis_service
+from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.schemas import SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import Voice
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=documented_errors(401, 429, 503, openai=True))
 
-# OpenAI's model and voice names, accepted so that existing clients work: they select the served
-# model and its default voice.
-OPENAI_MODELS = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
-OPENAI_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar"}
+Service = Annotated[SynthesisService, Depends(synthesis_service)]
+
+# OpenAI's speech model ids, each also with a dated suffix (gpt-4o-mini-tts-2025-12-15): all name the
+# default model, so that clients keep their own default.
+OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
 )
 OPENAI_PCM_RATE = 24000  # OpenAI's raw PCM is 24 kHz; clients play it at that rate
+# What clients send for "no instructions": Home Assistant's unset option arrives as the string "None".
+ABSENT_TEXT = frozenset({"", "none"})
+IGNORED_HEADER = "X-Ignored-Fields"
+
+
+def is_openai_model(name: str) -> bool:
+    name = name.casefold()
+    return any(name == family or name.startswith(family + "-") for family in OPENAI_MODELS)
+
+
+def served_model(name: str, service: SynthesisService) -> str:
+    """The served model a request's ``model`` names: its own name first, then OpenAI's ids as the default."""
+    return service.resolve(None if name not in service.model_names and is_openai_model(name) else name)
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's custom-voice form of ``voice``."""
+
+    id: str = Field(min_length=1, description="A saved voice's id or name, or an OpenAI voice name.")
 
 
 class SpeechRequest(VoxCPMKnobs):
     """OpenAI's speech request, plus VoxCPM's knobs."""
 
     model: str = Field(
-        description="A served model (GET /v1/models), or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default one."
+        description="A served model (GET /v1/models), or one of OpenAI's (tts-1, tts-1-hd, gpt-4o-mini-tts, "
+        "also with a date suffix) for the default one."
     )
     input: NonBlankText = Field(description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
-    voice: str = Field(
-        description="A saved voice's id or name (POST /api/voices), or one of OpenAI's voice names, which "
-        "select the model's default voice.",
+    voice: str | VoiceRef = Field(
+        description="A saved voice's id or name (POST /api/voices), or an OpenAI voice name (any case), which "
+        "speaks with the saved voice the deployment maps it to (`openai.voices`), else the model's default; "
+        'also as OpenAI\'s object form {"id": ...}. GET /v1/audio/voices lists them.',
         examples=["alloy"],
     )
     response_format: AudioFormat = AudioFormat.MP3
-    speed: float = Field(
-        1.0,
-        description="Only 1.0: VoxCPM has no speaking-rate control, and this service "
-        "does not time-stretch; other values are refused rather than ignored.",
-    )
+    speed: float = Field(1.0, description=SPEED_DESCRIPTION)
     stream_format: Literal["audio", "sse"] = "audio"
-    instructions: str | None = Field(None, description="Not supported by VoxCPM; refused when not empty.")
+    instructions: str | None = Field(
+        None,
+        description="VoxCPM2 models: a description of the voice or style. Other models cannot follow it: it is "
+        'ignored and named in the X-Ignored-Fields header (400 when the deployment is strict). "" and "None" '
+        "count as absent.",
+    )
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (pcm defaults to 24 kHz).")
 
+    @field_validator("instructions")
+    @classmethod
+    def _absent_when_blank(cls, instructions: str | None) -> str | None:
+        return None if instructions is None or instructions.strip().casefold() in ABSENT_TEXT else instructions
 
-async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str, Voice | None]:
-    """Refuse what cannot be honoured; the model, and the saved voice to speak with if any."""
-    model = service.resolve(None if body.model in OPENAI_MODELS else body.model)
-    if body.speed != 1.0:
-        raise BadRequest("speed: only 1.0 is supported (VoxCPM has no speaking-rate control)", "speed")
-    if body.instructions and body.instructions.strip():
-        raise BadRequest("instructions are not supported by VoxCPM", "instructions")
-    service.check_text_length(body.input, "input")
-    return model, None if body.voice in OPENAI_VOICES else await service.voice(body.voice, "voice")
+    @property
+    def voice_name(self) -> str:
+        return self.voice if isinstance(self.voice, str) else self.voice.id
+
+
+async def _voice(name: str, service: SynthesisService, config: OpenAIRouteConfig) -> Voice | None:
+    """The saved voice to speak with: a mapped OpenAI name's, none for an unmapped one (the model's default)."""
+    key = name.strip().casefold()
+    if key in config.voices:
+        try:
+            return await service.voice(config.voices[key], "voice")
+        except NotFound:
+            raise NotFound(
+                f"voice {name!r} is mapped to the saved voice {config.voices[key]!r}, which does not exist", "voice"
+            ) from None
+    return None if key in OPENAI_VOICES else await service.voice(name, "voice")
+
+
+async def _instructions(body: SpeechRequest, info: ModelInfo, strict: bool) -> tuple[str | None, list[str]]:
+    """The instructions the model gets, and the fields ignored because it cannot follow them."""
+    if body.instructions is None or info.architecture == "voxcpm2":
+        return body.instructions, []
+    if strict:
+        raise BadRequest(
+            f"instructions: model {info.name!r} ({info.architecture}) cannot follow instructions; VoxCPM2 models can",
+            "instructions",
+        )
+    return None, ["instructions"]
 
 
 @router.post(
@@ -80,24 +149,36 @@ async def _checked(body: SpeechRequest, service: SynthesisService) -> tuple[str,
                 **{media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
                 "text/event-stream": {"schema": {"type": "string"}},
             },
-            "description": "Audio as it is generated, or SSE events with stream_format=sse.",
-        }
+            "description": "Audio as it is generated, or SSE events with stream_format=sse. X-Ignored-Fields names "
+            "fields the model could not honour.",
+        },
+        **documented_errors(400, 404, 413, 422, openai=True),
     },
     summary="OpenAI-compatible text to speech",
 )
 async def speech(
     body: SpeechRequest,
-    service: Annotated[SynthesisService, Depends(synthesis_service)],
+    service: Service,
+    config: Annotated[AppConfig, Depends(app_config)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> StreamingResponse:
-    model, voice = await _checked(body, service)
+    model = served_model(body.model, service)
+    service.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
-    output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace)
-    request = SynthesisRequest(text=body.input, voice=voice, **trace.ids, **body.knobs())
+    output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace, body.speed)
+    instructions, ignored = await _instructions(body, output.model, config.openai.strict)
+    voice = await _voice(body.voice_name, service, config.openai)
+    request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
-        return await service.stream(request, output)
-    audio = await service.encoded_stream(request, output)
-    return StreamingResponse(_events(audio, len(body.input)), media_type="text/event-stream", headers=output.headers())
+        response = await service.stream(request, output)
+    else:
+        audio = await service.encoded_stream(request, output)
+        response = StreamingResponse(
+            _events(audio, len(body.input)), media_type="text/event-stream", headers=output.headers()
+        )
+    if ignored:
+        response.headers[IGNORED_HEADER] = ", ".join(ignored)
+    return response
 
 
 async def _events(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterator[str]:
@@ -114,8 +195,51 @@ async def _events(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterato
 
 
 @router.get("/models", summary="The models this service speaks with")
-async def models(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> dict:
+async def models(service: Service) -> dict:
     return {"object": "list", "data": [_model_entry(await service.model_info(name)) for name in service.model_names]}
+
+
+@router.get(
+    "/models/{model_id}",
+    summary="One model (OpenAI's ids name the default one)",
+    responses=documented_errors(404, 422, openai=True),
+)
+async def model(model_id: str, service: Service) -> dict:
+    entry = _model_entry(await service.model_info(served_model(model_id, service)))
+    return entry if entry["id"] == model_id else {**entry, "id": model_id, "alias_of": entry["id"]}
+
+
+@router.get("/audio/models", summary="Speech models, as Open WebUI and Kokoro-FastAPI list them")
+async def audio_models(service: Service) -> dict:
+    served = [{"id": name, "name": name} for name in service.model_names]
+    aliases = [{"id": alias, "name": f"{alias} (= {service.default_model})"} for alias in OPENAI_MODELS]
+    return {"models": served + aliases}
+
+
+@router.get("/audio/voices", summary="OpenAI's voice names (with what each speaks with) and the saved voices")
+async def audio_voices(service: Service, config: Annotated[AppConfig, Depends(app_config)]) -> dict:
+    """Kokoro-FastAPI's shape, ``{"voices": [{"id", "name"}, ...]}``, which Open WebUI reads to fill its
+    voice menu; each entry also says what it is."""
+    saved = await asyncio.to_thread(service.voices.list)
+    # by id and by name in any case; the most recent voice of a name wins, as in VoiceStore.find
+    known = {v.voice_id: v for v in saved} | {v.name.casefold(): v for v in saved}
+    mapped = config.openai.voices
+    names = [*OPENAI_VOICES, *(name for name in mapped if name not in OPENAI_VOICES)]
+    aliases = []
+    for name in names:
+        target = mapped.get(name)
+        voice = None if target is None else known.get(target) or known.get(target.casefold())
+        aliases.append(
+            {
+                "id": name,
+                "name": name if voice is None else f"{name} ({voice.name})",
+                "kind": "openai",
+                "maps_to": target,
+                "voice_id": None if voice is None else voice.voice_id,
+            }
+        )
+    listed = [{"id": v.voice_id, "name": v.name, "kind": "saved", "seconds": v.seconds} for v in saved]
+    return {"voices": aliases + listed}
 
 
 def _model_entry(info: ModelInfo) -> dict:

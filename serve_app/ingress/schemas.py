@@ -13,10 +13,15 @@ from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve_app.audio.codecs import AudioFormat
+from serve_app.audio.stretch import MAX_SPEED, MIN_SPEED
 
 MAX_LEN_LIMIT = 4096
 # Form fields about the answer's encoding rather than the synthesis itself.
-OUTPUT_FIELDS = frozenset({"format", "sample_rate"})
+OUTPUT_FIELDS = frozenset({"format", "sample_rate", "speed"})
+SPEED_DESCRIPTION = (
+    f"Speaking rate, {MIN_SPEED} to {MAX_SPEED} (1.0: as generated), by pitch-preserving time-stretch of the "
+    "audio as it streams; other values are refused with 400."
+)
 # Form fields that say which voice to use; they become the request's prompt or voice.
 VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id"})
 
@@ -91,6 +96,7 @@ class TTSStreamForm(VoxCPMKnobs):
     sample_rate: int | None = Field(
         None, ge=8000, le=96000, description="Resample the output to this rate (default: the model's own)."
     )
+    speed: float = Field(1.0, description=SPEED_DESCRIPTION)
 
     @field_validator("prompt_text")
     @classmethod

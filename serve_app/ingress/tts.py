@@ -9,18 +9,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.ingress.dependencies import request_trace, synthesis_service
+from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 
-router = APIRouter(tags=["tts"])
-
-_ERRORS = {
-    413: {"description": "text or prompt_audio over the configured limit"},
-    415: {"description": "prompt_audio is not decodable audio"},
-    422: {"description": "a field is missing or out of range; `error.field` names it"},
-    503: {"description": "the model is at capacity; retry after `Retry-After` seconds"},
-}
+router = APIRouter(tags=["tts"], responses=documented_errors(400, 401, 404, 413, 415, 422, 429, 503))
 _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
 
 
@@ -29,7 +23,6 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
     response_class=StreamingResponse,
     responses={
         200: {**_AUDIO, "description": "Audio as it is generated; WAV: one header with sizes 0xFFFFFFFF, then PCM16."},
-        **_ERRORS,
     },
     summary="Stream speech as it is generated",
 )
@@ -44,7 +37,7 @@ async def tts_stream(
 @router.post(
     "/api/tts",
     response_class=Response,
-    responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}, **_ERRORS},
+    responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}},
     summary="Synthesize a whole utterance",
 )
 async def tts(

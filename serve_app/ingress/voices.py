@@ -8,14 +8,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from serve_app.ingress.dependencies import synthesis_service
+from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.synthesis import SynthesisService
 
-router = APIRouter(prefix="/api/voices", tags=["voices"])
+router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
 
 Service = Annotated[SynthesisService, Depends(synthesis_service)]
 
 
-@router.post("", status_code=201, summary="Save a voice: a reference recording and its transcript")
+@router.post(
+    "",
+    status_code=201,
+    summary="Save a voice: a reference recording and its transcript",
+    responses=documented_errors(413, 415),
+)
 async def create(
     service: Service,
     audio: Annotated[UploadFile, File(description="The reference recording, any format libsndfile reads.")],

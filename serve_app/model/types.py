@@ -37,6 +37,7 @@ class SynthesisRequest:
     retry_badcase_max_times: int = 3
     retry_badcase_ratio_threshold: float = 6.0
     seed: int | None = None  # of the diffusion noise: the same seed, text and settings give the same audio
+    instructions: str | None = None  # a description of the voice or style; VoxCPM2 models only
 
 
 @dataclass(frozen=True)
