@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from serve_app.config import AppConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 KUBERAY = CONFIG_DIR / "kuberay-rayservice.yaml"
+DOCKERFILE = CONFIG_DIR.parent / "Dockerfile"
 CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path != KUBERAY)  # Serve configs
 
 
@@ -79,19 +81,38 @@ def test_several_models_need_distinct_names_and_deployments() -> None:
 
 
 class TestKubeRay:
-    """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and gives its deployments what they ask for."""
+    """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and holds to what KubeRay's controller does
+    with it (ray-project/kuberay, ray-operator/controllers/ray/: rayservice_controller.go, common/pod.go,
+    common/service.go; samples in ray-operator/config/samples/ray-service.*.yaml)."""
 
     @pytest.fixture(scope="class")
-    def service(self) -> dict:
-        documents = list(yaml.safe_load_all(KUBERAY.read_text()))
+    def documents(self) -> list[dict]:
+        return list(yaml.safe_load_all(KUBERAY.read_text()))
+
+    @pytest.fixture(scope="class")
+    def service(self, documents: list[dict]) -> dict:
         (service,) = [doc for doc in documents if doc["kind"] == "RayService"]
         return service
 
-    def test_embedded_serve_config_is_prod_yaml(self, service: dict) -> None:
+    @pytest.fixture(scope="class")
+    def prod(self) -> dict:
+        return yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+
+    @staticmethod
+    def groups(service: dict) -> list[dict]:
+        cluster = service["spec"]["rayClusterConfig"]
+        return [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+
+    @staticmethod
+    def head(service: dict) -> dict:
+        (head,) = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
+        return head
+
+    def test_embedded_serve_config_is_prod_yaml(self, service: dict, prod: dict) -> None:
         embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
         ServeDeploySchema.model_validate(embedded)  # Ray's own schema
         AppConfig.model_validate(embedded["applications"][0]["args"])
-        assert embedded == yaml.safe_load((CONFIG_DIR / "prod.yaml").read_text())
+        assert embedded == prod
 
     def test_gpu_workers_fit_the_model_deployment(self, service: dict) -> None:
         model = deployments(CONFIG_DIR / "prod.yaml")["VoxCPMModel"]
@@ -100,7 +121,6 @@ class TestKubeRay:
         limits = container["resources"]["limits"]
         replicas_per_pod = int(limits["nvidia.com/gpu"] / model["ray_actor_options"]["num_gpus"])
         assert replicas_per_pod >= 1
-        assert float(limits["cpu"]) >= replicas_per_pod * model["ray_actor_options"]["num_cpus"]
         assert gpu_group["maxReplicas"] * replicas_per_pod >= model["autoscaling_config"]["max_replicas"]
         assert gpu_group["minReplicas"] * replicas_per_pod >= model["autoscaling_config"]["min_replicas"]
         assert service["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
@@ -108,13 +128,85 @@ class TestKubeRay:
         mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
         assert env["HF_HOME"].startswith("/models") and "/models" in mounts  # the weights' cache on a volume
 
-    def test_head_runs_the_ingress_and_probes_health(self, service: dict) -> None:
-        ingress = deployments(CONFIG_DIR / "prod.yaml")["TTSIngress"]
-        (head,) = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
-        assert float(head["resources"]["limits"]["cpu"]) >= ingress["ray_actor_options"]["num_cpus"]
-        assert head["readinessProbe"]["httpGet"] == {"path": "/health", "port": 7861}
+    def test_an_ingress_replica_on_a_gpu_worker_leaves_the_models_their_cpus(self, service: dict) -> None:
+        """KubeRay gives a pod as many Ray CPUs as its CPU limit (common/pod.go), and Ray may place an
+        ingress replica on any node: a GPU pod has room for a full load of model replicas plus one."""
+        model = deployments(CONFIG_DIR / "prod.yaml")["VoxCPMModel"]["ray_actor_options"]
+        ingress = deployments(CONFIG_DIR / "prod.yaml")["TTSIngress"]["ray_actor_options"]
+        (gpu_group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        (container,) = gpu_group["template"]["spec"]["containers"]
+        limits = container["resources"]["limits"]
+        replicas_per_pod = int(limits["nvidia.com/gpu"] / model["num_gpus"])
+        assert float(limits["cpu"]) >= replicas_per_pod * model["num_cpus"] + ingress["num_cpus"]
+        assert float(self.head(service)["resources"]["limits"]["cpu"]) >= ingress["num_cpus"]
+
+    def test_head_has_no_serve_dependent_probe(self, service: dict) -> None:
+        """reconcileServe (rayservice_controller.go) submits serveConfigV2 only once the head pod is Ready,
+        and Serve's port answers only after that: a readiness probe on it would never pass. KubeRay checks
+        the head's proxy itself at every reconcile (updateHeadPodServeLabel) and keeps its own probes."""
+        head = self.head(service)
+        assert "readinessProbe" not in head
+        assert "livenessProbe" not in head
+
+    def test_every_container_running_a_proxy_names_the_serve_port(self, service: dict, prod: dict) -> None:
+        """proxy_location: EveryNode puts a Serve proxy on every pod. KubeRay's worker readiness probe
+        (common/pod.go), its head proxy check and the serve Service (common/service.go) use the container
+        port named `serve`, and 8000 when none is named."""
+        assert prod["proxy_location"] == "EveryNode"
+        for group in self.groups(service):
+            for container in group["template"]["spec"]["containers"]:
+                ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+                assert ports.get("serve") == prod["http_options"]["port"], container["name"]
+
+    def test_workers_leave_the_readiness_probe_to_kuberay(self, service: dict) -> None:
+        """KubeRay injects the worker probe that checks the Serve proxy only into a container that has no
+        readinessProbe of its own (common/pod.go); without it a worker would take traffic before its proxy."""
+        for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            for container in group["template"]["spec"]["containers"]:
+                assert "readinessProbe" not in container, container["name"]
+
+    def test_image_is_fully_qualified_and_runs_the_ray_of_ray_version(self, service: dict) -> None:
+        """The kubelet pulls the reference as written (a bare name means docker.io, where no such image is);
+        KubeRay starts Ray from the image and expects rayVersion to be its Ray (ray-service.*.yaml samples)."""
+        images = {c["image"] for g in self.groups(service) for c in g["template"]["spec"]["containers"]}
+        (image,) = images
+        registry, _, rest = image.partition("/")
+        assert "." in registry or ":" in registry, image
+        assert ":" in rest.rsplit("/", 1)[-1], f"{image} has no tag"
+        base = re.search(r"^ARG BASE_IMAGE=rayproject/ray:([\d.]+)-", DOCKERFILE.read_text(), re.M)
+        assert base, "the Dockerfile's default base is Ray's image"
+        pinned = re.search(r'"ray\[serve\]==([\d.]+)"', (CONFIG_DIR.parent / "pyproject.toml").read_text())
+        assert service["spec"]["rayClusterConfig"]["rayVersion"] == base[1] == pinned[1]
+
+    def test_claims_name_a_storage_class_for_their_access_mode(self, documents: list[dict], service: dict) -> None:
+        """A claim that no class can satisfy stays Pending and keeps the pods that mount it (the head
+        first) from starting; claims mounted on several nodes need ReadWriteMany, which a cluster's default
+        class rarely gives. The manifest says how to fall back to ReadWriteOnce on a single node."""
+        claims = {doc["metadata"]["name"]: doc["spec"] for doc in documents if doc["kind"] == "PersistentVolumeClaim"}
+        pods_per_claim: dict[str, int] = {}
+        for group in self.groups(service):
+            pods = group.get("maxReplicas", 1)
+            for volume in group["template"]["spec"].get("volumes", []):
+                name = volume["persistentVolumeClaim"]["claimName"]
+                pods_per_claim[name] = pods_per_claim.get(name, 0) + pods
+        assert set(pods_per_claim) <= set(claims)
+        for name, claim in claims.items():
+            assert claim.get("storageClassName"), name
+            if pods_per_claim.get(name, 0) > 1:
+                assert claim["accessModes"] == ["ReadWriteMany"], name
+        assert "ReadWriteOnce" in KUBERAY.read_text()  # the single-node fallback is written down
+
+    def test_an_upgrade_keeps_the_old_cluster_for_the_longest_stream(self, service: dict, prod: dict) -> None:
+        """On upgrade KubeRay moves traffic to the new cluster and deletes the old one after
+        rayClusterDeletionDelaySeconds (60 s by default; rayservice_controller.go), cutting streams still
+        running there. The field came with KubeRay 1.5.0; the header must not promise older operators."""
+        assert service["spec"]["rayClusterDeletionDelaySeconds"] >= prod["http_options"]["request_timeout_s"]
+        claimed = re.search(r"KubeRay operator >= (\d+)\.(\d+)", KUBERAY.read_text())
+        assert claimed and (int(claimed[1]), int(claimed[2])) >= (1, 5)
+
+    def test_head_mounts_the_voices_the_ingress_saves(self, service: dict) -> None:
         voices = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["voices_dir"]
-        assert voices in {mount["mountPath"] for mount in head["volumeMounts"]}
+        assert voices in {mount["mountPath"] for mount in self.head(service)["volumeMounts"]}
 
 
 def test_grafana_dashboard_charts_only_metrics_we_export() -> None:
