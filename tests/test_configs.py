@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -60,6 +61,23 @@ def test_local_runs_on_cpu_with_a_synthetic_model() -> None:
     (model,) = config.models
     assert model.synthetic_preset and model.device == "cpu"
     assert deployments(path)["VoxCPMModel"]["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_container_config_is_local_yaml_in_a_container() -> None:
+    """The CPU image's config differs from local.yaml only where a container must: it listens on every
+    interface (a published port reaches the container's eth0, not its loopback) and keeps the checkpoint
+    and the voices on the image's volumes (Dockerfile: VOLUME)."""
+    local = yaml.safe_load((CONFIG_DIR / "local.yaml").read_text())
+    container = yaml.safe_load((CONFIG_DIR / "container.yaml").read_text())
+    volumes = re.search(r"^VOLUME (.+)$", DOCKERFILE.read_text(), re.M)
+    args = container["applications"][0]["args"]
+    assert container["http_options"]["host"] == "0.0.0.0"
+    assert args["voices_dir"] in json.loads(volumes[1])
+    assert Path(args["model"]["source"]).parent.as_posix() in json.loads(volumes[1])
+    local["http_options"]["host"] = "0.0.0.0"
+    local_args = local["applications"][0]["args"]
+    local_args["voices_dir"], local_args["model"]["source"] = args["voices_dir"], args["model"]["source"]
+    assert container == local
 
 
 def test_unknown_args_are_refused() -> None:
@@ -211,9 +229,6 @@ class TestKubeRay:
 
 def test_grafana_dashboard_charts_only_metrics_we_export() -> None:
     """Every ray_voxcpm_* series the dashboard queries is one serve_app/metrics.py defines."""
-    import json
-    import re
-
     from serve_app import metrics
 
     defined = set(re.findall(r'"(voxcpm_[a-z_]+)"', Path(metrics.__file__).read_text()))
