@@ -6,9 +6,10 @@
 Builds the CPU image (`make image-cpu`), starts it as a user would (published port, named volumes for the
 model cache and the voices, an API key from the environment), waits for Docker's health check on /ready,
 then checks: /ready and /health answer without a key, speech needs one, a chunked stream and a whole
-/api/tts file both decode (soundfile and ffprobe), `docker logs` holds the JSON request logs and no
-traceback, and `docker stop` ends the container within its grace period with exit code 0.
-Results: benchmarks/results/docker_smoke.json and .md.
+/api/tts file both decode to the same length (soundfile and ffprobe), `docker logs` has the ingress's
+line for each request id we sent and no traceback, and `docker stop` ends the container within its
+grace period with exit code 0. Exits 1 when a check fails. Results: benchmarks/results/docker_smoke.json,
+.md and .log (the container's whole output).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "voxcpm-smoke"
 API_KEY = "smoke-test-key"
+REQUEST_IDS = {"stream": "smoke-stream-1", "tts": "smoke-tts-1"}  # sent as X-Request-Id, looked for in the logs
 TEXT = "你好，这是容器里的语音合成。"
 
 
@@ -87,7 +89,8 @@ def speak(base: str) -> dict[str, Any]:
         "speech_without_key": requests.post(f"{base}/api/tts", data={"text": TEXT}, timeout=60).status_code,
     }
     started = time.monotonic()
-    with requests.post(f"{base}/api/tts/stream", data={"text": TEXT}, headers=key, stream=True, timeout=300) as r:
+    headers = {**key, "X-Request-Id": REQUEST_IDS["stream"]}
+    with requests.post(f"{base}/api/tts/stream", data={"text": TEXT}, headers=headers, stream=True, timeout=300) as r:
         r.raise_for_status()
         chunks = []
         for chunk in r.iter_content(chunk_size=None):
@@ -104,14 +107,15 @@ def speak(base: str) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started, 3),
     }
     started = time.monotonic()
-    whole = requests.post(f"{base}/api/tts", data={"text": TEXT, "format": "flac"}, headers=key, timeout=300)
+    headers = {**key, "X-Request-Id": REQUEST_IDS["tts"]}
+    whole = requests.post(f"{base}/api/tts", data={"text": TEXT}, headers=headers, timeout=300)
     whole.raise_for_status()
     data, rate = sf.read(io.BytesIO(whole.content), dtype="int16")
-    checks["tts_flac"] = {
+    checks["tts_wav"] = {
         "bytes": len(whole.content),
         "content_length": int(whole.headers["content-length"]),
         "soundfile": {"rate": rate, "frames": len(data)},
-        "ffprobe": ffprobe(whole.content, ".flac"),
+        "ffprobe": ffprobe(whole.content, ".wav"),
         "seconds": round(time.monotonic() - started, 3),
     }
     return checks
@@ -129,6 +133,15 @@ def stop(docker: str, grace_s: int) -> dict[str, Any]:
         "oom_killed": state["OOMKilled"],
         "within_grace": seconds < grace_s,
     }
+
+
+def save_logs(docker: str) -> list[str]:
+    """`docker logs` (both streams, in order) into benchmarks/results/docker_smoke.log."""
+    logs = subprocess.run([docker, "logs", NAME], capture_output=True, text=True, check=False)
+    text = logs.stdout + logs.stderr if logs.returncode == 0 else logs.stderr
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "docker_smoke.log").write_text(text)
+    return text.splitlines()
 
 
 def main() -> None:
@@ -167,12 +180,10 @@ def main() -> None:
         ready_s, health_states = wait_healthy(docker, args.ready_timeout)
         checks = speak(f"http://127.0.0.1:{port}")
         stopped = stop(docker, args.stop_grace)
-        logs = sh(docker, "logs", NAME)
-        lines = (logs.stdout + logs.stderr).splitlines()
     finally:
+        lines = save_logs(docker)
         sh(docker, "rm", "--force", NAME, check=False)
         sh(docker, "volume", "rm", f"{NAME}-models", f"{NAME}-voices", check=False)
-    json_lines = [json.loads(line) for line in lines if line.startswith("{")]
     result = {
         "image": image,
         "base_image": args.base_image,
@@ -184,15 +195,38 @@ def main() -> None:
         "stop": stopped,
         "logs": {
             "lines": len(lines),
-            "json_lines_with_request_id": sum(1 for entry in json_lines if entry.get("request_id")),
+            "request_lines": {
+                route: [line.split(" -- ", 1)[-1] for line in lines if request_id in line and "TTSIngress" in line]
+                for route, request_id in REQUEST_IDS.items()
+            },
             "tracebacks": sum("Traceback" in line for line in lines),
             "shutdown_seen": any("shutting down" in line for line in lines),
         },
     }
-    RESULTS.mkdir(exist_ok=True)
     (RESULTS / "docker_smoke.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "docker_smoke.md").write_text(report(result))
     print(report(result))
+    failed = failures(result)
+    if failed:
+        raise SystemExit("FAILED: " + "; ".join(failed))
+
+
+def failures(r: dict[str, Any]) -> list[str]:
+    """What the smoke run expects, as the failures it saw."""
+    expected = {
+        "/ready and /health open": r["ready_without_key"] == r["health_without_key"] == 200,
+        "speech needs the key": r["speech_without_key"] == 401,
+        "the stream decodes": r["stream"]["soundfile"]["frames"] > 0,
+        "both decoders agree": all(
+            abs(a["ffprobe"]["duration"] - a["soundfile"]["frames"] / a["soundfile"]["rate"]) < 0.01
+            for a in (r["stream"], r["tts_wav"])
+        ),
+        "Content-Length is the file's": r["tts_wav"]["content_length"] == r["tts_wav"]["bytes"],
+        "request ids in docker logs": all(r["logs"]["request_lines"].values()),
+        "no traceback": r["logs"]["tracebacks"] == 0,
+        "clean stop": r["stop"]["exit_code"] == 0 and r["stop"]["within_grace"],
+    }
+    return [name for name, ok in expected.items() if not ok]
 
 
 def audio(entry: dict[str, Any]) -> str:
@@ -217,9 +251,9 @@ Docker's health check (GET /ready) went {" -> ".join(r["health_states"])} after 
 | /api/tts without a key | {r["speech_without_key"]} |
 | /api/tts/stream (wav) | first bytes after {r["stream_first_bytes_s"]} s, {r["stream"]["chunks"]} chunks, \
 {audio(r["stream"])} |
-| /api/tts (flac) | Content-Length {r["tts_flac"]["content_length"]}, {audio(r["tts_flac"])} |
-| docker logs | {logs["lines"]} lines, {logs["json_lines_with_request_id"]} JSON lines with a request_id, \
-{logs["tracebacks"]} tracebacks, shutdown logged: {logs["shutdown_seen"]} |
+| /api/tts (wav) | Content-Length {r["tts_wav"]["content_length"]}, {audio(r["tts_wav"])} |
+| docker logs | {logs["lines"]} lines; the ingress's lines for our request ids: {logs["request_lines"]}; \
+{logs["tracebacks"]} tracebacks; shutdown logged: {logs["shutdown_seen"]} |
 | docker stop (SIGINT, grace {stopped["grace_s"]} s) | {stopped["seconds"]} s, exit code {stopped["exit_code"]} |
 """
 
