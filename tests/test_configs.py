@@ -98,6 +98,23 @@ def test_several_models_need_distinct_names_and_deployments() -> None:
         AppConfig.model_validate({"models": [{"name": "a"}], "default_model": "z"})
 
 
+class TestImage:
+    """The Dockerfile's promises that `docker run`, compose and the README rely on."""
+
+    def test_health_check_asks_ready_on_the_port_the_configs_serve(self) -> None:
+        dockerfile = DOCKERFILE.read_text()
+        for name in ("prod.yaml", "container.yaml"):  # the GPU and the CPU image's configs
+            port = yaml.safe_load((CONFIG_DIR / name).read_text())["http_options"]["port"]
+            assert f"EXPOSE {port}\n" in dockerfile
+            assert re.search(rf"HEALTHCHECK [^\n]*\\\n\s+CMD curl [^\n]*:{port}/ready", dockerfile)
+
+    def test_docker_stop_sends_the_signal_serve_run_shuts_down_on(self) -> None:
+        """`serve run` shuts Serve down and exits 0 on KeyboardInterrupt; SIGTERM would kill it at once."""
+        assert re.search(r"^STOPSIGNAL SIGINT$", DOCKERFILE.read_text(), re.M)
+        default = re.search(r"^ARG CONFIG=(\S+)$", DOCKERFILE.read_text(), re.M)
+        assert (CONFIG_DIR.parent / default[1]).is_file()
+
+
 class TestKubeRay:
     """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and holds to what KubeRay's controller does
     with it (ray-project/kuberay, ray-operator/controllers/ray/: rayservice_controller.go, common/pod.go,
