@@ -16,8 +16,9 @@ ARG PIP_FIND_LINKS
 
 USER root
 # tini reaps Ray's orphaned worker processes and passes the stop signal on to `serve run`.
-# Ray's image already has Python (conda) with Ray in it; the venv sees those packages, so Ray is not
-# installed twice and `ray start` (what KubeRay runs) finds the same Ray the service imports.
+# One Python holds Ray and this package, so `ray start` (what KubeRay runs), `serve run` and Ray's
+# workers all import the service: on Ray's image that is its own Python (conda, with Ray), which
+# /opt/venv then names; on a plain base, a new venv.
 RUN set -eux; \
     pkgs="ffmpeg curl ca-certificates tini"; \
     command -v python3 >/dev/null || pkgs="$pkgs python3 python3-venv"; \
@@ -25,7 +26,11 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $pkgs; \
     rm -rf /var/lib/apt/lists/*; \
     id -u ray >/dev/null 2>&1 || useradd --create-home --uid 1000 --shell /bin/bash ray; \
-    python3 -m venv --system-site-packages /opt/venv; \
+    if python3 -c "import ray" 2>/dev/null; then \
+        ln -s "$(python3 -c 'import sys; print(sys.prefix)')" /opt/venv; \
+    else \
+        python3 -m venv /opt/venv; \
+    fi; \
     mkdir -p /app /models /var/lib/voxcpm-serve/voices; \
     chown ray /models /var/lib/voxcpm-serve /var/lib/voxcpm-serve/voices
 ENV PATH=/opt/venv/bin:$PATH
@@ -37,6 +42,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     python -c 'import tomllib; print("\n".join(tomllib.load(open("/app/pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /tmp/requirements.txt; \
+    pip install --disable-pip-version-check --upgrade pip; \
     pip install --disable-pip-version-check -r /tmp/requirements.txt; \
     rm /tmp/requirements.txt
 

@@ -50,7 +50,9 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 CPU_BASE_IMAGE ?= debian:bookworm-slim
 PIP_CERT ?= /etc/ssl/certs/ca-certificates.crt
 PIP_CERT_SECRET := --secret id=pip_cert,src=$(PIP_CERT)
-IMAGE_BUILD = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(wildcard $(PIP_CERT)),$(PIP_CERT_SECRET))
+# More `docker build` options, e.g. IMAGE_ARGS='--build-arg PIP_EXTRA_INDEX_URL=...'.
+IMAGE_ARGS ?=
+IMAGE_BUILD = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(wildcard $(PIP_CERT)),$(PIP_CERT_SECRET)) $(IMAGE_ARGS)
 
 image:
 	$(IMAGE_BUILD) -t $(IMAGE):$(VERSION)-gpu .

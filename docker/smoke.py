@@ -5,11 +5,11 @@
 
 Builds the CPU image (`make image-cpu`), starts it as a user would (published port, named volumes for the
 model cache and the voices, an API key from the environment), waits for Docker's health check on /ready,
-then checks: /ready and /health answer without a key, speech needs one, a chunked stream and a whole
-/api/tts file both decode to the same length (soundfile and ffprobe), `docker logs` has the ingress's
-line for each request id we sent and no traceback, and `docker stop` ends the container within its
-grace period with exit code 0. Exits 1 when a check fails. Results: benchmarks/results/docker_smoke.json,
-.md and .log (the container's whole output).
+then checks: /ready and /health answer without a key, speech needs one, a voice saves onto the voices
+volume, a chunked stream in that voice and a whole /api/tts file each decode to the same length with
+soundfile and with ffprobe, `docker logs` has the ingress's line for each request id we sent and no
+traceback, and `docker stop` ends the container within its grace period with exit code 0. Exits 1 when
+a check fails. Results: benchmarks/results/docker_smoke.json, .md and .log (the container's output).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 import soundfile as sf
 
@@ -88,9 +89,15 @@ def speak(base: str) -> dict[str, Any]:
         "health_without_key": requests.get(f"{base}/health", timeout=10).status_code,
         "speech_without_key": requests.post(f"{base}/api/tts", data={"text": TEXT}, timeout=60).status_code,
     }
+    reference = io.BytesIO()  # two seconds of a tone: the voices volume must take a saved voice
+    sf.write(reference, 0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000), 16000, format="WAV")
+    files = {"audio": ("reference.wav", reference.getvalue(), "audio/wav")}
+    saved = requests.post(f"{base}/api/voices", headers=key, files=files, data={"text": "参考音频。"}, timeout=60)
+    checks["voice_saved"] = saved.status_code
     started = time.monotonic()
     headers = {**key, "X-Request-Id": REQUEST_IDS["stream"]}
-    with requests.post(f"{base}/api/tts/stream", data={"text": TEXT}, headers=headers, stream=True, timeout=300) as r:
+    form = {"text": TEXT, "voice_id": saved.json().get("voice_id", "")}
+    with requests.post(f"{base}/api/tts/stream", data=form, headers=headers, stream=True, timeout=300) as r:
         r.raise_for_status()
         chunks = []
         for chunk in r.iter_content(chunk_size=None):
@@ -216,6 +223,7 @@ def failures(r: dict[str, Any]) -> list[str]:
     expected = {
         "/ready and /health open": r["ready_without_key"] == r["health_without_key"] == 200,
         "speech needs the key": r["speech_without_key"] == 401,
+        "a voice is saved": r["voice_saved"] == 201,
         "the stream decodes": r["stream"]["soundfile"]["frames"] > 0,
         "both decoders agree": all(
             abs(a["ffprobe"]["duration"] - a["soundfile"]["frames"] / a["soundfile"]["rate"]) < 0.01
@@ -249,8 +257,9 @@ Docker's health check (GET /ready) went {" -> ".join(r["health_states"])} after 
 |---|---|
 | /ready, /health without a key | {r["ready_without_key"]}, {r["health_without_key"]} |
 | /api/tts without a key | {r["speech_without_key"]} |
-| /api/tts/stream (wav) | first bytes after {r["stream_first_bytes_s"]} s, {r["stream"]["chunks"]} chunks, \
-{audio(r["stream"])} |
+| POST /api/voices (onto the voices volume) | {r["voice_saved"]} |
+| /api/tts/stream (wav, the saved voice) | first bytes after {r["stream_first_bytes_s"]} s, \
+{r["stream"]["chunks"]} chunks, {audio(r["stream"])} |
 | /api/tts (wav) | Content-Length {r["tts_wav"]["content_length"]}, {audio(r["tts_wav"])} |
 | docker logs | {logs["lines"]} lines; the ingress's lines for our request ids: {logs["request_lines"]}; \
 {logs["tracebacks"]} tracebacks; shutdown logged: {logs["shutdown_seen"]} |
