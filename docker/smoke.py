@@ -92,11 +92,12 @@ def speak(base: str) -> dict[str, Any]:
     reference = io.BytesIO()  # two seconds of a tone: the voices volume must take a saved voice
     sf.write(reference, 0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000), 16000, format="WAV")
     files = {"audio": ("reference.wav", reference.getvalue(), "audio/wav")}
-    saved = requests.post(f"{base}/api/voices", headers=key, files=files, data={"text": "参考音频。"}, timeout=60)
+    voice = {"text": "参考音频。", "name": "smoke"}
+    saved = requests.post(f"{base}/api/voices", headers=key, files=files, data=voice, timeout=60)
     checks["voice_saved"] = saved.status_code
     started = time.monotonic()
     headers = {**key, "X-Request-Id": REQUEST_IDS["stream"]}
-    form = {"text": TEXT, "voice_id": saved.json().get("voice_id", "")}
+    form = {"text": TEXT, **({"voice_id": saved.json()["voice_id"]} if saved.status_code == 201 else {})}
     with requests.post(f"{base}/api/tts/stream", data=form, headers=headers, stream=True, timeout=300) as r:
         r.raise_for_status()
         chunks = []
