@@ -1,7 +1,7 @@
 # VoxCPM Serve as a container image.
 #   GPU, the default (KubeRay runs it too): Ray's own image of the same Ray and Python release.
 #     make image                       -> voxcpm-serve:0.1.0-gpu, serves configs/prod.yaml
-#   CPU (a laptop, CI): any Debian/Ubuntu base; Python, FFmpeg and curl are added when missing.
+#   CPU (a laptop, CI): any Debian/Ubuntu base (Python is added when it has none).
 #     make image-cpu                   -> voxcpm-serve:0.1.0-cpu, serves configs/container.yaml
 # Behind a TLS-intercepting proxy, hand pip the proxy's CA bundle as the BuildKit secret `pip_cert`
 # (`docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt`); PIP_INDEX_URL,
