@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint bench soak cluster system-deps browser clean
+.PHONY: serve test lint bench soak cluster image image-cpu docker-smoke system-deps browser clean
 
 serve: $(INSTALLED)
 	$(BIN)/serve run configs/local.yaml
@@ -40,6 +40,30 @@ soak: $(INSTALLED)
 # graph, driven from min to max replicas and back (a few minutes).
 cluster: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python cluster.py
+
+# Container images (Dockerfile). BuildKit is needed (RUN --mount). The CA bundle goes to pip as a
+# build secret, for networks whose TLS is intercepted; CPU_BASE_IMAGE=voxcpm-serve-base:bookworm
+# (docker/local-base.sh) where public base images cannot be pulled.
+DOCKER ?= docker
+IMAGE ?= voxcpm-serve
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+CPU_BASE_IMAGE ?= debian:bookworm-slim
+PIP_CERT ?= /etc/ssl/certs/ca-certificates.crt
+PIP_CERT_SECRET := --secret id=pip_cert,src=$(PIP_CERT)
+# More `docker build` options, e.g. IMAGE_ARGS='--build-arg PIP_EXTRA_INDEX_URL=...'.
+IMAGE_ARGS ?=
+IMAGE_BUILD = DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(wildcard $(PIP_CERT)),$(PIP_CERT_SECRET)) $(IMAGE_ARGS)
+
+image:
+	$(IMAGE_BUILD) -t $(IMAGE):$(VERSION)-gpu .
+
+image-cpu:
+	$(IMAGE_BUILD) --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg CONFIG=configs/container.yaml \
+		-t $(IMAGE):$(VERSION)-cpu .
+
+# Builds the CPU image, runs it, speaks through it and stops it (many minutes: not part of `make test`).
+docker-smoke: $(INSTALLED)
+	$(BIN)/python docker/smoke.py
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
 # seed's examples; venv support is a separate package on Debian.

@@ -61,7 +61,7 @@ class TestApiKey:
         assert response.status_code == 401
 
     def test_probes_docs_and_the_page_need_none(self, secure_url: str) -> None:
-        for path in ["/health", "/openapi.json", "/docs", "/"]:
+        for path in ["/health", "/ready", "/openapi.json", "/docs", "/"]:
             assert requests.get(f"{secure_url}{path}").status_code == 200, path
 
     def test_off_by_default(self, url: str) -> None:

@@ -18,6 +18,7 @@ from tests.conftest import (
     V2_MODEL,
     Service,
     error_of,
+    extra_app,
     in_flight,
     replica_status,
     wait_until,
@@ -227,6 +228,26 @@ class TestStatus:
         assert model["sample_rate"] == 44100
         assert model["architecture"] == "voxcpm"
         assert model["replicas_running"] == 1
+
+    def test_ready_once_every_model_has_a_warmed_replica(self, url: str, service: Service) -> None:
+        response = requests.get(f"{url}/ready")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ready", "models": ["voxcpm-tiny-synthetic"]}
+        both = requests.get(f"{service.multi_url}/ready")
+        assert both.status_code == 200 and len(both.json()["models"]) == 2
+
+    def test_not_ready_names_the_models_without_a_replica(self, service: Service, checkpoints: Path) -> None:
+        """A model with no replica (here: scaled to zero) keeps /ready at 503 while /health says why."""
+        to_zero = {"num_replicas": None, "autoscaling_config": {"min_replicas": 0, "initial_replicas": 0}}
+        with extra_app(service, checkpoints, "unready", deployments={"VoxCPMModel": to_zero}) as app_url:
+            response = requests.get(f"{app_url}/ready")
+            assert response.status_code == 503
+            body = response.json()
+            assert body["status"] == "not_ready"
+            assert body["models_not_ready"] == ["voxcpm-tiny-synthetic"]
+            assert "warmed up" in body["detail"]
+            health = requests.get(f"{app_url}/health")
+            assert health.status_code == 503 and health.json()["models"][0]["replicas_running"] == 0
 
     def test_gpu_status_on_cpu_is_an_empty_list(self, url: str) -> None:
         response = requests.get(f"{url}/api/gpu/status")

@@ -31,7 +31,7 @@ from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimite
 from serve_app.ingress.errors import count_error, route_path, service_error_response
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
-PUBLIC_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/playground/",)
 # Routes that need a model slot: refused here, before their forms are parsed, while every model is full.
 SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech"})

@@ -1,4 +1,5 @@
-"""``GET /health`` and ``GET /api/gpu/status``, answered from what model replicas report to the status board."""
+"""``GET /health``, ``GET /ready`` and ``GET /api/gpu/status``, answered from what model replicas report to
+the status board (a replica starts reporting once it has loaded and warmed up its model)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,36 @@ async def health(service: Annotated[SynthesisService, Depends(synthesis_service)
     """Ready when every model has a replica that reported to the status board in the last few seconds
     (a replica's reports go on while all its request slots are taken: a full service is ready)."""
     try:
-        reports = await service.replica_reports(STATUS_TIMEOUT_S)
+        reports = await _reports_by_model(service)
     except Unavailable as exc:
         return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
-    models = [_model_health(name, [info for info, _ in reports if info.name == name]) for name in service.model_names]
+    models = [_model_health(name, infos) for name, infos in reports.items()]
     ready = all(model["replicas_running"] for model in models)
     body = {"status": "ok" if ready else "unavailable", "default_model": service.default_model, "models": models}
     return JSONResponse(body, 200 if ready else 503)
+
+
+@router.get("/ready", summary="Readiness for probes: 200 once every model has a warmed replica, else 503")
+async def ready(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> JSONResponse:
+    """For Kubernetes Deployments' readiness probes, ``docker run``'s health check and load balancers:
+    traffic may come once every configured model can take it. Not for a KubeRay head pod, which KubeRay
+    needs Ready before it deploys the application at all (configs/kuberay-rayservice.yaml)."""
+    try:
+        reports = await _reports_by_model(service)
+    except Unavailable as exc:
+        waiting, detail = service.model_names, exc.message
+    else:
+        waiting = [name for name, infos in reports.items() if not infos]
+        detail = "no replica of these models has loaded and warmed up yet"
+    if waiting:
+        return JSONResponse({"status": "not_ready", "models_not_ready": waiting, "detail": detail}, 503)
+    return JSONResponse({"status": "ready", "models": service.model_names}, 200)
+
+
+async def _reports_by_model(service: SynthesisService) -> dict[str, list[ModelInfo]]:
+    """Each configured model's live replicas, as their reports to the status board describe them."""
+    reports = await service.replica_reports(STATUS_TIMEOUT_S)
+    return {name: [info for info, _ in reports if info.name == name] for name in service.model_names}
 
 
 def _model_health(name: str, infos: list[ModelInfo]) -> dict[str, Any]:
