@@ -2,7 +2,7 @@
 
 A CPU head node (Serve's controller, proxy and the ingress) and a worker node that declares fake
 GPUs (`ray start --num-gpus`, started through ray.cluster_utils like a second `ray start`), so
-prod.yaml's `num_gpus: 0.5` model replicas can only be placed there; they run on its CPU with a
+prod.yaml's `num_gpus: 1` model replicas can only be placed there; they run on its CPU with a
 tiny synthetic checkpoint (CUDA is not really there, and the engine sees that).
 
     --check      placement and one stream through the graph, printed as JSON (tests/test_multinode.py)
@@ -25,7 +25,7 @@ import requests
 from common import REPO, SEED_SENTENCE, Outcomes, png, save, table, time_request
 
 PROD_CONFIG = REPO / "configs" / "prod.yaml"
-FAKE_GPUS = 2
+FAKE_GPUS = 4
 # The fake GPU node offers GPUs only (prod.yaml's 2 CPUs per model replica would not fit 4 replicas on this
 # machine), so CPU work (ingress) cannot take the room model replicas need there.
 MODEL_CPUS = 0
@@ -33,7 +33,7 @@ MODEL_CPUS = 0
 AUTOSCALING = {
     "min_replicas": 1,
     "initial_replicas": 1,
-    "max_replicas": int(FAKE_GPUS / 0.5),
+    "max_replicas": FAKE_GPUS,
     "target_ongoing_requests": 1,
     "upscale_delay_s": 2,
     "downscale_delay_s": 10,
@@ -56,7 +56,7 @@ def start(port: int, voices: str):
         PROD_CONFIG,
         deployment_overrides={
             "VoxCPMModel": {
-                "ray_actor_options": {"num_cpus": MODEL_CPUS, "num_gpus": 0.5},
+                "ray_actor_options": {"num_cpus": MODEL_CPUS, "num_gpus": 1},
                 "autoscaling_config": AUTOSCALING,
                 "max_ongoing_requests": 7,
                 "graceful_shutdown_timeout_s": 30,
@@ -153,7 +153,7 @@ def autoscale(url: str, peak_clients: int, ramp_s: float, hold_s: float, settle_
 def report(result: dict, where: dict) -> str:
     return (
         "# Autoscaling on a two-node cluster (CPU head + fake-GPU worker)\n\n"
-        f"configs/prod.yaml's graph; model replicas `num_gpus: 0.5` on a worker declaring {FAKE_GPUS} GPUs, "
+        f"configs/prod.yaml's graph; model replicas `num_gpus: 1` on a worker declaring {FAKE_GPUS} GPUs, "
         f"autoscaling {AUTOSCALING}; tiny synthetic model on a 2-core CPU. Streams of the seed sentence.\n\n"
         + table(
             ["completed", "shed, then retried", "failed", "replicas: min -> peak -> end"],

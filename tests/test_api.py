@@ -292,7 +292,8 @@ class TestCancellation:
         assert stream_frames(response)[0].size == 4 * TINY_V15_STEP_FRAMES
 
     def test_queued_requests_are_served_in_turn(self, url: str) -> None:
-        """Concurrent requests on one replica run one at a time and all complete whole."""
+        """Concurrent requests on one replica (batched together, or one at a time by the reference engine)
+        all complete whole."""
         results: list[int] = []
 
         def one(i: int) -> None:
