@@ -1,4 +1,4 @@
-"""The model deployment's engine on a GPU: full-size synthetic checkpoints, in-process.
+"""The reference engine on a GPU: full-size synthetic checkpoints, in-process (batching.py: the batched one).
 
 For a lent H100/H200 (no Ray needed: the engine is what the model replica runs; carry the voxcpm
 wheel and run from the repository root with PYTHONPATH=.). Per variant
@@ -26,24 +26,24 @@ from typing import Any
 
 from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 
 TEXT = "你好，这是VoxCPM流式语音合成测试。"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load(checkpoint: Path, device: str, optimize: bool) -> tuple[VoxCPMEngine, float]:
+def load(checkpoint: Path, device: str, optimize: bool) -> tuple[ReferenceEngine, float]:
     started = time.perf_counter()
-    engine = VoxCPMEngine.load(ModelConfig(source=str(checkpoint), device=device, optimize=optimize))
+    engine = ReferenceEngine.load(ModelConfig(source=str(checkpoint), device=device, optimize=optimize))
     return engine, time.perf_counter() - started
 
 
-def stream_once(engine: VoxCPMEngine, sync: Any) -> tuple[float, float, int]:
+def stream_once(engine: ReferenceEngine, sync: Any) -> tuple[float, float, int]:
     """(first chunk s, total s, samples), synchronizing the device before reading the clock."""
     started = time.perf_counter()
     first, samples = None, 0
-    for chunk in engine.stream(SynthesisRequest(text=TEXT, inference_timesteps=5)):
+    for chunk in engine.generate(SynthesisRequest(text=TEXT, inference_timesteps=5), streaming=True):
         sync()
         first = first if first is not None else time.perf_counter() - started
         samples += len(chunk)

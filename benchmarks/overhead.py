@@ -26,22 +26,23 @@ import time
 from common import DATA_PLANES, REPO, SEED_SENTENCE, local_service, save, summary, table, time_request
 
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.engine import joined
+from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 
 CHECKPOINT = REPO / "checkpoints" / "tiny-voxcpm1.5"
 REPLICA_TORCH_THREADS = 1  # Ray sets OMP_NUM_THREADS from num_cpus (0.5 in configs/local.yaml -> 1)
 
 
-def in_process(engine: VoxCPMEngine, text: str) -> list[float]:
+def in_process(engine: ReferenceEngine, text: str) -> list[float]:
     """Arrival time of each chunk, from the call."""
     started = time.perf_counter()
-    return [time.perf_counter() - started for _ in engine.stream(SynthesisRequest(text=text))]
+    return [time.perf_counter() - started for _ in engine.generate(SynthesisRequest(text=text), streaming=True)]
 
 
-def whole(engine: VoxCPMEngine, text: str) -> float:
+def whole(engine: ReferenceEngine, text: str) -> float:
     started = time.perf_counter()
-    engine.synthesize(SynthesisRequest(text=text, retry_badcase=False))
+    joined(engine.generate(SynthesisRequest(text=text, retry_badcase=False), streaming=False))
     return time.perf_counter() - started
 
 
@@ -49,7 +50,7 @@ def gaps_ms(arrivals: list[float]) -> list[float]:
     return [1e3 * (b - a) for a, b in itertools.pairwise(arrivals)]
 
 
-def measure(engine: VoxCPMEngine, env: dict[str, str], text: str, repeat: int) -> dict[str, dict]:
+def measure(engine: ReferenceEngine, env: dict[str, str], text: str, repeat: int) -> dict[str, dict]:
     with local_service(env=env, source=str(CHECKPOINT)) as url:
         form = {"text": text, "inference_timesteps": 5}
         time_request(url, "/api/tts/stream", form)  # warm both paths
@@ -84,7 +85,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(REPLICA_TORCH_THREADS)
-    engine = VoxCPMEngine.load(
+    engine = ReferenceEngine.load(
         ModelConfig(source=str(CHECKPOINT), synthetic_preset="tiny-voxcpm1.5", device="cpu", optimize=False)
     )
     results = {name: measure(engine, DATA_PLANES[name], args.text, args.repeat) for name in args.variants.split(",")}

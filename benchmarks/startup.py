@@ -19,7 +19,7 @@ from common import SEED_SENTENCE, save, table
 
 from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.engine import VoxCPMEngine
+from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 
 
@@ -28,7 +28,7 @@ def first_requests(checkpoint: str, device: str, warmup: bool, out: mp.Queue) ->
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    engine = VoxCPMEngine.load(ModelConfig(source=checkpoint, device=device, optimize=False, warmup=warmup))
+    engine = ReferenceEngine.load(ModelConfig(source=checkpoint, device=device, optimize=False, warmup=warmup))
     load_s = time.perf_counter() - started
     rate = engine.info.prompt_sample_rate
     requests = [SynthesisRequest(text=SEED_SENTENCE)] * 2 + [
@@ -41,7 +41,7 @@ def first_requests(checkpoint: str, device: str, warmup: bool, out: mp.Queue) ->
     firsts = []
     for request in requests:
         started = time.perf_counter()
-        next(iter(engine.stream(request)))
+        next(iter(engine.generate(request, streaming=True)))
         firsts.append(1e3 * (time.perf_counter() - started))
     out.put(
         {
