@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +307,40 @@ class TestCancellation:
         for thread in threads:
             thread.join(60)
         assert sorted(results) == [5, 6, 7, 8]
+
+
+class TestBatching:
+    """configs/local.yaml runs the batched engine: one replica generates concurrent streams together."""
+
+    def test_concurrent_streams_start_before_any_ends(self, url: str) -> None:
+        """Under the reference engine the second stream's first chunk would wait for the first stream's end."""
+        first_chunk_at: list[float] = []
+        ended_at: list[float] = []
+        started = time.monotonic()
+
+        def one(i: int) -> None:
+            response = requests.post(
+                f"{url}/api/tts/stream", data={"text": f"批处理请求{i}", "max_len": 40}, stream=True, timeout=60
+            )
+            pieces = response.iter_content(chunk_size=None)
+            next(pieces)
+            first_chunk_at.append(time.monotonic() - started)
+            frames = sum(len(piece) for piece in pieces)
+            ended_at.append(time.monotonic() - started)
+            assert frames > 0
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(ended_at) == 4
+        assert max(first_chunk_at) < min(ended_at)
+
+    def test_the_served_engine_is_reported(self, service: Service) -> None:
+        models = {m["name"]: m for m in requests.get(f"{service.multi_url}/health", timeout=10).json()["models"]}
+        assert models["voxcpm1.5-tiny-synthetic"]["engine"] == "batched"
+        assert models[V2_MODEL]["engine"] == "voxcpm"
 
 
 class TestSeveralModels:

@@ -149,6 +149,7 @@ class VoxCPMRuntime:
             engine=config.engine,
         )
         self.prompts = PromptCache(config.prompt_cache_size)
+        self._batch_invariant = config.batch_invariant
         # Samples per generation step at the output rate, and the crossfade between sentences.
         decode_hop = getattr(self.model, "_decode_chunk_size", self.model.chunk_size)
         self.step_samples = int(self.model.patch_size * decode_hop)
@@ -188,7 +189,7 @@ class VoxCPMRuntime:
         return SynthesisRequest(text=WARMUP_TEXT, prompt=silence, max_len=8, retry_badcase=False)
 
     def decoder(self, slots: int) -> StreamingVAEDecoder:
-        return StreamingVAEDecoder(self.model.audio_vae, slots)
+        return StreamingVAEDecoder(self.model.audio_vae, slots, self._batch_invariant)
 
     def utterance(self, request: SynthesisRequest) -> Utterance:
         """The request's sentences in turn, each sent back what it gave, in one voice.

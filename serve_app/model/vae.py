@@ -12,9 +12,9 @@ for a transposed one); a slot starts from zeros, as a whole-utterance decode doe
 
 What it matches: decoding an utterance patch by patch equals voxcpm's whole-utterance decode
 (``audio_vae.decode`` of all patches, the non-streaming path) up to float32 rounding (about 4e-7,
-``tests/test_batched_engine.py``). On CPU the rows of a call are decoded one after another: the CPU
-convolution kernels are not batch-invariant in float32 (1e-7 apart), batching buys little there, and
-so a request's audio never depends on what else is in the batch. On a GPU the batch is one call.
+``benchmarks/incremental_vae.py``). The CPU convolution kernels are not batch-invariant in float32
+(1e-7 apart), so with ``batch_invariant`` the rows of a call are decoded one after another there, and a
+request's audio never depends on what else is in the batch; otherwise the batch is one call.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def _causal_context(module: nn.Module) -> tuple[int, int | None] | None:
 class StreamingVAEDecoder:
     """Decodes latent patches of up to ``slots`` streams at once, each carrying its own causal-conv state."""
 
-    def __init__(self, vae: Any, slots: int) -> None:
+    def __init__(self, vae: Any, slots: int, batch_invariant: bool = False) -> None:
         self._vae = vae
+        self._row_by_row = batch_invariant and next(vae.parameters()).device.type == "cpu"
         self._layers: list[tuple[nn.Module, int, int | None, torch.Tensor]] = []
         device = next(vae.parameters()).device
         for module in vae.decoder.modules():
@@ -69,7 +70,7 @@ class StreamingVAEDecoder:
     def decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""
         latents = latents.to(torch.float32)
-        if latents.device.type == "cpu":
+        if self._row_by_row:
             return torch.cat([self._decode(latents[row : row + 1], slots[row : row + 1]) for row in range(len(slots))])
         return self._decode(latents, slots)
 

@@ -186,7 +186,7 @@ class BatchedEngine:
         rows = [sequence.row() for sequence in running]
         try:
             output = self._runner.step(rows)
-            audio = self._decoder.decode(output.latents, torch.arange(len(running)))
+            audio = self._decoder.decode(output.latents, torch.arange(len(running))).cpu().numpy()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
             for sequence in running:
@@ -197,7 +197,7 @@ class BatchedEngine:
             sequence.residual_hidden = output.residual_hidden[index : index + 1]
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
-            self._guarded(sequence, self._emit, sequence, audio[index].cpu().numpy(), output.stop[index])
+            self._guarded(sequence, self._emit, sequence, audio[index], output.stop[index])
 
     def _emit(self, sequence: Sequence, chunk: np.ndarray, stop: bool) -> None:
         sequence.pieces.append(chunk)
