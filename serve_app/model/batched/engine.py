@@ -129,12 +129,17 @@ class BatchedEngine:
     # -- the loop thread -------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            if not self._take_commands(block=not self._scheduler):
-                return
-            for sequence in self._scheduler.admit():
-                self._guarded(sequence, self._start, sequence)
-            if self._scheduler.running:
-                self._step()
+            try:
+                if not self._take_commands(block=not self._scheduler):
+                    return
+                for sequence in self._scheduler.admit():
+                    self._guarded(sequence, self._start, sequence)
+                if self._scheduler.running:
+                    self._step()
+            except Exception as exc:  # the loop must outlive anything: fail what it holds, go on
+                logger.exception("batched engine loop failed")
+                for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
+                    self._fail(sequence, exc)
 
     def _take_commands(self, block: bool) -> bool:
         """Add and cancel requests as asked since the last step; False once the engine closes."""
@@ -146,7 +151,7 @@ class BatchedEngine:
             block = False
             if command is _STOP:
                 for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
-                    self._retire(sequence)
+                    self._fail(sequence, RuntimeError("the model replica is shutting down"))
                 return False
             action, sequence = command  # type: ignore[misc]
             if action == "add" and not sequence.cancelled:
