@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from serve_app import synthetic
 from serve_app.audio.reference import resample
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
@@ -35,6 +34,8 @@ from serve_app.errors import InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
+from serve_app.weights import Weights
+from serve_app.weights import resolve as resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -88,19 +89,22 @@ class PromptCache:
 class VoxCPMEngine:
     """One ``voxcpm.VoxCPM`` instance, its encoded prompts and the files it needs for them."""
 
-    def __init__(self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None) -> None:
+    def __init__(
+        self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None, weights: Weights | None = None
+    ) -> None:
         self._tts = tts
         self._voices = voices
         self._model = tts.tts_model
         architecture = "voxcpm2" if type(self._model).__name__ == "VoxCPM2Model" else "voxcpm"
         self.info = ModelInfo(
             name=config.name,
-            source=config.source,
+            source=weights.source if weights else config.source,
             architecture=architecture,
             sample_rate=int(self._model.sample_rate),
             prompt_sample_rate=int(getattr(self._model, "_encode_sample_rate", self._model.sample_rate)),
             device=str(self._model.device),
             denoiser=tts.denoiser is not None,
+            synthetic=weights.synthetic if weights else False,
         )
         self.prompts = PromptCache(config.prompt_cache_size)
         # Samples per generation step at the output rate, and the crossfade between sentences.
@@ -114,18 +118,16 @@ class VoxCPMEngine:
     def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> VoxCPMEngine:
         from voxcpm import VoxCPM
 
-        checkpoint = config.synthetic_checkpoint()
-        if checkpoint is not None:
-            synthetic.ensure(config.synthetic_preset or "", checkpoint)
+        weights = resolve_weights(config)
         tts = VoxCPM.from_pretrained(
-            config.source,
+            weights.path,
             load_denoiser=config.load_denoiser,
             zipenhancer_model_id=config.denoiser_model,
             cache_dir=config.cache_dir,
             optimize=config.optimize,
             device=None if config.device == "auto" else config.device,
         )
-        engine = cls(tts, config, voices)
+        engine = cls(tts, config, voices, weights)
         if config.warmup:
             engine.warm_up()
         logger.info("loaded %s", engine.info)

@@ -49,6 +49,7 @@ class ModelInfo:
     prompt_sample_rate: int  # at which it encodes reference audio
     device: str
     denoiser: bool
+    synthetic: bool = False  # random weights (serve_app/weights.py): speaks noise
 
     @property
     def clones_from_audio_alone(self) -> bool:
