@@ -9,6 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.ingress.dependencies import request_trace, synthesis_service
+from serve_app.ingress.forms import form_body
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
@@ -16,8 +17,9 @@ from serve_app.metrics import RequestTrace
 router = APIRouter(tags=["tts"])
 
 _ERRORS = {
+    400: {"description": "a form field is not valid UTF-8, or text has nothing the model can speak"},
     413: {"description": "text or prompt_audio over the configured limit"},
-    415: {"description": "prompt_audio is not decodable audio"},
+    415: {"description": "the body is not a form (multipart/form-data or urlencoded), or prompt_audio is not audio"},
     422: {"description": "a field is missing or out of range; `error.field` names it"},
     503: {"description": "the model is at capacity; retry after `Retry-After` seconds"},
 }
@@ -32,6 +34,7 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
         **_ERRORS,
     },
     summary="Stream speech as it is generated",
+    dependencies=[Depends(form_body)],
 )
 async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
@@ -46,6 +49,7 @@ async def tts_stream(
     response_class=Response,
     responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}, **_ERRORS},
     summary="Synthesize a whole utterance",
+    dependencies=[Depends(form_body)],
 )
 async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from serve_app.ingress.dependencies import synthesis_service
+from serve_app.ingress.forms import form_body
 from serve_app.ingress.synthesis import SynthesisService
 
 router = APIRouter(prefix="/api/voices", tags=["voices"])
@@ -15,7 +16,12 @@ router = APIRouter(prefix="/api/voices", tags=["voices"])
 Service = Annotated[SynthesisService, Depends(synthesis_service)]
 
 
-@router.post("", status_code=201, summary="Save a voice: a reference recording and its transcript")
+@router.post(
+    "",
+    status_code=201,
+    summary="Save a voice: a reference recording and its transcript",
+    dependencies=[Depends(form_body)],
+)
 async def create(
     service: Service,
     audio: Annotated[UploadFile, File(description="The reference recording, any format libsndfile reads.")],

@@ -30,7 +30,7 @@ import soundfile as sf
 from serve_app.audio.reference import resample
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
-from serve_app.errors import InvalidField, NotFound
+from serve_app.errors import BadRequest, InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
@@ -180,7 +180,7 @@ class VoxCPMEngine:
         """
         self._check(request)
         prompt = self._encoded_prompt(request) if request.prompt or request.voice else None
-        sentences = split_sentences(self._clean_text(request))
+        sentences = [sentence for sentence in split_sentences(self._clean_text(request)) if self.speaks(sentence)]
         # voxcpm cannot retry a bad case it has already streamed
         retry = {"retry_badcase": False} if streaming else {name: getattr(request, name) for name in _RETRY_ARGUMENTS}
         budget = request.max_len
@@ -226,8 +226,14 @@ class VoxCPMEngine:
             text = self._tts.text_normalizer.normalize(text)
         return text
 
+    def speaks(self, text: str) -> bool:
+        """Whether this model's tokenizer keeps anything of ``text`` (voxcpm divides by the token count)."""
+        return bool(self._model.text_tokenizer(text))
+
     def _check(self, request: SynthesisRequest) -> None:
         """Refuse what this particular model cannot do, naming the field."""
+        if not self.speaks(request.text):
+            raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
         if request.denoise and not self.info.denoiser:
             raise InvalidField(
                 "denoise=true needs the denoiser, which this deployment does not load "
