@@ -56,7 +56,7 @@ def test_an_urlencoded_field_that_is_not_utf8_is_400_naming_it(url: str, route: 
 SPEECH_ROUTES = {
     "/api/tts/stream": lambda text: {"data": {"text": text, **SHORT}},
     "/api/tts": lambda text: {"data": {"text": text, **SHORT}},
-    "/v1/audio/speech": lambda text: {"json": {"input": text, "voice": "alloy", "max_len": 4}},
+    "/v1/audio/speech": lambda text: {"json": {"model": "tts-1", "input": text, "voice": "alloy", "max_len": 4}},
 }
 
 

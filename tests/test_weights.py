@@ -18,7 +18,7 @@ import requests
 from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.weights import HUB_PROBE_TIMEOUT_S, resolve
-from tests.conftest import Service, extra_app
+from tests.conftest import REPORT_WAIT_S, Service, extra_app, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE = "openbmb/VoxCPM-0.5B"
@@ -124,15 +124,15 @@ def test_a_downloaded_release_loads_from_the_cache_without_the_hub(
     assert weights.synthetic is False and Path(weights.path).resolve() == real_architecture.resolve()
 
 
-def test_health_and_models_say_which_weights_are_synthetic(
-    service: Service, checkpoints: Path, real_architecture: Path
-) -> None:
-    """The session's model was written from a synthetic preset; a local directory without one is real."""
+def test_health_and_models_say_which_weights_are_synthetic(service: Service, checkpoints: Path) -> None:
+    """The session's model was written from a synthetic preset; the same directory without one is a local
+    checkpoint of a real architecture, served as real."""
     assert [m["synthetic"] for m in requests.get(f"{service.url}/health", timeout=10).json()["models"]] == [True]
     assert [m["synthetic"] for m in requests.get(f"{service.url}/v1/models", timeout=10).json()["data"]] == [True]
-    model = {"source": str(real_architecture), "synthetic_preset": None}
-    with extra_app(service, checkpoints, "real-weights", **model) as url:
+    with extra_app(service, checkpoints, "real-weights", synthetic_preset=None) as url:
+        assert wait_until(lambda: requests.get(f"{url}/health", timeout=10).status_code == 200, REPORT_WAIT_S)
         health = requests.get(f"{url}/health", timeout=10).json()
         listed = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
-    assert [(m["synthetic"], m["source"]) for m in health["models"]] == [(False, str(real_architecture))]
+    source = str(checkpoints / "tiny-voxcpm1.5")
+    assert [(m["synthetic"], m["source"]) for m in health["models"]] == [(False, source)]
     assert [m["synthetic"] for m in listed] == [False]

@@ -24,7 +24,6 @@ is generated: concatenating the chunks gives one playable file. Errors are JSON
 
 
 def create_app() -> FastAPI:
-    forms.strict_utf8_forms()
     app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
     app.include_router(tts.router)
     app.include_router(openai.router)
@@ -48,5 +47,6 @@ fastapi_app = create_app()
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
         self.config = config  # read by the edge middleware (API keys, rate limit, CORS, body cap)
+        forms.strict_utf8_forms()  # here, in the replica's process: the app itself arrives pickled by value
         self.synthesis = SynthesisService(models, status_board, config)
         self._announcing = asyncio.get_running_loop().create_task(console.announce_when_ready(self.synthesis))
