@@ -92,6 +92,11 @@ def test_serve_run_local_config_answers_the_seed_curl(served_config: tuple[Path,
         if shutil.which("ffprobe"):
             duration = float(ffprobe(tmp_path / "stream_output.wav", "format=duration"))
             assert abs(duration - len(data) / rate) < 0.01
+        refused = requests.post(f"http://localhost:{port}/api/tts", data={"text": "😀😀"}, timeout=60)
+        assert refused.status_code == 400
+        console = wait_for_line(tmp_path / "serve.log", "POST /api/tts, status 400")
+        assert "POST /api/tts/stream, status 200, model voxcpm, audio" in console  # the seed's curl
+        assert "Traceback" not in console  # a client's mistake is not the service's failure
     finally:
         os.killpg(process.pid, signal.SIGINT)  # `serve run` shuts Serve and its cluster down on SIGINT
         try:
