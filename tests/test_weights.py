@@ -136,3 +136,20 @@ def test_health_and_models_say_which_weights_are_synthetic(service: Service, che
     source = str(checkpoints / "tiny-voxcpm1.5")
     assert [(m["synthetic"], m["source"]) for m in health["models"]] == [(False, source)]
     assert [m["synthetic"] for m in listed] == [False]
+
+
+def test_download_progress_is_drawn_a_line_at_a_time_even_with_tqdm_disabled() -> None:
+    """Replica stderr reaches the console a line at a time, and the configs set TQDM_DISABLE (read by tqdm as
+    it is imported) to keep voxcpm's per-generation bar out: the download's bar is drawn all the same."""
+    script = (
+        "from serve_app import weights\n"
+        "weights.PROGRESS_EVERY_S = 0.0\n"
+        "bar = weights._LineProgress(total=3_000_000, unit='B', unit_scale=True, desc='Downloading bytes')\n"
+        "for _ in range(3): bar.update(1_000_000)\n"
+        "bar.close()\n"
+    )
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Downloading bytes")]
+    assert "\r" not in done.stderr and len(lines) >= 3, done.stderr[-2000:]
+    assert lines[-1].startswith("Downloading bytes: 100%")

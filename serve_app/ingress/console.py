@@ -83,7 +83,10 @@ async def announce_when_ready(service: SynthesisService) -> None:
         if all(name in infos for name in service.model_names):
             break
         await asyncio.sleep(READY_POLL_S)
-    base = await asyncio.to_thread(public_url)
+    try:
+        base = await asyncio.to_thread(public_url)
+    except Exception:  # noqa: BLE001 - Serve's private client moved: the line still says the service is ready
+        base = "http://<serve's http_options host:port>"
     models = "; ".join(describe(infos[name]) for name in service.model_names)
     logger.info("ready: playground %s/ , API docs %s/docs ; serving %s", base, base, models)
 
