@@ -1,28 +1,29 @@
 # VoxCPM Serve: two commands on a fresh Debian machine.
-#   make serve   install what is missing, then serve configs/local.yaml on http://localhost:7861
-#   make test    install what is missing, then lint and run the test suite
+#   make serve   install the service's dependencies if missing, then serve configs/local.yaml on http://localhost:7861
+#   make test    install those plus the test tools (pytest, schemathesis, playwright, Chromium), then lint and test
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+SERVICE_DEPS := $(VENV)/.installed-service
+TEST_DEPS := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: serve test lint bench soak cluster image image-cpu docker-smoke system-deps browser clean
 
-serve: $(INSTALLED)
+serve: $(SERVICE_DEPS)
 	$(BIN)/serve run configs/local.yaml
 
-test: $(INSTALLED) browser lint
+test: $(TEST_DEPS) browser lint
 	$(BIN)/python -m pytest
 
-lint: $(INSTALLED)
+lint: $(TEST_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # The CPU benchmark suite (a few minutes); results, tables and charts land in benchmarks/results/.
-bench: $(INSTALLED)
+bench: $(TEST_DEPS)
 	cd benchmarks && ../$(BIN)/python streaming_vs_normal.py --repeat 2
 	cd benchmarks && ../$(BIN)/python overhead.py --repeat 10 --variants default,haproxy
 	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
@@ -33,12 +34,12 @@ bench: $(INSTALLED)
 	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2 --model-core --data-plane haproxy
 
 # 2,000 mixed requests watching the replicas for leaks (about ten minutes).
-soak: $(INSTALLED)
+soak: $(TEST_DEPS)
 	cd benchmarks && ../$(BIN)/python soak.py --requests 2000
 
 # A two-node Ray cluster on this machine (CPU head + fake-GPU worker) running configs/prod.yaml's
 # graph, driven from min to max replicas and back (a few minutes).
-cluster: $(INSTALLED)
+cluster: $(TEST_DEPS)
 	cd benchmarks && ../$(BIN)/python cluster.py
 
 # Container images (Dockerfile). BuildKit is needed (RUN --mount). The CA bundle goes to pip as a
@@ -82,9 +83,16 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
 # torch and torchaudio are pinned together in pyproject.toml (torchaudio must match torch exactly).
-$(INSTALLED): pyproject.toml | system-deps
+$(BIN)/python: | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+$(SERVICE_DEPS): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# The test tools and what the benchmarks use (psutil), on top of the service's dependencies.
+$(TEST_DEPS): $(SERVICE_DEPS)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 

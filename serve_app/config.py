@@ -6,7 +6,6 @@ typo in a config fails at ``serve run``/``serve deploy`` with a clear message.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import limits
@@ -33,12 +32,20 @@ class ModelConfig(_Strict):
     )
     source: str = Field(
         "openbmb/VoxCPM1.5",
-        description="Hugging Face model id, or a local checkpoint directory.",
+        description="Hugging Face model id (downloaded once, then loaded from the cache), or a local checkpoint "
+        "directory (an absolute path, or one written ./dir). See serve_app/weights.py.",
+    )
+    gpu_source: str | None = Field(
+        None,
+        description="The release to load instead of a hub `source` when the replica sees a CUDA GPU and "
+        "`device` allows one ('auto' or 'cuda...'): a larger release where it runs in real time.",
     )
     synthetic_preset: str | None = Field(
         None,
-        description="If set and `source` has no checkpoint yet, write this synthetic (random-weight) "
-        "checkpoint there on first start. For local development and tests only.",
+        description="A synthetic (random-weight, noise-speaking) checkpoint preset. With a local `source` that "
+        "has no checkpoint yet, it is written there on first start (local development and tests). With a hub "
+        "`source` that cannot be reached, it is written to checkpoints/<preset> and served instead, with a "
+        "banner in the console. Either way /health and /v1/models say `synthetic: true`.",
     )
     cache_dir: str | None = Field(None, description="Hugging Face cache directory for downloaded weights.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
@@ -72,13 +79,12 @@ class ModelConfig(_Strict):
         "model's own max_length (4096). KV memory = max_batch_size x this x the model's per-token size.",
     )
 
-    def synthetic_checkpoint(self) -> Path | None:
-        """The directory to build a synthetic checkpoint in, if this model asks for one."""
-        if self.synthetic_preset is None:
-            return None
-        if self.synthetic_preset not in PRESETS:
-            raise ValueError(f"unknown synthetic_preset {self.synthetic_preset!r}; known: {sorted(PRESETS)}")
-        return Path(self.source)
+    @field_validator("synthetic_preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown synthetic_preset {value!r}; known: {sorted(PRESETS)}")
+        return value
 
 
 class LimitsConfig(_Strict):

@@ -5,6 +5,8 @@ They cross the Ray boundary by pickling, so all state lives in ``args``.
 
 from __future__ import annotations
 
+import logging
+
 
 class ServiceError(Exception):
     """An error with an HTTP status, a stable code and, where one is to blame, the request field."""
@@ -95,3 +97,17 @@ class RateLimited(ServiceError):
     status = 429
     code = "rate_limited"
     default_retry_after_s = 1
+
+
+class _ClientErrorsAreNotFailures(logging.Filter):
+    """Serve's replica logs every exception a replica method raises as "Request failed." with its traceback.
+    A client error raised in a model replica (text it cannot speak, a missing transcript) is answered as a
+    4xx, counted and logged by the ingress: its traceback would be a screenful of console per typo."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, ServiceError) and record.getMessage() == "Request failed.")
+
+
+# Installed wherever these errors can be raised (the logger's filters survive Serve's handler set-up).
+logging.getLogger("ray.serve").addFilter(_ClientErrorsAreNotFailures())

@@ -23,12 +23,14 @@ TAGS = ("model", "route")
 
 @dataclass
 class RequestTrace:
-    """One request as the ingress sees it: its id, route, model and start, for metrics and logs."""
+    """One request as the ingress sees it: its id, route, model, start and audio, for metrics and logs."""
 
     request_id: str
     route: str
     started: float = field(default_factory=time.perf_counter)
     model: str = "none"
+    first_audio_s: float | None = None  # after the start, once the first audio byte is out
+    audio_seconds: float = 0.0  # sent, once complete
 
     @property
     def ids(self) -> dict[str, str]:
@@ -97,10 +99,12 @@ class IngressMetrics:
         self.active_streams.set(self._streams[key], tags=trace.tags)
 
     def first_byte(self, trace: RequestTrace) -> None:
-        self.time_to_first_byte.observe(trace.elapsed(), tags=trace.tags)
+        trace.first_audio_s = trace.elapsed()
+        self.time_to_first_byte.observe(trace.first_audio_s, tags=trace.tags)
 
     def completed(self, trace: RequestTrace, audio_seconds: float) -> None:
         elapsed = trace.elapsed()
+        trace.audio_seconds = audio_seconds
         self.request_duration.observe(elapsed, tags=trace.tags)
         self.audio_seconds.inc(audio_seconds, tags=trace.tags)
         if audio_seconds > 0:

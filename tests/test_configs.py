@@ -55,11 +55,12 @@ def test_prod_serves_voxcpm15_on_gpus_with_autoscaling() -> None:
     assert model["max_queued_requests"] > 0
 
 
-def test_local_runs_on_cpu_with_a_synthetic_model() -> None:
+def test_local_tries_a_real_release_then_falls_back_to_a_synthetic_model() -> None:
     path = next(p for p in CONFIGS if p.name == "local.yaml")
     _, config = from_config_file(path)
     (model,) = config.models
-    assert model.synthetic_preset and model.device == "cpu"
+    assert model.source == "openbmb/VoxCPM-0.5B" and model.gpu_source == "openbmb/VoxCPM2"
+    assert model.synthetic_preset and model.device == "auto"  # a GPU when the machine has one
     assert deployments(path)["VoxCPMModel"]["ray_actor_options"]["num_gpus"] == 0
 
 

@@ -68,6 +68,13 @@ def test_speaks_while_streaming_and_downloads_a_wav(page: Page, tmp_path: Path) 
     assert rate == 44100 and len(data) == 40 * TINY_V15_STEP_FRAMES
 
 
+def test_says_when_the_model_speaks_noise(page: Page) -> None:
+    """The session's model runs on synthetic weights: the page says so above the form."""
+    notice = page.locator("#synthetic-notice")
+    assert notice.is_visible() and "voxcpm runs on synthetic (random) weights and speaks noise" in notice.text_content()
+    assert "synthetic weights: noise" in page.locator("#model option").first.text_content()
+
+
 def test_out_of_range_knobs_are_stopped_in_the_browser(page: Page) -> None:
     page.fill("#cfg_value", "9")
     page.click("#speak")

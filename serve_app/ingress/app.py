@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import openai, playground, status, tts, voices
+from serve_app.ingress import console, forms, openai, playground, status, tts, voices
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
@@ -31,6 +33,7 @@ def create_app() -> FastAPI:
     app.include_router(status.router)
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware)
+    app.add_middleware(console.RequestLog)  # outermost: it sees every answer, the edge's refusals too
     return app
 
 
@@ -44,4 +47,6 @@ fastapi_app = create_app()
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
         self.config = config  # read by the edge middleware (API keys, rate limit, CORS, body cap)
+        forms.strict_utf8_forms()  # here, in the replica's process: the app itself arrives pickled by value
         self.synthesis = SynthesisService(models, status_board, config)
+        self._announcing = asyncio.get_running_loop().create_task(console.announce_when_ready(self.synthesis))

@@ -131,7 +131,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     count_error(request.scope, code)
-    return error_response(request.scope, exc.status_code, code, str(exc.detail), getattr(exc, "field", None))
+    headers = exc.headers or {}
+    message = str(exc.detail)
+    if exc.status_code == 405 and "Allow" in headers:  # Starlette says which methods the path takes
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+    return error_response(request.scope, exc.status_code, code, message, getattr(exc, "field", None), **headers)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -250,4 +250,5 @@ def _model_entry(info: ModelInfo) -> dict:
         "owned_by": "voxcpm-serve",
         "architecture": info.architecture,
         "sample_rate": info.sample_rate,
+        "synthetic": info.synthetic,  # random weights: speaks noise (serve_app/weights.py)
     }

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.ingress.dependencies import request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.forms import form_body
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
@@ -25,6 +26,7 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
         200: {**_AUDIO, "description": "Audio as it is generated; WAV: one header with sizes 0xFFFFFFFF, then PCM16."},
     },
     summary="Stream speech as it is generated",
+    dependencies=[Depends(form_body)],
 )
 async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
@@ -39,6 +41,7 @@ async def tts_stream(
     response_class=Response,
     responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}},
     summary="Synthesize a whole utterance",
+    dependencies=[Depends(form_body)],
 )
 async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from serve_app.ingress.dependencies import synthesis_service
 from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.forms import form_body
 from serve_app.ingress.synthesis import SynthesisService
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
@@ -21,6 +22,7 @@ Service = Annotated[SynthesisService, Depends(synthesis_service)]
     status_code=201,
     summary="Save a voice: a reference recording and its transcript",
     responses=documented_errors(413, 415),
+    dependencies=[Depends(form_body)],
 )
 async def create(
     service: Service,

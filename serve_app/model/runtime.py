@@ -28,14 +28,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from serve_app import synthetic
 from serve_app.audio.reference import resample
 from serve_app.config import ModelConfig
-from serve_app.errors import InvalidField, NotFound
+from serve_app.errors import BadRequest, InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
+from serve_app.weights import Weights
+from serve_app.weights import resolve as resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -133,20 +134,23 @@ def latents(patches: torch.Tensor) -> torch.Tensor:
 class VoxCPMRuntime:
     """One ``voxcpm.VoxCPM`` instance, its encoded prompts and the files it needs for them."""
 
-    def __init__(self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None) -> None:
+    def __init__(
+        self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None, weights: Weights | None = None
+    ) -> None:
         self.tts = tts
         self.model = tts.tts_model
         self._voices = voices
         self.v2 = type(self.model).__name__ == "VoxCPM2Model"
         self.info = ModelInfo(
             name=config.name,
-            source=config.source,
+            source=weights.source if weights else config.source,
             architecture="voxcpm2" if self.v2 else "voxcpm",
             sample_rate=int(self.model.sample_rate),
             prompt_sample_rate=int(getattr(self.model, "_encode_sample_rate", self.model.sample_rate)),
             device=str(self.model.device),
             denoiser=tts.denoiser is not None,
             engine=config.engine,
+            synthetic=weights.synthetic if weights else False,
         )
         self.prompts = PromptCache(config.prompt_cache_size)
         self._batch_invariant = config.batch_invariant
@@ -165,18 +169,16 @@ class VoxCPMRuntime:
             # Process-wide: oneDNN picks its bf16 GEMM kernels by batch size; PyTorch's own give the same
             # bits for a row whatever the batch (slower on CPU). Both engines honour it, so they compare.
             torch.backends.mkldnn.enabled = False
-        checkpoint = config.synthetic_checkpoint()
-        if checkpoint is not None:
-            synthetic.ensure(config.synthetic_preset or "", checkpoint)
+        weights = resolve_weights(config)
         tts = VoxCPM.from_pretrained(
-            config.source,
+            weights.path,
             load_denoiser=config.load_denoiser,
             zipenhancer_model_id=config.denoiser_model,
             cache_dir=config.cache_dir,
             optimize=config.optimize,
             device=None if config.device == "auto" else config.device,
         )
-        return cls(tts, config, voices)
+        return cls(tts, config, voices, weights)
 
     def close(self) -> None:
         shutil.rmtree(self._prompt_dir, ignore_errors=True)
@@ -199,7 +201,7 @@ class VoxCPMRuntime:
         """
         self.check(request)
         prompt = self._encoded_prompt(request) if request.prompt or request.voice else None
-        sentences = split_sentences(self._clean_text(request))
+        sentences = [sentence for sentence in split_sentences(self._clean_text(request)) if self.speaks(sentence)]
         budget = request.max_len
         for index, text in enumerate(sentences):
             if budget <= 0:
@@ -271,8 +273,14 @@ class VoxCPMRuntime:
             text = self.tts.text_normalizer.normalize(text)
         return text
 
+    def speaks(self, text: str) -> bool:
+        """Whether this model's tokenizer keeps anything of ``text`` (voxcpm divides by the token count)."""
+        return bool(self.model.text_tokenizer(text))
+
     def check(self, request: SynthesisRequest) -> None:
         """Refuse what this particular model cannot do, naming the field."""
+        if not self.speaks(request.text):
+            raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
         if request.denoise and not self.info.denoiser:
             raise InvalidField(
                 "denoise=true needs the denoiser, which this deployment does not load "

@@ -52,6 +52,7 @@ class ModelInfo:
     device: str
     denoiser: bool
     engine: str = "voxcpm"  # which engine generates: "voxcpm" (the reference) or "batched"
+    synthetic: bool = False  # random weights (serve_app/weights.py): speaks noise
 
     @property
     def clones_from_audio_alone(self) -> bool:

@@ -53,7 +53,14 @@ async function loadRanges() {
 
 async function loadModels() {
   const { data } = await loaded("/v1/models");
-  $("model").replaceChildren(...data.map((m) => new Option(`${m.id} (${m.sample_rate} Hz)`, m.id)));
+  const label = (m) => `${m.id} (${m.sample_rate} Hz${m.synthetic ? ", synthetic weights: noise" : ""})`;
+  $("model").replaceChildren(...data.map((m) => new Option(label(m), m.id)));
+  const synthetic = data.filter((m) => m.synthetic).map((m) => m.id);
+  $("synthetic-notice").hidden = !synthetic.length;
+  $("synthetic-notice").textContent = synthetic.length
+    ? `${synthetic.join(", ")} runs on synthetic (random) weights and speaks noise, not words. ` +
+      "The real weights could not be loaded when the service started: its console says why and how to get them."
+    : "";
 }
 
 async function loadVoices() {
