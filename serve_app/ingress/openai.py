@@ -20,6 +20,7 @@ from pydantic import Field
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.errors import BadRequest
 from serve_app.ingress.dependencies import request_trace, synthesis_service
+from serve_app.ingress.http_audio import streaming_response
 from serve_app.ingress.schemas import NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
@@ -95,7 +96,7 @@ async def speech(
     output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace)
     request = SynthesisRequest(text=body.input, voice=voice, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
-        return await service.stream(request, output)
+        return await streaming_response(service, request, output)
     audio = await service.encoded_stream(request, output)
     return StreamingResponse(_events(audio, len(body.input)), media_type="text/event-stream", headers=output.headers())
 
