@@ -7,7 +7,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import openai, playground, status, tts, voices
+from serve_app.ingress import openai, playground, status, tts, voices, ws
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
@@ -25,6 +25,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
     app.include_router(tts.router)
     app.include_router(openai.router)
+    app.include_router(ws.router)
     app.include_router(voices.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.assets, name="playground")

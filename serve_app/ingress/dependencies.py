@@ -7,6 +7,7 @@ import uuid
 from fastapi import Request
 from ray import serve
 
+from serve_app.config import AppConfig
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 
@@ -15,6 +16,10 @@ def synthesis_service() -> SynthesisService:
     """The service held by this replica's TTSIngress instance (Serve pickles the FastAPI app by value,
     so state set on a module-level app object would not be the one serving requests)."""
     return serve.get_replica_context().servable_object.synthesis
+
+
+def app_config() -> AppConfig:
+    return serve.get_replica_context().servable_object.config
 
 
 def request_trace(request: Request) -> RequestTrace:

@@ -1,0 +1,248 @@
+"""``WebSocket /api/tts/ws`` through the real stack with a real ``websockets`` client: the protocol,
+barge-in, and every misuse refused with the contract's close codes and nothing left generating."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, extra_app, in_flight, wait_until
+
+KEY = "ws-test-key"
+STEPS = 3  # generation steps per sentence: the tiny model always runs to max_len
+LIMITS = {
+    "init_timeout_s": 1.5,
+    "idle_timeout_s": 2.0,
+    "max_messages_per_s": 30,
+    "max_buffered_chars": 120,
+    "max_message_bytes": 2000,
+    "max_audio_ahead_s": 1.0,
+}
+
+
+def ws_url(http_url: str) -> str:
+    return http_url.replace("http://", "ws://") + "/api/tts/ws"
+
+
+@pytest.fixture(scope="module")
+def guarded(service: Service, checkpoints: Path) -> Iterator[str]:
+    """An app with an API key and short limits, so every misuse is quick to provoke."""
+    args = {"access": {"api_keys": [KEY]}, "websocket": LIMITS}
+    with extra_app(service, checkpoints, "wsguarded", args_overrides=args) as url:
+        yield ws_url(url)
+
+
+def open_ws(url: str, key: str | None = KEY, **init: object) -> ClientConnection:
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    ws = connect(url, additional_headers=headers, open_timeout=30, max_size=None)
+    if init is not None:
+        ws.send(json.dumps({"type": "init", "max_len": STEPS, **init}))
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready", ready
+    return ws
+
+
+def events_until(ws: ClientConnection, last: str, timeout_s: float = 60) -> tuple[list[dict], list[bytes]]:
+    """Every JSON event (binary frames as {"type": "audio", "bytes": n}) up to one of type ``last``."""
+    events: list[dict] = []
+    frames: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
+        if isinstance(message, bytes):
+            frames.append(message)
+            events.append({"type": "audio", "bytes": len(message)})
+            continue
+        events.append(json.loads(message))
+        if events[-1]["type"] == last:
+            return events, frames
+
+
+def closed_with(ws: ClientConnection, timeout_s: float = 30) -> tuple[int, list[dict]]:
+    """The close code the server sent, and the JSON events before it."""
+    events = []
+    with pytest.raises(ConnectionClosed) as closed:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            message = ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
+            if isinstance(message, str):
+                events.append(json.loads(message))
+    assert closed.value.rcvd is not None, "the server did not send a close frame"
+    return closed.value.rcvd.code, events
+
+
+@pytest.fixture(scope="module")
+def plain(url: str) -> str:
+    return ws_url(url)
+
+
+class TestProtocol:
+    def test_sentences_are_spoken_as_text_arrives(self, plain: str) -> None:
+        with open_ws(plain, key=None) as ws:
+            for token in ["Hello", " there", ".", " How", " are", " you", "?"]:
+                ws.send(json.dumps({"type": "text", "text": token}))
+            first, _ = events_until(ws, "segment_end")  # "Hello there." is out before `end`
+            ws.send(json.dumps({"type": "end"}))
+            rest, _ = events_until(ws, "done")
+        events = first + rest
+        segments = [e for e in events if e["type"] == "segment"]
+        assert [s["text"] for s in segments] == ["Hello there.", "How are you?"]
+        position = 0
+        for event in events:
+            if event["type"] == "segment":
+                assert event["start_sample"] == position and event["context_id"] == "0"
+            elif event["type"] == "audio":
+                position += event["bytes"] // 2
+            elif event["type"] == "segment_end":
+                assert event["end_sample"] == position
+        assert position == 2 * STEPS * TINY_V15_STEP_FRAMES
+        assert events[-1] == {"type": "done", "context_id": "0", "total_samples": position}
+
+    def test_ready_states_the_format_and_limits(self, guarded: str) -> None:
+        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        with ws:
+            ws.send(json.dumps({"type": "init", "sample_rate": 16000, "max_wait_ms": 200}))
+            ready = json.loads(ws.recv(timeout=30))
+        assert ready["sample_rate"] == 16000 and ready["encoding"] == "pcm_s16le"
+        assert ready["limits"]["idle_timeout_s"] == LIMITS["idle_timeout_s"]
+        assert ready["limits"]["max_wait_ms"] == 200
+
+    def test_chinese_is_cut_without_spaces_and_keeps_one_voice(self, plain: str) -> None:
+        with open_ws(plain, key=None) as ws:
+            for token in ["你好", "。", "今天", "天气", "很好", "！", "我们"]:
+                ws.send(json.dumps({"type": "text", "context_id": "zh", "text": token}))
+            events, _ = events_until(ws, "segment_end")
+            events2, _ = events_until(ws, "segment_end")
+            ws.send(json.dumps({"type": "end", "context_id": "zh"}))
+            events3, _ = events_until(ws, "done")
+        texts = [e["text"] for e in events + events2 + events3 if e["type"] == "segment"]
+        assert texts == ["你好。", "今天天气很好！", "我们"]
+
+    def test_max_wait_speaks_a_slow_clause_without_flush(self, plain: str) -> None:
+        with open_ws(plain, key=None, max_wait_ms=300) as ws:
+            ws.send(json.dumps({"type": "text", "text": "one two three, four"}))
+            events, _ = events_until(ws, "segment", timeout_s=30)
+            assert events[-1]["text"] == "one two three,"  # at the last clause mark; "four" waits
+            ws.send(json.dumps({"type": "cancel"}))
+            events_until(ws, "cancelled")
+
+    def test_cancel_stops_audio_and_the_socket_goes_on(self, plain: str, url: str) -> None:
+        with open_ws(plain, key=None, max_len=400) as ws:
+            ws.send(json.dumps({"type": "text", "context_id": "a", "text": "这是一段很长的话，要说很久。"}))
+            events_until(ws, "segment")
+            received = len(ws.recv(timeout=30))
+            ws.send(json.dumps({"type": "cancel", "context_id": "a"}))
+            events, _ = events_until(ws, "cancelled")
+            received += sum(e.get("bytes", 0) for e in events)
+            assert events[-1] == {"type": "cancelled", "context_id": "a", "sent_samples": received // 2}
+            assert received < 400 * TINY_V15_STEP_FRAMES * 2, "the whole sentence was sent"
+            ws.send(json.dumps({"type": "text", "context_id": "b", "text": "下一句。"}))
+            ws.send(json.dumps({"type": "end", "context_id": "b"}))
+            after, _ = events_until(ws, "done")
+            assert all(e.get("context_id", "b") == "b" for e in after), after
+            assert wait_until(lambda: in_flight(url) == 0, 15)
+
+
+class TestRefusals:
+    @pytest.mark.parametrize("key", [None, "wrong"])
+    def test_a_bad_key_is_refused_before_the_socket_opens(self, guarded: str, key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        with pytest.raises(InvalidStatus) as refused:
+            connect(guarded, additional_headers=headers, open_timeout=30)
+        assert refused.value.response.status_code == 401
+        assert json.loads(refused.value.response.body)["error"]["code"] == "unauthorized"
+
+    def test_browsers_offer_the_key_as_a_subprotocol(self, guarded: str) -> None:
+        with connect(guarded, subprotocols=[f"bearer.{KEY}"], open_timeout=30) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == f"bearer.{KEY}"
+            ws.send(json.dumps({"type": "init"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+
+    def test_no_init_in_time(self, guarded: str) -> None:
+        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        code, events = closed_with(ws)
+        assert code == 4408 and events[-1]["type"] == "error" and events[-1]["fatal"] is True
+
+    @pytest.mark.parametrize(
+        ("frame", "field"),
+        [
+            ("not json", None),
+            (json.dumps({"type": "sing"}), "type"),
+            (json.dumps({"type": "text", "text": "hi"}), "type"),  # before init
+            (json.dumps({"type": "init", "cfg_value": 9}), "cfg_value"),
+            (json.dumps({"type": "init", "voice_id": "nobody"}), "voice_id"),
+            (b"\x00\x01", None),
+        ],
+    )
+    def test_bad_first_messages_close_4400(self, guarded: str, frame: str | bytes, field: str | None) -> None:
+        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        ws.send(frame)
+        code, events = closed_with(ws)
+        assert code == 4400
+        assert events[-1]["type"] == "error" and events[-1]["fatal"] is True and events[-1].get("field") == field
+
+    def test_unknown_type_and_oversized_frames_after_init(self, guarded: str) -> None:
+        for frame in [json.dumps({"type": "speak"}), json.dumps({"type": "text", "text": "x" * 3000}), b"pcm"]:
+            ws = open_ws(guarded)
+            ws.send(frame)
+            code, events = closed_with(ws)
+            assert code == 4400 and events[-1]["type"] == "error", (frame, events)
+
+    def test_text_past_the_buffer_limit_is_refused_not_fatal(self, guarded: str) -> None:
+        with open_ws(guarded) as ws:
+            ws.send(json.dumps({"type": "text", "text": "a" * 100}))
+            ws.send(json.dumps({"type": "text", "text": "b" * 100}))
+            events, _ = events_until(ws, "error")
+            assert events[-1]["code"] == "payload_too_large" and events[-1]["fatal"] is False
+            assert events[-1]["field"] == "text"
+            ws.send(json.dumps({"type": "cancel"}))
+            events_until(ws, "cancelled")
+
+    def test_idle_past_the_timeout_closes_4408(self, guarded: str) -> None:
+        ws = open_ws(guarded)
+        started = time.monotonic()
+        code, _ = closed_with(ws)
+        assert code == 4408 and time.monotonic() - started >= LIMITS["idle_timeout_s"] - 0.2
+
+    def test_too_many_messages_close_4429(self, guarded: str) -> None:
+        ws = open_ws(guarded)
+        for _ in range(60):
+            ws.send(json.dumps({"type": "text", "text": ""}))
+        code, events = closed_with(ws)
+        assert code == 4429 and events[-1]["code"] == "rate_limited"
+
+
+class TestResources:
+    def test_a_vanished_client_stops_its_generation(self, plain: str, url: str) -> None:
+        ws = open_ws(plain, key=None, max_len=2000)
+        ws.send(json.dumps({"type": "text", "text": "这是一段很长的话，要说很久很久。"}))
+        events_until(ws, "segment")
+        assert isinstance(ws.recv(timeout=30), bytes)
+        assert in_flight(url) == 1
+        ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a close frame
+        ws.socket.close()
+        assert wait_until(lambda: in_flight(url) == 0, 15), "the generation went on after the client left"
+
+    def test_a_client_that_does_not_read_is_paced(self, guarded: str) -> None:
+        """Audio is not sent further ahead of real time than max_audio_ahead_s plus a sentence."""
+        with open_ws(guarded, max_len=20) as ws:
+            for n in range(8):
+                ws.send(json.dumps({"type": "text", "text": f"句子{n}。"}))
+            time.sleep(4)  # not reading
+            sent = 0
+            while True:
+                try:
+                    message = ws.recv(timeout=0.5)
+                except TimeoutError:
+                    break
+                if isinstance(message, bytes):
+                    sent += len(message) // 2
+        sentence_s = 20 * TINY_V15_STEP_FRAMES / 44100
+        assert sent / 44100 <= 4 + LIMITS["max_audio_ahead_s"] + 2 * sentence_s + 1
