@@ -246,3 +246,22 @@ class TestResources:
                     sent += len(message) // 2
         sentence_s = 20 * TINY_V15_STEP_FRAMES / 44100
         assert sent / 44100 <= 4 + LIMITS["max_audio_ahead_s"] + 2 * sentence_s + 1
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_configs_let_conversations_end_on_their_own_terms(path: Path) -> None:
+    """Serve's proxy cuts a socket request_timeout_s after it opened, and each socket holds one of the
+    ingress replica's max_ongoing_requests: a conversation must end (4408) before the first, and the
+    socket cap must leave the second room for HTTP requests."""
+    import yaml
+
+    from serve_app.config import AppConfig
+
+    documents = list(yaml.safe_load_all(path.read_text()))
+    embedded = [d["spec"]["serveConfigV2"] for d in documents if "serveConfigV2" in d.get("spec", {})]
+    serve_config = yaml.safe_load(embedded[0]) if embedded else documents[0]
+    for app in serve_config["applications"]:
+        limits = AppConfig.model_validate(app["args"]).websocket
+        assert limits.max_session_s < serve_config["http_options"]["request_timeout_s"]
+        ingress = next(d for d in app["deployments"] if d["name"] == "TTSIngress")
+        assert limits.max_connections < ingress["max_ongoing_requests"]
