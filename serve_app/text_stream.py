@@ -36,14 +36,16 @@ class SentenceBuffer:
         self._text = ""
         self._max_wait_s = max_wait_s
         self._since: float | None = None  # when the oldest text still buffered arrived
+        self._last = 0.0  # when the newest did
 
     def __len__(self) -> int:
         return len(self._text)
 
     def append(self, text: str) -> list[str]:
         """Add a piece; the sentences it completes."""
+        self._last = time.monotonic()
         if not self._text.strip():
-            self._since = time.monotonic()
+            self._since = self._last
         self._text += text
         return self._complete()
 
@@ -58,12 +60,15 @@ class SentenceBuffer:
 
     def overdue(self) -> str | None:
         """After ``max_wait_s``: what is buffered up to its last clause mark (else its last complete
-        word), once there is enough of it to say; None when there is not."""
-        deadline = self.deadline()
-        if deadline is None or time.monotonic() < deadline or not _enough(self._text):
+        word; all of it when nothing came for ``max_wait_s`` either), once there is enough of it to
+        say; None when there is not."""
+        deadline, now = self.deadline(), time.monotonic()
+        if deadline is None or now < deadline or not _enough(self._text):
             return None
         marks = list(_CLAUSE_MARK.finditer(self._text))
-        if marks:
+        if now >= self._last + self._max_wait_s:  # the writer paused: its last word is whole
+            cut = len(self._text)
+        elif marks:
             cut = marks[-1].end()
         elif _CJK.search(self._text):
             cut = len(self._text)

@@ -36,21 +36,34 @@ def test_sentences_are_cut_where_they_end(tokens: list[str], sentences: list[str
     assert buffer.flush() == left
 
 
+def still_writing(buffer: SentenceBuffer, wait_s: float) -> None:
+    """Let ``wait_s`` pass since the first piece, with the writer still sending (an empty piece)."""
+    time.sleep(wait_s)
+    buffer.append("")
+
+
 def test_max_wait_cuts_at_the_last_clause_mark_once_enough_is_buffered() -> None:
-    cut, buffer = fed(["This is a clause, and this", " is more, and"], max_wait_s=0.05)
+    cut, buffer = fed(["This is a clause, and this", " is more, and"], max_wait_s=0.2)
     assert cut == [] and buffer.overdue() is None  # not waited long enough yet
-    time.sleep(0.06)
+    still_writing(buffer, 0.21)
     assert buffer.overdue() == "This is a clause, and this is more,"
     assert buffer.flush() == "and"
 
 
 def test_max_wait_without_clause_marks() -> None:
-    _, latin = fed(["one two three four fo"], max_wait_s=0)
+    _, latin = fed(["one two three four fo"], max_wait_s=0.2)
+    still_writing(latin, 0.21)
     assert latin.overdue() == "one two three four"  # the last word may be half a token
     _, chinese = fed(["这是一个没有标点的句子"], max_wait_s=0)
     assert chinese.overdue() == "这是一个没有标点的句子"
     _, short = fed(["two words"], max_wait_s=0)
     assert short.overdue() is None  # a few words first
+
+
+def test_max_wait_takes_everything_once_the_writer_pauses() -> None:
+    _, buffer = fed(["one two three, four fiv"], max_wait_s=0.05)
+    time.sleep(0.06)
+    assert buffer.overdue() == "one two three, four fiv"
 
 
 def test_a_blank_buffer_has_no_deadline() -> None:

@@ -4,12 +4,16 @@ barge-in, and every misuse refused with the contract's close codes and nothing l
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -129,9 +133,20 @@ class TestProtocol:
         with open_ws(plain, key=None, max_wait_ms=300) as ws:
             ws.send(json.dumps({"type": "text", "text": "one two three, four"}))
             events, _ = events_until(ws, "segment", timeout_s=30)
-            assert events[-1]["text"] == "one two three,"  # at the last clause mark; "four" waits
+            assert events[-1]["text"] == "one two three, four"  # the writer paused: all of it
             ws.send(json.dumps({"type": "cancel"}))
             events_until(ws, "cancelled")
+
+    def test_words_left_after_a_sentence_are_spoken_once_the_speaker_is_idle(self, plain: str) -> None:
+        """max_wait_ms counts while nothing is spoken: the tail of an answer is not left waiting."""
+        with open_ws(plain, key=None, max_wait_ms=200) as ws:
+            ws.send(json.dumps({"type": "text", "text": "A first sentence. and then a few more words"}))
+            events, _ = events_until(ws, "segment_end")
+            tail, _ = events_until(ws, "segment_end", timeout_s=30)  # no further message is sent
+        assert [e["text"] for e in events + tail if e["type"] == "segment"] == [
+            "A first sentence.",
+            "and then a few more words",
+        ]
 
     def test_cancel_stops_audio_and_the_socket_goes_on(self, plain: str, url: str) -> None:
         with open_ws(plain, key=None, max_len=400) as ws:
@@ -265,3 +280,25 @@ def test_configs_let_conversations_end_on_their_own_terms(path: Path) -> None:
         assert limits.max_session_s < serve_config["http_options"]["request_timeout_s"]
         ingress = next(d for d in app["deployments"] if d["name"] == "TTSIngress")
         assert limits.max_connections < ingress["max_ongoing_requests"]
+
+
+class TestCli:
+    def run(self, http_url: str, *args: str, stdin: str, key: str | None = None) -> subprocess.CompletedProcess:
+        cli = str(Path(sys.executable).with_name("voxcpm-serve"))
+        env = {**os.environ, "VOXCPM_SERVE_API_KEY": key or ""}
+        command = [cli, "--url", http_url, "say", "--ws", "-", *args]
+        return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120, env=env)
+
+    def test_say_ws_speaks_stdin_sentence_by_sentence(self, url: str, tmp_path: Path) -> None:
+        out = tmp_path / "ws.wav"
+        result = self.run(url, "--max-len", "3", "-o", str(out), stdin="你好。世界")
+        assert result.returncode == 0, result.stderr
+        data, rate = sf.read(out)
+        assert rate == 44100 and len(data) == 2 * 3 * TINY_V15_STEP_FRAMES
+
+    def test_say_ws_shows_a_refusal(self, guarded: str) -> None:
+        http_url = guarded.replace("ws://", "http://").removesuffix("/api/tts/ws")
+        result = self.run(http_url, stdin="hi", key="wrong")
+        assert result.returncode == 4 and "HTTP 401" in result.stderr
+        refused = self.run(http_url, "--cfg-value", "9", stdin="hi", key=KEY)
+        assert refused.returncode == 4 and "cfg_value" in refused.stderr

@@ -53,8 +53,11 @@ BYTES_PER_SAMPLE = 2
 # 4401 (auth) never reaches this module: the edge refuses a bad key with a 401 before the socket is accepted.
 CLOSE_NORMAL, CLOSE_BAD_MESSAGE, CLOSE_TIMEOUT, CLOSE_RATE = 1000, 4400, 4408, 4429
 CLOSE_UNAVAILABLE = 1011  # a failure of ours, not the client's
+IDLE = "speaker.idle"  # put in the inbox by the speaker, not a client message
 
 router = APIRouter(tags=["websocket"])
+# One limiter for every socket of the replica, keyed by conversation (its storage runs a timer thread).
+_LIMITER = MovingWindowRateLimiter(MemoryStorage())
 
 
 class Fatal(Exception):
@@ -125,12 +128,13 @@ class Conversation:
         self.inbox: asyncio.Queue[dict] = asyncio.Queue()
         self.started = time.monotonic()
         self.last_message = self.started
+        self.ended: list[Context] = []  # after `end`, until `done`
+        self.tasks: list[asyncio.Task] = []  # the reader, and the speaker once `init` came
         self._rate = limits.RateLimitItemPerSecond(limits_.max_messages_per_s)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def run(self) -> None:
         await self.ws.accept(subprotocol=chosen_subprotocol(self.ws.scope.get("subprotocols", [])))
-        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._speak_in_turn())]
+        self.tasks.append(asyncio.create_task(self._read()))
         try:
             await self._converse()
             await self._close(CLOSE_NORMAL)
@@ -141,9 +145,9 @@ class Conversation:
         except (WebSocketDisconnect, ConnectionError):
             pass  # the client went away: the finally below stops its generation
         finally:
-            for task in tasks:
+            for task in self.tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
     # --- receiving -------------------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class Conversation:
         """Every client frame into the inbox, rate-limited; a disconnect is the last one."""
         while True:
             message = await self.ws.receive()
-            if message["type"] == "websocket.receive" and not self._limiter.hit(self._rate, "socket"):
+            if message["type"] == "websocket.receive" and not _LIMITER.hit(self._rate, self.id):
                 message = {"type": "rate_limited"}
             self.inbox.put_nowait(message)
             if message["type"] in ("websocket.disconnect", "rate_limited"):
@@ -163,6 +167,8 @@ class Conversation:
             message = await asyncio.wait_for(self.inbox.get(), max(timeout_s, 0.0))
         except TimeoutError:
             return None
+        if message["type"] == IDLE:
+            return None  # the speaker has nothing left: time for the timers
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         if message["type"] == "rate_limited":
@@ -187,6 +193,7 @@ class Conversation:
         if not isinstance(first, Init):
             raise Fatal(CLOSE_BAD_MESSAGE, BadRequest("the first message must be init", "type"))
         await self._init(first)
+        self.tasks.append(asyncio.create_task(self._speak_in_turn()))
         while True:
             message = await self._next(self._until_next_timer())
             if message is None:
@@ -235,6 +242,7 @@ class Conversation:
         self._enqueue(context, context.buffer.flush())
         if isinstance(message, End):
             del self.contexts[context.id]  # text for this id from now on starts a new context
+            self.ended.append(context)
             self.speaker.queue.put_nowait((context, None))
 
     def _context(self, context_id: str) -> Context:
@@ -249,19 +257,23 @@ class Conversation:
             self.speaker.queue.put_nowait((context, sentence))
 
     def _buffered_chars(self) -> int:
-        return sum(len(c.buffer) + c.queued_chars for c in self.contexts.values())
+        return sum(len(c.buffer) + c.queued_chars for c in [*self.contexts.values(), *self.ended])
 
     async def _cancel(self, context_id: str) -> None:
-        """Barge-in: drop the context's text, stop its sentence, and only then say ``cancelled``."""
-        context = self.contexts.pop(context_id, None)
-        if context is None and self.speaker.speaking is not None and self.speaker.speaking.id == context_id:
-            context = self.speaker.speaking  # ended, still speaking
-        if context is not None:
+        """Barge-in: drop the context's text, stop its sentence, and only then say ``cancelled``
+        (the contexts by that id: one still open, and any ended but not yet done)."""
+        targets = [c for c in self.ended if c.id == context_id]
+        if (open_context := self.contexts.pop(context_id, None)) is not None:
+            targets.append(open_context)
+        for context in targets:
             await self._stop(context)
-        await self._send(type="cancelled", context_id=context_id, sent_samples=context.samples if context else 0)
+        sent = max((c.samples for c in targets), default=0)
+        await self._send(type="cancelled", context_id=context_id, sent_samples=sent)
 
     async def _stop(self, context: Context) -> None:
         context.cancelled = True
+        if context in self.ended:
+            self.ended.remove(context)
         sentence = self.speaker.sentence
         if self.speaker.speaking is context and sentence is not None:
             sentence.cancel()
@@ -293,10 +305,13 @@ class Conversation:
     async def _speak_in_turn(self) -> None:
         speaker = self.speaker
         while True:
+            if speaker.queue.empty():
+                self.inbox.put_nowait({"type": IDLE})  # the timers wait while it speaks: wake them
             context, sentence = await speaker.queue.get()
             if context.cancelled:
                 continue
             if sentence is None:
+                self.ended.remove(context)
                 await self._send(type="done", context_id=context.id, total_samples=context.samples)
                 continue
             context.queued_chars -= len(sentence)
@@ -324,20 +339,34 @@ class Conversation:
             chunks = await self.service.chunks(request, output)
         except ServiceError as exc:
             metrics.ingress().failed(trace, exc.code)
-            context.cancelled = True
-            self.contexts.pop(context.id, None)
+            self._drop(context)
             await self._send_error(exc, fatal=False, context_id=context.id)
             return
         context.segments += 1
         await self._send(
             type="segment", context_id=context.id, index=index, text=sentence, start_sample=context.samples
         )
-        audio = await self._send_audio(context, output, chunks)
+        try:
+            audio = await self._send_audio(context, output, chunks)
+        except (WebSocketDisconnect, ConnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - whatever broke the model's stream (the service logged it), not the client
+            self._drop(context)
+            await self._send_error(StreamFailed(f"the generation of {trace.request_id} failed"), False, context.id)
+            return
         await self._send(type="segment_end", context_id=context.id, index=index, end_sample=context.samples)
         if context.anchor is None and self.settings.voice is None and len(audio):
             info = output.model
             samples = resample(audio, info.sample_rate, info.prompt_sample_rate)
             context.anchor = PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=sentence)
+
+    def _drop(self, context: Context) -> None:
+        """A context the service could not speak: the ``error`` sent for it ends it."""
+        context.cancelled = True
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+        if context in self.ended:
+            self.ended.remove(context)
 
     async def _send_audio(self, context: Context, output: Output, chunks: Any) -> np.ndarray:
         """The sentence's audio as binary PCM frames; the model's samples, kept for the anchor."""
@@ -391,6 +420,11 @@ class Conversation:
     def _trace(self, request_id: str | None = None) -> RequestTrace:
         model = self.settings.output.model.name if self.settings else "none"
         return RequestTrace(request_id=request_id or self.id, route=ROUTE, model=model)
+
+
+class StreamFailed(ServiceError):
+    status = 500
+    code = "stream_failed"
 
 
 class SessionTimeout(ServiceError):
