@@ -17,7 +17,7 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service, extra_app, in_flight, wait_until
+from tests.conftest import LOCAL_CONFIG, TINY_V15_STEP_FRAMES, Service, extra_app, in_flight, wait_until
 
 KEY = "ws-test-key"
 STEPS = 3  # generation steps per sentence: the tiny model always runs to max_len
@@ -244,6 +244,32 @@ class TestResources:
         ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a close frame
         ws.socket.close()
         assert wait_until(lambda: in_flight(url) == 0, 15), "the generation went on after the client left"
+
+    def test_a_redeploy_ends_open_sockets_and_frees_the_model(self, service: Service, checkpoints: Path) -> None:
+        """An ingress replica being replaced drains for graceful_shutdown_timeout_s; a socket still open
+        then ends (the client sees it closed and reconnects), and its generation stops."""
+        from ray import serve
+
+        from serve_app.app import from_config_file
+
+        drain = {"TTSIngress": {"graceful_shutdown_timeout_s": 2}}
+        with extra_app(service, checkpoints, "wsredeploy", deployments=drain) as url:
+            ws = open_ws(ws_url(url), key=None, max_len=2000)
+            ws.send(json.dumps({"type": "text", "text": "重新部署的时候还在说话。"}))
+            events_until(ws, "segment")
+            args = {"voices_dir": str(checkpoints.parent / "voices"), "websocket": {"idle_timeout_s": 30}}
+            source = str(checkpoints / "tiny-voxcpm1.5")
+            app, _ = from_config_file(LOCAL_CONFIG, 0, drain, args, source=source)
+            serve.run(app, name="wsredeploy", route_prefix="/wsredeploy")  # a new ingress config
+            with pytest.raises(ConnectionClosed):
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    ws.recv(timeout=60)
+            assert wait_until(lambda: in_flight(url) == 0, 30), "the generation outlived its socket"
+            with open_ws(ws_url(url), key=None) as again:
+                again.send(json.dumps({"type": "text", "text": "又来了。"}))
+                again.send(json.dumps({"type": "end"}))
+                events_until(again, "done")
 
     def test_a_client_that_does_not_read_is_paced(self, guarded: str) -> None:
         """Audio is not sent further ahead of real time than max_audio_ahead_s plus a sentence."""
