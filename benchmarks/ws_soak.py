@@ -30,7 +30,7 @@ SENTENCES = ["你好，我是语音助手。", "Today is sunny."]
 
 
 def opened(url: str) -> ClientConnection:
-    ws = connect(url, open_timeout=60, max_size=None)
+    ws = connect(url, open_timeout=60, max_size=None).__enter__()  # closed by its caller, or vanished
     ws.send(json.dumps({"type": "init", "max_len": 20}))
     assert json.loads(ws.recv(timeout=60))["type"] == "ready"
     return ws

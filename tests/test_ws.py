@@ -43,9 +43,14 @@ def guarded(service: Service, checkpoints: Path) -> Iterator[str]:
         yield ws_url(url)
 
 
+def dial(url: str, **options: object) -> ClientConnection:
+    """An open connection that the test closes, or the server does (websockets wants it entered)."""
+    return connect(url, open_timeout=30, **options).__enter__()  # type: ignore[arg-type]
+
+
 def open_ws(url: str, key: str | None = KEY, **init: object) -> ClientConnection:
     headers = {"Authorization": f"Bearer {key}"} if key else None
-    ws = connect(url, additional_headers=headers, open_timeout=30, max_size=None)
+    ws = dial(url, additional_headers=headers, max_size=None)
     if init is not None:
         ws.send(json.dumps({"type": "init", "max_len": STEPS, **init}))
         ready = json.loads(ws.recv(timeout=30))
@@ -110,7 +115,7 @@ class TestProtocol:
         assert events[-1] == {"type": "done", "context_id": "0", "total_samples": position}
 
     def test_ready_states_the_format_and_limits(self, guarded: str) -> None:
-        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        ws = dial(guarded, additional_headers={"Authorization": f"Bearer {KEY}"})
         with ws:
             ws.send(json.dumps({"type": "init", "sample_rate": 16000, "max_wait_ms": 200}))
             ready = json.loads(ws.recv(timeout=30))
@@ -181,7 +186,7 @@ class TestRefusals:
             assert json.loads(ws.recv(timeout=30))["type"] == "ready"
 
     def test_no_init_in_time(self, guarded: str) -> None:
-        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        ws = dial(guarded, additional_headers={"Authorization": f"Bearer {KEY}"})
         code, events = closed_with(ws)
         assert code == 4408 and events[-1]["type"] == "error" and events[-1]["fatal"] is True
 
@@ -197,7 +202,7 @@ class TestRefusals:
         ],
     )
     def test_bad_first_messages_close_4400(self, guarded: str, frame: str | bytes, field: str | None) -> None:
-        ws = connect(guarded, additional_headers={"Authorization": f"Bearer {KEY}"}, open_timeout=30)
+        ws = dial(guarded, additional_headers={"Authorization": f"Bearer {KEY}"})
         ws.send(frame)
         code, events = closed_with(ws)
         assert code == 4400

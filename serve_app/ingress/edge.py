@@ -134,10 +134,8 @@ class Guard:
         # Every configured key is compared, in constant time, so timing tells nothing about which matched.
         matches = [hmac.compare_digest(presented, key) for key in self._keys]
         if scheme.lower() != "bearer" or not any(matches):
-            raise Unauthorized(
-                "a valid API key is required: Authorization: Bearer <key> (WebSocket: or the subprotocol bearer.<key>)",
-                "authorization",
-            )
+            how = " (or the subprotocol bearer.<key>)" if scope["type"] == "websocket" else ""
+            raise Unauthorized(f"a valid API key is required: Authorization: Bearer <key>{how}", "authorization")
         return "key:" + hashlib.sha256(presented).hexdigest()[:16]
 
     def _count(self, client: str) -> None:
