@@ -18,6 +18,9 @@ Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray
 `POST /api/tts/stream` answers with one WAV header of unknown length followed by PCM16 as it
 is generated: concatenating the chunks gives one playable file. Errors are JSON
 `{"error": {"code", "message", "field"}}`.
+
+`WebSocket /api/tts/ws` (not listed below: OpenAPI has no WebSockets) speaks text as it arrives, sentence
+by sentence, for voice agents: JSON messages in, JSON events and binary PCM out (see the README).
 """
 
 

@@ -20,14 +20,12 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import limits
 import numpy as np
 from fastapi import APIRouter, Depends, WebSocket
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from serve_app import metrics
@@ -56,8 +54,6 @@ CLOSE_UNAVAILABLE = 1011  # a failure of ours, not the client's
 IDLE = "speaker.idle"  # put in the inbox by the speaker, not a client message
 
 router = APIRouter(tags=["websocket"])
-# One limiter for every socket of the replica, keyed by conversation (its storage runs a timer thread).
-_LIMITER = MovingWindowRateLimiter(MemoryStorage())
 
 
 class Fatal(Exception):
@@ -117,10 +113,10 @@ async def tts_ws(
 
 
 class Conversation:
-    def __init__(self, websocket: WebSocket, service: SynthesisService, limits_: WebSocketConfig) -> None:
+    def __init__(self, websocket: WebSocket, service: SynthesisService, limits: WebSocketConfig) -> None:
         self.ws = websocket
         self.service = service
-        self.limits = limits_
+        self.limits = limits
         self.id = websocket.headers.get("x-request-id") or uuid.uuid4().hex
         self.contexts: dict[str, Context] = {}
         self.speaker = Speaker()
@@ -130,7 +126,7 @@ class Conversation:
         self.last_message = self.started
         self.ended: list[Context] = []  # after `end`, until `done`
         self.tasks: list[asyncio.Task] = []  # the reader, and the speaker once `init` came
-        self._rate = limits.RateLimitItemPerSecond(limits_.max_messages_per_s)
+        self._rate = MessageRate(limits.max_messages_per_s)
 
     async def run(self) -> None:
         await self.ws.accept(subprotocol=chosen_subprotocol(self.ws.scope.get("subprotocols", [])))
@@ -155,7 +151,7 @@ class Conversation:
         """Every client frame into the inbox, rate-limited; a disconnect is the last one."""
         while True:
             message = await self.ws.receive()
-            if message["type"] == "websocket.receive" and not _LIMITER.hit(self._rate, self.id):
+            if message["type"] == "websocket.receive" and not self._rate.allow():
                 message = {"type": "rate_limited"}
             self.inbox.put_nowait(message)
             if message["type"] in ("websocket.disconnect", "rate_limited"):
@@ -420,6 +416,21 @@ class Conversation:
     def _trace(self, request_id: str | None = None) -> RequestTrace:
         model = self.settings.output.model.name if self.settings else "none"
         return RequestTrace(request_id=request_id or self.id, route=ROUTE, model=model)
+
+
+class MessageRate:
+    """At most ``per_second`` messages in any one-second window. Hand-written: the ``limits`` library's
+    memory storage keeps an entry for every key it has seen, and each socket would be a new key."""
+
+    def __init__(self, per_second: int) -> None:
+        self._times: deque[float] = deque(maxlen=per_second)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if len(self._times) == self._times.maxlen and now - self._times[0] < 1.0:
+            return False
+        self._times.append(now)
+        return True
 
 
 class StreamFailed(ServiceError):
