@@ -221,6 +221,7 @@ def markdown(results: dict[str, Any], tokens_per_s: float) -> str:
                 "first audio after its last token (ms, p50)",
                 "stall between (ms, max)",
                 "stall inside (ms, max)",
+                "audio s per s (p50)",
             ],
             rows,
         )

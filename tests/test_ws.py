@@ -3,6 +3,7 @@ barge-in, and every misuse refused with the contract's close codes and nothing l
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -39,7 +42,8 @@ def ws_url(http_url: str) -> str:
 def guarded(service: Service, checkpoints: Path) -> Iterator[str]:
     """An app with an API key and short limits, so every misuse is quick to provoke."""
     args = {"access": {"api_keys": [KEY]}, "websocket": LIMITS}
-    with extra_app(service, checkpoints, "wsguarded", args_overrides=args) as url:
+    small = {"VoxCPMModel": {"max_ongoing_requests": 1, "max_queued_requests": 1}}  # easy to fill
+    with extra_app(service, checkpoints, "wsguarded", args_overrides=args, deployments=small) as url:
         yield ws_url(url)
 
 
@@ -237,6 +241,28 @@ class TestRefusals:
             ws.send(json.dumps({"type": "text", "text": ""}))
         code, events = closed_with(ws)
         assert code == 4429 and events[-1]["code"] == "rate_limited"
+
+
+class TestLoadShedding:
+    def test_a_sentence_refused_for_load_is_an_error_not_a_dropped_socket(self, guarded: str) -> None:
+        http_url = guarded.replace("ws://", "http://").removesuffix("/api/tts/ws")
+        with open_ws(guarded) as ws, ThreadPoolExecutor(2) as pool:
+            long = {"text": "占住模型。" * 20}
+            headers = {"Authorization": f"Bearer {KEY}"}
+            post = functools.partial(requests.post, f"{http_url}/api/tts/stream", headers=headers, stream=True)
+            holders = [pool.submit(post, data=long) for _ in range(2)]  # one generating, one in the router's queue
+            time.sleep(1.5)
+            ws.send(json.dumps({"type": "text", "context_id": "busy", "text": "满了吗？"}))
+            events, _ = events_until(ws, "error")
+            assert events[-1]["code"] == "overloaded" and events[-1]["fatal"] is False
+            assert events[-1]["context_id"] == "busy" and events[-1]["retry_after_s"] >= 1
+            for holder in holders:
+                holder.result().close()  # the holders hang up: their generations stop
+            time.sleep(1.5)
+            ws.send(json.dumps({"type": "text", "context_id": "later", "text": "现在好了。"}))
+            ws.send(json.dumps({"type": "end", "context_id": "later"}))
+            events, _ = events_until(ws, "done")
+            assert events[-1]["context_id"] == "later"
 
 
 class TestResources:

@@ -50,7 +50,7 @@ BYTES_PER_SAMPLE = 2
 # Close codes of the contract (RFC 6455 leaves 4000-4999 to applications).
 # 4401 (auth) never reaches this module: the edge refuses a bad key with a 401 before the socket is accepted.
 CLOSE_NORMAL, CLOSE_BAD_MESSAGE, CLOSE_TIMEOUT, CLOSE_RATE = 1000, 4400, 4408, 4429
-CLOSE_UNAVAILABLE = 1011  # a failure of ours, not the client's
+CLOSE_TRY_LATER = 1013  # RFC 6455's "try again later": the service could not start the conversation
 IDLE = "speaker.idle"  # put in the inbox by the speaker, not a client message
 
 router = APIRouter(tags=["websocket"])
@@ -209,7 +209,7 @@ class Conversation:
             voice = await self.service.voice(init.voice_id, "voice_id") if init.voice_id else None
             output = await self.service.output(AudioFormat.PCM, init.sample_rate, model, self._trace())
         except ServiceError as exc:
-            raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_UNAVAILABLE, exc) from None
+            raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
         self.settings = Settings(output, voice, init.knobs(), init.max_wait_ms / 1000)
         await self._send(
             type="ready",
