@@ -371,3 +371,20 @@ class TestCli:
         assert result.returncode == 4 and "HTTP 401" in result.stderr
         refused = self.run(http_url, "--cfg-value", "9", stdin="hi", key=KEY)
         assert refused.returncode == 4 and "cfg_value" in refused.stderr
+
+
+def test_conversations_are_in_the_metrics(plain: str) -> None:
+    """Each sentence is measured like an HTTP stream (route /api/tts/ws), and open sockets are counted."""
+    from tests.test_observability import scrape, total
+
+    route = {"route": "/api/tts/ws", "application": "voxcpm"}
+    before = total(scrape(), "ray_voxcpm_audio_seconds_total", **route)
+    with open_ws(plain, key=None) as ws:
+        ws.send(json.dumps({"type": "text", "text": "量一量。"}))
+        ws.send(json.dumps({"type": "end"}))
+        _, frames = events_until(ws, "done")
+        assert wait_until(lambda: total(scrape(), "ray_voxcpm_open_websockets", application="voxcpm") >= 1, 15)
+    spoken = sum(map(len, frames)) / 2 / 44100
+    # (at least: an earlier test's sentences may not have been exported yet when `before` was read)
+    assert wait_until(lambda: total(scrape(), "ray_voxcpm_audio_seconds_total", **route) >= before + spoken - 1e-3, 15)
+    assert wait_until(lambda: total(scrape(), "ray_voxcpm_open_websockets", application="voxcpm") == 0, 15)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app import metrics
 from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
 from serve_app.ingress.errors import count_error, service_error_response
@@ -181,11 +182,15 @@ class SocketGuard:
             refusal = Overloaded(f"{self.open} sockets are open on this replica; retry shortly")
             await refuse(refusal, scope, receive, send)
             return
-        self.open += 1
+        self._opened(+1)
         try:
             await self.app(scope, receive, send)
         finally:
-            self.open -= 1
+            self._opened(-1)
+
+    def _opened(self, change: int) -> None:
+        self.open += change
+        metrics.ingress().open_websockets.set(self.open)
 
 
 async def refuse(exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
