@@ -19,6 +19,7 @@ def synthesis_service() -> SynthesisService:
 
 
 def app_config() -> AppConfig:
+    """The configuration this replica's TTSIngress was deployed with."""
     return serve.get_replica_context().servable_object.config
 
 
