@@ -125,7 +125,7 @@ def report(points: list[dict], statuses: Counter, wall: float) -> str:
     )
 
 
-def plot(points: list[dict]) -> None:
+def plot(points: list[dict], name: str = "soak", what: str = "requests") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,10 +138,10 @@ def plot(points: list[dict]) -> None:
         axes[1].plot(x, [p.get(f"{role}_threads", np.nan) for p in points], label=role)
         axes[2].plot(x, [p.get(f"{role}_fds", np.nan) for p in points], label=role)
     for axis, title in zip(axes, ("resident memory, MiB", "threads", "open file descriptors"), strict=True):
-        axis.set(title=title, xlabel="requests", ylim=(0, None))
+        axis.set(title=title, xlabel=what, ylim=(0, None))
         axis.legend()
-    figure.suptitle("Soak: replica processes over mixed requests", y=1.04)
-    png(figure, "soak")
+    figure.suptitle(f"Soak: replica processes over {what}", y=1.04)
+    png(figure, name)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
     voxcpm-serve say "你好，世界。" -o hello.wav
     voxcpm-serve say - --voice narrator --format mp3 -o story.mp3 < story.txt
     voxcpm-serve say --play "Plays while it streams."
+    llm-command | voxcpm-serve say --ws - --play      (speaks each sentence as soon as it is written)
     voxcpm-serve voices add narrator reference.wav --text "参考音频的文本"
     voxcpm-serve voices list
     voxcpm-serve voices rm VOICE_ID
@@ -104,6 +105,11 @@ def _pcm_player(sample_rate: int) -> Any:
 
 
 def say(args: argparse.Namespace) -> None:
+    if args.ws:
+        from serve_app.cli_ws import say_ws  # imports this module: imported here, when asked for
+
+        say_ws(args)
+        return
     text = sys.stdin.read() if args.text == "-" else args.text
     fmt = "wav" if args.play else args.format
     form: dict[str, Any] = {"text": text, "format": fmt}
@@ -191,6 +197,12 @@ def parser() -> argparse.ArgumentParser:
     speak.add_argument("--inference-timesteps", type=int)
     speak.add_argument("--max-len", type=int)
     speak.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    speak.add_argument(
+        "--ws",
+        action="store_true",
+        help="over the WebSocket: stdin is spoken sentence by sentence as it arrives "
+        "(API key from $VOXCPM_SERVE_API_KEY)",
+    )
     speak.set_defaults(run=say)
 
     voice = commands.add_parser("voices", help="manage saved voices")

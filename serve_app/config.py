@@ -161,6 +161,35 @@ class OpenAIRouteConfig(_Strict):
         return folded
 
 
+class WebSocketConfig(_Strict):
+    """Bounds on one ``/api/tts/ws`` conversation, stated to the client in its ``ready`` event.
+
+    Serve's proxy ends every connection ``http_options.request_timeout_s`` after it opened, sockets
+    included, and each open socket holds one of the ingress replica's ``max_ongoing_requests``: keep
+    ``max_session_s`` below the first and ``max_connections`` below the second (configs/*.yaml do).
+    """
+
+    init_timeout_s: float = Field(5.0, gt=0, description="The `init` message must come this soon (else 4408).")
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="Closed (4408) after this long without a client message while nothing is spoken."
+    )
+    max_session_s: float = Field(540.0, gt=0, description="A conversation's longest life; then closed (4408).")
+    max_buffered_chars: PositiveInt = Field(
+        5000, description="Text received and not yet spoken; a `text` message past it is refused (not fatal)."
+    )
+    max_message_bytes: PositiveInt = Field(65536, description="The largest client message; past it: 4400.")
+    max_messages_per_s: PositiveInt = Field(100, description="Client messages per second; past it: 4429.")
+    max_audio_ahead_s: float = Field(
+        20.0,
+        gt=0,
+        description="The next sentence is not started while the audio sent is this far ahead of real time: "
+        "Serve's proxy does not pass a slow reader's back-pressure on, so this bounds what waits for one.",
+    )
+    max_connections: PositiveInt = Field(
+        48, description="Open sockets per ingress replica; more are refused (503) before they are accepted."
+    )
+
+
 class AppConfig(_Strict):
     """Everything the app builder needs; see configs/local.yaml, configs/prod.yaml, configs/multi-model.yaml.
 
@@ -173,6 +202,7 @@ class AppConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     access: AccessConfig = AccessConfig()
     openai: OpenAIRouteConfig = OpenAIRouteConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
     voices_dir: str = Field(
         "voices",
         description="Where saved voices live (relative paths: the replica's working directory). Every ingress "

@@ -85,6 +85,10 @@ class IngressMetrics:
             description="Requests answered with an error, or whose stream broke, by error code.",
             tag_keys=(*TAGS, "code"),
         )
+        self.open_websockets = metrics.Gauge(
+            "voxcpm_open_websockets",
+            description="WebSocket conversations open on this replica (against websocket.max_connections).",
+        )
         self._streams: Tally[tuple[str, str]] = Tally()
 
     def stream_opened(self, trace: RequestTrace) -> None:

@@ -119,3 +119,39 @@ def test_sends_the_api_key_the_user_typed(page: Page) -> None:
     with page.expect_request(lambda request: request.url.endswith("/api/tts/stream")) as speak:
         page.click("#speak")
     assert speak.value.headers["authorization"] == "Bearer typed-key"
+
+
+# Live mode: typed text is spoken as it is typed, over WebSocket /api/tts/ws.
+
+
+def go_live(page: Page, max_len: int) -> None:
+    page.fill("#text", "")
+    page.fill("#max_len", str(max_len))
+    page.click("#live")
+    page.wait_for_function("window.liveRun && window.liveRun.ready", timeout=30_000)
+
+
+def test_typed_sentences_are_spoken_as_they_are_typed(page: Page) -> None:
+    go_live(page, max_len=3)
+    page.type("#text", "你好。", delay=30)
+    # The first sentence is spoken while the second is still being typed.
+    page.wait_for_function("window.liveRun.segments.length === 1 && window.liveRun.samples > 0", timeout=30_000)
+    page.type("#text", "世界", delay=30)
+    page.click("#live")  # end: the rest is spoken, then the socket closes
+    page.wait_for_function("window.liveRun.done", timeout=30_000)
+    run = page.evaluate("({segments: liveRun.segments, samples: liveRun.samples})")
+    assert run["segments"] == ["你好。", "世界"]
+    assert run["samples"] == 2 * 3 * TINY_V15_STEP_FRAMES
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-live.png"), full_page=True)
+
+
+def test_interrupt_silences_the_sentence(page: Page) -> None:
+    go_live(page, max_len=400)
+    page.type("#text", "这是一段很长的话。", delay=10)
+    page.wait_for_function("window.liveRun.samples > 0", timeout=30_000)
+    page.click("#interrupt")
+    page.wait_for_function("window.liveRun.cancelled === 1", timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert page.evaluate("window.liveRun.afterCancel") == 0
+    assert page.evaluate("window.liveRun.samples") < 400 * TINY_V15_STEP_FRAMES

@@ -9,7 +9,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import console, forms, openai, playground, status, tts, voices
+from serve_app.ingress import console, forms, openai, playground, status, tts, voices, ws
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.errors import install_error_handlers
 from serve_app.ingress.synthesis import SynthesisService
@@ -20,6 +20,9 @@ Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray
 `POST /api/tts/stream` answers with one WAV header of unknown length followed by PCM16 as it
 is generated: concatenating the chunks gives one playable file. Errors are JSON
 `{"error": {"code", "message", "field"}}`.
+
+`WebSocket /api/tts/ws` (not listed below: OpenAPI has no WebSockets) speaks text as it arrives, sentence
+by sentence, for voice agents: JSON messages in, JSON events and binary PCM out (see the README).
 """
 
 
@@ -27,6 +30,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
     app.include_router(tts.router)
     app.include_router(openai.router)
+    app.include_router(ws.router)
     app.include_router(voices.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.assets, name="playground")

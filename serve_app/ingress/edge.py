@@ -1,5 +1,7 @@
 """What every request meets before routing: CORS, Serve's client-controllable headers, the API key,
 the rate limit, the body size cap, and a service at capacity (refused before any form is parsed).
+WebSocket upgrades meet the same checks (and a cap on open sockets) before the socket is accepted,
+and are refused with the same JSON errors and status codes (ASGI's WebSocket denial response).
 
 Pure ASGI, so the body cap applies while the body streams in: an upload whose Content-Length is
 over the cap is refused before any of it is read, and one without a length is cut off as soon as
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app import metrics
 from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
 from serve_app.ingress.errors import count_error, route_path, service_error_response
@@ -34,7 +37,9 @@ from serve_app.ingress.errors import count_error, route_path, service_error_resp
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/playground/",)
 # Routes that need a model slot: refused here, before their forms are parsed, while every model is full.
-SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech"})
+SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech", "/api/tts/ws"})
+# Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol's suffix.
+KEY_SUBPROTOCOL = "bearer."
 
 # Ray Serve's proxy lets a client lift the end-to-end timeout (<= 0 disables it) and disconnect
 # cancellation with these; they cannot be stripped behind the proxy, so requests carrying them are refused.
@@ -56,7 +61,7 @@ class EdgeMiddleware:
         self._chain: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         if self._chain is None:
@@ -66,7 +71,8 @@ class EdgeMiddleware:
 
 
 def build_chain(app: ASGIApp, config: AppConfig, full: Callable[[], bool]) -> ASGIApp:
-    guarded = Guard(app, config.access, config.limits.max_request_bytes, full)
+    guard = Guard(app, config.access, config.limits.max_request_bytes, full)
+    guarded = SocketGuard(guard, config.websocket.max_connections)
     if not config.access.cors_allow_origins:
         return guarded
     return CORSMiddleware(
@@ -93,10 +99,9 @@ class Guard:
         try:
             self._check(scope)
         except ServiceError as exc:
-            count_error(scope, exc.code)
-            await service_error_response(scope, exc)(scope, receive, send)
+            await refuse(exc, scope, receive, send)
             return
-        await self.app(scope, self._capped(receive), send)
+        await self.app(scope, self._capped(receive) if scope["type"] == "http" else receive, send)
 
     def _check(self, scope: Scope) -> None:
         headers = Headers(scope=scope)
@@ -113,7 +118,8 @@ class Guard:
                 raise BadRequest("Content-Length is not a number", "content-length")
             if int(length) > self._max_body:
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
-        if scope["method"] == "POST" and path in SYNTHESIS_PATHS and self._full():
+        opens = scope["type"] == "websocket" or scope["method"] == "POST"
+        if opens and path in SYNTHESIS_PATHS and self._full():
             raise Overloaded()
 
     def _authenticated_client(self, headers: Headers, scope: Scope) -> str:
@@ -121,11 +127,16 @@ class Guard:
         if not self._keys:
             return "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
         scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scope["type"] == "websocket" and not token:
+            offered = [name.strip() for name in headers.get("sec-websocket-protocol", "").split(",")]
+            keys = [name.removeprefix(KEY_SUBPROTOCOL) for name in offered if name.startswith(KEY_SUBPROTOCOL)]
+            scheme, token = ("bearer", keys[0]) if keys else (scheme, token)
         presented = token.strip().encode()
         # Every configured key is compared, in constant time, so timing tells nothing about which matched.
         matches = [hmac.compare_digest(presented, key) for key in self._keys]
         if scheme.lower() != "bearer" or not any(matches):
-            raise Unauthorized("a valid API key is required: Authorization: Bearer <key>", "authorization")
+            how = " (or the subprotocol bearer.<key>)" if scope["type"] == "websocket" else ""
+            raise Unauthorized(f"a valid API key is required: Authorization: Bearer <key>{how}", "authorization")
         return "key:" + hashlib.sha256(presented).hexdigest()[:16]
 
     def _count(self, client: str) -> None:
@@ -151,6 +162,45 @@ class Guard:
             return message
 
         return capped_receive
+
+
+class SocketGuard:
+    """Refuses a WebSocket past ``max_open`` open on this replica (503, before it is accepted): each open
+    socket holds one of the ingress replica's ``max_ongoing_requests`` for its whole life, and HTTP
+    requests need some too."""
+
+    def __init__(self, app: ASGIApp, max_open: int) -> None:
+        self.app = app
+        self._max_open = max_open
+        self.open = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        if self.open >= self._max_open:
+            refusal = Overloaded(f"{self.open} sockets are open on this replica; retry shortly")
+            await refuse(refusal, scope, receive, send)
+            return
+        self._opened(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._opened(-1)
+
+    def _opened(self, change: int) -> None:
+        self.open += change
+        metrics.ingress().open_websockets.set(self.open)
+
+
+async def refuse(exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
+    """The contract's JSON error; for a WebSocket, as its denial response (the server supports it), else a
+    plain refusal of the upgrade (HTTP 403)."""
+    count_error(scope, exc.code)
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await service_error_response(scope, exc)(scope, receive, send)
 
 
 def api_keys(access: AccessConfig) -> list[bytes]:

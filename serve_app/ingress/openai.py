@@ -30,6 +30,7 @@ from serve_app.config import AppConfig, OpenAIRouteConfig
 from serve_app.errors import BadRequest, NotFound
 from serve_app.ingress.dependencies import app_config, request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.http_audio import streaming_response
 from serve_app.ingress.schemas import SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
@@ -170,7 +171,7 @@ async def speech(
     voice = await _voice(body.voice_name, service, config.openai)
     request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
-        response = await service.stream(request, output)
+        response = await streaming_response(service, request, output)
     else:
         audio = await service.encoded_stream(request, output)
         response = StreamingResponse(

@@ -1,4 +1,8 @@
-"""Between HTTP and the model deployment: build the model request, call the handle, shape the audio."""
+"""Between the routes and the model deployment: build the model request, call the handle, shape the audio.
+
+Transport-free: the HTTP routers and the WebSocket route wrap what it returns (bytes, audio chunks)
+in their own responses, so every transport shares its validation, admission and metrics.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from fastapi import UploadFile
-from fastapi.responses import Response, StreamingResponse
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -105,15 +107,19 @@ class SynthesisService:
                 f"{field} has {len(text)} characters; the limit is {self._limits.max_text_chars}", field
             )
 
-    async def from_form(self, form: TTSStreamForm, trace: RequestTrace) -> tuple[SynthesisRequest, Output]:
-        """What a /api/tts* form asks for: the synthesis, and how to encode it."""
+    async def from_form(
+        self, form: TTSStreamForm, prompt_audio: bytes, trace: RequestTrace
+    ) -> tuple[SynthesisRequest, Output]:
+        """What a /api/tts* form asks for (its prompt_audio already read): the synthesis, and how to encode it."""
         model = self.resolve(form.model)
         output = await self.output(form.format, form.sample_rate, model, trace, form.speed)
-        return await self._request_from_form(form, trace, model), output
+        return await self._request_from_form(form, prompt_audio, trace, model), output
 
-    async def _request_from_form(self, form: TTSStreamForm, trace: RequestTrace, model: str) -> SynthesisRequest:
+    async def _request_from_form(
+        self, form: TTSStreamForm, prompt_audio: bytes, trace: RequestTrace, model: str
+    ) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
-        prompt = await self._prompt(form.prompt_audio, form.prompt_text, model)
+        prompt = await self._prompt(prompt_audio, form.prompt_text, model)
         voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
         if voice is not None and prompt is not None:
             raise InvalidField("give either voice_id or prompt_audio, not both", "voice_id")
@@ -123,15 +129,17 @@ class SynthesisService:
     async def voice(self, id_or_name: str, field: str) -> Voice:
         return await asyncio.to_thread(self.voices.find, id_or_name, field)
 
-    async def reference(self, upload: UploadFile, field: str) -> tuple[np.ndarray, int]:
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._limits.max_prompt_audio_bytes
+
+    async def reference(self, data: bytes, field: str) -> tuple[np.ndarray, int]:
         """An uploaded recording as mono float32 at its own rate, within the configured limits."""
-        data = await self._read_upload(upload, field)
         if not data:
             raise InvalidField(f"{field} is required", field)
         return await asyncio.to_thread(decode_mono, data, self._limits.max_prompt_audio_seconds, field)
 
-    async def _prompt(self, upload: UploadFile | None, text: str | None, model: str) -> PromptAudio | None:
-        data = await self._read_upload(upload, "prompt_audio") if upload is not None else b""
+    async def _prompt(self, data: bytes, text: str | None, model: str) -> PromptAudio | None:
         if not data:
             if text is not None:
                 raise InvalidField("prompt_text was given without prompt_audio", "prompt_audio")
@@ -141,15 +149,6 @@ class SynthesisService:
             decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, "prompt_audio"
         )
         return PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=text)
-
-    async def _read_upload(self, upload: UploadFile, field: str) -> bytes:
-        limit = self._limits.max_prompt_audio_bytes
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"{field} is larger than {limit} bytes", field)
-        if not data and upload.filename:
-            raise InvalidField(f"{field} is an empty file", field)
-        return data
 
     async def output(
         self, fmt: AudioFormat, requested_rate: int | None, model: str, trace: RequestTrace, speed: float = 1.0
@@ -164,19 +163,11 @@ class SynthesisService:
             raise InvalidField(str(exc), "sample_rate") from None
         return Output(fmt, rate, info, trace, speed)
 
-    async def stream(self, request: SynthesisRequest, output: Output) -> StreamingResponse:
-        """Audio whose first bytes leave as soon as the first chunk exists."""
-        return StreamingResponse(
-            await self.encoded_stream(request, output),
-            media_type=codecs.MEDIA_TYPES[output.format],
-            headers=output.headers(),
-        )
+    async def chunks(self, request: SynthesisRequest, output: Output) -> AsyncIterator[np.ndarray]:
+        """The model's audio (float32 at the model's rate) as it is generated.
 
-    async def encoded_stream(self, request: SynthesisRequest, output: Output) -> AsyncIterator[bytes]:
-        """The answer's bytes as they are generated and encoded.
-
-        The first chunk is awaited here, before any response starts, so a refusal (bad prompt,
-        overload) still becomes a clean JSON error rather than a broken 200.
+        The first chunk is awaited here, before anything is sent, so a refusal (bad prompt, overload)
+        still becomes a clean error rather than a broken answer. Closing the iterator stops the generation.
         """
         handle = self._handles[output.model.name].options(stream=True)
 
@@ -192,30 +183,39 @@ class SynthesisService:
                 raise
 
         first, chunks = await self._retrying_refusals(output.model.name, first_chunk)
-        return self._encoded(output, first, chunks)
+        return self._traced(output, first, chunks)
 
-    async def _encoded(
-        self, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator
-    ) -> AsyncIterator[bytes]:
-        trace, recorder = output.trace, metrics.ingress()
+    async def encoded_stream(self, request: SynthesisRequest, output: Output) -> AsyncIterator[bytes]:
+        """The answer's bytes, in ``output``'s format, as they are generated (see :meth:`chunks`)."""
+        return self._encoded(output, await self.chunks(request, output))
+
+    async def _encoded(self, output: Output, chunks: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
         encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
         pace = stretcher(output.speed, output.model.sample_rate)  # cheap enough for the event loop: <1 ms a chunk
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                if data := encoder.encode(pace.feed(chunk)):
+                    yield data
+            yield encoder.encode(pace.finish()) + encoder.finish()
+
+    async def _traced(
+        self, output: Output, first: np.ndarray, chunks: DeploymentResponseGenerator
+    ) -> AsyncIterator[np.ndarray]:
+        trace, recorder = output.trace, metrics.ingress()
         cadence = metrics.Cadence(recorder.stream_chunk_gap, trace.tags)
         cadence.tick()  # the first chunk, as the response starts
         frames = len(first)
         recorder.stream_opened(trace)
         try:
-            yield encoder.encode(pace.feed(first))
+            yield first
             recorder.first_byte(trace)
             async for chunk in chunks:
                 cadence.tick()
                 frames += len(chunk)
-                if data := encoder.encode(pace.feed(chunk)):
-                    yield data
-            yield encoder.encode(pace.finish()) + encoder.finish()
+                yield chunk
             recorder.completed(trace, frames / output.model.sample_rate / output.speed)
         except Exception:
-            # The response has started: all we can do is end it without a clean terminator.
+            # The answer has started: all we can do is end it without a clean terminator.
             logger.exception("request %s: stream failed after the response started", trace.request_id)
             recorder.failed(trace, "stream_failed")
             raise
@@ -224,7 +224,8 @@ class SynthesisService:
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
             self._full_until.pop(output.model.name, None)  # its slot is free
 
-    async def whole(self, request: SynthesisRequest, output: Output) -> Response:
+    async def whole(self, request: SynthesisRequest, output: Output) -> bytes:
+        """The whole answer, encoded in ``output``'s format."""
         handle = self._handles[output.model.name]
 
         async def synthesize() -> np.ndarray:
@@ -240,7 +241,7 @@ class SynthesisService:
         )
         metrics.ingress().first_byte(output.trace)
         metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate)
-        return Response(body, media_type=codecs.MEDIA_TYPES[output.format], headers=output.headers())
+        return body
 
     async def _retrying_refusals(self, model: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``, again after a short pause when Serve's router refused it for a full queue: it also
@@ -269,6 +270,10 @@ class Output:
     model: ModelInfo
     trace: RequestTrace
     speed: float = 1.0  # speaking rate, applied by time-stretch before encoding
+
+    @property
+    def media_type(self) -> str:
+        return codecs.MEDIA_TYPES[self.format]
 
     def headers(self) -> dict[str, str]:
         return {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}  # Serve adds X-Request-ID

@@ -11,9 +11,11 @@ from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.ingress.dependencies import request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.forms import form_body
+from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
-from serve_app.ingress.synthesis import SynthesisService
+from serve_app.ingress.synthesis import Output, SynthesisService
 from serve_app.metrics import RequestTrace
+from serve_app.model.types import SynthesisRequest
 
 router = APIRouter(tags=["tts"], responses=documented_errors(400, 401, 404, 413, 415, 422, 429, 503))
 _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
@@ -33,7 +35,7 @@ async def tts_stream(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> StreamingResponse:
-    return await service.stream(*await service.from_form(form, trace))
+    return await streaming_response(service, *await _parsed(form, service, trace))
 
 
 @router.post(
@@ -48,4 +50,11 @@ async def tts(
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
 ) -> Response:
-    return await service.whole(*await service.from_form(form, trace))
+    return await whole_response(service, *await _parsed(form, service, trace))
+
+
+async def _parsed(
+    form: TTSStreamForm, service: SynthesisService, trace: RequestTrace
+) -> tuple[SynthesisRequest, Output]:
+    prompt_audio = await read_upload(form.prompt_audio, service.max_upload_bytes, "prompt_audio")
+    return await service.from_form(form, prompt_audio, trace)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from serve_app.ingress.dependencies import synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.forms import form_body
+from serve_app.ingress.http_audio import read_upload
 from serve_app.ingress.synthesis import SynthesisService
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
@@ -30,7 +31,7 @@ async def create(
     text: Annotated[str, Form(min_length=1, max_length=2000, description="What the recording says.")],
     name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
 ) -> dict:
-    samples, rate = await service.reference(audio, "audio")
+    samples, rate = await service.reference(await read_upload(audio, service.max_upload_bytes, "audio"), "audio")
     voice = await asyncio.to_thread(service.voices.create, name.strip(), text.strip(), samples, rate)
     return voice.public()
 

@@ -1,0 +1,450 @@
+"""``WebSocket /api/tts/ws``: text in as a language model writes it, speech out sentence by sentence.
+
+One socket is one conversation. Its text goes into a :class:`SentenceBuffer` per context; each
+complete sentence becomes one streaming call to the model deployment through the same
+:class:`SynthesisService` as the HTTP routes (admission, load shedding, batching and metrics apply
+alike), spoken in order by one speaker task, so binary frames always belong to the last
+``segment`` announced. The edge middleware has checked the key, rate and capacity before this runs.
+
+Two tasks per socket: a reader that only receives (a cancelled ``receive`` through Serve's proxy
+could lose a message, so it is never cancelled mid-wait), and the speaker. The conversation loop
+reacts to messages and timers; a ``cancel`` stops the speaker's current sentence and waits for it
+to stop before ``cancelled`` is sent, so no frame of that context can follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from serve_app import metrics
+from serve_app.audio import codecs
+from serve_app.audio.codecs import AudioFormat
+from serve_app.audio.reference import resample
+from serve_app.config import AppConfig, WebSocketConfig
+from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError
+from serve_app.ingress.dependencies import app_config, synthesis_service
+from serve_app.ingress.synthesis import Output, SynthesisService
+from serve_app.ingress.ws_messages import Cancel, Close, End, Flush, Init, Text, parse
+from serve_app.metrics import RequestTrace
+from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.text_stream import SentenceBuffer
+from serve_app.voices import Voice
+
+logger = logging.getLogger("ray.serve")
+
+ROUTE = "/api/tts/ws"
+ENCODING = "pcm_s16le"
+BYTES_PER_SAMPLE = 2
+# Close codes of the contract (RFC 6455 leaves 4000-4999 to applications).
+# 4401 (auth) never reaches this module: the edge refuses a bad key with a 401 before the socket is accepted.
+CLOSE_NORMAL, CLOSE_BAD_MESSAGE, CLOSE_TIMEOUT, CLOSE_RATE = 1000, 4400, 4408, 4429
+CLOSE_TRY_LATER = 1013  # RFC 6455's "try again later": the service could not start the conversation
+IDLE = "speaker.idle"  # put in the inbox by the speaker, not a client message
+
+router = APIRouter(tags=["websocket"])
+
+
+class Fatal(Exception):
+    """Ends the conversation: an ``error`` event, then the close code."""
+
+    def __init__(self, close_code: int, error: ServiceError) -> None:
+        super().__init__(close_code, error)
+        self.close_code = close_code
+        self.error = error
+
+
+@dataclass(eq=False)
+class Context:
+    """One utterance in one voice: its unspoken text and how much of it has been sent."""
+
+    id: str
+    buffer: SentenceBuffer
+    anchor: PromptAudio | None = None  # the first sentence's audio, the prompt of the rest
+    samples: int = 0  # sent, at the output rate
+    segments: int = 0
+    queued_chars: int = 0  # cut into sentences, waiting for the speaker
+    cancelled: bool = False
+    started: float | None = None  # monotonic time of its first audio
+
+
+@dataclass
+class Settings:
+    """What ``init`` fixed for the whole socket."""
+
+    output: Output
+    voice: Voice | None
+    knobs: dict[str, Any]
+    max_wait_s: float
+
+
+@dataclass
+class Speaker:
+    """Sentences spoken one at a time, in order; ``None`` ends a context (``done``)."""
+
+    queue: asyncio.Queue[tuple[Context, str | None]] = field(default_factory=asyncio.Queue)
+    speaking: Context | None = None
+    sentence: asyncio.Task | None = None
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def busy(self) -> bool:
+        return self.speaking is not None or not self.queue.empty()
+
+
+@router.websocket(ROUTE)
+async def tts_ws(
+    websocket: WebSocket,
+    service: Annotated[SynthesisService, Depends(synthesis_service)],
+    config: Annotated[AppConfig, Depends(app_config)],
+) -> None:
+    await Conversation(websocket, service, config.websocket).run()
+
+
+class Conversation:
+    def __init__(self, websocket: WebSocket, service: SynthesisService, limits: WebSocketConfig) -> None:
+        self.ws = websocket
+        self.service = service
+        self.limits = limits
+        self.id = websocket.headers.get("x-request-id") or uuid.uuid4().hex
+        self.contexts: dict[str, Context] = {}
+        self.speaker = Speaker()
+        self.settings: Settings | None = None
+        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.started = time.monotonic()
+        self.last_message = self.started
+        self.ended: list[Context] = []  # after `end`, until `done`
+        self.tasks: list[asyncio.Task] = []  # the reader, and the speaker once `init` came
+        self._rate = MessageRate(limits.max_messages_per_s)
+
+    async def run(self) -> None:
+        await self.ws.accept(subprotocol=chosen_subprotocol(self.ws.scope.get("subprotocols", [])))
+        self.tasks.append(asyncio.create_task(self._read()))
+        try:
+            await self._converse()
+            await self._close(CLOSE_NORMAL)
+        except Fatal as fatal:
+            metrics.ingress().failed(self._trace(), fatal.error.code)
+            await self._send_error(fatal.error, fatal=True)
+            await self._close(fatal.close_code, fatal.error.message)
+        except (WebSocketDisconnect, ConnectionError):
+            pass  # the client went away: the finally below stops its generation
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    # --- receiving -------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        """Every client frame into the inbox, rate-limited; a disconnect is the last one."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.receive" and not self._rate.allow():
+                message = {"type": "rate_limited"}
+            self.inbox.put_nowait(message)
+            if message["type"] in ("websocket.disconnect", "rate_limited"):
+                return
+
+    async def _next(self, timeout_s: float) -> Init | Text | Flush | End | Cancel | Close | None:
+        """The next client message, or None if ``timeout_s`` passed first."""
+        try:
+            message = await asyncio.wait_for(self.inbox.get(), max(timeout_s, 0.0))
+        except TimeoutError:
+            return None
+        if message["type"] == IDLE:
+            return None  # the speaker has nothing left: time for the timers
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        if message["type"] == "rate_limited":
+            raise Fatal(CLOSE_RATE, RateLimited(f"more than {self.limits.max_messages_per_s} messages a second"))
+        if message.get("text") is None:
+            raise Fatal(CLOSE_BAD_MESSAGE, BadRequest("binary frames are not accepted; send JSON text frames"))
+        if len(message["text"].encode()) > self.limits.max_message_bytes:
+            limit = self.limits.max_message_bytes
+            raise Fatal(CLOSE_BAD_MESSAGE, PayloadTooLarge(f"a message is larger than {limit} bytes"))
+        self.last_message = time.monotonic()
+        try:
+            return parse(message["text"])
+        except BadRequest as exc:
+            raise Fatal(CLOSE_BAD_MESSAGE, exc) from None
+
+    # --- the conversation ------------------------------------------------------------------------
+
+    async def _converse(self) -> None:
+        first = await self._next(self.limits.init_timeout_s)
+        if first is None:
+            raise Fatal(CLOSE_TIMEOUT, BadRequest(f"no init message within {self.limits.init_timeout_s} s", "type"))
+        if not isinstance(first, Init):
+            raise Fatal(CLOSE_BAD_MESSAGE, BadRequest("the first message must be init", "type"))
+        await self._init(first)
+        self.tasks.append(asyncio.create_task(self._speak_in_turn()))
+        while True:
+            message = await self._next(self._until_next_timer())
+            if message is None:
+                self._on_timers()
+            elif isinstance(message, Close):
+                return
+            elif isinstance(message, Init):
+                raise Fatal(CLOSE_BAD_MESSAGE, BadRequest("init may be sent once, first", "type"))
+            else:
+                await self._on_message(message)
+
+    async def _init(self, init: Init) -> None:
+        try:
+            if init.instructions and init.instructions.strip():
+                raise BadRequest("instructions are not supported by VoxCPM", "instructions")
+            model = self.service.resolve(init.model)
+            voice = await self.service.voice(init.voice_id, "voice_id") if init.voice_id else None
+            output = await self.service.output(AudioFormat.PCM, init.sample_rate, model, self._trace())
+        except ServiceError as exc:
+            raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
+        self.settings = Settings(output, voice, init.knobs(), init.max_wait_ms / 1000)
+        await self._send(
+            type="ready",
+            sample_rate=output.sample_rate,
+            encoding=ENCODING,
+            model=model,
+            limits={**self.limits.model_dump(exclude={"max_connections"}), "max_wait_ms": init.max_wait_ms},
+        )
+
+    async def _on_message(self, message: Text | Flush | End | Cancel) -> None:
+        if isinstance(message, Cancel):
+            await self._cancel(message.context_id)
+            return
+        context = self._context(message.context_id)
+        if isinstance(message, Text):
+            if self._buffered_chars() + len(message.text) > self.limits.max_buffered_chars:
+                error = PayloadTooLarge(
+                    f"more than {self.limits.max_buffered_chars} characters would wait to be spoken; this text "
+                    "was not added: send it again once audio has caught up",
+                    "text",
+                )
+                await self._send_error(error, fatal=False, context_id=context.id)
+                return
+            self._enqueue(context, *context.buffer.append(message.text))
+            return
+        self._enqueue(context, context.buffer.flush())
+        if isinstance(message, End):
+            del self.contexts[context.id]  # text for this id from now on starts a new context
+            self.ended.append(context)
+            self.speaker.queue.put_nowait((context, None))
+
+    def _context(self, context_id: str) -> Context:
+        if context_id not in self.contexts:
+            assert self.settings is not None
+            self.contexts[context_id] = Context(context_id, SentenceBuffer(self.settings.max_wait_s))
+        return self.contexts[context_id]
+
+    def _enqueue(self, context: Context, *sentences: str | None) -> None:
+        for sentence in filter(None, sentences):
+            context.queued_chars += len(sentence)
+            self.speaker.queue.put_nowait((context, sentence))
+
+    def _buffered_chars(self) -> int:
+        return sum(len(c.buffer) + c.queued_chars for c in [*self.contexts.values(), *self.ended])
+
+    async def _cancel(self, context_id: str) -> None:
+        """Barge-in: drop the context's text, stop its sentence, and only then say ``cancelled``
+        (the contexts by that id: one still open, and any ended but not yet done)."""
+        targets = [c for c in self.ended if c.id == context_id]
+        if (open_context := self.contexts.pop(context_id, None)) is not None:
+            targets.append(open_context)
+        for context in targets:
+            await self._stop(context)
+        sent = max((c.samples for c in targets), default=0)
+        await self._send(type="cancelled", context_id=context_id, sent_samples=sent)
+
+    async def _stop(self, context: Context) -> None:
+        context.cancelled = True
+        if context in self.ended:
+            self.ended.remove(context)
+        sentence = self.speaker.sentence
+        if self.speaker.speaking is context and sentence is not None:
+            sentence.cancel()
+            await asyncio.wait({sentence})
+
+    # --- timers ----------------------------------------------------------------------------------
+
+    def _until_next_timer(self) -> float:
+        now = time.monotonic()
+        deadlines = [self.started + self.limits.max_session_s]
+        if not self.speaker.busy:
+            deadlines.append(max(self.last_message, self.speaker.idle_since) + self.limits.idle_timeout_s)
+            deadlines += filter(None, (c.buffer.deadline() for c in self.contexts.values()))
+        return min(deadlines) - now
+
+    def _on_timers(self) -> None:
+        now = time.monotonic()
+        if now >= self.started + self.limits.max_session_s:
+            raise Fatal(CLOSE_TIMEOUT, SessionTimeout(f"a conversation lasts at most {self.limits.max_session_s} s"))
+        if self.speaker.busy:
+            return  # words waiting while audio plays cost nothing: let them become a whole sentence
+        if now >= max(self.last_message, self.speaker.idle_since) + self.limits.idle_timeout_s:
+            raise Fatal(CLOSE_TIMEOUT, SessionTimeout(f"no message for {self.limits.idle_timeout_s} s"))
+        for context in self.contexts.values():
+            self._enqueue(context, context.buffer.overdue())
+
+    # --- speaking --------------------------------------------------------------------------------
+
+    async def _speak_in_turn(self) -> None:
+        speaker = self.speaker
+        while True:
+            if speaker.queue.empty():
+                self.inbox.put_nowait({"type": IDLE})  # the timers wait while it speaks: wake them
+            context, sentence = await speaker.queue.get()
+            if context.cancelled:
+                continue
+            if sentence is None:
+                self.ended.remove(context)
+                await self._send(type="done", context_id=context.id, total_samples=context.samples)
+                continue
+            context.queued_chars -= len(sentence)
+            speaker.speaking, speaker.sentence = context, asyncio.create_task(self._speak(context, sentence))
+            try:
+                await asyncio.wait({speaker.sentence})  # a cancel stops the sentence, not the speaker
+                if not speaker.sentence.cancelled() and (exc := speaker.sentence.exception()) is not None:
+                    raise exc
+            finally:
+                if speaker.sentence.done():
+                    speaker.speaking, speaker.sentence, speaker.idle_since = None, None, time.monotonic()
+                else:  # the speaker itself was cancelled: the socket is closing
+                    speaker.sentence.cancel()
+            await self._paced(context)
+
+    async def _speak(self, context: Context, sentence: str) -> None:
+        """One sentence: ``segment``, its audio, ``segment_end``; a refusal ends the context with an ``error``."""
+        assert self.settings is not None
+        index, trace = context.segments, self._trace(f"{self.id}-{context.id}-{context.segments}")
+        output = Output(AudioFormat.PCM, self.settings.output.sample_rate, self.settings.output.model, trace)
+        request = SynthesisRequest(
+            text=sentence, prompt=context.anchor, voice=self.settings.voice, **trace.ids, **self.settings.knobs
+        )
+        try:
+            chunks = await self.service.chunks(request, output)
+        except ServiceError as exc:
+            metrics.ingress().failed(trace, exc.code)
+            self._drop(context)
+            await self._send_error(exc, fatal=False, context_id=context.id)
+            return
+        context.segments += 1
+        await self._send(
+            type="segment", context_id=context.id, index=index, text=sentence, start_sample=context.samples
+        )
+        try:
+            audio = await self._send_audio(context, output, chunks)
+        except (WebSocketDisconnect, ConnectionError):
+            raise
+        except Exception:  # noqa: BLE001 - whatever broke the model's stream (the service logged it), not the client
+            self._drop(context)
+            await self._send_error(StreamFailed(f"the generation of {trace.request_id} failed"), False, context.id)
+            return
+        await self._send(type="segment_end", context_id=context.id, index=index, end_sample=context.samples)
+        if context.anchor is None and self.settings.voice is None and len(audio):
+            info = output.model
+            samples = resample(audio, info.sample_rate, info.prompt_sample_rate)
+            context.anchor = PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=sentence)
+
+    def _drop(self, context: Context) -> None:
+        """A context the service could not speak: the ``error`` sent for it ends it."""
+        context.cancelled = True
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+        if context in self.ended:
+            self.ended.remove(context)
+
+    async def _send_audio(self, context: Context, output: Output, chunks: Any) -> np.ndarray:
+        """The sentence's audio as binary PCM frames; the model's samples, kept for the anchor."""
+        encoder = codecs.encoder(AudioFormat.PCM, output.model.sample_rate, output.sample_rate)
+        kept: list[np.ndarray] = []
+        async with contextlib.aclosing(chunks):  # closing it (a cancel, a disconnect) stops the generation
+            async for chunk in chunks:
+                if context.anchor is None:
+                    kept.append(chunk)
+                await self._send_pcm(context, encoder.encode(chunk))
+            await self._send_pcm(context, encoder.finish())
+        return np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
+
+    async def _send_pcm(self, context: Context, data: bytes) -> None:
+        if data:
+            if context.started is None:
+                context.started = time.monotonic()
+            await self.ws.send_bytes(data)
+            context.samples += len(data) // BYTES_PER_SAMPLE
+
+    async def _paced(self, context: Context) -> None:
+        """Wait while the context's audio is more than ``max_audio_ahead_s`` ahead of real time."""
+        if context.started is None or self.settings is None:
+            return
+        played = time.monotonic() - context.started
+        ahead = context.samples / self.settings.output.sample_rate - played
+        if ahead > self.limits.max_audio_ahead_s:
+            await asyncio.sleep(ahead - self.limits.max_audio_ahead_s)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    async def _send(self, **event: Any) -> None:
+        await self.ws.send_text(json.dumps(event, ensure_ascii=False))
+
+    async def _send_error(self, error: ServiceError, fatal: bool, context_id: str | None = None) -> None:
+        event: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message, "fatal": fatal}
+        if error.field:
+            event["field"] = error.field
+        if context_id is not None:
+            event["context_id"] = context_id
+        if error.retry_after_s is not None:
+            event["retry_after_s"] = error.retry_after_s
+        with contextlib.suppress(WebSocketDisconnect, ConnectionError, RuntimeError):  # it may be gone already
+            await self._send(**event)
+
+    async def _close(self, code: int, reason: str = "") -> None:
+        if self.ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, ConnectionError, RuntimeError):
+                await self.ws.close(code, reason[:120])  # a close reason is at most 123 bytes
+
+    def _trace(self, request_id: str | None = None) -> RequestTrace:
+        model = self.settings.output.model.name if self.settings else "none"
+        return RequestTrace(request_id=request_id or self.id, route=ROUTE, model=model)
+
+
+class MessageRate:
+    """At most ``per_second`` messages in any one-second window. Hand-written: the ``limits`` library's
+    memory storage keeps an entry for every key it has seen, and each socket would be a new key."""
+
+    def __init__(self, per_second: int) -> None:
+        self._times: deque[float] = deque(maxlen=per_second)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if len(self._times) == self._times.maxlen and now - self._times[0] < 1.0:
+            return False
+        self._times.append(now)
+        return True
+
+
+class StreamFailed(ServiceError):
+    status = 500
+    code = "stream_failed"
+
+
+class SessionTimeout(ServiceError):
+    status = 408
+    code = "timeout"
+
+
+def chosen_subprotocol(offered: list[str]) -> str | None:
+    """The subprotocol to accept: a browser that offered some fails the socket unless one is chosen.
+    The first that is not a key, else the ``bearer.KEY`` itself (the client offered only that)."""
+    plain = [name for name in offered if not name.startswith("bearer.")]
+    return (plain or offered or [None])[0]

@@ -1,0 +1,80 @@
+"""The messages a client sends on ``/api/tts/ws``, validated by pydantic like the HTTP bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from serve_app.errors import BadRequest
+from serve_app.ingress.schemas import _CONTROL_CHARACTERS, VoxCPMKnobs
+
+DEFAULT_CONTEXT = "0"
+ContextId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Init(VoxCPMKnobs):
+    """The first message: the voice and settings of every context of the socket."""
+
+    type: Literal["init"]
+    voice_id: str | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
+    model: str | None = None
+    sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (default: the model's).")
+    instructions: str | None = None
+    max_wait_ms: int = Field(500, ge=0, le=10000, description="Speak buffered words after this long without a stop.")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Text(_Message):
+    type: Literal["text"]
+    context_id: ContextId = DEFAULT_CONTEXT
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _printable(cls, text: str) -> str:
+        return _CONTROL_CHARACTERS.sub("", text)
+
+
+class Flush(_Message):
+    type: Literal["flush"]
+    context_id: ContextId = DEFAULT_CONTEXT
+
+
+class End(_Message):
+    type: Literal["end"]
+    context_id: ContextId = DEFAULT_CONTEXT
+
+
+class Cancel(_Message):
+    type: Literal["cancel"]
+    context_id: ContextId = DEFAULT_CONTEXT
+
+
+class Close(_Message):
+    type: Literal["close"]
+
+
+Message = Annotated[Init | Text | Flush | End | Cancel | Close, Field(discriminator="type")]
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def parse(data: str) -> Message:
+    """One client message, or a BadRequest naming what is wrong with it."""
+    try:
+        return _MESSAGE.validate_json(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        kind, location = error["type"], [str(part) for part in error.get("loc", ())]
+        if kind == "json_invalid":
+            raise BadRequest(f"not JSON: {error['msg']}") from None
+        if kind in ("union_tag_not_found", "model_attributes_type", "model_type"):
+            raise BadRequest("a message is a JSON object with a `type`", "type") from None
+        if kind == "union_tag_invalid":
+            raise BadRequest(f"unknown message type; known: {error['ctx']['expected_tags']}", "type") from None
+        field = location[1] if len(location) > 1 else None
+        message = "unknown field" if kind == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{field}: {message}" if field else message, field) from None
