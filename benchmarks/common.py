@@ -229,13 +229,16 @@ def local_service(
     metrics_port: int | None = None,
     **model_overrides: Any,
 ) -> Iterator[str]:
-    """configs/local.yaml on a fresh local Ray cluster, on a free loopback port; yields the base URL.
+    """configs/local.yaml with its synthetic checkpoint, on a fresh local Ray cluster and a free loopback port;
+    yields the base URL.
 
     ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there);
     ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``;
     with ``metrics_port``, Ray's Prometheus endpoint is there, with samples at most a second old.
     """
     deployment = {"num_replicas": replicas, **(model_deployment or {})}
+    # the synthetic checkpoint, as the tests use it: no wait on a model hub, the same model every run
+    model_overrides = {"source": str(REPO / "checkpoints" / "tiny-voxcpm1.5"), **model_overrides}
     with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
         yield from _local_service(deployment, model_overrides, metrics_port)
 
