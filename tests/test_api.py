@@ -233,7 +233,7 @@ class TestStatus:
     def test_ready_once_every_model_has_a_warmed_replica(self, url: str, service: Service) -> None:
         response = requests.get(f"{url}/ready")
         assert response.status_code == 200
-        assert response.json() == {"status": "ready", "models": ["voxcpm-tiny-synthetic"]}
+        assert response.json() == {"status": "ready", "models": ["voxcpm"]}
         both = requests.get(f"{service.multi_url}/ready")
         assert both.status_code == 200 and len(both.json()["models"]) == 2
 
@@ -245,7 +245,7 @@ class TestStatus:
             assert response.status_code == 503
             body = response.json()
             assert body["status"] == "not_ready"
-            assert body["models_not_ready"] == ["voxcpm-tiny-synthetic"]
+            assert body["models_not_ready"] == ["voxcpm"]
             assert "warmed up" in body["detail"]
             health = requests.get(f"{app_url}/health")
             assert health.status_code == 503 and health.json()["models"][0]["replicas_running"] == 0
