@@ -188,6 +188,11 @@ def error_of(response: requests.Response) -> dict:
     return body["error"]
 
 
+def route_error_of(response: requests.Response) -> dict:
+    """The error object in the shape of the route that answered: OpenAI's on /v1, the contract's elsewhere."""
+    return openai_error_of(response) if "/v1/" in response.request.path_url else error_of(response)
+
+
 def openai_error_of(response: requests.Response) -> dict:
     """The error object of a /v1 route: OpenAI's fields plus the contract's ``field``."""
     assert response.headers["content-type"].startswith("application/json"), response.text[:200]

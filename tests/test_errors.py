@@ -8,7 +8,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import error_of
+from tests.conftest import route_error_of
 
 FORM_ROUTES = ["/api/tts/stream", "/api/tts"]
 SHORT = {"max_len": "4"}
@@ -18,7 +18,7 @@ SHORT = {"max_len": "4"}
 def test_json_sent_to_a_form_endpoint_is_415_naming_the_accepted_types(url: str, route: str) -> None:
     response = requests.post(f"{url}{route}", json={"text": "Hello", "name": "x"}, timeout=30)
     assert response.status_code == 415
-    error = error_of(response)
+    error = route_error_of(response)
     assert error["field"] == "content-type" and error["code"] == "unsupported_media"
     assert "multipart/form-data" in error["message"] and "application/x-www-form-urlencoded" in error["message"]
     assert "not application/json" in error["message"]
@@ -27,7 +27,7 @@ def test_json_sent_to_a_form_endpoint_is_415_naming_the_accepted_types(url: str,
 @pytest.mark.parametrize("route", FORM_ROUTES)
 def test_a_body_of_another_type_is_415(url: str, route: str) -> None:
     response = requests.post(f"{url}{route}", data=b"Hello", headers={"Content-Type": "text/plain"}, timeout=30)
-    assert response.status_code == 415 and error_of(response)["field"] == "content-type"
+    assert response.status_code == 415 and route_error_of(response)["field"] == "content-type"
 
 
 @pytest.mark.parametrize("route", FORM_ROUTES)
@@ -37,7 +37,7 @@ def test_a_multipart_field_that_is_not_utf8_is_400_naming_it(url: str, route: st
     fields[field] = (None, b"caf\xe9 \xff")  # Latin-1, not UTF-8
     response = requests.post(f"{url}{route}", files=fields, timeout=60)
     assert response.status_code == 400, response.text[:300]
-    error = error_of(response)
+    error = route_error_of(response)
     assert error["field"] == field and "not valid utf-8" in error["message"]
 
 
@@ -50,7 +50,7 @@ def test_an_urlencoded_field_that_is_not_utf8_is_400_naming_it(url: str, route: 
         timeout=60,
     )
     assert response.status_code == 400, response.text[:300]
-    assert error_of(response)["field"] == "text"
+    assert route_error_of(response)["field"] == "text"
 
 
 SPEECH_ROUTES = {
@@ -65,7 +65,7 @@ SPEECH_ROUTES = {
 def test_text_the_tokenizer_reduces_to_nothing_is_400_on_every_route(url: str, route: str, text: str) -> None:
     response = requests.post(f"{url}{route}", timeout=60, **SPEECH_ROUTES[route](text))
     assert response.status_code == 400, response.text[:300]
-    error = error_of(response)
+    error = route_error_of(response)
     assert error["field"] == "text" and "nothing voxcpm can speak" in error["message"]
 
 
@@ -80,7 +80,7 @@ def test_text_from_all_of_unicode_never_gets_a_server_error(url: str, text: str,
     response = requests.post(f"{url}{route}", timeout=60, **SPEECH_ROUTES[route](text))
     assert response.status_code < 500, (route, text, response.text[:300])
     if response.status_code >= 400:
-        assert error_of(response)["field"] in ("text", "input"), (route, text, response.text[:300])
+        assert route_error_of(response)["field"] in ("text", "input"), (route, text, response.text[:300])
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_text_from_all_of_unicode_never_gets_a_server_error(url: str, text: str,
 def test_the_wrong_method_is_405_as_json_naming_the_allowed_ones(url: str, method: str, route: str) -> None:
     response = requests.request(method, f"{url}{route}", timeout=30)
     assert response.status_code == 405
-    assert error_of(response)["code"] == "method_not_allowed"
+    assert route_error_of(response)["code"] == "method_not_allowed"
     assert response.headers["allow"]
 
 
@@ -106,13 +106,13 @@ def test_the_wrong_method_is_405_as_json_naming_the_allowed_ones(url: str, metho
 def test_an_empty_body_names_the_missing_field(url: str, route: str) -> None:
     response = requests.post(f"{url}{route}", timeout=30)
     assert response.status_code == 422
-    assert error_of(response)["field"] in ("text", "audio")
+    assert route_error_of(response)["field"] in ("text", "audio")
 
 
 def test_an_empty_json_body_on_the_openai_route_is_a_client_error(url: str) -> None:
     response = requests.post(f"{url}/v1/audio/speech", headers={"Content-Type": "application/json"}, timeout=30)
     assert 400 <= response.status_code < 500
-    error_of(response)
+    route_error_of(response)
 
 
 @pytest.mark.parametrize(("method", "route"), [("POST", "/api/tts/"), ("GET", "/health/"), ("GET", "/v1/models/")])
@@ -124,4 +124,4 @@ def test_a_trailing_slash_is_redirected_to_the_route(url: str, method: str, rout
 
 def test_an_unknown_path_is_404_as_json(url: str) -> None:
     response = requests.get(f"{url}/api/nothing-here", timeout=30)
-    assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    assert response.status_code == 404 and route_error_of(response)["code"] == "not_found"
