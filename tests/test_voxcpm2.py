@@ -24,6 +24,7 @@ from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
 from tests.conftest import TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
+from tests.test_cli import run
 
 TWO_SENTENCES = "这是第一个句子。这是第二个句子。"
 
@@ -64,7 +65,7 @@ class Spy:
 
         def spy(*args: Any, **kwargs: Any) -> Any:
             cache = kwargs["prompt_cache"]
-            self.calls.append((kwargs["target_text"], None if cache is None else cache["mode"]))
+            self.calls.append((kwargs["target_text"], None if cache is None else cache.get("mode", "continuation")))
             return self._original(*args, **kwargs)
 
         self._model._generate_with_prompt_cache = spy
@@ -129,6 +130,29 @@ def test_a_saved_voice_with_a_description_becomes_an_isolated_reference(
     assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "continuation")]
     styled = SynthesisRequest(text="你好。", voice=voice, instructions="cheerful", max_len=5)
     assert _spoken(v2, styled) == [("(cheerful)你好。", "reference")]
+
+
+def test_a_designed_voice_keeps_its_description_and_its_sample_as_reference(
+    v2: ReferenceEngine, v15: ReferenceEngine, voices: VoiceStore
+) -> None:
+    sample = _recording(v2, "样本", tone=5.0)
+    voice = voices.create("guide", "样本", sample.samples, sample.sample_rate, description="calm")
+    assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("(calm)你好。", "reference")]
+    own = SynthesisRequest(text="你好。", voice=voice, instructions="excited", max_len=5)
+    assert _spoken(v2, own) == [("(excited)你好。", "reference")]  # the request's own description wins
+    # VoxCPM 1.x cannot read a description: the sample and its transcript are a continuation prompt
+    assert _spoken(v15, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "continuation")]
+
+
+def test_a_saved_voice_with_a_reference_is_ref_continuation_on_voxcpm2(
+    v2: ReferenceEngine, v15: ReferenceEngine, voices: VoiceStore
+) -> None:
+    prompt, reference = _recording(v2, "提示", tone=4.0), _recording(v2, None, tone=3.0)
+    voice = voices.create("both", "提示", prompt.samples, prompt.sample_rate, (reference.samples, 16000))
+    assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "ref_continuation")]
+    styled = SynthesisRequest(text="你好。", voice=voice, instructions="calm", max_len=5)
+    assert _spoken(v2, styled) == [("(calm)你好。", "reference")]
+    assert _spoken(v15, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "continuation")]
 
 
 @pytest.mark.parametrize(
@@ -225,3 +249,73 @@ class TestOverHTTP:
         assert styled.status_code == 200 and "x-ignored-fields" not in styled.headers
         ignored = requests.post(f"{service.multi_url}/v1/audio/speech", json=body)
         assert ignored.status_code == 200 and ignored.headers["x-ignored-fields"] == "instructions"
+
+
+class TestSavedVoicesOverHTTP:
+    """Voices with an isolated reference, and voices designed from a description, on /multi."""
+
+    def test_a_designed_voice_is_listed_as_such_and_speaks(self, service: Service) -> None:
+        data = {"name": "designed guide", "description": "a calm voice", "model": V2_MODEL, "text": "你好。"}
+        created = requests.post(f"{service.multi_url}/api/voices", data=data)
+        assert created.status_code == 201, created.text
+        voice = created.json()
+        assert (voice["kind"], voice["description"], voice["text"]) == ("designed", "a calm voice", "你好。")
+        assert voice["seconds"] > 0 and voice["sample_rate"] == 48000
+        listed = requests.get(f"{service.multi_url}/api/voices").json()["voices"]
+        assert {"kind": "designed", "description": "a calm voice"}.items() <= next(
+            v for v in listed if v["voice_id"] == voice["voice_id"]
+        ).items()
+        for model in (V2_MODEL, "voxcpm1.5-tiny-synthetic"):  # VoxCPM 1.x: the sample as a continuation prompt
+            spoken = requests.post(
+                f"{service.multi_url}/api/tts/stream",
+                data={"text": "再见", "max_len": 3, "model": model, "voice_id": voice["voice_id"]},
+            )
+            assert spoken.status_code == 200, spoken.text[:300]
+
+    def test_designing_needs_a_voxcpm2_model_and_no_recording(self, service: Service, reference_wav: Path) -> None:
+        refused = requests.post(f"{service.multi_url}/api/voices", data={"name": "x", "description": "calm"})
+        assert refused.status_code == 400
+        assert error_of(refused)["field"] == "description" and V2_MODEL in error_of(refused)["message"]
+        with open(reference_wav, "rb") as audio:
+            both = requests.post(
+                f"{service.multi_url}/api/voices",
+                data={"name": "x", "description": "calm", "model": V2_MODEL},
+                files={"audio": audio},
+            )
+        assert both.status_code == 422 and error_of(both)["field"] == "description"
+        neither = requests.post(f"{service.multi_url}/api/voices", data={"name": "x"})
+        assert neither.status_code == 422 and error_of(neither)["field"] == "audio"
+
+    def test_a_voice_with_a_reference_and_a_continuation_prompt(self, service: Service, reference_wav: Path) -> None:
+        content = reference_wav.read_bytes()
+        created = requests.post(
+            f"{service.multi_url}/api/voices",
+            data={"name": "both recordings", "text": "参考音频的文本"},
+            files={"audio": ("a.wav", content), "reference_audio": ("r.wav", content)},
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["reference_seconds"] == pytest.approx(created.json()["seconds"])
+        for model in (V2_MODEL, "voxcpm1.5-tiny-synthetic"):
+            spoken = requests.post(
+                f"{service.multi_url}/api/tts/stream",
+                data={"text": "克隆", "max_len": 3, "model": model, "voice_id": created.json()["voice_id"]},
+            )
+            assert spoken.status_code == 200, spoken.text[:300]
+
+    def test_cli_designs_and_lists_a_voice(self, service: Service) -> None:
+        added = run(
+            service.multi_url,
+            "voices",
+            "add",
+            "cli guide",
+            "--description",
+            "calm",
+            "--text",
+            "你好。",
+            "--model",
+            V2_MODEL,
+        )
+        assert added.returncode == 0, added.stderr
+        assert "designed: calm" in run(service.multi_url, "voices", "list").stdout
+        refused = run(service.multi_url, "voices", "add", "cli guide", "--description", "calm")
+        assert refused.returncode == 4 and "description" in refused.stderr

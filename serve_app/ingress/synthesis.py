@@ -245,15 +245,20 @@ class SynthesisService:
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
             self._full_until.pop(output.model.name, None)  # its slot is free
 
-    async def whole(self, request: SynthesisRequest, output: Output) -> Response:
-        handle = self._handles[output.model.name]
+    async def synthesize(self, request: SynthesisRequest, model: str) -> np.ndarray:
+        """The whole utterance at the model's output rate."""
+        handle = self._handles[model]
 
-        async def synthesize() -> np.ndarray:
+        async def call() -> np.ndarray:
             with model_errors():
                 return await handle.synthesize.remote(request)
 
-        samples = await self._retrying_refusals(output.model.name, synthesize)
-        self._full_until.pop(output.model.name, None)  # its slot is free
+        samples = await self._retrying_refusals(model, call)
+        self._full_until.pop(model, None)  # its slot is free
+        return samples
+
+    async def whole(self, request: SynthesisRequest, output: Output) -> Response:
+        samples = await self.synthesize(request, output.model.name)
         if output.speed != 1.0:
             samples = await asyncio.to_thread(stretch, samples, output.speed, output.model.sample_rate)
         body = await asyncio.to_thread(

@@ -204,8 +204,11 @@ class VoxCPMRuntime:
         sentence's own audio becomes the prompt of the rest, so the voice stays the same: as a continuation
         prompt, or with instructions (VoxCPM2) as an isolated reference, because voxcpm reads a description
         only at the start of the text and a continuation puts the prompt's transcript there. Every sentence
-        carries the description, as voxcpm's CLI prefixes it (``build_final_text``).
+        carries the description, as voxcpm's CLI prefixes it (``build_final_text``); a designed voice's
+        description when the request has none.
         """
+        if self.v2 and request.voice is not None and not request.instructions:
+            request = dataclasses.replace(request, instructions=request.voice.description)
         self.check(request)
         recorded = request.prompt or request.voice or request.reference
         prompt = self._encoded_prompt(request) if recorded else None
@@ -322,22 +325,26 @@ class VoxCPMRuntime:
     def _encoded_prompt(self, request: SynthesisRequest) -> Any:
         """The request's recordings or saved voice, encoded: from the prompt cache when it is there.
 
-        With instructions, a saved voice's recording is an isolated reference (its transcript is dropped):
-        the description then styles that voice, which it could not do to a continuation (see ``check``)."""
-        if request.voice is not None:
+        A saved voice is its recording as a continuation prompt, with its isolated reference recording
+        beside it on VoxCPM2 (VoxCPM 1.x takes the first alone). With instructions, only an isolated
+        reference (the voice's reference recording, else its recording without transcript): the description
+        then styles that voice, which it could not do to a continuation (see ``check``)."""
+        voice = request.voice
+        if voice is not None:
             isolated = bool(request.instructions)
-            key = f"voice:{request.voice.digest}:{request.denoise}:{isolated}"
+            key = f"voice:{voice.digest}:{request.denoise}:{isolated}:{self.v2}"
         else:
             key = PromptCache.key(request.prompt, request.reference, request.denoise)
         encoded = self.prompts.get(key)
         if encoded is None:
-            if request.voice is None:
+            if voice is None:
                 encoded = self._encode(request.prompt, request.reference, request.denoise)
             else:
-                recording = self._voice_prompt(request.voice)
+                recording = self._voice_recording(voice)
+                reference = self._voice_recording(voice, reference=True) if self.v2 else None
                 if isolated:
-                    recording = dataclasses.replace(recording, text=None)
-                encoded = self._encode(recording, None, request.denoise)
+                    recording, reference = None, reference or dataclasses.replace(recording, text=None)
+                encoded = self._encode(recording, reference, request.denoise)
             self.prompts.put(key, encoded)
         return encoded
 
@@ -356,16 +363,20 @@ class VoxCPMRuntime:
                     paths["reference_wav_path"] = path
             return self.model.build_prompt_cache(**paths)
 
-    def _voice_prompt(self, voice: Voice) -> PromptAudio:
-        """A saved voice's recording, read from the shared store at the model's prompt rate."""
+    def _voice_recording(self, voice: Voice, reference: bool = False) -> PromptAudio | None:
+        """A saved voice's recording with its transcript (or its isolated reference recording, none when it
+        has none), read from the shared store at the model's prompt rate."""
         if self._voices is None:
             raise NotFound("this model has no voice store", "voice_id")
+        if reference and voice.reference_seconds is None:
+            return None
         try:
-            samples, rate = self._voices.audio(voice)
+            samples, rate = self._voices.audio(voice, reference)
         except (OSError, sf.LibsndfileError):  # deleted since the ingress looked it up
             raise NotFound(f"no saved voice {voice.voice_id!r}", "voice_id") from None
         target = self.info.prompt_sample_rate
-        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=voice.text)
+        text = None if reference else voice.text
+        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=text)
 
     @contextlib.contextmanager
     def _prompt_file(self, prompt: PromptAudio, denoise: bool) -> Iterator[str]:
