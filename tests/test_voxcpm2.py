@@ -195,9 +195,10 @@ class TestOverHTTP:
     def test_voxcpm1_refuses_them_naming_the_field_and_the_models_that_can(
         self, service: Service, reference_wav: Path, path: str, field: str
     ) -> None:
+        data = {"text": "你好", "max_len": 3, **({"instructions": "warm"} if field == "instructions" else {})}
         with open(reference_wav, "rb") as audio:
-            given = {"data": {"instructions": "warm"}} if field == "instructions" else {"files": {field: audio}}
-            response = requests.post(f"{service.multi_url}{path}", data={"text": "你好", "max_len": 3}, **given)
+            files = {field: audio} if field == "reference_audio" else None
+            response = requests.post(f"{service.multi_url}{path}", data=data, files=files)
         assert response.status_code == 400
         error = error_of(response)
         assert error["field"] == field and V2_MODEL in error["message"], error
@@ -244,7 +245,8 @@ class TestOverHTTP:
         assert error_of(response)["field"] == "prompt_text"
 
     def test_openai_route_passes_instructions_to_voxcpm2_and_ignores_them_on_voxcpm1(self, service: Service) -> None:
-        body = {"input": "你好", "voice": "alloy", "response_format": "pcm", "max_len": 3, "instructions": "warm"}
+        body = {"model": "tts-1", "input": "你好", "voice": "alloy", "response_format": "pcm", "max_len": 3}
+        body["instructions"] = "warm"
         styled = requests.post(f"{service.multi_url}/v1/audio/speech", json={**body, "model": V2_MODEL})
         assert styled.status_code == 200 and "x-ignored-fields" not in styled.headers
         ignored = requests.post(f"{service.multi_url}/v1/audio/speech", json=body)
