@@ -213,13 +213,12 @@ class VoxCPMRuntime:
         recorded = request.prompt or request.voice or request.reference
         prompt = self._encoded_prompt(request) if recorded else None
         sentences = split_sentences(self._clean_text(request))
+        description = " ".join((request.instructions or "").split())  # one line, as the text is
         budget = request.max_len
         for index, text in enumerate(sentences):
             if budget <= 0:
                 return
-            spoken = yield Sentence(
-                build_final_text(text, request.instructions), prompt, min(request.min_len, budget), budget
-            )
+            spoken = yield Sentence(build_final_text(text, description), prompt, min(request.min_len, budget), budget)
             budget -= spoken.steps
             if prompt is None and index + 1 < len(sentences):
                 own = PromptAudio(
