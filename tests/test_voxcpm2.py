@@ -19,11 +19,13 @@ import soundfile as sf
 
 from serve_app.config import ModelConfig
 from serve_app.errors import ServiceError
+from serve_app.model.batched.engine import BatchedEngine
 from serve_app.model.engine import joined
 from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
 from tests.conftest import TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
+from tests.test_batched_engine import FLOAT32_TOLERANCE
 from tests.test_cli import run
 
 TWO_SENTENCES = "这是第一个句子。这是第二个句子。"
@@ -58,7 +60,7 @@ def v15(checkpoints: Path, voices: VoiceStore) -> Iterator[ReferenceEngine]:
 class Spy:
     """Records what voxcpm's ``_generate_with_prompt_cache`` is given: (target text, prompt mode)."""
 
-    def __init__(self, engine: ReferenceEngine) -> None:
+    def __init__(self, engine: ReferenceEngine | BatchedEngine) -> None:
         self.calls: list[tuple[str, str | None]] = []
         self._model = engine.runtime.model
         self._original = self._model._generate_with_prompt_cache
@@ -75,13 +77,20 @@ class Spy:
 
 
 def _spoken(engine: ReferenceEngine, request: SynthesisRequest, streaming: bool = True) -> list[tuple[str, str | None]]:
+    return _spoken_audio(engine, request, streaming)[0]
+
+
+def _spoken_audio(
+    engine: ReferenceEngine | BatchedEngine, request: SynthesisRequest, streaming: bool = True
+) -> tuple[list[tuple[str, str | None]], np.ndarray]:
     spy = Spy(engine)
     try:
-        audio = joined(engine.generate(request, streaming=streaming))
+        generated = engine.generate(request, streaming=streaming)
+        audio = generated if isinstance(generated, np.ndarray) else joined(generated)
     finally:
         spy.close()
     assert audio.size > 0
-    return spy.calls
+    return spy.calls, audio
 
 
 def _recording(engine: ReferenceEngine, text: str | None, seconds: float = 1.0, tone: float = 9.0) -> PromptAudio:
@@ -99,6 +108,24 @@ def test_every_sentence_keeps_the_description_and_the_first_sentence_is_an_isola
         ("(温暖的女声)这是第一个句子。", None),
         ("(温暖的女声)这是第二个句子。", "reference"),
     ]
+
+
+def test_the_batched_engine_gets_the_same_inputs_and_audio(v2: ReferenceEngine, checkpoints: Path) -> None:
+    """Descriptions and prompt modes live in the runtime both engines share: the batched engine speaks the
+    same sentences with the same prompts, to the audio of the reference engine (float32: within tolerance)."""
+    config = ModelConfig(
+        source=str(checkpoints / "unit-tiny-voxcpm2"), device="cpu", optimize=False, warmup=False, engine="batched"
+    )
+    batched = BatchedEngine.load(config)
+    try:
+        request = SynthesisRequest(text=TWO_SENTENCES, instructions="温暖的女声", max_len=200, seed=7)
+        want_calls, want = _spoken_audio(v2, request)
+        got_calls, got = _spoken_audio(batched, request)
+    finally:
+        batched.close()
+    assert got_calls == want_calls
+    assert want_calls == [("(温暖的女声)这是第一个句子。", None), ("(温暖的女声)这是第二个句子。", "reference")]
+    assert got.shape == want.shape and np.abs(got - want).max() <= FLOAT32_TOLERANCE
 
 
 def test_without_a_description_the_first_sentence_is_a_continuation_prompt(v2: ReferenceEngine) -> None:
