@@ -5,6 +5,7 @@
     voxcpm-serve say --play "Plays while it streams."
     llm-command | voxcpm-serve say --ws - --play      (speaks each sentence as soon as it is written)
     voxcpm-serve voices add narrator reference.wav --text "参考音频的文本"
+    voxcpm-serve voices add guide --description "a calm, warm female voice" --model voxcpm2
     voxcpm-serve voices list
     voxcpm-serve voices rm VOICE_ID
     voxcpm-serve health
@@ -152,14 +153,19 @@ def _pieces(response: requests.Response, fmt: str) -> Iterator[tuple[bytes, byte
 def voices(args: argparse.Namespace) -> None:
     base = f"{args.url}/api/voices"
     if args.action == "add":
-        with open(args.audio, "rb") as audio:
-            voice = _call(
-                "POST", base, args.timeout, data={"name": args.name, "text": args.text}, files={"audio": audio}
-            ).json()
+        if (args.audio is None) == (args.description is None):
+            raise CliError("give a recording (AUDIO with --text) or --description, not both", EXIT_USAGE)
+        fields = {"name": args.name, "text": args.text, "description": args.description, "model": args.model}
+        uploads = {"audio": args.audio, "reference_audio": args.reference}
+        with ExitStack() as files:
+            opened = {field: files.enter_context(open(path, "rb")) for field, path in uploads.items() if path}
+            data = {field: value for field, value in fields.items() if value is not None}
+            voice = _call("POST", base, args.timeout, data=data, files=opened).json()
         print(voice["voice_id"])
     elif args.action == "list":
         for voice in _call("GET", base, args.timeout).json()["voices"]:
-            print(f"{voice['voice_id']}  {voice['name']:<20} {voice['seconds']:5.1f} s  {voice['text']}")
+            made = f"designed: {voice['description']}" if voice.get("kind") == "designed" else voice["text"]
+            print(f"{voice['voice_id']}  {voice['name']:<20} {voice['seconds']:5.1f} s  {made}")
     elif args.action == "rm":
         for voice_id in args.voice_ids:
             _call("DELETE", f"{base}/{voice_id}", args.timeout)
@@ -209,8 +215,11 @@ def parser() -> argparse.ArgumentParser:
     actions = voice.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="save a voice; prints its id")
     add.add_argument("name")
-    add.add_argument("audio", type=Path)
-    add.add_argument("--text", required=True, help="what the recording says")
+    add.add_argument("audio", type=Path, nargs="?", help="the recording (not with --description)")
+    add.add_argument("--text", help="what the recording says (with --description: what the sample says)")
+    add.add_argument("--reference", type=Path, help="VoxCPM2: an isolated reference recording kept beside it")
+    add.add_argument("--description", help="VoxCPM2: design the voice from this description instead")
+    add.add_argument("--model", help="with --description: the VoxCPM2 model that designs it")
     actions.add_parser("list", help="list saved voices")
     remove = actions.add_parser("rm", help="delete saved voices")
     remove.add_argument("voice_ids", nargs="+")

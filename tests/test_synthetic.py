@@ -106,8 +106,8 @@ def test_full_size_presets_describe_real_architectures() -> None:
 def test_prompt_cache_keeps_the_most_recently_used() -> None:
     cache = PromptCache(capacity=2)
     prompts = [PromptAudio(samples=np.full(10, i, dtype=np.float32), sample_rate=16000, text="t") for i in range(3)]
-    keys = [PromptCache.key(p, denoise=False) for p in prompts]
-    assert len(set(keys)) == 3 and PromptCache.key(prompts[0], denoise=True) != keys[0]
+    keys = [PromptCache.key(p, None, denoise=False) for p in prompts]
+    assert len(set(keys)) == 3 and PromptCache.key(prompts[0], None, denoise=True) != keys[0]
     cache.put(keys[0], "a")
     cache.put(keys[1], "b")
     assert cache.get(keys[0]) == "a"

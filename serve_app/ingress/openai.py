@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.config import AppConfig, OpenAIRouteConfig
-from serve_app.errors import BadRequest, NotFound
+from serve_app.errors import NotFound
 from serve_app.ingress.dependencies import app_config, request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.http_audio import streaming_response
-from serve_app.ingress.schemas import SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
+from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, SynthesisRequest
@@ -100,6 +100,7 @@ class SpeechRequest(VoxCPMKnobs):
     stream_format: Literal["audio", "sse"] = "audio"
     instructions: str | None = Field(
         None,
+        max_length=MAX_INSTRUCTIONS_CHARS,
         description="VoxCPM2 models: a description of the voice or style. Other models cannot follow it: it is "
         'ignored and named in the X-Ignored-Fields header (400 when the deployment is strict). "" and "None" '
         "count as absent.",
@@ -129,15 +130,14 @@ async def _voice(name: str, service: SynthesisService, config: OpenAIRouteConfig
     return None if key in OPENAI_VOICES else await service.voice(name, "voice")
 
 
-async def _instructions(body: SpeechRequest, info: ModelInfo, strict: bool) -> tuple[str | None, list[str]]:
+async def _instructions(
+    body: SpeechRequest, info: ModelInfo, strict: bool, service: SynthesisService
+) -> tuple[str | None, list[str]]:
     """The instructions the model gets, and the fields ignored because it cannot follow them."""
     if body.instructions is None or info.architecture == "voxcpm2":
         return body.instructions, []
     if strict:
-        raise BadRequest(
-            f"instructions: model {info.name!r} ({info.architecture}) cannot follow instructions; VoxCPM2 models can",
-            "instructions",
-        )
+        await service.require_voxcpm2(info.name, {"instructions": body.instructions})
     return None, ["instructions"]
 
 
@@ -167,7 +167,7 @@ async def speech(
     service.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
     output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace, body.speed)
-    instructions, ignored = await _instructions(body, output.model, config.openai.strict)
+    instructions, ignored = await _instructions(body, output.model, config.openai.strict, service)
     voice = await _voice(body.voice_name, service, config.openai)
     request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
     if body.stream_format == "audio":

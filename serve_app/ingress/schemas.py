@@ -22,8 +22,15 @@ SPEED_DESCRIPTION = (
     f"Speaking rate, {MIN_SPEED} to {MAX_SPEED} (1.0: as generated), by pitch-preserving time-stretch of the "
     "audio as it streams; other values are refused with 400."
 )
-# Form fields that say which voice to use; they become the request's prompt or voice.
-VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id"})
+# Form fields that say which voice to use; they become the request's prompt, reference or voice.
+VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id", "reference_audio"})
+MAX_INSTRUCTIONS_CHARS = 1000
+INSTRUCTIONS_DESCRIPTION = (
+    'VoxCPM2 models: a plain-language description of the voice or style ("a warm, slow female voice"), which '
+    "voxcpm reads in parentheses before the text. Alone it designs a voice; with reference_audio, a saved voice "
+    "or prompt_audio without prompt_text it styles that voice. Not with prompt_text (voxcpm cannot steer a "
+    "continuation). Every sentence of a long text keeps it."
+)
 
 
 # C0/C1 control characters other than tab and line breaks: invisible, unspeakable, and a way to
@@ -83,6 +90,12 @@ class TTSStreamForm(VoxCPMKnobs):
         "(VoxCPM2 can clone from audio alone).",
         examples=["参考音频的文本"],
     )
+    reference_audio: UploadFile | None = Field(
+        None,
+        description="VoxCPM2 models: an isolated reference recording to clone (no transcript needed), alone or "
+        "next to prompt_audio + prompt_text (a continuation prompt: voxcpm's ref_continuation mode).",
+    )
+    instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
     model: str | None = Field(None, description="A served model (GET /v1/models); default: the configured one.")
     voice_id: str | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
@@ -98,11 +111,11 @@ class TTSStreamForm(VoxCPMKnobs):
     )
     speed: float = Field(1.0, description=SPEED_DESCRIPTION)
 
-    @field_validator("prompt_text")
+    @field_validator("prompt_text", "instructions")
     @classmethod
-    def _blank_is_absent(cls, prompt_text: str | None) -> str | None:
-        prompt_text = _CONTROL_CHARACTERS.sub("", prompt_text or "")
-        return prompt_text if prompt_text.strip() else None
+    def _blank_is_absent(cls, text: str | None) -> str | None:
+        text = _CONTROL_CHARACTERS.sub("", text or "")
+        return text.strip() if text.strip() else None
 
 
 class TTSForm(TTSStreamForm):

@@ -26,7 +26,7 @@ from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import decode_mono, decode_reference
 from serve_app.audio.stretch import check_speed, stretch, stretcher
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError, Unavailable
+from serve_app.errors import BadRequest, InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError, Unavailable
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
@@ -108,23 +108,44 @@ class SynthesisService:
             )
 
     async def from_form(
-        self, form: TTSStreamForm, prompt_audio: bytes, trace: RequestTrace
+        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace
     ) -> tuple[SynthesisRequest, Output]:
-        """What a /api/tts* form asks for (its prompt_audio already read): the synthesis, and how to encode it."""
+        """What a /api/tts* form asks for (its uploads already read): the synthesis, and how to encode it."""
         model = self.resolve(form.model)
         output = await self.output(form.format, form.sample_rate, model, trace, form.speed)
-        return await self._request_from_form(form, prompt_audio, trace, model), output
+        return await self._request_from_form(form, prompt_audio, reference_audio, trace, model), output
 
     async def _request_from_form(
-        self, form: TTSStreamForm, prompt_audio: bytes, trace: RequestTrace, model: str
+        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace, model: str
     ) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
-        prompt = await self._prompt(prompt_audio, form.prompt_text, model)
+        # the fields only VoxCPM2 models take (a 400 naming the first given on the others)
+        await self.require_voxcpm2(
+            model, {"instructions": form.instructions, "reference_audio": reference_audio or None}
+        )
+        prompt = await self.recording(prompt_audio, model, "prompt_audio", form.prompt_text)
+        reference = await self.recording(reference_audio, model, "reference_audio")
         voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
-        if voice is not None and prompt is not None:
-            raise InvalidField("give either voice_id or prompt_audio, not both", "voice_id")
+        if voice is not None and (prompt is not None or reference is not None):
+            field = "prompt_audio" if prompt is not None else "reference_audio"
+            raise InvalidField(f"give either voice_id or {field}, not both", "voice_id")
         knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model"})  # the rest are voxcpm's names
-        return SynthesisRequest(prompt=prompt, voice=voice, **trace.ids, **knobs)
+        return SynthesisRequest(prompt=prompt, reference=reference, voice=voice, **trace.ids, **knobs)
+
+    async def require_voxcpm2(self, model: str, fields: dict[str, object]) -> None:
+        """A 400 naming the first given field that only VoxCPM2 models take, when ``model`` is not one,
+        and the served models that take it."""
+        given = [field for field, value in fields.items() if value is not None]
+        info = await self.model_info(model)
+        if not given or info.architecture == "voxcpm2":
+            return
+        infos = await asyncio.gather(*map(self.model_info, self._handles), return_exceptions=True)
+        able = [i.name for i in infos if isinstance(i, ModelInfo) and i.architecture == "voxcpm2"]
+        raise BadRequest(
+            f"{given[0]}: model {model!r} ({info.architecture}) cannot take it; VoxCPM2 models can"
+            + (f" (served here: {', '.join(able)})" if able else " (none is served here)"),
+            given[0],
+        )
 
     async def voice(self, id_or_name: str, field: str) -> Voice:
         return await asyncio.to_thread(self.voices.find, id_or_name, field)
@@ -139,14 +160,15 @@ class SynthesisService:
             raise InvalidField(f"{field} is required", field)
         return await asyncio.to_thread(decode_mono, data, self._limits.max_prompt_audio_seconds, field)
 
-    async def _prompt(self, data: bytes, text: str | None, model: str) -> PromptAudio | None:
+    async def recording(self, data: bytes, model: str, field: str, text: str | None = None) -> PromptAudio | None:
+        """An uploaded prompt or reference recording (its bytes) at the model's prompt rate; none when not sent."""
         if not data:
             if text is not None:
-                raise InvalidField("prompt_text was given without prompt_audio", "prompt_audio")
+                raise InvalidField(f"prompt_text was given without {field}", field)
             return None
         info = await self.model_info(model)
         samples = await asyncio.to_thread(
-            decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, "prompt_audio"
+            decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, field
         )
         return PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=text)
 
@@ -224,16 +246,21 @@ class SynthesisService:
             chunks.cancel()  # a client disconnect cancels us here: stop the generation too
             self._full_until.pop(output.model.name, None)  # its slot is free
 
-    async def whole(self, request: SynthesisRequest, output: Output) -> bytes:
-        """The whole answer, encoded in ``output``'s format."""
-        handle = self._handles[output.model.name]
+    async def synthesize(self, request: SynthesisRequest, model: str) -> np.ndarray:
+        """The whole utterance at the model's output rate."""
+        handle = self._handles[model]
 
-        async def synthesize() -> np.ndarray:
+        async def call() -> np.ndarray:
             with model_errors():
                 return await handle.synthesize.remote(request)
 
-        samples = await self._retrying_refusals(output.model.name, synthesize)
-        self._full_until.pop(output.model.name, None)  # its slot is free
+        samples = await self._retrying_refusals(model, call)
+        self._full_until.pop(model, None)  # its slot is free
+        return samples
+
+    async def whole(self, request: SynthesisRequest, output: Output) -> bytes:
+        """The whole answer, encoded in ``output``'s format."""
+        samples = await self.synthesize(request, output.model.name)
         if output.speed != 1.0:
             samples = await asyncio.to_thread(stretch, samples, output.speed, output.model.sample_rate)
         body = await asyncio.to_thread(

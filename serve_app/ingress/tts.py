@@ -17,6 +17,8 @@ from serve_app.ingress.synthesis import Output, SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
 
+UPLOADS = ("prompt_audio", "reference_audio")  # read before the service sees the form
+
 router = APIRouter(tags=["tts"], responses=documented_errors(400, 401, 404, 413, 415, 422, 429, 503))
 _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
 
@@ -56,5 +58,5 @@ async def tts(
 async def _parsed(
     form: TTSStreamForm, service: SynthesisService, trace: RequestTrace
 ) -> tuple[SynthesisRequest, Output]:
-    prompt_audio = await read_upload(form.prompt_audio, service.max_upload_bytes, "prompt_audio")
-    return await service.from_form(form, prompt_audio, trace)
+    uploads = [await read_upload(getattr(form, field), service.max_upload_bytes, field) for field in UPLOADS]
+    return await service.from_form(form, *uploads, trace)

@@ -7,36 +7,100 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
-from serve_app.ingress.dependencies import synthesis_service
+from serve_app.errors import InvalidField
+from serve_app.ingress.dependencies import request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload
+from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.metrics import RequestTrace
+from serve_app.model.types import SynthesisRequest
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
 
 Service = Annotated[SynthesisService, Depends(synthesis_service)]
+# What a designed voice's sample says when the form gives no text: long enough for a voice to settle.
+DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I can read anything you like, clearly and naturally."
+DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatever the model
 
 
 @router.post(
     "",
     status_code=201,
-    summary="Save a voice: a reference recording and its transcript",
-    responses=documented_errors(413, 415),
+    summary="Save a voice: a recording and its transcript, or one designed from a description (VoxCPM2)",
+    responses=documented_errors(400, 413, 415, 503),
     dependencies=[Depends(form_body)],
 )
 async def create(
     service: Service,
-    audio: Annotated[UploadFile, File(description="The reference recording, any format libsndfile reads.")],
-    text: Annotated[str, Form(min_length=1, max_length=2000, description="What the recording says.")],
+    trace: Annotated[RequestTrace, Depends(request_trace)],
     name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
+    audio: Annotated[
+        UploadFile | None, File(description="The recording, any format libsndfile reads (not with description).")
+    ] = None,
+    text: Annotated[
+        str | None,
+        Form(
+            min_length=1,
+            max_length=2000,
+            description="What the recording says (required with audio); with description, what the generated "
+            "sample says (default: a short greeting).",
+        ),
+    ] = None,
+    reference_audio: Annotated[
+        UploadFile | None,
+        File(description="VoxCPM2 models: an isolated reference recording kept beside audio + text."),
+    ] = None,
+    description: Annotated[
+        str | None,
+        Form(
+            min_length=1,
+            max_length=MAX_INSTRUCTIONS_CHARS,
+            description="Design the voice instead of uploading one (VoxCPM2 models): the service speaks a sample "
+            "with this description and keeps both; requests naming the voice then sound like that speaker.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, Form(description="With description: the VoxCPM2 model that designs it (default: the default).")
+    ] = None,
 ) -> dict:
+    if description is not None:
+        if audio is not None or reference_audio is not None:
+            raise InvalidField("give either description or audio, not both", "description")
+        return await _designed(service, trace, name.strip(), description.strip(), text, model)
+    if audio is None:
+        raise InvalidField("audio (with its transcript, text) or description is required", "audio")
+    if text is None or not text.strip():
+        raise InvalidField("text (what audio says) is required with audio", "text")
     samples, rate = await service.reference(await read_upload(audio, service.max_upload_bytes, "audio"), "audio")
-    voice = await asyncio.to_thread(service.voices.create, name.strip(), text.strip(), samples, rate)
+    reference = None
+    if reference_audio is not None:
+        data = await read_upload(reference_audio, service.max_upload_bytes, "reference_audio")
+        reference = await service.reference(data, "reference_audio")
+    voice = await asyncio.to_thread(service.voices.create, name.strip(), text.strip(), samples, rate, reference)
     return voice.public()
 
 
-@router.get("", summary="List saved voices")
+async def _designed(
+    service: SynthesisService, trace: RequestTrace, name: str, description: str, text: str | None, model: str | None
+) -> dict:
+    """A sample spoken from the description, saved as the voice's recording with it."""
+    model = service.resolve(model)
+    await service.require_voxcpm2(model, {"description": description})
+    info = await service.model_info(model)
+    sample_text = (text or "").strip() or DESIGN_SAMPLE_TEXT
+    service.check_text_length(sample_text, "text")
+    trace.model = model
+    request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)
+    samples = await service.synthesize(request, model)
+    voice = await asyncio.to_thread(
+        service.voices.create, name, sample_text, samples, info.sample_rate, None, description
+    )
+    return voice.public()
+
+
+@router.get("", summary="List saved voices (kind: recording or designed, with its description)")
 async def list_voices(service: Service) -> dict:
     return {"voices": [voice.public() for voice in await asyncio.to_thread(service.voices.list)]}
 

@@ -12,6 +12,7 @@ which one thread it runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from voxcpm.cli import build_final_text
 
 from serve_app.audio.reference import resample
 from serve_app.config import ModelConfig
@@ -45,7 +47,8 @@ SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
 
 
 class PromptCache:
-    """Encoded prompts by content (audio, rate, transcript, denoise), least recently used dropped first."""
+    """Encoded prompts by content (each recording's audio, rate and transcript, denoise), least recently used
+    dropped first."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
@@ -54,9 +57,13 @@ class PromptCache:
         self.misses = 0
 
     @staticmethod
-    def key(prompt: PromptAudio, denoise: bool) -> str:
-        digest = hashlib.sha256(np.ascontiguousarray(prompt.samples, dtype=np.float32).tobytes())
-        digest.update(f"{prompt.sample_rate}|{denoise}|{prompt.text or ''}".encode())
+    def key(prompt: PromptAudio | None, reference: PromptAudio | None, denoise: bool) -> str:
+        """Keyed on both recordings: a reference with one continuation prompt is another prompt than with another."""
+        digest = hashlib.sha256(f"{denoise}".encode())
+        for role, audio in (("prompt", prompt), ("reference", reference)):
+            if audio is not None:
+                digest.update(f"|{role}|{audio.sample_rate}|{audio.text or ''}|".encode())
+                digest.update(np.ascontiguousarray(audio.samples, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
     def get(self, key: str) -> Any | None:
@@ -197,24 +204,32 @@ class VoxCPMRuntime:
         """The request's sentences in turn, each sent back what it gave, in one voice.
 
         ``max_len`` is a budget of generation steps for the whole text. Without a reference, the first
-        sentence's own audio becomes the prompt of the rest, so the voice stays the same.
+        sentence's own audio becomes the prompt of the rest, so the voice stays the same: as a continuation
+        prompt, or with instructions (VoxCPM2) as an isolated reference, because voxcpm reads a description
+        only at the start of the text and a continuation puts the prompt's transcript there. Every sentence
+        carries the description, as voxcpm's CLI prefixes it (``build_final_text``); a designed voice's
+        description when the request has none.
         """
+        if self.v2 and request.voice is not None and not request.instructions:
+            request = dataclasses.replace(request, instructions=request.voice.description)
         self.check(request)
-        prompt = self._encoded_prompt(request) if request.prompt or request.voice else None
+        recorded = request.prompt or request.voice or request.reference
+        prompt = self._encoded_prompt(request) if recorded else None
         sentences = [sentence for sentence in split_sentences(self._clean_text(request)) if self.speaks(sentence)]
+        description = " ".join((request.instructions or "").split())  # one line, as the text is
         budget = request.max_len
         for index, text in enumerate(sentences):
             if budget <= 0:
                 return
-            spoken = yield Sentence(text, prompt, min(request.min_len, budget), budget)
+            spoken = yield Sentence(build_final_text(text, description), prompt, min(request.min_len, budget), budget)
             budget -= spoken.steps
             if prompt is None and index + 1 < len(sentences):
                 own = PromptAudio(
                     samples=resample(spoken.audio, self.info.sample_rate, self.info.prompt_sample_rate),
                     sample_rate=self.info.prompt_sample_rate,
-                    text=text,
+                    text=None if request.instructions else text,  # no transcript: an isolated reference
                 )
-                prompt = self._encode(own, denoise=False)
+                prompt = self._encode(own, None, denoise=False)
 
     def model_inputs(self, sentence: Sentence, request: SynthesisRequest) -> ModelInputs:
         """The inputs voxcpm's ``_generate_with_prompt_cache`` gives its ``_inference`` for this sentence.
@@ -278,7 +293,8 @@ class VoxCPMRuntime:
         return bool(self.model.text_tokenizer(text))
 
     def check(self, request: SynthesisRequest) -> None:
-        """Refuse what this particular model cannot do, naming the field."""
+        """Refuse what this particular model cannot do, naming the field (voxcpm's own rules: its CLI's
+        ``validate_prompt_related_args``, ``validate_reference_support`` and ``build_prompt_cache``)."""
         if not self.speaks(request.text):
             raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
         if request.denoise and not self.info.denoiser:
@@ -293,39 +309,82 @@ class VoxCPMRuntime:
                 f"prompt_text (the transcript of prompt_audio) is required by {self.info.architecture} models",
                 "prompt_text",
             )
-        if prompt is not None and prompt.sample_rate != self.info.prompt_sample_rate:
-            raise InvalidField(f"prompt audio must be resampled to {self.info.prompt_sample_rate} Hz", "prompt_audio")
+        for audio, field in ((prompt, "prompt_audio"), (request.reference, "reference_audio")):
+            if audio is not None and audio.sample_rate != self.info.prompt_sample_rate:
+                raise InvalidField(f"{field} must be resampled to {self.info.prompt_sample_rate} Hz", field)
+        for given, field in ((request.instructions or None, "instructions"), (request.reference, "reference_audio")):
+            if given is not None and not self.v2:
+                raise BadRequest(
+                    f"{field}: model {self.info.name!r} ({self.info.architecture}) cannot take it; VoxCPM2 models can",
+                    field,
+                )
+        if request.reference is not None and prompt is not None and not prompt.text:
+            raise InvalidField(
+                "prompt_audio next to reference_audio is a continuation prompt: it needs prompt_text", "prompt_text"
+            )
+        if request.instructions and prompt is not None and prompt.text:
+            raise BadRequest(
+                "instructions cannot steer a continuation (prompt_audio with prompt_text): voxcpm puts the "
+                "transcript before the text, so the description would not open it (voxcpm's CLI refuses --control "
+                "with --prompt-text). Send the recording as reference_audio, or prompt_audio without prompt_text",
+                "instructions",
+            )
 
     def _encoded_prompt(self, request: SynthesisRequest) -> Any:
-        """The request's reference or saved voice, encoded: from the prompt cache when it is there."""
-        if request.voice is not None:
-            key = f"voice:{request.voice.digest}:{request.denoise}"
+        """The request's recordings or saved voice, encoded: from the prompt cache when it is there.
+
+        A saved voice is its recording as a continuation prompt, with its isolated reference recording
+        beside it on VoxCPM2 (VoxCPM 1.x takes the first alone). With instructions, only an isolated
+        reference (the voice's reference recording, else its recording without transcript): the description
+        then styles that voice, which it could not do to a continuation (see ``check``)."""
+        voice = request.voice
+        if voice is not None:
+            isolated = bool(request.instructions)
+            key = f"voice:{voice.digest}:{request.denoise}:{isolated}:{self.v2}"
         else:
-            assert request.prompt is not None
-            key = PromptCache.key(request.prompt, request.denoise)
+            key = PromptCache.key(request.prompt, request.reference, request.denoise)
         encoded = self.prompts.get(key)
         if encoded is None:
-            prompt = request.prompt if request.voice is None else self._voice_prompt(request.voice)
-            encoded = self._encode(prompt, request.denoise)
+            if voice is None:
+                encoded = self._encode(request.prompt, request.reference, request.denoise)
+            else:
+                recording = self._voice_recording(voice)
+                reference = self._voice_recording(voice, reference=True) if self.v2 else None
+                if isolated:
+                    recording, reference = None, reference or dataclasses.replace(recording, text=None)
+                encoded = self._encode(recording, reference, request.denoise)
             self.prompts.put(key, encoded)
         return encoded
 
-    def _encode(self, prompt: PromptAudio, denoise: bool) -> Any:
-        with self._prompt_file(prompt, denoise) as path:
-            if prompt.text:
-                return self.model.build_prompt_cache(prompt_text=prompt.text, prompt_wav_path=path)
-            return self.model.build_prompt_cache(reference_wav_path=path)  # VoxCPM2: no transcript needed
+    def _encode(self, prompt: PromptAudio | None, reference: PromptAudio | None, denoise: bool) -> Any:
+        """voxcpm's ``build_prompt_cache``: a recording with its transcript is a continuation prompt, one
+        without (VoxCPM2) or given as ``reference`` an isolated reference; both together: "ref_continuation"."""
+        with contextlib.ExitStack() as files:
+            paths: dict[str, str] = {}
+            if reference is not None:
+                paths["reference_wav_path"] = files.enter_context(self._prompt_file(reference, denoise))
+            if prompt is not None:
+                path = files.enter_context(self._prompt_file(prompt, denoise))
+                if prompt.text:
+                    paths.update(prompt_text=prompt.text, prompt_wav_path=path)
+                else:
+                    paths["reference_wav_path"] = path
+            return self.model.build_prompt_cache(**paths)
 
-    def _voice_prompt(self, voice: Voice) -> PromptAudio:
-        """A saved voice's recording, read from the shared store at the model's prompt rate."""
+    def _voice_recording(self, voice: Voice, reference: bool = False) -> PromptAudio | None:
+        """A saved voice's recording with its transcript (or its isolated reference recording, none when it
+        has none), read from the shared store at the model's prompt rate."""
         if self._voices is None:
             raise NotFound("this model has no voice store", "voice_id")
+        if reference and voice.reference_seconds is None:
+            return None
         try:
-            samples, rate = self._voices.audio(voice)
+            samples, rate = self._voices.audio(voice, reference)
         except (OSError, sf.LibsndfileError):  # deleted since the ingress looked it up
             raise NotFound(f"no saved voice {voice.voice_id!r}", "voice_id") from None
         target = self.info.prompt_sample_rate
-        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=voice.text)
+        text = None if reference else voice.text
+        return PromptAudio(samples=resample(samples, rate, target), sample_rate=target, text=text)
 
     @contextlib.contextmanager
     def _prompt_file(self, prompt: PromptAudio, denoise: bool) -> Iterator[str]:

@@ -25,8 +25,9 @@ class SynthesisRequest:
     text: str
     request_id: str = ""
     route: str = ""  # the HTTP route that asked, for the replica's metrics
-    prompt: PromptAudio | None = None  # an uploaded reference ...
+    prompt: PromptAudio | None = None  # an uploaded recording (with its transcript: a continuation prompt) ...
     voice: Voice | None = None  # ... or a saved voice, which model replicas load and encode once
+    reference: PromptAudio | None = None  # an isolated reference recording (VoxCPM2), alone or with ``prompt``
     cfg_value: float = 2.0
     inference_timesteps: int = 5
     min_len: int = 2

@@ -71,7 +71,8 @@ async function loadVoices() {
   $("voice-list").replaceChildren(...voices.map((voice) => {
     const item = document.createElement("li");
     const label = document.createElement("span");
-    label.textContent = `${voice.name} — ${voice.seconds.toFixed(1)} s — “${voice.text}”`;
+    const made = voice.kind === "designed" ? `designed: “${voice.description}”` : `“${voice.text}”`;
+    label.textContent = `${voice.name} — ${voice.seconds.toFixed(1)} s — ${made}`;
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "secondary";
@@ -129,6 +130,7 @@ function requestForm() {
     form.append("prompt_audio", reference, "reference");
     if ($("prompt-text").value.trim()) form.append("prompt_text", $("prompt-text").value);
   }
+  if ($("instructions").value.trim()) form.append("instructions", $("instructions").value);
   return form;
 }
 
@@ -244,14 +246,20 @@ async function toggleRecording() {
 async function saveVoice(event) {
   event.preventDefault();
   const audio = $("voice-audio").files[0] || recorded;
-  if (!audio) {
-    showError("Choose a recording or record one first.");
+  const description = $("voice-description").value.trim();
+  if (!audio && !description) {
+    showError("Choose a recording, record one, or describe the voice.");
     return;
   }
   const form = new FormData();
   form.append("name", $("voice-name").value);
-  form.append("text", $("voice-text").value);
-  form.append("audio", audio, "voice");
+  if ($("voice-text").value.trim()) form.append("text", $("voice-text").value);
+  if (description) {
+    form.append("description", description);
+    form.append("model", $("model").value);
+  } else {
+    form.append("audio", audio, "voice");
+  }
   const response = await api("/api/voices", { method: "POST", body: form });
   showError(response.ok ? "" : await apiError(response));
   if (response.ok) {
