@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 MAX_BUFFERED_CHUNKS = 32  # chunks a generation may run ahead of its consumer before it pauses
 _SLOT = torch.tensor([0])  # the decoder's one slot: one generation at a time
-_RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
 
 
 class ReferenceEngine:
@@ -133,16 +132,7 @@ class ReferenceEngine:
 
     def _whole(self, sentence: Sentence, request: SynthesisRequest) -> np.ndarray:
         """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase."""
-        generation = self.runtime.model._generate_with_prompt_cache(
-            target_text=sentence.text,
-            prompt_cache=sentence.prompt,
-            min_len=sentence.min_len,
-            max_len=sentence.max_len,
-            inference_timesteps=request.inference_timesteps,
-            cfg_value=request.cfg_value,
-            streaming=False,
-            **{name: getattr(request, name) for name in _RETRY_ARGUMENTS},
-        )
+        generation = self.runtime.generation(sentence, request, streaming=False, retry=True)
         try:
             return joined(samples.squeeze(0).cpu().numpy() for samples, _, _ in generation)
         finally:

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
+RETRY_ARGUMENTS = ("retry_badcase", "retry_badcase_max_times", "retry_badcase_ratio_threshold")
 
 
 class PromptCache:
@@ -231,6 +232,23 @@ class VoxCPMRuntime:
                 )
                 prompt = self._encode(own, None, denoise=False)
 
+    def generation(
+        self, sentence: Sentence, request: SynthesisRequest, streaming: bool, retry: bool = False
+    ) -> Iterator[tuple[Any, Any, Any]]:
+        """voxcpm's own generation of one sentence (``_generate_with_prompt_cache``); ``retry``: with the
+        request's retry_badcase settings (voxcpm cannot retry what it has streamed)."""
+        retries = {name: getattr(request, name) for name in RETRY_ARGUMENTS} if retry else {"retry_badcase": False}
+        return self.model._generate_with_prompt_cache(
+            target_text=sentence.text,
+            prompt_cache=sentence.prompt,
+            min_len=sentence.min_len,
+            max_len=sentence.max_len,
+            inference_timesteps=request.inference_timesteps,
+            cfg_value=request.cfg_value,
+            streaming=streaming,
+            **retries,
+        )
+
     def model_inputs(self, sentence: Sentence, request: SynthesisRequest) -> ModelInputs:
         """The inputs voxcpm's ``_generate_with_prompt_cache`` gives its ``_inference`` for this sentence.
 
@@ -246,16 +264,7 @@ class VoxCPMRuntime:
 
         self.model._inference = capture
         try:
-            for _ in self.model._generate_with_prompt_cache(
-                target_text=sentence.text,
-                prompt_cache=sentence.prompt,
-                min_len=sentence.min_len,
-                max_len=sentence.max_len,
-                inference_timesteps=request.inference_timesteps,
-                cfg_value=request.cfg_value,
-                retry_badcase=False,
-                streaming=True,
-            ):
+            for _ in self.generation(sentence, request, streaming=True):
                 pass
         finally:
             del self.model._inference
