@@ -34,7 +34,7 @@ from serve_app.audio.reference import resample
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
-from serve_app.model.vae import StreamingVAEDecoder
+from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
 from serve_app.weights import Weights
@@ -147,6 +147,7 @@ class VoxCPMRuntime:
     ) -> None:
         self.tts = tts
         self.model = tts.tts_model
+        fuse_weight_norm(self.model.audio_vae)
         self._voices = voices
         self.v2 = type(self.model).__name__ == "VoxCPM2Model"
         self.info = ModelInfo(
