@@ -1,0 +1,50 @@
+"""The incremental VAE decoder against voxcpm's whole-utterance decode, on both architectures' VAEs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from serve_app import synthetic
+from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module", params=["tiny-voxcpm1.5", "tiny-voxcpm2"])
+def vae(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    from voxcpm import VoxCPM
+
+    checkpoint = synthetic.build(request.param, Path(tmp_path_factory.mktemp("vae")) / request.param)
+    tts = VoxCPM.from_pretrained(str(checkpoint), load_denoiser=False, optimize=False, device="cpu")
+    return tts.tts_model.audio_vae
+
+
+@torch.inference_mode()
+def test_patch_by_patch_is_the_whole_decode_and_rows_keep_their_own_state(vae: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    patch = 2
+    latents = torch.randn(3, vae.latent_dim, patch * STEPS)
+    whole = vae.decode(latents).squeeze(1)
+    decoder = StreamingVAEDecoder(vae, slots=4)
+    slots = torch.tensor([3, 0, 1])  # any slot per row
+    pieces = [decoder.decode(latents[:, :, i * patch : (i + 1) * patch], slots) for i in range(STEPS)]
+    assert (torch.cat(pieces, dim=-1) - whole).abs().max() < 1e-5
+    decoder.move(3, 2)  # a row carried to another slot goes on where it was
+    decoder.reset(0)  # a reset slot starts a new signal
+    more = torch.randn(2, vae.latent_dim, patch)
+    moved = decoder.decode(more[:1], torch.tensor([2]))
+    fresh = decoder.decode(more[1:], torch.tensor([0]))
+    continued = vae.decode(torch.cat([latents[:1], more[:1]], dim=-1)).squeeze(1)[:, -moved.shape[-1] :]
+    assert (moved - continued).abs().max() < 1e-5
+    assert (fresh - vae.decode(more[1:]).squeeze(1)).abs().max() < 1e-5
+
+
+@torch.inference_mode()
+def test_fusing_weight_norm_changes_no_bit(vae: torch.nn.Module) -> None:
+    latents = torch.randn(1, vae.latent_dim, 8)
+    before = vae.decode(latents)
+    fuse_weight_norm(vae)
+    assert torch.equal(vae.decode(latents), before)
