@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -144,6 +145,41 @@ def plot(points: list[dict], name: str = "soak", what: str = "requests") -> None
     png(figure, name)
 
 
+def drive(
+    kinds: Iterator[Callable[[], object]], total: int, clients: int, sample_every: int, counted: type[BaseException]
+) -> tuple[Counter, list[dict], float]:
+    """``total`` calls of the kinds in turn from ``clients`` threads, sampling the replicas every ``sample_every``
+    calls: what each call returned (or the name of the ``counted`` exception it raised), the samples, the wall time."""
+    outcomes: Counter = Counter()
+    points, lock, done = [sample(0, time.perf_counter())], threading.Lock(), 0
+    started = time.perf_counter()
+
+    def client() -> None:
+        nonlocal done
+        while True:
+            with lock:
+                if done >= total:
+                    return
+                done += 1
+                kind, number = next(kinds), done
+            try:
+                outcome = kind()
+            except counted as exc:
+                outcome = type(exc).__name__
+            with lock:
+                outcomes[outcome] += 1
+                if number % sample_every == 0:
+                    points.append(sample(number, started))
+
+    with ThreadPoolExecutor(clients) as pool:
+        for _ in range(clients):
+            pool.submit(client)
+    wall = time.perf_counter() - started
+    time.sleep(2)
+    points.append(sample(done, started))
+    return outcomes, points, wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -152,33 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     with local_service() as url:
         kinds = itertools.cycle(requests_mix(url, reference()))
-        statuses: Counter = Counter()
-        points, lock, done = [sample(0, time.perf_counter())], threading.Lock(), 0
-        started = time.perf_counter()
-
-        def client() -> None:
-            nonlocal done
-            while True:
-                with lock:
-                    if done >= args.requests:
-                        return
-                    done += 1
-                    kind, number = next(kinds), done
-                try:
-                    status = kind()
-                except requests.RequestException as exc:
-                    status = type(exc).__name__
-                with lock:
-                    statuses[status] += 1
-                    if number % args.sample_every == 0:
-                        points.append(sample(number, started))
-
-        with ThreadPoolExecutor(args.clients) as pool:
-            for _ in range(args.clients):
-                pool.submit(client)
-        wall = time.perf_counter() - started
-        time.sleep(2)
-        points.append(sample(done, started))
+        statuses, points, wall = drive(kinds, args.requests, args.clients, args.sample_every, requests.RequestException)
     save(
         "soak", {"points": points, "statuses": {str(k): v for k, v in statuses.items()}}, report(points, statuses, wall)
     )

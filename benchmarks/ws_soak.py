@@ -15,14 +15,12 @@ import argparse
 import itertools
 import json
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from common import local_service, save, table
-from soak import plot, sample
+from soak import drive, plot
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -97,33 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     with local_service() as base:
         kinds = itertools.cycle(conversations(base.replace("http", "ws", 1) + "/api/tts/ws"))
-        outcomes: Counter = Counter()
-        points, lock, done = [sample(0, time.perf_counter())], threading.Lock(), 0
-        started = time.perf_counter()
-
-        def client() -> None:
-            nonlocal done
-            while True:
-                with lock:
-                    if done >= args.conversations:
-                        return
-                    done += 1
-                    kind, number = next(kinds), done
-                try:
-                    outcome = kind()
-                except Exception as exc:  # noqa: BLE001 - counted, the soak goes on
-                    outcome = type(exc).__name__
-                with lock:
-                    outcomes[outcome] += 1
-                    if number % args.sample_every == 0:
-                        points.append(sample(number, started))
-
-        with ThreadPoolExecutor(args.clients) as pool:
-            for _ in range(args.clients):
-                pool.submit(client)
-        wall = time.perf_counter() - started
-        time.sleep(2)
-        points.append(sample(done, started))
+        # counted, the soak goes on
+        outcomes, points, wall = drive(kinds, args.conversations, args.clients, args.sample_every, Exception)
     save("ws_soak", {"points": points, "outcomes": dict(outcomes)}, report(points, outcomes, wall))
     plot(points, "ws_soak", "conversations")
 
