@@ -35,6 +35,7 @@ from serve_app.audio.reference import resample
 from serve_app.config import AppConfig, WebSocketConfig
 from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError
 from serve_app.ingress.dependencies import app_config, synthesis_service
+from serve_app.ingress.edge import KEY_SUBPROTOCOL
 from serve_app.ingress.synthesis import Output, SynthesisService
 from serve_app.ingress.ws_messages import Cancel, Close, End, Flush, Init, Text, parse
 from serve_app.metrics import RequestTrace
@@ -446,5 +447,5 @@ class SessionTimeout(ServiceError):
 def chosen_subprotocol(offered: list[str]) -> str | None:
     """The subprotocol to accept: a browser that offered some fails the socket unless one is chosen.
     The first that is not a key, else the ``bearer.KEY`` itself (the client offered only that)."""
-    plain = [name for name in offered if not name.startswith("bearer.")]
+    plain = [name for name in offered if not name.startswith(KEY_SUBPROTOCOL)]
     return (plain or offered or [None])[0]
