@@ -31,11 +31,11 @@ from common import (
     run_clients,
     save,
     stream_stats,
+    synthetic_checkpoint,
     table,
     time_request,
 )
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.model.engine import Engine, load_engine
 from serve_app.model.types import SynthesisRequest
@@ -93,7 +93,7 @@ def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
     sync, memory = device_tools(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = synthetic.build(args.preset, Path(tmp) / args.preset, dtype=args.dtype)
+        checkpoint = synthetic_checkpoint(args.preset, Path(tmp) / args.preset, args.dtype)
         for name in args.engines.split(","):
             config = ModelConfig(
                 source=str(checkpoint),

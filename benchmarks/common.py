@@ -270,6 +270,16 @@ def _local_service(
         ray.shutdown()
 
 
+def synthetic_checkpoint(preset: str, out: Path, dtype: str | None = None) -> Path:
+    """``synthetic.build`` on a thread that then ends, taking its OpenMP pool with it: torch work left on
+    the main thread would slow the engine's own thread, as nothing in a served replica does
+    (serve_app/model/engine.py, benchmarks/model_thread.py)."""
+    from serve_app import synthetic
+
+    with ThreadPoolExecutor(max_workers=1) as builder:
+        return builder.submit(synthetic.build, preset, out, dtype=dtype).result()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve_app import synthetic
+from common import synthetic_checkpoint
+
 from serve_app.config import ModelConfig
 from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
@@ -27,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def measure(preset: str, steps: int, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = synthetic.build(preset, Path(tmp) / preset)
+        checkpoint = synthetic_checkpoint(preset, Path(tmp) / preset)
         size = sum(file.stat().st_size for file in checkpoint.rglob("*") if file.is_file())
         started = time.perf_counter()
         config = ModelConfig(source=str(checkpoint), device="cpu", optimize=False, warmup=False)

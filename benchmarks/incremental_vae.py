@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import SEED_SENTENCE, save, table
+from common import SEED_SENTENCE, save, synthetic_checkpoint, table
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.model.engine import joined
 from serve_app.model.reference import ReferenceEngine
@@ -46,7 +45,7 @@ def ours(engine: ReferenceEngine, text: str, seed: int, streaming: bool) -> np.n
 
 
 def measure(preset: str, repeat: int, directory: Path) -> dict[str, Any]:
-    checkpoint = synthetic.build(preset, directory / preset)
+    checkpoint = synthetic_checkpoint(preset, directory / preset)
     engine = ReferenceEngine.load(ModelConfig(source=str(checkpoint), device="cpu", optimize=False, warmup=True))
     ways = {
         "voxcpm streaming": lambda: voxcpm_streaming(engine, SEED_SENTENCE, 7),
@@ -58,7 +57,7 @@ def measure(preset: str, repeat: int, directory: Path) -> dict[str, Any]:
     for _ in range(repeat):
         for name, way in ways.items():
             started = time.perf_counter()
-            audio[name] = way()
+            audio[name] = engine._executor.submit(way).result()  # on the engine's thread (model_thread.py)
             times[name].append(time.perf_counter() - started)
     engine.close()
     whole = audio["whole (non-streaming)"]

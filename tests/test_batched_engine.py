@@ -94,6 +94,43 @@ def test_each_request_is_the_reference_audio_bit_for_bit(engines: tuple, stagger
         assert got.shape == want.shape and np.array_equal(got, want), request.text
 
 
+def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: tuple, monkeypatch) -> None:
+    """Requests admitted in the same step are prefilled in one packed pass (different lengths, a
+    prompt, long text): each still gets the reference audio. The first request's prefill is held
+    until the others wait in the engine's inbox, so that they join together."""
+    reference, batched, _ = engines
+    chosen = _requests(reference.info.prompt_sample_rate)
+    requests = [chosen[0], chosen[1], chosen[4], chosen[5]]
+    expected = [_alone(reference, request) for request in requests]
+    held, sizes, prefill = threading.Event(), [], batched._runner.prefill
+
+    def holding(batch: list) -> list:
+        sizes.append(len(batch))
+        held.wait(timeout=30)
+        return prefill(batch)
+
+    monkeypatch.setattr(batched._runner, "prefill", holding)
+    results: list[np.ndarray | None] = [None] * len(requests)
+
+    def run(index: int) -> None:
+        results[index] = batched.generate(requests[index], streaming=True)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(requests))]
+    threads[0].start()
+    while not sizes:
+        time.sleep(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.3)
+    held.set()
+    for thread in threads:
+        thread.join()
+    assert sizes[:2] == [1, 3]
+    for want, got in zip(expected, results, strict=True):
+        assert got is not None and np.array_equal(got, want)
+    assert _idle(batched)
+
+
 def test_a_cancelled_request_leaves_the_others_exact(engines: tuple) -> None:
     reference, batched, _ = engines
     requests = _requests(reference.info.prompt_sample_rate)[:3]

@@ -40,13 +40,12 @@ class ReferenceEngine:
 
     @classmethod
     def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> ReferenceEngine:
-        """Loaded (and warmed up) on the generation thread, where its generations will run."""
+        """Loaded and warmed up on the generation thread, where its generations will run (``engine.py``)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
-        runtime = executor.submit(VoxCPMRuntime.load, config, voices).result()
-        engine = cls(runtime, executor)
+        engine = executor.submit(lambda: cls(VoxCPMRuntime.load(config, voices), executor)).result()
         if config.warmup:
-            executor.submit(lambda: joined(engine.generate(runtime.warmup_request(), streaming=True))).result()
-            runtime.prompts.clear()
+            executor.submit(lambda: joined(engine.generate(engine.runtime.warmup_request(), streaming=True))).result()
+            engine.runtime.prompts.clear()
         logger.info("loaded %s", engine.info)
         return engine
 

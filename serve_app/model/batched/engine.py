@@ -1,7 +1,8 @@
 """The batched engine: many requests generating together on one model instance (continuous batching).
 
-One loop thread owns the model. Between steps it takes in new requests and cancellations, prefills
-newcomers alone and places them in free KV slots (``scheduler.py``, ``kv_slots.py``), then runs one
+One loop thread owns the model (it loads it, too). Between steps it takes in new requests and
+cancellations, admits newcomers into free KV slots and prefills them together, packed (``scheduler.py``,
+``kv_slots.py``), with whatever else arrived meanwhile, then runs one
 decode step for every running request together (``step_runner.py``) and decodes the new patches
 through the VAE, each request with its own causal-conv state (``../vae.py``). A request leaves between
 steps when its text is spoken, its ``max_len`` is reached, or it is cancelled (its consumer closed,
@@ -25,6 +26,7 @@ import queue
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
-from serve_app.model.batched.step_runner import StepRunner
+from serve_app.model.batched.step_runner import Prefilled, StepRunner
 from serve_app.model.engine import Started, joined
 from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
 from serve_app.model.types import SynthesisRequest
@@ -56,12 +58,15 @@ class BatchedEngine:
         self._decoder = runtime.decoder(config.max_batch_size)
         self._scheduler = Scheduler(config.max_batch_size)
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="voxcpm-batch", daemon=True)
-        self._thread.start()
+        self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
+        self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
 
     @classmethod
     def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> BatchedEngine:
-        engine = cls(VoxCPMRuntime.load(config, voices), config)
+        """Loaded on the loop thread, which then runs the batch: one thread does all the torch work (``engine.py``)."""
+        loaded: Future[BatchedEngine] = Future()
+        threading.Thread(target=cls._run, args=(config, voices, loaded), name="voxcpm-batch", daemon=True).start()
+        engine = loaded.result()
         if config.warmup:
             engine.generate(engine.runtime.warmup_request(), streaming=True)
             engine.runtime.prompts.clear()
@@ -127,19 +132,41 @@ class BatchedEngine:
         return Sequence(request, streaming, started, deliver, Crossfader(self.runtime.seam_samples), generator)
 
     # -- the loop thread -------------------------------------------------------------------------
+    @classmethod
+    def _run(cls, config: ModelConfig, voices: VoiceStore | None, loaded: Future[BatchedEngine]) -> None:
+        try:
+            engine = cls(VoxCPMRuntime.load(config, voices), config)
+        except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(engine)
+        engine._loop()
+
     def _loop(self) -> None:
         while True:
             try:
-                if not self._take_commands(block=not self._scheduler):
+                if not self._take_commands(block=not self._scheduler) or not self._join():
                     return
-                for sequence in self._scheduler.admit():
-                    self._guarded(sequence, self._start, sequence)
                 if self._scheduler.running:
                     self._step()
             except Exception as exc:  # the loop must outlive anything: fail what it holds, go on
                 logger.exception("batched engine loop failed")
                 for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
                     self._fail(sequence, exc)
+
+    def _join(self) -> bool:
+        """Admit waiting requests into free slots and prefill them, then take in the requests that arrived
+        meanwhile and do the same, until none is admitted: a burst that arrives over a few milliseconds
+        starts in one step, not one step per arrival (bounded by the free slots). False once the engine closes."""
+        while True:
+            admitted = self._scheduler.admit()
+            for sequence in admitted:
+                self._guarded(sequence, self._start, sequence)
+            self._prefill()
+            if not admitted:
+                return True
+            if not self._take_commands(block=False):
+                return False
 
     def _take_commands(self, block: bool) -> bool:
         """Add and cancel requests as asked since the last step; False once the engine closes."""
@@ -165,21 +192,41 @@ class BatchedEngine:
         self._next_sentence(sequence, next(sequence.plan, None))
 
     def _next_sentence(self, sequence: Sequence, sentence: Sentence | None) -> None:
-        """Prefill the sentence into the request's slot, or finish the request when there is none."""
+        """Set the request up to generate the sentence (prefilled before the next step), or finish it."""
         if sentence is None:
             self._finish(sequence)
             return
         sequence.sentence = sentence
         sequence.attempts += 1
         inputs = self.runtime.model_inputs(sentence, sequence.request)
-        prefilled = self._runner.prefill(inputs)
-        room = self._runner.kv_length - prefilled.length  # positions left in the slot for generated steps
+        room = self._runner.kv_length - inputs.text.shape[1]  # positions left in the slot for generated steps
         if room <= 0:
             raise InvalidField("the text and its prompt are longer than a KV slot holds (kv_cache_length)", "text")
         sequence.inputs = dataclasses.replace(inputs, max_len=min(inputs.max_len, room))
+        self._unprefilled.append(sequence)
+
+    def _prefill(self) -> None:
+        """Prefill every request that starts a sentence, together; each alone if that fails, so that a
+        request whose inputs break the pack fails alone."""
+        pending = [sequence for sequence in self._unprefilled if sequence.status is Status.RUNNING]
+        self._unprefilled = []
+        if len(pending) > 1:
+            try:
+                prefilled = self._runner.prefill([sequence.inputs for sequence in pending])  # type: ignore[misc]
+            except Exception:
+                logger.warning("prefill of %d requests together failed: each alone", len(pending), exc_info=True)
+            else:
+                for sequence, state in zip(pending, prefilled, strict=True):
+                    self._guarded(sequence, self._place, sequence, state)
+                return
+        for sequence in pending:
+            self._guarded(sequence, lambda alone: self._place(alone, self._runner.prefill([alone.inputs])[0]), sequence)
+
+    def _place(self, sequence: Sequence, prefilled: Prefilled) -> None:
+        """The prefilled sentence into the request's KV slot and its VAE state: its first step comes next."""
         self._runner.place(sequence.slot, prefilled)
         self._decoder.reset(sequence.slot)
-        if (context := inputs.context()) is not None:
+        if (context := sequence.inputs.context()) is not None:  # type: ignore[union-attr]
             self._decoder.decode(context, torch.tensor([sequence.slot]))
         sequence.step, sequence.position = 0, prefilled.length
         sequence.lm_hidden, sequence.residual_hidden = prefilled.lm_hidden, prefilled.residual_hidden

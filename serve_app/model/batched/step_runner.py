@@ -3,8 +3,11 @@
 Written over voxcpm's own modules and weights, following its ``_inference`` line by line, with what a
 batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batching-facts.md):
 
-- **Prefill** runs for one request at a time, exactly as voxcpm runs it; its keys and values then go
-  into the request's KV slot. (Prefilling several together with padding is not exact.)
+- **Prefill** of the requests that join together runs packed: their tokens one after another in one
+  sequence, without padding, so that every token-wise module (projections, norms, MLPs, the local
+  encoder) runs once for all of them, and attention runs per request over its own tokens, exactly as
+  voxcpm runs it (padding several prompts to one length is not exact). Each request's keys and values
+  then go into its KV slot.
 - **LM steps** write each row's key and value at the row's own position and attend over the whole
   slot with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
   rotary embeddings shaped per row.
@@ -19,8 +22,10 @@ CPU, so a request's latents are the reference engine's bit for bit whatever else
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,29 +85,37 @@ class StepRunner:
         self.kv_length = kv_length
 
     @torch.inference_mode()
-    def prefill(self, inputs: ModelInputs) -> Prefilled:
-        """voxcpm's prefill of one request (``_inference`` before its loop)."""
+    def prefill(self, batch: list[ModelInputs]) -> list[Prefilled]:
+        """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together."""
         model = self.model
+        lengths = [inputs.text.shape[1] for inputs in batch]
+        feat, feat_mask, text, text_mask = (
+            torch.cat([getattr(inputs, name) for inputs in batch], dim=1)
+            for name in ("feat", "feat_mask", "text", "text_mask")
+        )
         encoder = getattr(model, "_feat_encoder_raw", model.feat_encoder)
-        feat_embed = model.enc_to_lm_proj(encoder(inputs.feat))
+        feat_embed = model.enc_to_lm_proj(encoder(feat))
         lm_config = model.config.lm_config
         scale_emb = lm_config.scale_emb if lm_config.use_mup else 1.0
-        text_embed = model.base_lm.embed_tokens(inputs.text) * scale_emb
-        feat_mask, text_mask = inputs.feat_mask.unsqueeze(-1), inputs.text_mask.unsqueeze(-1)
+        text_embed = model.base_lm.embed_tokens(text) * scale_emb
+        feat_mask, text_mask = feat_mask.unsqueeze(-1), text_mask.unsqueeze(-1)
         combined = text_mask * text_embed + feat_mask * feat_embed
-        enc_outputs, base_kv = model.base_lm(inputs_embeds=combined, is_causal=True)
+        enc_outputs, base_kv = self._lm_prefill(model.base_lm, combined, lengths)
         enc_outputs = model.fsq_layer(enc_outputs) * feat_mask + enc_outputs * text_mask
-        residual_outputs, residual_kv = model.residual_lm(
-            inputs_embeds=self._residual_input(enc_outputs, feat_mask * feat_embed), is_causal=True
-        )
-        return Prefilled(
-            base_kv=base_kv,
-            residual_kv=residual_kv,
-            length=combined.shape[1],
-            lm_hidden=enc_outputs[:, -1, :],
-            residual_hidden=residual_outputs[:, -1, :],
-            condition=inputs.feat[:, -1, ...],
-        )
+        residual_input = self._residual_input(enc_outputs, feat_mask * feat_embed)
+        residual_outputs, residual_kv = self._lm_prefill(model.residual_lm, residual_input, lengths)
+        ends = itertools.accumulate(lengths)
+        return [
+            Prefilled(
+                base_kv=[layer[index] for layer in base_kv],
+                residual_kv=[layer[index] for layer in residual_kv],
+                length=length,
+                lm_hidden=enc_outputs[:, end - 1, :],
+                residual_hidden=residual_outputs[:, end - 1, :],
+                condition=inputs.feat[:, -1, ...],
+            )
+            for index, (inputs, length, end) in enumerate(zip(batch, lengths, ends, strict=True))
+        ]
 
     def place(self, slot: int, prefilled: Prefilled) -> None:
         self.base_kv.fill(slot, prefilled.base_kv)
@@ -185,6 +198,23 @@ class StepRunner:
                 dt = t - t_span[step + 1]
         return x
 
+    def _lm_prefill(
+        self, lm: Any, hidden: torch.Tensor, lengths: list[int]
+    ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """``MiniCPMModel.forward`` (causal) over requests packed in one sequence: (hidden states, per layer
+        each request's keys and values)."""
+        rotary = None
+        if lm.rope_emb is not None:  # each request's positions start at 0
+            rotary = lm.rope_emb(torch.cat([torch.arange(length, device=hidden.device) for length in lengths]))
+        caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+        def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
+            attended, cache = self._packed_attention(attention, normed, rotary, lengths)
+            caches.append(cache)
+            return attended
+
+        return _layers(lm, hidden, attend), caches
+
     def _lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot."""
         rows = hidden.shape[0]
@@ -193,15 +223,40 @@ class StepRunner:
             cos, sin = lm.rope_emb(positions)
             rotary = (cos[:, None, None, :], sin[:, None, None, :])
         mask = (torch.arange(kv.length, device=hidden.device)[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
-        for index, layer in enumerate(lm.layers):
-            residual = hidden
-            normed = layer.input_layernorm(hidden)
-            attended = self._attention(layer.self_attn, normed, rotary, positions, kv.layer(index, rows), mask)
-            hidden = residual + (attended * _depth_scale(layer) if layer.use_mup else attended)
-            residual = hidden
-            mlp = layer.mlp(layer.post_attention_layernorm(hidden))
-            hidden = residual + (mlp * _depth_scale(layer) if layer.use_mup else mlp)
-        return lm.norm(hidden)
+
+        def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
+            return self._attention(attention, normed, rotary, positions, kv.layer(index, rows), mask)
+
+        return _layers(lm, hidden, attend)
+
+    @staticmethod
+    def _packed_attention(
+        attention: Any,
+        hidden: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        lengths: list[int],
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``MiniCPMAttention.forward`` (causal) per request of a packed sequence: projections over all of it,
+        attention over each request's own tokens with the tensors laid out as voxcpm lays them out."""
+        tokens, heads, head_dim = hidden.shape[1], attention.num_heads, attention.head_dim
+        kv_heads = attention.num_key_value_heads
+        query = attention.q_proj(hidden).view(1, tokens, heads, head_dim).transpose(1, 2)
+        key = attention.k_proj(hidden).view(1, tokens, kv_heads, head_dim).transpose(1, 2)
+        value = attention.v_proj(hidden).view(1, tokens, kv_heads, head_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key = apply_rotary_pos_emb(query, key, *rotary)
+        outputs, caches = [], []
+        start = 0
+        for length in lengths:
+            span = slice(start, start + length)
+            keys, values = key[:, :, span].contiguous(), value[:, :, span].contiguous()
+            output = functional.scaled_dot_product_attention(
+                query[:, :, span].contiguous(), keys, values, is_causal=True, enable_gqa=True
+            )
+            outputs.append(output.transpose(1, 2).contiguous().reshape(1, length, heads * head_dim))
+            caches.append((keys, values))
+            start += length
+        return attention.o_proj(torch.cat(outputs, dim=1)), caches
 
     @staticmethod
     def _attention(
@@ -228,6 +283,18 @@ class StepRunner:
             query.contiguous(), keys, values, attn_mask=mask, enable_gqa=True
         )
         return attention.o_proj(output.transpose(1, 2).contiguous().reshape(rows, heads * head_dim))
+
+
+def _layers(lm: Any, hidden: torch.Tensor, attend: Callable[[int, Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``MiniCPMDecoderLayer`` after ``MiniCPMDecoderLayer`` and the final norm, attention as ``attend`` does it."""
+    for index, layer in enumerate(lm.layers):
+        residual = hidden
+        attended = attend(index, layer.self_attn, layer.input_layernorm(hidden))
+        hidden = residual + (attended * _depth_scale(layer) if layer.use_mup else attended)
+        residual = hidden
+        mlp = layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = residual + (mlp * _depth_scale(layer) if layer.use_mup else mlp)
+    return lm.norm(hidden)
 
 
 def _depth_scale(layer: Any) -> float:
