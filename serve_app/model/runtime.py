@@ -34,7 +34,7 @@ from serve_app.audio.reference import resample
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
-from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
+from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm, reserve_kernel_cache
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
 from serve_app.weights import Weights
@@ -178,6 +178,7 @@ class VoxCPMRuntime:
             # Process-wide: oneDNN picks its bf16 GEMM kernels by batch size; PyTorch's own give the same
             # bits for a row whatever the batch (slower on CPU). Both engines honour it, so they compare.
             torch.backends.mkldnn.enabled = False
+        reserve_kernel_cache(config.max_batch_size)
         weights = resolve_weights(config)
         tts = VoxCPM.from_pretrained(
             weights.path,

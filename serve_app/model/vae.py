@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+_KERNELS_PER_BATCH_SIZE = 64  # room per batch size: VoxCPM's VAE decoders have 31 to 45 convolutions
 
 
 def _causal_context(module: nn.Module) -> tuple[int, int | None] | None:
@@ -55,6 +58,17 @@ class StreamingVAEDecoder:
                 context, trim = found
                 state = torch.zeros(slots, module.in_channels, context, dtype=torch.float32, device=device)
                 self._layers.append((module, context, trim, state))
+
+    def warm_up(self, frames: int) -> None:
+        """Decode silence (``frames`` latent frames) once at every row count, then forget it. The first decode at
+        a new batch size builds the convolutions' kernels for that shape (oneDNN on CPU: about 12 ms on the
+        tiny model), which would otherwise delay the first audio of the requests that make the batch that size."""
+        slots = len(self._layers[0][3]) if self._layers else 1
+        silence = torch.zeros(slots, self._vae.latent_dim, frames, device=next(self._vae.parameters()).device)
+        for rows in range(1, 2 if self._row_by_row else slots + 1):
+            self.decode(silence[:rows], torch.arange(rows))
+        for slot in range(slots):
+            self.reset(slot)
 
     def reset(self, slot: int) -> None:
         """Forget a slot's past: its next patch is the start of a new signal."""
@@ -101,6 +115,17 @@ def _causal_step(
         return nn.Conv1d.forward(module, padded)
     out = nn.ConvTranspose1d.forward(module, padded)[..., context * module.stride[0] :]
     return out[..., :-trim] if trim > 0 else out
+
+
+def reserve_kernel_cache(slots: int) -> None:
+    """Make room in oneDNN's kernel cache for the decoder's kernels at every batch size up to ``slots``.
+
+    On CPU every new input shape of a convolution gets its own oneDNN kernel, so each batch size the
+    decoder runs at adds one per convolution (a few dozen; built in about 12 ms on the tiny model). oneDNN
+    keeps 1,024 kernels per process by default: at 32 slots the warm-up's kernels alone fill it, and
+    the evicted ones were built again in the middle of streams. oneDNN reads the capacity once, before
+    its first kernel, so this runs before the model is loaded; a capacity set by the user is kept."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(1024 + _KERNELS_PER_BATCH_SIZE * slots))
 
 
 def fuse_weight_norm(vae: Any) -> int:

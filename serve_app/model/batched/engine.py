@@ -136,6 +136,8 @@ class BatchedEngine:
     def _run(cls, config: ModelConfig, voices: VoiceStore | None, loaded: Future[BatchedEngine]) -> None:
         try:
             engine = cls(VoxCPMRuntime.load(config, voices), config)
+            if config.warmup:
+                engine._decoder.warm_up(engine.runtime.model.patch_size)
         except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
             loaded.set_exception(exc)
             return

@@ -17,7 +17,9 @@ class KVSlots:
         config = lm.config
         head_dim = config.kv_channels or config.hidden_size // config.num_attention_heads
         shape = (config.num_hidden_layers, 2, slots, config.num_key_value_heads, length, head_dim)
-        self.cache = torch.zeros(shape, device=device, dtype=dtype)
+        # written through now, not left to the allocator's lazily zeroed pages: on CPU the first request in
+        # each slot would otherwise pay the page faults of its whole slot in the middle of the batch's step
+        self.cache = torch.empty(shape, device=device, dtype=dtype).zero_()
         self.length = length
 
     @property
