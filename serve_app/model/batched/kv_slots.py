@@ -26,9 +26,10 @@ class KVSlots:
     def bytes(self) -> int:
         return self.cache.numel() * self.cache.element_size()
 
-    def layer(self, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one layer for the first ``rows`` slots: (rows, kv_heads, length, head_dim) views."""
-        return self.cache[index, 0, :rows], self.cache[index, 1, :rows]
+    def layer(self, index: int, rows: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer for the first ``rows`` slots and ``span`` positions:
+        (rows, kv_heads, span, head_dim) views."""
+        return self.cache[index, 0, :rows, :, :span], self.cache[index, 1, :rows, :, :span]
 
     def fill(self, slot: int, prefill: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """A request's prefill (per layer, keys and values (1, kv_heads, tokens, head_dim)) into its slot."""

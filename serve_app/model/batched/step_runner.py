@@ -38,6 +38,9 @@ from serve_app.model.runtime import ModelInputs
 
 SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
 USE_CFG_ZERO_STAR = True
+# Masked attention gives the same bits whatever the length of the buffer it runs over (../shared/notes/
+# batching-facts.md), so a step attends over the slots' filled part, rounded up to a multiple of this.
+ATTENDED_POSITIONS_STEP = 256
 
 
 @dataclass
@@ -150,9 +153,11 @@ class StepRunner:
         embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
         stop = model.stop_head(model.stop_actn(model.stop_proj(lm_hidden))).argmax(dim=-1)
         positions = torch.tensor([row.position for row in rows], device=mu.device)
-        new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, embed))
+        filled = max(row.position for row in rows) + 1
+        span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
+        new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
         residual_input = self._residual_input(new_lm_hidden, embed)
-        new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, residual_input)
+        new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, span, residual_input)
         return StepOutput(patches, latents, (stop == 1).tolist(), new_lm_hidden, new_residual)
 
     def _dit_input(self, from_lm: torch.Tensor, from_residual: torch.Tensor) -> torch.Tensor:
@@ -215,17 +220,18 @@ class StepRunner:
 
         return _layers(lm, hidden, attend), caches
 
-    def _lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot."""
+    def _lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, span: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot, attending
+        over the first ``span`` positions of the slots with a per-row mask."""
         rows = hidden.shape[0]
         rotary = None
         if lm.rope_emb is not None:
             cos, sin = lm.rope_emb(positions)
             rotary = (cos[:, None, None, :], sin[:, None, None, :])
-        mask = (torch.arange(kv.length, device=hidden.device)[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
+        mask = (torch.arange(span, device=hidden.device)[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
-            return self._attention(attention, normed, rotary, positions, kv.layer(index, rows), mask)
+            return self._attention(attention, normed, rotary, positions, kv.layer(index, rows, span), mask)
 
         return _layers(lm, hidden, attend)
 
