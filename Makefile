@@ -27,9 +27,10 @@ bench: $(TEST_DEPS)
 	cd benchmarks && ../$(BIN)/python streaming_vs_normal.py --repeat 2
 	cd benchmarks && ../$(BIN)/python overhead.py --repeat 10 --variants default,haproxy
 	cd benchmarks && ../$(BIN)/python load.py --replicas 2 --levels 1,2,4,8 --per-client 2
-	cd benchmarks && ../$(BIN)/python batching.py --mode engine --levels 1,2,4,8,16,32
-	cd benchmarks && ../$(BIN)/python batching.py --mode http --levels 1,2,4,8,16,32
+	cd benchmarks && ../$(BIN)/python batching.py --mode engine --levels 1,2,4,8,16,32 --repeat 3
+	cd benchmarks && ../$(BIN)/python batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3
 	cd benchmarks && ../$(BIN)/python incremental_vae.py --repeat 5
+	cd benchmarks && ../$(BIN)/python model_thread.py --runs 3
 	cd benchmarks && ../$(BIN)/python startup.py
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8
 	cd benchmarks && ../$(BIN)/python overload.py --factor 10 --repeat 2

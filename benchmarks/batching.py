@@ -7,8 +7,8 @@ in-process through the interface the model deployment uses (no Ray; also the GPU
 ``--mode http`` sends the same load through configs/local.yaml's graph over HTTP (one model replica,
 its ``max_ongoing_requests`` raised to the level so that no request waits in Serve's router).
 
-    .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32
-    .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32
+    .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32 --repeat 3
+    .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3
     PYTHONPATH=. python benchmarks/batching.py --mode engine --device cuda --preset voxcpm1.5 --dtype bfloat16 \
         --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96   # a GPU: streams per GPU
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
                 kv_cache_length=args.kv_cache_length,
             )
             engine = load_engine(config)
-            for streams in map(int, args.levels.split(",")):
+            for streams in _passes(args):
                 row = {"engine": name, **engine_level(engine, streams, args.inference_timesteps, sync)}
                 row["memory_mib"] = memory()
                 rows.append(row)
@@ -121,11 +122,33 @@ def run_http(args: argparse.Namespace) -> list[dict[str, Any]]:
         overrides = {"engine": name, "max_batch_size": args.max_batch_size}
         with local_service(model_deployment=deployment, **overrides) as url:
             time_request(url, "/api/tts/stream", {"text": SEED_SENTENCE})  # warm
-            for streams in map(int, args.levels.split(",")):
+            for streams in _passes(args):
                 row = {"engine": name, **http_level(url, streams, args.inference_timesteps)}
                 rows.append(row)
                 print(_line(row), flush=True)
     return rows
+
+
+def _passes(args: argparse.Namespace) -> list[int]:
+    """The levels, once per pass: repeated passes, not repeated levels, so that drift spreads over all."""
+    return [int(streams) for _ in range(args.repeat) for streams in args.levels.split(",")]
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per engine and level: each number the median over the passes."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["engine"], row["streams"]), []).append(row)
+    return [_median(group) for group in groups.values()]
+
+
+def _median(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _median([value[key] for value in values]) for key in first}
+    if isinstance(first, int | float) and not isinstance(first, bool):
+        return statistics.median(values)
+    return first
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -160,7 +183,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return (
         f"# Batching: reference vs batched engine ({where})\n\n"
         f"{args.preset} ({args.dtype or 'preset dtype'}) on {args.device}, seed sentence, inference_timesteps "
-        f"{args.inference_timesteps}, max_batch_size {args.max_batch_size}; N streams sent at once.\n\n"
+        f"{args.inference_timesteps}, max_batch_size {args.max_batch_size}; N streams sent at once; medians of "
+        f"{args.repeat} passes over the levels.\n\n"
         + table(
             [
                 "engine",
@@ -205,6 +229,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["engine", "http"], default="engine")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--levels", default="1,2,4,8,16,32")
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the levels; the table shows medians")
     parser.add_argument("--preset", default="tiny-voxcpm1.5")
     parser.add_argument("--dtype", default=None, help="default: the preset's")
     parser.add_argument("--device", default="cpu")
@@ -215,9 +240,9 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name (default: batching_<mode>)")
     args = parser.parse_args()
     rows = run_engines(args) if args.mode == "engine" else run_http(args)
-    name = args.name or f"batching_{args.mode}"
-    save(name, {"arguments": vars(args), "levels": rows}, report(rows, args))
-    plot(rows, name)
+    name, table_rows = args.name or f"batching_{args.mode}", medians(rows)
+    save(name, {"arguments": vars(args), "levels": table_rows, "passes": rows}, report(table_rows, args))
+    plot(table_rows, name)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,15 @@ def test_fusing_weight_norm_changes_no_bit(vae: torch.nn.Module) -> None:
     before = vae.decode(latents)
     fuse_weight_norm(vae)
     assert torch.equal(vae.decode(latents), before)
+
+
+@torch.inference_mode()
+def test_warm_up_leaves_every_slot_as_new(vae: torch.nn.Module) -> None:
+    """The warm-up decodes at every batch size (building the kernels), then forgets it: every slot decodes
+    as a fresh decoder's does."""
+    latents = torch.randn(3, vae.latent_dim, 4)
+    slots = torch.tensor([0, 2, 1])
+    want = StreamingVAEDecoder(vae, slots=3).decode(latents, slots)
+    warmed = StreamingVAEDecoder(vae, slots=3)
+    warmed.warm_up(frames=2)
+    assert torch.equal(warmed.decode(latents, slots), want)

@@ -8,8 +8,8 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
   encoder) runs once for all of them, and attention runs per request over its own tokens, exactly as
   voxcpm runs it (padding several prompts to one length is not exact). Each request's keys and values
   then go into its KV slot.
-- **LM steps** write each row's key and value at the row's own position and attend over the whole
-  slot with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
+- **LM steps** write each row's key and value at the row's own position and attend over the slots'
+  filled part with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
   rotary embeddings shaped per row.
 - **Diffusion** draws each row's noise from the request's own generator, scales each row's guidance by
   its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product rounds), and runs the rows that
