@@ -50,6 +50,7 @@ class StreamingVAEDecoder:
 
     def __init__(self, vae: Any, slots: int, batch_invariant: bool = False) -> None:
         self._vae = vae
+        self._slots = slots
         self._row_by_row = batch_invariant and next(vae.parameters()).device.type == "cpu"
         self._layers: list[tuple[nn.Module, int, int | None, torch.Tensor]] = []
         device = next(vae.parameters()).device
@@ -63,11 +64,10 @@ class StreamingVAEDecoder:
         """Decode silence (``frames`` latent frames) once at every row count, then forget it. The first decode at
         a new batch size builds the convolutions' kernels for that shape (oneDNN on CPU: about 12 ms on the
         tiny model), which would otherwise delay the first audio of the requests that make the batch that size."""
-        slots = len(self._layers[0][3]) if self._layers else 1
-        silence = torch.zeros(slots, self._vae.latent_dim, frames, device=next(self._vae.parameters()).device)
-        for rows in range(1, 2 if self._row_by_row else slots + 1):
+        silence = torch.zeros(self._slots, self._vae.latent_dim, frames, device=next(self._vae.parameters()).device)
+        for rows in range(1, 2 if self._row_by_row else self._slots + 1):
             self.decode(silence[:rows], torch.arange(rows))
-        for slot in range(slots):
+        for slot in range(self._slots):
             self.reset(slot)
 
     def reset(self, slot: int) -> None:
