@@ -5,10 +5,14 @@ first audio p50/p95, aggregate audio seconds per wall second, chunk-gap p99, str
 (a player started at the first chunk runs dry) and memory. ``--mode engine`` drives the engines
 in-process through the interface the model deployment uses (no Ray; also the GPU run);
 ``--mode http`` sends the same load through configs/local.yaml's graph over HTTP (one model replica,
-its ``max_ongoing_requests`` raised to the level so that no request waits in Serve's router).
+its ``max_ongoing_requests`` raised to the level so that no request waits in Serve's router), and
+reports the CPU each process used; ``--model-core`` gives the model replica a core of its own, as
+generation has on a GPU node, where it does not share cores with Serve's proxy and the ingress;
+``--data-plane`` picks Ray Serve's data-plane variant (see overhead.py).
 
     .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32 --repeat 3
-    .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3
+    .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3 [--model-core] \
+        [--data-plane haproxy]
     PYTHONPATH=. python benchmarks/batching.py --mode engine --device cuda --preset voxcpm1.5 --dtype bfloat16 \
         --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96   # a GPU: streams per GPU
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -24,10 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    DATA_PLANES,
     SEED_SENTENCE,
     Outcomes,
     StreamTiming,
+    cpu_seconds,
     local_service,
+    model_on_its_own_core,
     png,
     run_clients,
     save,
@@ -42,6 +50,7 @@ from serve_app.model.engine import Engine, load_engine
 from serve_app.model.types import SynthesisRequest
 
 ENGINES = ("voxcpm", "batched")
+CPU_COLUMNS = ("VoxCPMModel", "TTSIngress", "ProxyActor", "clients")  # processes whose CPU an HTTP run reports
 
 
 async def _timed_stream(engine: Engine, request: SynthesisRequest, sync: Any) -> StreamTiming:
@@ -70,12 +79,14 @@ def engine_level(engine: Engine, streams: int, inference_timesteps: int, sync: A
 def http_level(url: str, streams: int, inference_timesteps: int) -> dict[str, Any]:
     outcomes = Outcomes()
     form = {"text": SEED_SENTENCE, "inference_timesteps": inference_timesteps}
+    before = cpu_seconds()
     wall = run_clients(streams, lambda: outcomes.attempt(url, "/api/tts/stream", form))
     return {
         "streams": streams,
         "shed": len(outcomes.shed_ms),
         "errors": len(outcomes.errors),
         **stream_stats(outcomes.streams, wall),
+        "cpu_cores": {name: (used - before.get(name, 0.0)) / wall for name, used in cpu_seconds().items()},
     }
 
 
@@ -120,7 +131,10 @@ def run_http(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in args.engines.split(","):
         deployment = {"max_ongoing_requests": max(top, 2), "max_queued_requests": top}
         overrides = {"engine": name, "max_batch_size": args.max_batch_size}
-        with local_service(model_deployment=deployment, **overrides) as url:
+        with (
+            local_service(env=DATA_PLANES[args.data_plane], model_deployment=deployment, **overrides) as url,
+            model_on_its_own_core() if args.model_core else contextlib.nullcontext(),
+        ):
             time_request(url, "/api/tts/stream", {"text": SEED_SENTENCE})  # warm
             for streams in _passes(args):
                 row = {"engine": name, **http_level(url, streams, args.inference_timesteps)}
@@ -144,6 +158,8 @@ def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _median(values: list[Any]) -> Any:
     first = values[0]
+    if all(value == first for value in values):
+        return first
     if isinstance(first, dict):
         return {key: _median([value[key] for value in values]) for key in first}
     if isinstance(first, int | float) and not isinstance(first, bool):
@@ -163,6 +179,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     by_engine: dict[str, dict[int, dict[str, Any]]] = {}
     for row in rows:
         by_engine.setdefault(row["engine"], {})[row["streams"]] = row
+    http = args.mode == "http"
+    cpu_columns = CPU_COLUMNS + (("haproxy",) if args.data_plane == "haproxy" else ())
     lines = []
     for row in rows:
         one = by_engine[row["engine"]].get(1)
@@ -177,9 +195,14 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{row['gap_ms']['p99']:.0f}",
                 f"{row['streams_with_underrun']}/{row['ttfb_ms']['n']}",
                 f"{row['memory_mib']:.0f}" if "memory_mib" in row else "",
+                *([" / ".join(f"{row['cpu_cores'].get(name, 0):.2f}" for name in cpu_columns)] if http else []),
             ]
         )
-    where = "in-process engines" if args.mode == "engine" else "HTTP through configs/local.yaml's graph, one replica"
+    where = "in-process engines" if not http else "HTTP through configs/local.yaml's graph, one replica"
+    if args.model_core:
+        where += ", the model replica on a core of its own"
+    if args.data_plane != "default":
+        where += f", Serve's {args.data_plane} data plane"
     return (
         f"# Batching: reference vs batched engine ({where})\n\n"
         f"{args.preset} ({args.dtype or 'preset dtype'}) on {args.device}, seed sentence, inference_timesteps "
@@ -196,6 +219,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 "gap ms p99",
                 "underruns",
                 "memory MiB",
+                *(["CPU cores: " + " / ".join(cpu_columns)] if http else []),
             ],
             lines,
         )
@@ -237,10 +261,21 @@ def main() -> None:
     parser.add_argument("--inference-timesteps", type=int, default=5)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--kv-cache-length", type=int, default=None)
-    parser.add_argument("--name", default=None, help="results file name (default: batching_<mode>)")
+    parser.add_argument(
+        "--model-core",
+        action="store_true",
+        help="--mode http: the model replica on a core of its own, everything else on the others (as on a GPU node)",
+    )
+    parser.add_argument("--data-plane", choices=DATA_PLANES, default="default", help="--mode http: Ray Serve's")
+    parser.add_argument("--name", default=None, help="results file name (default: from the mode and options)")
     args = parser.parse_args()
     rows = run_engines(args) if args.mode == "engine" else run_http(args)
-    name, table_rows = args.name or f"batching_{args.mode}", medians(rows)
+    name = args.name or "_".join(
+        ["batching", args.mode]
+        + (["model_core"] if args.model_core else [])
+        + ([args.data_plane] if args.data_plane != "default" else [])
+    )
+    table_rows = medians(rows)
     save(name, {"arguments": vars(args), "levels": table_rows, "passes": rows}, report(table_rows, args))
     plot(table_rows, name)
 

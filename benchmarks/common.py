@@ -329,15 +329,17 @@ def _process_titles() -> Iterator[tuple[int, str]]:
 
 
 def cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by the Serve processes (model replicas, ingress, proxy), summed by
-    deployment, and by this process (the benchmark's clients)."""
+    """CPU seconds used so far by the Serve processes (model replicas, ingress, proxy, HAProxy when Serve
+    runs it), summed by deployment, and by this process (the benchmark's clients)."""
     ticks = os.sysconf("SC_CLK_TCK")
     used = {"clients": sum(os.times()[:2])}
     for pid, title in _process_titles():
-        if title.startswith(("ray::ServeReplica:", "ray::ProxyActor")):
+        command = title.split(maxsplit=1)[0] if title.strip() else ""
+        if command.startswith(("ray::ServeReplica:", "ray::ProxyActor")) or Path(command).name == "haproxy":
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                name = title.split()[0].rsplit(":", 1)[-1]
+                # Ray adds the method an actor is running to its process title: ray::ProxyActor.receive_asgi_messages
+                name = Path(command).name.rsplit(":", 1)[-1].split(".")[0]
                 used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     return used
 
