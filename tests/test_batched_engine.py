@@ -8,6 +8,7 @@ stated tolerance in float32, whatever else is in the batch and whenever it joine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -63,14 +64,18 @@ def _alone(reference: ReferenceEngine, request: SynthesisRequest) -> np.ndarray:
     return joined(reference.generate(request, streaming=True))
 
 
-def _together(batched: BatchedEngine, requests: list[SynthesisRequest], stagger_s: float) -> list[np.ndarray]:
-    """Each request from its own thread, the i-th joining ``i * stagger_s`` after the first."""
+def _together(
+    batched: BatchedEngine, requests: list[SynthesisRequest], stagger_s: float, streaming: list[bool] | None = None
+) -> list[np.ndarray]:
+    """Each request from its own thread, the i-th joining ``i * stagger_s`` after the first (streamed, or
+    as the non-streaming API asks where ``streaming`` says so)."""
     results: list[np.ndarray | BaseException | None] = [None] * len(requests)
+    modes = streaming or [True] * len(requests)
 
     def run(index: int) -> None:
         time.sleep(index * stagger_s)
         try:
-            results[index] = batched.generate(requests[index], streaming=True)
+            results[index] = batched.generate(requests[index], streaming=modes[index])
         except BaseException as exc:  # noqa: BLE001 - compared by the test
             results[index] = exc
 
@@ -182,6 +187,25 @@ def test_non_streaming_sentences_match_the_reference_within_decode_rounding(engi
     got = batched.generate(request, streaming=False)
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 1e-5
+
+
+def test_streams_and_non_streaming_requests_in_one_batch(engines: tuple) -> None:
+    """Non-streaming requests decode their patches 16 at a time, apart from the streams in the same batch:
+    the streams stay bit for bit, the others within decode rounding of voxcpm's whole-sentence decode."""
+    reference, batched, _ = engines
+    requests = [
+        dataclasses.replace(request, retry_badcase=False) for request in _requests(reference.info.prompt_sample_rate)
+    ]
+    modes = [index % 2 == 0 for index in range(len(requests))]
+    results = _together(batched, requests, 0.0, modes)
+    for request, streamed, got in zip(requests, modes, results, strict=True):
+        assert isinstance(got, np.ndarray), got
+        if streamed:
+            assert np.array_equal(got, _alone(reference, request)), request.text
+        else:
+            want = joined(reference.generate(request, streaming=False))
+            assert got.shape == want.shape and np.abs(got - want).max() < 1e-5, request.text
+    assert _idle(batched)
 
 
 def _idle(engine: BatchedEngine) -> bool:

@@ -60,13 +60,18 @@ class StreamingVAEDecoder:
                 state = torch.zeros(slots, module.in_channels, context, dtype=torch.float32, device=device)
                 self._layers.append((module, context, trim, state))
 
-    def warm_up(self, frames: int) -> None:
-        """Decode silence (``frames`` latent frames) once at every row count, then forget it. The first decode at
-        a new batch size builds the convolutions' kernels for that shape (oneDNN on CPU: about 12 ms on the
-        tiny model), which would otherwise delay the first audio of the requests that make the batch that size."""
-        silence = torch.zeros(self._slots, self._vae.latent_dim, frames, device=next(self._vae.parameters()).device)
+    def warm_up(self, frames: int, longest: int = 1) -> None:
+        """Decode silence (``frames`` latent frames) once at every row count, and ``longest`` times as many frames
+        in one row, then forget it. The first decode of a new shape builds the convolutions' kernels for it
+        (oneDNN on CPU: about 12 ms on the tiny model), which would otherwise delay the first audio of the
+        requests that make the batch that size. (Shorter multi-patch calls, a sentence's last patches, build
+        theirs once when they first come: a few dozen kernels each, within the cache's headroom.)"""
+        device = next(self._vae.parameters()).device
+        silence = torch.zeros(self._slots, self._vae.latent_dim, frames * longest, device=device)
         for rows in range(1, 2 if self._row_by_row else self._slots + 1):
-            self.decode(silence[:rows], torch.arange(rows))
+            self.decode(silence[:rows, :, :frames], torch.arange(rows))
+        if longest > 1:
+            self.decode(silence[:1], torch.arange(1))
         for slot in range(self._slots):
             self.reset(slot)
 

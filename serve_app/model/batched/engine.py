@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 _END = object()  # a request's last item
 _STOP = object()  # the loop thread's last command
+# A non-streaming sentence's patches go through the VAE this many at a time (and the rest at its end),
+# not one call per step: nobody hears them before the sentence is complete, and one call for 16 patches
+# costs about what one call for one costs where the decoder is bound by its kernels' fixed cost (small
+# models, CPU). The same causal state carries over between calls, so the audio does not change.
+NON_STREAMING_DECODE_PATCHES = 16
 
 
 class BatchedEngine:
@@ -137,7 +142,7 @@ class BatchedEngine:
         try:
             engine = cls(VoxCPMRuntime.load(config, voices), config)
             if config.warmup:
-                engine._decoder.warm_up(engine.runtime.model.patch_size)
+                engine._decoder.warm_up(engine.runtime.model.patch_size, NON_STREAMING_DECODE_PATCHES)
         except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
             loaded.set_exception(exc)
             return
@@ -233,37 +238,46 @@ class BatchedEngine:
         sequence.step, sequence.position = 0, prefilled.length
         sequence.lm_hidden, sequence.residual_hidden = prefilled.lm_hidden, prefilled.residual_hidden
         sequence.condition = prefilled.condition
-        sequence.pieces = []
+        sequence.pieces, sequence.latents = [], []
 
     def _step(self) -> None:
         running = list(self._scheduler.running)
         rows = [sequence.row() for sequence in running]
+        streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
             output = self._runner.step(rows)
-            audio = self._decoder.decode(output.latents, torch.arange(len(running))).cpu().numpy()
+            audio = self._decode_streams(output.latents, streams, len(running))
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
             for sequence in running:
                 self._fail(sequence, exc)
             return
+        chunks = dict(zip(streams, audio if audio is not None else [], strict=True))
         for index, sequence in enumerate(running):
             sequence.lm_hidden = output.lm_hidden[index : index + 1]
             sequence.residual_hidden = output.residual_hidden[index : index + 1]
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
-            self._guarded(sequence, self._emit, sequence, audio[index], output.stop[index])
+            new = chunks[index] if sequence.streaming else output.latents[index]
+            self._guarded(sequence, self._emit, sequence, new, output.stop[index])
 
-    def _emit(self, sequence: Sequence, chunk: np.ndarray, stop: bool) -> None:
-        sequence.pieces.append(chunk)
+    def _emit(self, sequence: Sequence, new: np.ndarray | torch.Tensor, stop: bool) -> None:
+        """The step's result for one request: a stream's audio chunk, or a non-streaming sentence's latent patch."""
         if sequence.streaming:
-            self._deliver(sequence, chunk)
+            sequence.pieces.append(new)
+            self._deliver(sequence, new)  # type: ignore[arg-type]
+        else:
+            sequence.latents.append(new)  # type: ignore[arg-type]
         ended = sequence.finished_sentence(stop)
         sequence.step += 1
         if not ended:
+            if len(sequence.latents) >= NON_STREAMING_DECODE_PATCHES:
+                self._decode_latents(sequence)
             return
         if not sequence.streaming and self._retry_badcase(sequence):
             self._next_sentence(sequence, sequence.sentence)
             return
+        self._decode_latents(sequence)
         audio = joined(sequence.pieces)
         if not sequence.streaming:
             self._deliver(sequence, audio)
@@ -275,6 +289,22 @@ class BatchedEngine:
             sequence.crossfade.next_segment()
             sequence.attempts = 0
         self._next_sentence(sequence, following)
+
+    def _decode_streams(self, latents: torch.Tensor, streams: list[int], rows: int) -> np.ndarray | None:
+        """The streaming rows' new patches through the VAE together (a row's slot is its index in the batch)."""
+        if not streams:
+            return None
+        if len(streams) == rows:
+            return self._decoder.decode(latents, torch.arange(rows)).cpu().numpy()
+        slots = torch.tensor(streams)
+        return self._decoder.decode(latents[slots], slots).cpu().numpy()
+
+    def _decode_latents(self, sequence: Sequence) -> None:
+        """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""
+        if sequence.latents:
+            latents = torch.cat(sequence.latents, dim=-1).unsqueeze(0)
+            sequence.pieces.append(self._decoder.decode(latents, torch.tensor([sequence.slot]))[0].cpu().numpy())
+            sequence.latents = []
 
     def _retry_badcase(self, sequence: Sequence) -> bool:
         """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""

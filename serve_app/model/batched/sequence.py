@@ -50,6 +50,7 @@ class Sequence:
     residual_hidden: torch.Tensor | None = None
     condition: torch.Tensor | None = None  # the previous patch: the diffusion's prefix condition
     pieces: list[np.ndarray] = field(default_factory=list)  # the current sentence's audio
+    latents: list[torch.Tensor] = field(default_factory=list)  # non-streaming: patches not yet through the VAE
 
     def row(self) -> Row:
         """Its part of the next decode step."""
