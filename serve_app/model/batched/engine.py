@@ -3,8 +3,9 @@
 One loop thread owns the model (it loads it, too). Between steps it takes in new requests and
 cancellations, admits newcomers into free KV slots and prefills them together, packed (``scheduler.py``,
 ``kv_slots.py``), with whatever else arrived meanwhile, then runs one
-decode step for every running request together (``step_runner.py``) and decodes the new patches
-through the VAE, each request with its own causal-conv state (``../vae.py``). A request leaves between
+decode step for every running request together (``step_runner.py``) and decodes the streams' new
+patches through the VAE, each request with its own causal-conv state (``../vae.py``; a non-streaming
+request's patches a few at a time). A request leaves between
 steps when its text is spoken, its ``max_len`` is reached, or it is cancelled (its consumer closed,
 the client disconnected); what one request does (a bad prompt, a cancel, a failure of its own) never
 touches the others. Long text, voices, prompts and checks are the runtime's, as in the reference
