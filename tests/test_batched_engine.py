@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
 from serve_app.model.batched.engine import BatchedEngine
+from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
 from serve_app.model.engine import joined
@@ -254,3 +256,26 @@ def test_scheduler_admits_in_order_within_the_batch_and_keeps_slots_contiguous()
     waiting = _sequence("e")
     scheduler.add(waiting)
     assert scheduler.retire(waiting) is None and not scheduler.waiting
+
+
+def test_kv_slots_hold_zeros_past_what_their_request_wrote() -> None:
+    """A slot is cleared only as far as its previous request wrote, and a move copies only that far: what
+    a step attends to past a request's own positions must still be zeros (masked NaN would spread)."""
+    config = SimpleNamespace(kv_channels=None, hidden_size=8, num_attention_heads=2, num_hidden_layers=2)
+    config.num_key_value_heads = 1
+    slots = KVSlots(SimpleNamespace(config=config), 2, 16, torch.device("cpu"), torch.float32)
+
+    def prefill(tokens: int, value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.full((1, 1, tokens, 4), value), torch.full((1, 1, tokens, 4), value))] * 2
+
+    slots.fill(0, prefill(6, 1.0))
+    slots.writing([9])  # a step writes slot 0 at position 9
+    slots.cache[:, :, 0, :, 9] = 2.0
+    slots.fill(1, prefill(3, 3.0))
+    slots.fill(0, prefill(2, 4.0))  # the next request in slot 0
+    assert (slots.cache[:, :, 0, :, :2] == 4).all() and (slots.cache[:, :, 0, :, 2:] == 0).all()
+    slots.fill(0, prefill(6, 1.0))
+    slots.writing([12])
+    slots.cache[:, :, 0, :, 12] = 2.0
+    slots.move(1, 0)  # slot 0's request left; slot 1's takes its place
+    assert (slots.cache[:, :, 0, :, :3] == 3).all() and (slots.cache[:, :, 0, :, 3:] == 0).all()

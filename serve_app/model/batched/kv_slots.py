@@ -4,7 +4,9 @@ voxcpm's ``StaticKVCache`` holds one length for every row, so it serves one gene
 is a request's own row, filled from that request's prefill (computed alone, exactly as voxcpm does) and
 written at the request's own position each step. The requests in the batch occupy slots 0..n-1, so a
 step's cache is a view of the first n rows, never a copy; when one leaves, the last one moves into its
-slot (``move``). A slot is zeroed before reuse: left-over values would turn masked attention into NaN.
+slot (``move``). Positions a slot's request never wrote hold zeros: a left-over NaN or Inf would turn masked
+attention into NaN. Each slot remembers how far it was written, so that a new request zeroes, and a move
+copies, only that part, not the slot's whole length (a full-size model's slot is ~50 MB in bfloat16).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class KVSlots:
         # each slot would otherwise pay the page faults of its whole slot in the middle of the batch's step
         self.cache = torch.empty(shape, device=device, dtype=dtype).zero_()
         self.length = length
+        self._written = [0] * slots  # per slot: positions from here on are zeros
 
     @property
     def bytes(self) -> int:
@@ -33,11 +36,21 @@ class KVSlots:
 
     def fill(self, slot: int, prefill: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """A request's prefill (per layer, keys and values (1, kv_heads, tokens, head_dim)) into its slot."""
-        self.cache[:, :, slot].zero_()
+        tokens = prefill[0][0].shape[2]
+        if self._written[slot] > tokens:  # what the slot's previous request wrote past the new prefill
+            self.cache[:, :, slot, :, tokens : self._written[slot]].zero_()
         for index, (keys, values) in enumerate(prefill):
-            tokens = keys.shape[2]
             self.cache[index, 0, slot, :, :tokens] = keys[0]
             self.cache[index, 1, slot, :, :tokens] = values[0]
+        self._written[slot] = tokens
+
+    def writing(self, positions: list[int]) -> None:
+        """Slots 0..n-1 are about to be written at these positions (called before the write, so that a step
+        that fails halfway leaves nothing unaccounted for)."""
+        for slot, position in enumerate(positions):
+            self._written[slot] = max(self._written[slot], position + 1)
 
     def move(self, source: int, target: int) -> None:
-        self.cache[:, :, target] = self.cache[:, :, source]
+        span = max(self._written[source], self._written[target])  # the source's zeros cover the target's rest
+        self.cache[:, :, target, :, :span] = self.cache[:, :, source, :, :span]
+        self._written[target] = self._written[source]

@@ -152,8 +152,11 @@ class StepRunner:
         # and a projection of a strided batch takes another GEMM path with other rounding: copy it first.
         embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
         stop = model.stop_head(model.stop_actn(model.stop_proj(lm_hidden))).argmax(dim=-1)
-        positions = torch.tensor([row.position for row in rows], device=mu.device)
-        filled = max(row.position for row in rows) + 1
+        written = [row.position for row in rows]
+        self.base_kv.writing(written)
+        self.residual_kv.writing(written)
+        positions = torch.tensor(written, device=mu.device)
+        filled = max(written) + 1
         span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
         new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
         residual_input = self._residual_input(new_lm_hidden, embed)
