@@ -247,28 +247,28 @@ class BatchedEngine:
         streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
             output = self._runner.step(rows)
-            audio = self._decode_streams(output.latents, streams, len(running))
+            chunks = self._decode_streams(output.latents, streams, len(running))
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
             for sequence in running:
                 self._fail(sequence, exc)
             return
-        chunks = dict(zip(streams, audio if audio is not None else [], strict=True))
         for index, sequence in enumerate(running):
             sequence.lm_hidden = output.lm_hidden[index : index + 1]
             sequence.residual_hidden = output.residual_hidden[index : index + 1]
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
-            new = chunks[index] if sequence.streaming else output.latents[index]
-            self._guarded(sequence, self._emit, sequence, new, output.stop[index])
+            chunk, latent = chunks.get(index), output.latents[index]
+            self._guarded(sequence, self._emit, sequence, chunk, latent, output.stop[index])
 
-    def _emit(self, sequence: Sequence, new: np.ndarray | torch.Tensor, stop: bool) -> None:
-        """The step's result for one request: a stream's audio chunk, or a non-streaming sentence's latent patch."""
-        if sequence.streaming:
-            sequence.pieces.append(new)
-            self._deliver(sequence, new)  # type: ignore[arg-type]
+    def _emit(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
+        """The step's result for one request: a stream's audio chunk goes out, a non-streaming sentence keeps
+        its latent patch for the VAE."""
+        if chunk is not None:
+            sequence.pieces.append(chunk)
+            self._deliver(sequence, chunk)
         else:
-            sequence.latents.append(new)  # type: ignore[arg-type]
+            sequence.latents.append(latent)
         ended = sequence.finished_sentence(stop)
         sequence.step += 1
         if not ended:
@@ -291,14 +291,15 @@ class BatchedEngine:
             sequence.attempts = 0
         self._next_sentence(sequence, following)
 
-    def _decode_streams(self, latents: torch.Tensor, streams: list[int], rows: int) -> np.ndarray | None:
-        """The streaming rows' new patches through the VAE together (a row's slot is its index in the batch)."""
+    def _decode_streams(self, latents: torch.Tensor, streams: list[int], rows: int) -> dict[int, np.ndarray]:
+        """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
         if not streams:
-            return None
-        if len(streams) == rows:
-            return self._decoder.decode(latents, torch.arange(rows)).cpu().numpy()
+            return {}
         slots = torch.tensor(streams)
-        return self._decoder.decode(latents[slots], slots).cpu().numpy()
+        if len(streams) < rows:
+            latents = latents[slots]
+        audio = self._decoder.decode(latents, slots).cpu().numpy()
+        return dict(zip(streams, audio, strict=True))
 
     def _decode_latents(self, sequence: Sequence) -> None:
         """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""
