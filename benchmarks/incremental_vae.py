@@ -82,11 +82,9 @@ def measure(preset: str, repeat: int, directory: Path) -> dict[str, Any]:
 def full_size_vae(preset: str, repeat: int, patches: int = 64) -> dict[str, Any]:
     """ms of VAE work per patch for a full-size release's VAE: the whole signal at once, voxcpm 1.x's window
     (the last three patches decoded at every step) and our incremental decode (the new patch only)."""
-    chosen = synthetic.PRESETS[preset]
-    _, config_class, vae_class = synthetic._model_classes(chosen.architecture)
-    vae = vae_class(config=config_class.model_validate(synthetic._config(chosen, 100, "float32")).audio_vae_config)
+    vae = synthetic.audio_vae(preset)
     fuse_weight_norm(vae)
-    patch_size = chosen.patch_size
+    patch_size = synthetic.PRESETS[preset].patch_size
     latents = torch.randn(1, vae.latent_dim, patches * patch_size) * 0.5
     decoder = StreamingVAEDecoder(vae, 1)
     window = 3 * patch_size

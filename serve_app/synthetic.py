@@ -225,6 +225,14 @@ def _model_classes(architecture: str) -> tuple[Any, Any, Any]:
     return VoxCPMModel, VoxCPMConfig, AudioVAE
 
 
+def audio_vae(preset_name: str) -> Any:
+    """The preset's VAE alone, with random weights in float32 (as checkpoints ship it): for timing a release's
+    decode without building the whole model."""
+    preset = PRESETS[preset_name]
+    _, config_cls, vae_cls = _model_classes(preset.architecture)
+    return vae_cls(config=config_cls.model_validate(_config(preset, 100, "float32")).audio_vae_config)
+
+
 def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dtype: str | None = None) -> Path:
     """Write a loadable checkpoint directory for ``preset_name`` at ``out``.
 
