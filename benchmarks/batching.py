@@ -8,11 +8,12 @@ in-process through the interface the model deployment uses (no Ray; also the GPU
 its ``max_ongoing_requests`` raised to the level so that no request waits in Serve's router), and
 reports the CPU each process used; ``--model-core`` gives the model replica a core of its own, as
 generation has on a GPU node, where it does not share cores with Serve's proxy and the ingress;
-``--data-plane`` picks Ray Serve's data-plane variant (see overhead.py).
+``--data-plane`` picks Ray Serve's data-plane variant (see overhead.py); ``--coalesce-lead-s`` sets the
+model's ``stream_coalesce_lead_s`` (chunks joined once a listener is that far ahead).
 
     .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32 --repeat 3
     .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3 [--model-core] \
-        [--data-plane haproxy]
+        [--data-plane haproxy] [--coalesce-lead-s 0.3]
     PYTHONPATH=. python benchmarks/batching.py --mode engine --device cuda --preset voxcpm1.5 --dtype bfloat16 \
         --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96   # a GPU: streams per GPU
 """
@@ -130,7 +131,11 @@ def run_http(args: argparse.Namespace) -> list[dict[str, Any]]:
     top = max(map(int, args.levels.split(",")))
     for name in args.engines.split(","):
         deployment = {"max_ongoing_requests": max(top, 2), "max_queued_requests": top}
-        overrides = {"engine": name, "max_batch_size": args.max_batch_size}
+        overrides = {
+            "engine": name,
+            "max_batch_size": args.max_batch_size,
+            "stream_coalesce_lead_s": args.coalesce_lead_s,
+        }
         with (
             local_service(env=DATA_PLANES[args.data_plane], model_deployment=deployment, **overrides) as url,
             model_on_its_own_core() if args.model_core else contextlib.nullcontext(),
@@ -267,6 +272,9 @@ def main() -> None:
         help="--mode http: the model replica on a core of its own, everything else on the others (as on a GPU node)",
     )
     parser.add_argument("--data-plane", choices=DATA_PLANES, default="default", help="--mode http: Ray Serve's")
+    parser.add_argument(
+        "--coalesce-lead-s", type=float, default=0.0, help="--mode http: the model's stream_coalesce_lead_s"
+    )
     parser.add_argument("--name", default=None, help="results file name (default: from the mode and options)")
     args = parser.parse_args()
     rows = run_engines(args) if args.mode == "engine" else run_http(args)
@@ -274,6 +282,7 @@ def main() -> None:
         ["batching", args.mode]
         + (["model_core"] if args.model_core else [])
         + ([args.data_plane] if args.data_plane != "default" else [])
+        + (["coalesced"] if args.coalesce_lead_s else [])
     )
     table_rows = medians(rows)
     save(name, {"arguments": vars(args), "levels": table_rows, "passes": rows}, report(table_rows, args))

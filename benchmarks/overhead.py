@@ -11,7 +11,8 @@ a fresh local cluster:
 - haproxy: inline-loops plus RAY_SERVE_ENABLE_HA_PROXY=1 (HAProxy forwards HTTP to the ingress
   replicas directly; a feature flag in Ray 2.60).
 
-Also voxcpm's own streaming against its non-streaming path, which explains a longer streaming total.
+Also voxcpm's own streaming against its non-streaming path, which explains a longer streaming total, and
+the CPU each served request costs each process (Serve's proxy, the ingress, the model replica, the status board).
 
     .venv/bin/python benchmarks/overhead.py --repeat 20 [--variants default,haproxy]
 """
@@ -23,7 +24,17 @@ import itertools
 import statistics
 import time
 
-from common import DATA_PLANES, REPO, SEED_SENTENCE, local_service, save, summary, table, time_request
+from common import (
+    DATA_PLANES,
+    REPO,
+    SEED_SENTENCE,
+    cpu_seconds,
+    local_service,
+    save,
+    summary,
+    table,
+    time_request,
+)
 
 from serve_app.config import ModelConfig
 from serve_app.model.engine import joined
@@ -55,10 +66,14 @@ def measure(engine: ReferenceEngine, env: dict[str, str], text: str, repeat: int
         form = {"text": text, "inference_timesteps": 5}
         time_request(url, "/api/tts/stream", form)  # warm both paths
         in_process(engine, text)
-        local, served = [], []
+        local, served, cpu_ms = [], [], {}
         for _ in range(repeat):
             local.append(in_process(engine, text))
+            before = cpu_seconds()
             served.append(time_request(url, "/api/tts/stream", form))
+            for name, used in cpu_seconds().items():
+                if name != "clients":  # this process: the in-process runs too
+                    cpu_ms[name] = cpu_ms.get(name, 0.0) + 1e3 * (used - before.get(name, 0.0)) / repeat
     local_ttfb = [1e3 * arrivals[0] for arrivals in local]
     served_ttfb = [1e3 * t.ttfb_s for t in served]
     local_total = [1e3 * arrivals[-1] for arrivals in local]
@@ -72,6 +87,7 @@ def measure(engine: ReferenceEngine, env: dict[str, str], text: str, repeat: int
         "added to total": summary([s - loc for s, loc in zip(served_total, local_total, strict=True)]),
         "in-process gap between chunks": summary([g for arrivals in local for g in gaps_ms(arrivals)]),
         "served gap between chunks": summary([1e3 * g for t in served for g in t.gaps_s()]),
+        "cpu_ms_per_request": cpu_ms,
     }
 
 
@@ -98,12 +114,21 @@ def main() -> None:
         [variant, metric, *(f"{stats[k]:.1f}" for k in ("median", "p95", "min", "max"))]
         for variant, metrics in results.items()
         for metric, stats in metrics.items()
+        if metric != "cpu_ms_per_request"
+    ]
+    cpu_rows = [
+        [variant, *(f"{name} {ms:.1f}" for name, ms in sorted(metrics["cpu_ms_per_request"].items()))]
+        for variant, metrics in results.items()
     ]
     markdown = (
         "# Serving overhead\n\n"
         f"{args.repeat} interleaved runs per variant of the seed sentence, tiny synthetic model on a 2-core CPU, "
         f"torch on {REPLICA_TORCH_THREADS} thread in both places. Milliseconds.\n\n"
         + table(["variant", "measure", "p50", "p95", "min", "max"], rows)
+        + "\nCPU milliseconds each served request cost each process (mean; the model replica's includes the "
+        "generation itself):\n\n"
+        + "\n".join(f"- {variant}: {', '.join(parts)}" for variant, *parts in cpu_rows)
+        + "\n"
         + f"\nvoxcpm itself, in-process: streaming total / non-streaming total = {streaming_cost:.2f}x "
         "(streaming re-decodes a window of latent patches through the VAE at every step).\n"
     )

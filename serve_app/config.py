@@ -78,6 +78,18 @@ class ModelConfig(_Strict):
         description="engine: batched — positions per KV slot (prompt + text + generated steps); default: the "
         "model's own max_length (4096). KV memory = max_batch_size x this x the model's per-token size.",
     )
+    stream_coalesce_lead_s: float = Field(
+        0.0,
+        ge=0,
+        description="Streams: once a listener has this much audio in hand beyond playback (counted from its first "
+        "chunk), hold the model's chunks and send them together, never letting it fall below half this: the same "
+        "audio in fewer messages, each of which costs the ingress and Serve's proxy CPU (README: 'Fewer, larger "
+        "chunks'). The first chunks are never held. 0 (default): every chunk as soon as it is decoded, as the "
+        "API promises; 0.3 where the HTTP side's CPU is what limits the streams a replica serves.",
+    )
+    stream_coalesce_max_s: float = Field(
+        0.25, gt=0, description="Streams: the most audio sent in one piece while coalescing (stream_coalesce_lead_s)."
+    )
 
     @field_validator("synthetic_preset")
     @classmethod

@@ -26,6 +26,7 @@ from serve_app.model.batched.engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
+from serve_app.model.coalescing import coalesced
 from serve_app.model.engine import joined
 from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
@@ -207,6 +208,26 @@ def test_streams_and_non_streaming_requests_in_one_batch(engines: tuple) -> None
         else:
             want = joined(reference.generate(request, streaming=False))
             assert got.shape == want.shape and np.abs(got - want).max() < 1e-5, request.text
+    assert _idle(batched)
+
+
+def test_a_coalesced_stream_is_the_reference_audio_in_fewer_pieces(engines: tuple) -> None:
+    """A stream whose chunks are joined while its listener is ahead (``coalescing.py``, as the model
+    deployment sends them with ``stream_coalesce_lead_s``) carries the same audio bit for bit."""
+    reference, batched, _ = engines
+    request = SynthesisRequest(text="Hello there. How are you today?", seed=2, max_len=70)
+
+    def slow_listener() -> float:  # a clock a hundred times slower: the listener's lead builds on any CPU
+        return time.monotonic() / 100
+
+    async def received(lead_s: float) -> list[np.ndarray]:
+        chunks = batched.stream(request, lambda: None)
+        return [piece async for piece in coalesced(chunks, batched.info.sample_rate, lead_s, 0.2, slow_listener)]
+
+    steps, pieces = asyncio.run(received(0.0)), asyncio.run(received(0.05))
+    assert np.array_equal(joined(pieces), _alone(reference, request))
+    assert np.array_equal(joined(steps), joined(pieces))
+    assert 1 < len(pieces) < len(steps)
     assert _idle(batched)
 
 

@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import gpu, metrics
 from serve_app.config import ModelConfig
+from serve_app.model.coalescing import coalesced
 from serve_app.model.engine import Engine, joined, load_engine
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
 from serve_app.status_board import PUBLISH_PERIOD_S
@@ -72,11 +73,14 @@ class VoxCPMDeployment:
         return self._engine.info
 
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
-        """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them."""
+        """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them; with
+        ``stream_coalesce_lead_s``, joined into fewer once the listener is well ahead (``coalescing.py``)."""
         cadence = metrics.Cadence(self._metrics.generation_chunk_gap, self._tags(request))
-        async for chunk in self._generate(request, streaming=True):
+        config, rate = self._config, self._engine.info.sample_rate
+        chunks = self._generate(request, streaming=True)
+        async for piece in coalesced(chunks, rate, config.stream_coalesce_lead_s, config.stream_coalesce_max_s):
             cadence.tick()
-            yield chunk
+            yield piece
 
     async def synthesize(self, request: SynthesisRequest) -> np.ndarray:
         """The whole utterance (the seed's non-streaming API). It is produced sentence by sentence, so
