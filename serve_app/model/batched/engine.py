@@ -163,18 +163,17 @@ class BatchedEngine:
                     self._fail(sequence, exc)
 
     def _join(self) -> bool:
-        """Admit waiting requests into free slots and prefill them, then take in the requests that arrived
-        meanwhile and do the same, until none is admitted: a burst that arrives over a few milliseconds
-        starts in one step, not one step per arrival (bounded by the free slots). False once the engine closes."""
-        while True:
-            admitted = self._scheduler.admit()
+        """Admit waiting requests into free slots and prepare them, take in the requests that arrived
+        meanwhile and do the same until none is admitted, then prefill them all in one pass: a burst that
+        arrives over a few milliseconds starts in one step with one prefill, not one per arrival (bounded
+        by the free slots). False once the engine closes."""
+        while admitted := self._scheduler.admit():
             for sequence in admitted:
                 self._guarded(sequence, self._start, sequence)
-            self._prefill()
-            if not admitted:
-                return True
             if not self._take_commands(block=False):
                 return False
+        self._prefill()
+        return True
 
     def _take_commands(self, block: bool) -> bool:
         """Add and cancel requests as asked since the last step; False once the engine closes."""
