@@ -47,7 +47,8 @@ async def coalesced(
 
     def release(*more: np.ndarray) -> np.ndarray:
         nonlocal held, sent
-        piece = np.concatenate([*held, *more]) if len(held) + len(more) > 1 else [*held, *more][0]
+        parts = [*held, *more]
+        piece = np.concatenate(parts) if len(parts) > 1 else parts[0]
         held, sent = [], sent + len(piece)
         return piece
 
