@@ -35,6 +35,7 @@ from common import (
     Outcomes,
     StreamTiming,
     cpu_seconds,
+    cpu_seconds_since,
     local_service,
     model_on_its_own_core,
     png,
@@ -87,7 +88,7 @@ def http_level(url: str, streams: int, inference_timesteps: int) -> dict[str, An
         "shed": len(outcomes.shed_ms),
         "errors": len(outcomes.errors),
         **stream_stats(outcomes.streams, wall),
-        "cpu_cores": {name: (used - before.get(name, 0.0)) / wall for name, used in cpu_seconds().items()},
+        "cpu_cores": {name: used / wall for name, used in cpu_seconds_since(before).items()},
     }
 
 

@@ -344,6 +344,11 @@ def cpu_seconds() -> dict[str, float]:
     return used
 
 
+def cpu_seconds_since(before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each of those processes used since ``before`` (an earlier :func:`cpu_seconds`)."""
+    return {name: used - before.get(name, 0.0) for name, used in cpu_seconds().items()}
+
+
 def _set_affinity(cores_of: Callable[[int], set[int]]) -> None:
     for pid, _ in _process_titles():
         with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread bound to its core

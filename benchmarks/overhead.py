@@ -29,6 +29,7 @@ from common import (
     REPO,
     SEED_SENTENCE,
     cpu_seconds,
+    cpu_seconds_since,
     local_service,
     save,
     summary,
@@ -71,9 +72,9 @@ def measure(engine: ReferenceEngine, env: dict[str, str], text: str, repeat: int
             local.append(in_process(engine, text))
             before = cpu_seconds()
             served.append(time_request(url, "/api/tts/stream", form))
-            for name, used in cpu_seconds().items():
+            for name, used in cpu_seconds_since(before).items():
                 if name != "clients":  # this process: the in-process runs too
-                    cpu_ms[name] = cpu_ms.get(name, 0.0) + 1e3 * (used - before.get(name, 0.0)) / repeat
+                    cpu_ms[name] = cpu_ms.get(name, 0.0) + 1e3 * used / repeat
     local_ttfb = [1e3 * arrivals[0] for arrivals in local]
     served_ttfb = [1e3 * t.ttfb_s for t in served]
     local_total = [1e3 * arrivals[-1] for arrivals in local]

@@ -28,6 +28,7 @@ from common import (
     SEED_SENTENCE,
     Outcomes,
     cpu_seconds,
+    cpu_seconds_since,
     free_port,
     histogram_buckets,
     local_service,
@@ -64,7 +65,7 @@ def drive(url: str, metrics_port: int, clients: int, total: int, seconds: float)
 
     gaps_before, cpu_before = histogram_buckets(metrics_port, list(GAP_HISTOGRAMS.values())), cpu_seconds()
     wall = run_clients(clients, client)
-    cpu = {name: (used - cpu_before.get(name, 0.0)) / wall for name, used in cpu_seconds().items()}
+    cpu = {name: used / wall for name, used in cpu_seconds_since(cpu_before).items()}
     time.sleep(METRICS_SETTLE_S)
     gaps_after = histogram_buckets(metrics_port, list(GAP_HISTOGRAMS.values()))
     client_gaps = [gap for timing in outcomes.streams for gap in timing.gaps_s()]
