@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serve_app import synthetic
-from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
+from serve_app.model.vae import StreamingVAEDecoder, _pointwise_step, fuse_weight_norm
 
 STEPS = 12
 
@@ -60,3 +60,16 @@ def test_warm_up_leaves_every_slot_as_new(vae: torch.nn.Module) -> None:
     warmed = StreamingVAEDecoder(vae, slots=3)
     warmed.warm_up(frames=2)
     assert torch.equal(warmed.decode(latents, slots), want)
+
+
+@torch.inference_mode()
+def test_pointwise_convolutions_give_each_row_the_bits_of_a_row_alone(vae: torch.nn.Module) -> None:
+    """In a batch, the 1x1 convolutions run as PyTorch runs them for one row (not through oneDNN): each row's
+    output is what it would be alone, and at one row it is the module's own output."""
+    decoder = StreamingVAEDecoder(vae, slots=4)
+    assert decoder._pointwise, "the VAE has 1x1 convolutions"
+    for module in decoder._pointwise:
+        rows = torch.randn(5, module.in_channels, 9)
+        batched = _pointwise_step(module, rows)
+        assert torch.equal(batched[2:3], _pointwise_step(module, rows[2:3]))
+        assert torch.equal(_pointwise_step(module, rows[:1]), module(rows[:1]))
