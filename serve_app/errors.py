@@ -1,4 +1,5 @@
-"""Errors a client caused, raised anywhere (ingress or model replica) and answered as 4xx/503.
+"""Errors answered to a client, raised anywhere (ingress or model replica): as 4xx/503 over HTTP, as
+``error`` messages carrying the same codes over the WebSocket.
 
 They cross the Ray boundary by pickling, so all state lives in ``args``.
 """
@@ -97,6 +98,21 @@ class RateLimited(ServiceError):
     status = 429
     code = "rate_limited"
     default_retry_after_s = 1
+
+
+class SessionTimeout(ServiceError):
+    """A WebSocket conversation ran past its length or idle limit."""
+
+    status = 408
+    code = "timeout"
+
+
+class StreamFailed(ServiceError):
+    """A generation failed mid-stream (logged with its request id); over the WebSocket the conversation
+    goes on, and the client hears which context failed."""
+
+    status = 500
+    code = "stream_failed"
 
 
 class _ClientErrorsAreNotFailures(logging.Filter):

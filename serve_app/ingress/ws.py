@@ -33,7 +33,7 @@ from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import resample
 from serve_app.config import AppConfig, WebSocketConfig
-from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError
+from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, SessionTimeout, StreamFailed
 from serve_app.ingress.dependencies import app_config, synthesis_service
 from serve_app.ingress.edge import KEY_SUBPROTOCOL
 from serve_app.ingress.synthesis import Output, SynthesisService
@@ -432,16 +432,6 @@ class MessageRate:
             return False
         self._times.append(now)
         return True
-
-
-class StreamFailed(ServiceError):
-    status = 500
-    code = "stream_failed"
-
-
-class SessionTimeout(ServiceError):
-    status = 408
-    code = "timeout"
 
 
 def chosen_subprotocol(offered: list[str]) -> str | None:

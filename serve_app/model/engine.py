@@ -23,13 +23,16 @@ call at every parallel region. Measured on 2 cores (``benchmarks/model_thread.py
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from serve_app.config import ModelConfig
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.voices import VoiceStore
+
+if TYPE_CHECKING:
+    from serve_app.model.runtime import VoxCPMRuntime
 
 Started = Callable[[], None]  # called (from any thread) when the model takes the request up
 
@@ -58,6 +61,26 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RuntimeEngine:
+    """What both engines share over their runtime: ``stream`` and ``sentences`` are one generation, with
+    or without a chunk per step, and the prompt cache's counts are the runtime's."""
+
+    runtime: VoxCPMRuntime
+    info: ModelInfo
+
+    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._generation(request, started, streaming=True)
+
+    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+        return self._generation(request, started, streaming=False)
+
+    def prompt_lookups(self) -> tuple[int, int]:
+        return self.runtime.prompts.hits, self.runtime.prompts.misses
+
+    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+        raise NotImplementedError
 
 
 def load_engine(config: ModelConfig, voices: VoiceStore | None = None) -> Engine:

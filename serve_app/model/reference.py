@@ -19,7 +19,7 @@ import torch
 
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
-from serve_app.model.engine import Started, joined
+from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime, latents
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import SynthesisRequest
@@ -31,7 +31,7 @@ MAX_BUFFERED_CHUNKS = 32  # chunks a generation may run ahead of its consumer be
 _SLOT = torch.tensor([0])  # the decoder's one slot: one generation at a time
 
 
-class ReferenceEngine:
+class ReferenceEngine(RuntimeEngine):
     def __init__(self, runtime: VoxCPMRuntime, executor: ThreadPoolExecutor) -> None:
         self.runtime = runtime
         self.info = runtime.info
@@ -49,20 +49,11 @@ class ReferenceEngine:
         logger.info("loaded %s", engine.info)
         return engine
 
-    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
-        return self._on_thread(request, started, streaming=True)
-
-    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
-        return self._on_thread(request, started, streaming=False)
-
-    def prompt_lookups(self) -> tuple[int, int]:
-        return self.runtime.prompts.hits, self.runtime.prompts.misses
-
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.runtime.close()
 
-    def _on_thread(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
         def produce() -> Iterator[np.ndarray]:
             started()
             yield from self.generate(request, streaming)
