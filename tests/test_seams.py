@@ -37,3 +37,21 @@ def test_chunks_shorter_than_the_overlap() -> None:
     crossfade.next_segment()
     out.append(crossfade.feed(np.ones(20, np.float32)))
     assert sum(map(len, out)) + len(crossfade.flush()) == 170
+
+
+def test_told_which_chunks_end_a_piece_only_those_wait_and_the_seam_is_the_same() -> None:
+    """A caller that knows which chunk ends its piece (the batched engine) gets every other chunk whole, at
+    once; the joined signal is the one a caller that does not know gets."""
+    first, second = np.split(tone(1600, 0.0), 4), np.split(tone(1600, np.pi), 4)
+    knowing, unknowing = Crossfader(160), Crossfader(160)
+    out, reference = [], []
+    for piece in (first, second):
+        for index, chunk in enumerate(piece):
+            out.append(knowing.feed(chunk, may_end=index == len(piece) - 1))
+            reference.append(unknowing.feed(chunk))
+        knowing.next_segment()
+        unknowing.next_segment()
+    assert [len(o) for o in out[:3]] == [400, 400, 400]  # nothing held back inside a piece
+    assert len(out[3]) == 400 - 160
+    joined = np.concatenate([*out, knowing.flush()])
+    assert np.array_equal(joined, np.concatenate([*reference, unknowing.flush()]))

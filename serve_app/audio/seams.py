@@ -2,8 +2,10 @@
 
 Each sentence is generated on its own, so one ends and the next begins at unrelated sample
 values. A short equal-power crossfade overlaps the end of one with the start of the next. To
-stream it, the last ``overlap`` samples of every chunk are held back until the next chunk shows
-whether a seam follows; the whole stream is delayed by those few milliseconds, not by a chunk.
+stream it, the last ``overlap`` samples of a chunk that may end a piece are held back until the next
+chunk shows whether a seam follows: a stream is delayed by those few milliseconds, not by a chunk, and
+not at all where the caller knows that a chunk does not end its piece (the batched engine knows it
+at every step; voxcpm's generator, in the reference engine, only after the fact).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ class Crossfader:
         """The next chunk starts a new piece: crossfade it with what is held."""
         self._seam = True
 
-    def feed(self, chunk: np.ndarray) -> np.ndarray:
-        """What may be played now; the chunk's last ``overlap`` samples wait for the next call."""
+    def feed(self, chunk: np.ndarray, may_end: bool = True) -> np.ndarray:
+        """What may be played now. If the chunk ``may_end`` its piece, its last ``overlap`` samples wait for
+        the next call; otherwise it all goes (with what was held)."""
         chunk = np.asarray(chunk, dtype=np.float32)
         if self._seam and len(self._held) == self._overlap and len(chunk) >= self._overlap:
             head = chunk[: self._overlap] * self._fade_in + self._held * self._fade_out
@@ -33,7 +36,7 @@ class Crossfader:
             self._held = np.zeros(0, dtype=np.float32)
         self._seam = False
         joined = np.concatenate([self._held, chunk])
-        cut = max(0, len(joined) - self._overlap)
+        cut = max(0, len(joined) - self._overlap) if may_end else len(joined)
         self._held = joined[cut:]
         return joined[:cut]
 

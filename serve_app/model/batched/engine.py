@@ -39,7 +39,7 @@ from serve_app.errors import InvalidField
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
 from serve_app.model.batched.step_runner import Prefilled, StepRunner
-from serve_app.model.engine import Started, joined
+from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
 from serve_app.model.types import SynthesisRequest
 from serve_app.voices import VoiceStore
@@ -55,7 +55,7 @@ _STOP = object()  # the loop thread's last command
 NON_STREAMING_DECODE_PATCHES = 16
 
 
-class BatchedEngine:
+class BatchedEngine(RuntimeEngine):
     def __init__(self, runtime: VoxCPMRuntime, config: ModelConfig) -> None:
         self.runtime = runtime
         self.info = runtime.info
@@ -86,15 +86,6 @@ class BatchedEngine:
         return engine
 
     # -- the interface (event loop side) ---------------------------------------------------------
-    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
-        return self._results(request, started, streaming=True)
-
-    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
-        return self._results(request, started, streaming=False)
-
-    def prompt_lookups(self) -> tuple[int, int]:
-        return self.runtime.prompts.hits, self.runtime.prompts.misses
-
     def close(self) -> None:
         self._inbox.put(_STOP)
         self._thread.join(timeout=10)
@@ -115,7 +106,9 @@ class BatchedEngine:
             raise out[-1]
         return joined(out[:-1])
 
-    async def _results(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+    async def _generation(
+        self, request: SynthesisRequest, started: Started, streaming: bool
+    ) -> AsyncIterator[np.ndarray]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
@@ -263,12 +256,12 @@ class BatchedEngine:
     def _emit(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
         """The step's result for one request: a stream's audio chunk goes out, a non-streaming sentence keeps
         its latent patch for the VAE."""
+        ended = sequence.finished_sentence(stop)
         if chunk is not None:
             sequence.pieces.append(chunk)
-            self._deliver(sequence, chunk)
+            self._deliver(sequence, chunk, may_end=ended)
         else:
             sequence.latents.append(latent)
-        ended = sequence.finished_sentence(stop)
         sequence.step += 1
         if not ended:
             if len(sequence.latents) >= NON_STREAMING_DECODE_PATCHES:
@@ -316,8 +309,9 @@ class BatchedEngine:
         patches = sequence.step + (0 if self.runtime.v2 else inputs.context_patches)  # type: ignore[union-attr]
         return patches >= self.runtime.text_tokens(sequence.sentence.text) * request.retry_badcase_ratio_threshold  # type: ignore[union-attr]
 
-    def _deliver(self, sequence: Sequence, audio: np.ndarray) -> None:
-        if len(playable := sequence.crossfade.feed(audio)):
+    def _deliver(self, sequence: Sequence, audio: np.ndarray, may_end: bool = True) -> None:
+        """Audio to the consumer; only a sentence's last piece keeps the crossfade's overlap back."""
+        if len(playable := sequence.crossfade.feed(audio, may_end)):
             sequence.deliver(playable)
 
     def _finish(self, sequence: Sequence) -> None:
