@@ -163,12 +163,14 @@ def write_tokenizer(directory: Path) -> int:
 
 def _config(preset: Preset, vocab_size: int, dtype: str) -> dict[str, Any]:
     head_dim = preset.lm_hidden // preset.lm_heads
+    # voxcpm copies the LM's config (its RoPE factors, one per pair of head channels) into the local
+    # encoder and DiT: their heads must be as wide as the LM's (VoxCPM2: 16 heads of 128 on 1024 channels)
     local = dict(
         hidden_dim=preset.local_hidden,
         ffn_dim=preset.local_ffn,
         num_heads=preset.local_heads,
         num_layers=preset.local_layers,
-        kv_channels=preset.local_hidden // preset.local_heads,
+        kv_channels=head_dim,
     )
     return {
         "architecture": preset.architecture,
@@ -233,6 +235,19 @@ def audio_vae(preset_name: str) -> Any:
     return vae_cls(config=config_cls.model_validate(_config(preset, 100, "float32")).audio_vae_config)
 
 
+def instantiate(preset_name: str, directory: Path, dtype: str | None = None) -> tuple[dict[str, Any], Any]:
+    """The preset's config and voxcpm model with random weights, its tokenizer written into ``directory``
+    (under ``torch.device("meta")`` it costs no memory: how the tests check every preset's dimensions)."""
+    from transformers import LlamaTokenizerFast
+
+    preset = PRESETS[preset_name]
+    config = _config(preset, preset.vocab_size or write_tokenizer(directory), dtype or preset.dtype)
+    model_cls, config_cls, vae_cls = _model_classes(preset.architecture)
+    parsed = config_cls.model_validate(config)
+    vae = vae_cls(config=parsed.audio_vae_config)
+    return config, model_cls(parsed, LlamaTokenizerFast.from_pretrained(str(directory)), vae, device="cpu")
+
+
 def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dtype: str | None = None) -> Path:
     """Write a loadable checkpoint directory for ``preset_name`` at ``out``.
 
@@ -241,7 +256,6 @@ def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dt
     """
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaTokenizerFast
 
     preset = PRESETS[preset_name]
     out = Path(out)
@@ -249,12 +263,8 @@ def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dt
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         torch.manual_seed(seed)
-        char_vocab = write_tokenizer(staging)
-        config = _config(preset, preset.vocab_size or char_vocab, dtype or preset.dtype)
-        model_cls, config_cls, vae_cls = _model_classes(preset.architecture)
-        parsed = config_cls.model_validate(config)
-        vae = vae_cls(config=parsed.audio_vae_config)
-        model = model_cls(parsed, LlamaTokenizerFast.from_pretrained(str(staging)), vae, device="cpu")
+        config, model = instantiate(preset_name, staging, dtype)
+        vae = model.audio_vae
         with torch.no_grad():
             # Always "continue": the stop logit trails by a fixed margin whatever the hidden state.
             model.stop_proj.weight.zero_()

@@ -103,6 +103,18 @@ def test_full_size_presets_describe_real_architectures() -> None:
     assert synthetic.PRESETS["voxcpm-0.5b"].vae["sample_rate"] == 16000
 
 
+@pytest.mark.parametrize("preset", sorted(synthetic.PRESETS))
+def test_every_preset_builds_a_voxcpm_model(preset: str, tmp_path: Path) -> None:
+    """voxcpm's own classes accept every preset's dimensions (on the meta device: no memory, no time), so a
+    full-size checkpoint for a GPU benchmark does not fail only where it is built."""
+    import torch
+
+    with torch.device("meta"):
+        config, model = synthetic.instantiate(preset, tmp_path)
+    assert type(model).__name__ == ("VoxCPM2Model" if config["architecture"] == "voxcpm2" else "VoxCPMModel")
+    assert model.base_lm.config.num_hidden_layers == synthetic.PRESETS[preset].lm_layers
+
+
 def test_prompt_cache_keeps_the_most_recently_used() -> None:
     cache = PromptCache(capacity=2)
     prompts = [PromptAudio(samples=np.full(10, i, dtype=np.float32), sample_rate=16000, text="t") for i in range(3)]
