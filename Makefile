@@ -34,6 +34,7 @@ bench: $(TEST_DEPS)
 	cd benchmarks && ../$(BIN)/python batching.py --mode http --engines batched --levels 1,2,4,8,16,32 --repeat 3 --coalesce-lead-s 0.3
 	cd benchmarks && ../$(BIN)/python incremental_vae.py --repeat 5
 	cd benchmarks && ../$(BIN)/python vae_batch.py --repeat 30
+	cd benchmarks && ../$(BIN)/python step_phases.py --levels 1,8,8,32
 	cd benchmarks && ../$(BIN)/python model_thread.py --runs 3
 	cd benchmarks && ../$(BIN)/python startup.py
 	cd benchmarks && ../$(BIN)/python prompt_cache.py --repeat 8

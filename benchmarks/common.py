@@ -179,8 +179,16 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
-        "device": "CPU only",
+        "device": _accelerator(),
     }
+
+
+def _accelerator() -> str:
+    """The machine's GPU, asked of torch only where the benchmark imported it (importing it takes seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "CPU only"
 
 
 def save(name: str, payload: dict[str, Any], markdown: str) -> None:

@@ -1,0 +1,45 @@
+#!/bin/bash
+# The GPU benchmarks in one call, for a machine with CUDA torch but without voxcpm (as a lent H200 is):
+# install the wheels carried in .whl/, give torchaudio FFmpeg, then each benchmark bounded in time, its
+# json + md copied to $OUT (default: benchmarks/results) as soon as it is written.
+#
+# The wheels, downloaded here for the GPU machine's Python (3.12), about 50 MB:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     voxcpm==2.0.3 av==18.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
+#     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
+#     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0
+# Run from the repository root: bash benchmarks/gpu_run.sh
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-benchmarks/results}
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+  # voxcpm reads prompt audio (the warm-up's too) with torchaudio, which needs FFmpeg's shared libraries:
+  # PyAV's wheel bundles FFmpeg 8 under hashed names, so link them under their sonames
+  (cd /tmp/site/av.libs && for f in libav*-*.so.* libsw*-*.so.*; do
+    base=${f%%-*}; version=${f#*.so.}; ln -sf "$f" "$base.so.${version%%.*}"
+  done)
+  export LD_LIBRARY_PATH=/tmp/site/av.libs
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, voxcpm, torchcodec._core, serve_app.model.batched.engine; print(torch.__version__)" || exit 1
+
+bench() {  # name seconds script args...
+  local name=$1 limit=$2 script=$3
+  shift 3
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" python3 "benchmarks/$script" --device cuda --dtype bfloat16 --name "$name" "$@" 2>&1 |
+    grep -v -E "FutureWarning|WeightNorm.apply|^Running on device"
+  echo "=== $name exit ${PIPESTATUS[0]} ($(date +%T))"
+  [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
+}
+# streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
+bench batching_gpu_voxcpm1.5 240 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+  --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
+# where a step's time goes, and whether it is bound by kernel launches (a CUDA graph's replay vs eager)
+bench step_phases_voxcpm1.5_cuda 150 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe
+bench batching_gpu_voxcpm2 300 batching.py --mode engine --preset voxcpm2 --engines batched \
+  --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
