@@ -3,13 +3,15 @@
 In-process, one batched engine (no Ray), N streams of the seed sentence sent at once, as batching.py sends
 them. The engine's phases are timed where they run, on its loop thread, each between two device
 synchronisations (so on a GPU a phase's time is its launches and its kernels, without overlap with the
-next): the packed prefill of the requests that join, and per step the diffusion, the two LM steps, the
-rest of the step runner (feature encoder, stop head, projections), the VAE decode of the new patches and
-the hand-over of the chunks. The instrumentation wraps the engine's methods in this process only.
+next): before the first step each request's start (text, tokens, inputs), the packed prefill of the
+requests that join and their placement in KV slots; per step the diffusion, the two LM steps, the rest of
+the step runner (feature encoder, stop head, projections, the chunks' hand-over) and the VAE decode of the
+new patches. The instrumentation wraps the engine's methods in this process only.
 
-``--graph-probe`` (CUDA): one base-LM step for N rows run eagerly and replayed from a captured CUDA graph,
-both timed with device events, and whether the graph gives the same bits: whether a step is bound by
-kernel launches (the graph is much faster) or by the kernels themselves.
+``--graph-probe`` (CUDA): the step's model parts for N rows (the two LM steps, one diffusion-estimator
+call) run eagerly and replayed from a captured CUDA graph, both timed with device events, and whether the
+replay gives the same bits: whether a step is bound by kernel launches (the graph much faster) or by the
+kernels themselves.
 
     PYTHONPATH=. python benchmarks/step_phases.py --device cuda --preset voxcpm1.5 --levels 1,64 --graph-probe
     .venv/bin/python benchmarks/step_phases.py --levels 1,8                          # CPU, tiny model
@@ -38,7 +40,9 @@ from serve_app.model.types import SynthesisRequest
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
 PHASES: tuple[tuple[Any, str, str], ...] = (
+    (batched_engine.BatchedEngine, "_start", "request start"),
     (step_runner.StepRunner, "prefill", "prefill"),
+    (batched_engine.BatchedEngine, "_place", "slot placement"),
     (batched_engine.BatchedEngine, "_step", "step, whole"),
     (step_runner.StepRunner, "_diffuse", "diffusion"),
     (step_runner.StepRunner, "_lm_step", "LM step"),
@@ -106,55 +110,66 @@ def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[st
         "step_ms": whole,
         "per_step_ms": per_step,
         "prefill_ms": [1e3 * seconds for seconds in clock.seconds["prefill"]],
+        "request_starts_ms": 1e3 * sum(clock.seconds["request start"]),
+        "slot_placements_ms": 1e3 * sum(clock.seconds["slot placement"]),
     }
 
 
-def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
-    """One base-LM step for ``rows`` rows, eager against a CUDA graph's replay (device-event timing)."""
+def graph_probe(engine: Any, rows: int) -> list[dict[str, Any]]:
+    """The step's model parts for ``rows`` rows (the two LM steps, one call of the diffusion estimator on the
+    conditional and unconditional rows), each eager against a CUDA graph's replay of it."""
     import torch
 
     runner = engine._runner
     model = runner.model
-    lm = model.base_lm
-    dtype = next(lm.parameters()).dtype
-    hidden = torch.randn(rows, lm.config.hidden_size, device=model.device, dtype=dtype)
-    positions = torch.full((rows,), 100, device=model.device)
+    device, dtype = model.device, next(model.base_lm.parameters()).dtype
+    hidden = torch.randn(rows, model.base_lm.config.hidden_size, device=device, dtype=dtype)
+    positions = torch.full((rows,), 100, device=device)
     span = step_runner.ATTENDED_POSITIONS_STEP
+    with torch.inference_mode():
+        mu = runner._dit_input(model.lm_to_dit_proj(hidden), model.res_to_dit_proj(hidden))
+    cfm = model.feat_decoder
+    noise = torch.randn(2 * rows, cfm.in_channels, model.patch_size, device=device, dtype=dtype)
+    times = torch.full((2 * rows,), 0.5, device=device, dtype=dtype)
+    parts = {
+        "base LM step": lambda: runner._lm_step(model.base_lm, runner.base_kv, positions, span, hidden),
+        "residual LM step": lambda: runner._lm_step(model.residual_lm, runner.residual_kv, positions, span, hidden),
+        "diffusion estimator": lambda: cfm.estimator(noise, torch.cat([mu, mu]), times, noise, times),
+    }
+    return [{"rows": rows, "part": part, **_graph_vs_eager(work)} for part, work in parts.items()]
 
-    def step() -> torch.Tensor:
-        with torch.inference_mode():
-            return runner._lm_step(lm, runner.base_kv, positions, span, hidden)
 
-    def timed(work: Callable[[], Any], repeat: int = 30) -> float:
+def _graph_vs_eager(work: Callable[[], Any]) -> dict[str, Any]:
+    """``work`` timed eagerly and replayed from a CUDA graph (device events, median of 30), and whether the
+    replay gives the eager run's bits."""
+    import torch
+
+    def timed(run: Callable[[], Any]) -> float:
         times = []
-        for _ in range(repeat):
+        for _ in range(30):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            work()
+            run()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         return statistics.median(times)
 
-    eager_out = step().clone()
-    eager_ms = timed(step)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
-    return {
-        "rows": rows,
-        "eager_ms": eager_ms,
-        "graph_ms": timed(graph.replay),
-        "same_bits": bool(torch.equal(captured, eager_out)),
-    }
+    with torch.inference_mode():
+        eager = work().clone()
+        eager_ms = timed(work)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                work()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = work()
+        graph.replay()
+        torch.cuda.synchronize()
+        return {"eager_ms": eager_ms, "graph_ms": timed(graph.replay), "same_bits": bool(torch.equal(captured, eager))}
 
 
 def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -169,7 +184,9 @@ def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argpa
                 f"{row['step_ms']:.1f}",
                 *(f"{parts.get(name, 0.0):.1f}" for name in STEP_PARTS),
                 f"{rest:.1f}",
+                f"{row['request_starts_ms']:.1f}",
                 " / ".join(f"{ms:.0f}" for ms in row["prefill_ms"]),
+                f"{row['slot_placements_ms']:.1f}",
             ]
         )
     text = (
@@ -177,7 +194,8 @@ def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argpa
         f"{args.preset} ({args.dtype or 'preset dtype'}) on {args.device}, seed sentence, inference_timesteps 5; "
         "N streams sent at once; each phase timed between two device synchronisations on the engine's thread "
         "(ms, means per step; 'rest of step': the feature encoder, stop head, projections and the chunks' hand-over; "
-        "'prefill': each packed prefill of the requests that joined together).\n\n"
+        "before the first step: the requests' starts (text, tokens, inputs), each packed prefill of the requests "
+        "that joined together, and their placement in KV slots and VAE state, all requests together).\n\n"
         + table(
             [
                 "streams",
@@ -185,24 +203,30 @@ def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argpa
                 "step ms",
                 *STEP_PARTS,
                 "rest of step",
+                "request starts ms",
                 "prefill ms per join",
+                "slot placements ms",
             ],
             lines,
         )
     )
     if probes:
-        text += "\nOne base-LM step, eager vs replayed from a CUDA graph (device events, median of 30):\n\n" + table(
-            ["rows", "eager ms", "graph ms", "eager / graph", "same bits"],
-            [
+        text += (
+            "\nThe step's model parts, eager vs replayed from a CUDA graph (device events, median of 30):\n\n"
+            + table(
+                ["rows", "part", "eager ms", "graph ms", "eager / graph", "same bits"],
                 [
-                    p["rows"],
-                    f"{p['eager_ms']:.2f}",
-                    f"{p['graph_ms']:.2f}",
-                    f"x{p['eager_ms'] / p['graph_ms']:.1f}",
-                    p["same_bits"],
-                ]
-                for p in probes
-            ],
+                    [
+                        p["rows"],
+                        p["part"],
+                        f"{p['eager_ms']:.2f}",
+                        f"{p['graph_ms']:.2f}",
+                        f"x{p['eager_ms'] / p['graph_ms']:.1f}",
+                        p["same_bits"],
+                    ]
+                    for p in probes
+                ],
+            )
         )
     return text
 
@@ -254,7 +278,11 @@ def main() -> None:
         for streams in levels:
             rows.append(level(engine, streams, synchronize))
             print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
-        probes = [graph_probe(engine, streams) for streams in levels] if args.graph_probe else []
+        probes = (
+            [probe for streams in dict.fromkeys(levels) for probe in graph_probe(engine, streams)]
+            if args.graph_probe
+            else []
+        )
         engine.close()
     name = args.name or f"step_phases_{args.preset}_{args.device.split(':')[0]}"
     save(name, {"arguments": vars(args), "levels": rows, "graph_probe": probes}, report(rows, probes, args))
