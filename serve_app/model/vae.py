@@ -96,6 +96,9 @@ class StreamingVAEDecoder:
     def decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""
         latents = latents.to(torch.float32)
+        # on the states' device once, not at every convolution: a host index on a GPU tensor is a copy that
+        # waits for every queued kernel
+        slots = slots.to(latents.device, non_blocking=True)
         if self._row_by_row:
             return torch.cat([self._decode(latents[row : row + 1], slots[row : row + 1]) for row in range(len(slots))])
         return self._decode(latents, slots)

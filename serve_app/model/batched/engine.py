@@ -239,7 +239,8 @@ class BatchedEngine(RuntimeEngine):
         streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
             output = self._runner.step(rows)
-            chunks = self._decode_streams(output.latents, streams, len(running))
+            chunks = self._decode_streams(output.latents, streams, len(running))  # launched before any wait
+            stop = output.stop.tolist()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
             for sequence in running:
@@ -251,7 +252,7 @@ class BatchedEngine(RuntimeEngine):
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
             chunk, latent = chunks.get(index), output.latents[index]
-            self._guarded(sequence, self._emit, sequence, chunk, latent, output.stop[index])
+            self._guarded(sequence, self._emit, sequence, chunk, latent, stop[index])
 
     def _emit(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
         """The step's result for one request: a stream's audio chunk goes out, a non-streaming sentence keeps
@@ -287,7 +288,7 @@ class BatchedEngine(RuntimeEngine):
         """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
         if not streams:
             return {}
-        slots = torch.tensor(streams)
+        slots = torch.tensor(streams).to(latents.device, non_blocking=True)
         if len(streams) < rows:
             latents = latents[slots]
         audio = self._decoder.decode(latents, slots).cpu().numpy()

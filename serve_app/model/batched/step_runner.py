@@ -15,6 +15,9 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
   its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product rounds), and runs the rows that
   share ``inference_timesteps`` together, conditional then unconditional rows, as voxcpm's CFG does.
 - **Stop decisions** are per row; the caller retires a row that stops before the next step.
+- **No waiting for the GPU inside a step**: the few host lists a step needs (positions, ``cfg_value``s, a
+  group's rows) go to the device without a blocking copy, and the stop decisions stay there until the
+  caller has launched the VAE, so the host keeps launching kernels while the GPU runs the earlier ones.
 
 In bfloat16 (the real checkpoints' dtype) every module here gives the same bits at every batch size on
 CPU, so a request's latents are the reference engine's bit for bit whatever else is in the batch.
@@ -72,7 +75,7 @@ class Row:
 class StepOutput:
     patches: torch.Tensor  # (rows, patch_size, latent_dim), each row's new patch (a view of ``latents``)
     latents: torch.Tensor  # (rows, latent_dim, patch_size): the same patches as the VAE decodes them
-    stop: list[bool]  # the stop head's decision, per row
+    stop: torch.Tensor  # (rows,) bool, on the model's device: the caller reads it after launching the VAE
     lm_hidden: torch.Tensor  # (rows, hidden), for the next step
     residual_hidden: torch.Tensor
 
@@ -143,7 +146,10 @@ class StepRunner:
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
         for timesteps, indices in groups.items():
-            chosen = torch.tensor(indices, device=mu.device)
+            if len(indices) == len(rows):  # the usual case: every row, no gather and scatter
+                latents.copy_(self._diffuse(mu, condition.transpose(1, 2).contiguous(), timesteps, rows))
+                continue
+            chosen = _on_device(indices, mu.device)
             latents[chosen] = self._diffuse(
                 mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
             )
@@ -155,13 +161,13 @@ class StepRunner:
         written = [row.position for row in rows]
         self.base_kv.writing(written)
         self.residual_kv.writing(written)
-        positions = torch.tensor(written, device=mu.device)
+        positions = _on_device(written, mu.device)
         filled = max(written) + 1
         span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
         new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
         residual_input = self._residual_input(new_lm_hidden, embed)
         new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, span, residual_input)
-        return StepOutput(patches, latents, (stop == 1).tolist(), new_lm_hidden, new_residual)
+        return StepOutput(patches, latents, stop == 1, new_lm_hidden, new_residual)
 
     def _dit_input(self, from_lm: torch.Tensor, from_residual: torch.Tensor) -> torch.Tensor:
         return torch.cat((from_lm, from_residual), dim=-1) if self.v2 else from_lm + from_residual
@@ -182,7 +188,7 @@ class StepRunner:
                 for row in rows
             ]
         )
-        cfg = torch.tensor([row.cfg_value for row in rows], dtype=torch.float32, device=mu.device).view(b, 1, 1)
+        cfg = _on_device([row.cfg_value for row in rows], mu.device, torch.float32).view(b, 1, 1)
         t_span = torch.linspace(1, 0, timesteps + 1, device=mu.device, dtype=mu.dtype)
         t_span = t_span + SWAY_SAMPLING_COEF * (torch.cos(torch.pi / 2 * t_span) - 1 + t_span)
         t, dt = t_span[0], t_span[0] - t_span[1]
@@ -232,9 +238,10 @@ class StepRunner:
             cos, sin = lm.rope_emb(positions)
             rotary = (cos[:, None, None, :], sin[:, None, None, :])
         mask = (torch.arange(span, device=hidden.device)[None, :] <= positions[:, None]).view(rows, 1, 1, -1)
+        every_row = torch.arange(rows, device=hidden.device)
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
-            return self._attention(attention, normed, rotary, positions, kv.layer(index, rows, span), mask)
+            return self._attention(attention, normed, rotary, (every_row, positions), kv.layer(index, rows, span), mask)
 
         return _layers(lm, hidden, attend)
 
@@ -272,11 +279,12 @@ class StepRunner:
         attention: Any,
         hidden: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
-        positions: torch.Tensor,
+        written: tuple[torch.Tensor, torch.Tensor],
         cache: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """``MiniCPMAttention.forward_step`` with a per-row cache write and a per-row mask."""
+        """``MiniCPMAttention.forward_step`` with a per-row cache write (``written``: each row's index and
+        position) and a per-row mask."""
         rows, heads, head_dim = hidden.shape[0], attention.num_heads, attention.head_dim
         kv_heads = attention.num_key_value_heads
         query = attention.q_proj(hidden).view(rows, 1, heads, head_dim).transpose(1, 2)
@@ -285,13 +293,18 @@ class StepRunner:
         if rotary is not None:
             query, key = apply_rotary_pos_emb(query, key, *rotary)
         keys, values = cache
-        every_row = torch.arange(rows, device=hidden.device)
-        keys[every_row, :, positions, :] = key[:, :, 0, :]
-        values[every_row, :, positions, :] = value[:, :, 0, :]
+        keys[written[0], :, written[1], :] = key[:, :, 0, :]
+        values[written[0], :, written[1], :] = value[:, :, 0, :]
         output = functional.scaled_dot_product_attention(
             query.contiguous(), keys, values, attn_mask=mask, enable_gqa=True
         )
         return attention.o_proj(output.transpose(1, 2).contiguous().reshape(rows, heads * head_dim))
+
+
+def _on_device(values: list[Any], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host list as a tensor on ``device``, copied without waiting: a blocking host-to-GPU copy waits for
+    every kernel queued before it, which would stall the step's launching in the middle of the step."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def _layers(lm: Any, hidden: torch.Tensor, attend: Callable[[int, Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
