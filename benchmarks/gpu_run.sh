@@ -9,7 +9,7 @@
 #     voxcpm==2.0.3 av==18.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
 #     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0
-# Run from the repository root: bash benchmarks/gpu_run.sh
+# Run from the repository root: bash benchmarks/gpu_run.sh (about 7 minutes on an H200, at most 10)
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
@@ -37,9 +37,11 @@ bench() {  # name seconds script args...
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
 # streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
-bench batching_gpu_voxcpm1.5 240 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
   --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
-# where a step's time goes, and whether it is bound by kernel launches (a CUDA graph's replay vs eager)
-bench step_phases_voxcpm1.5_cuda 150 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe
-bench batching_gpu_voxcpm2 300 batching.py --mode engine --preset voxcpm2 --engines batched \
+# where a step's time goes, whether it is bound by kernel launches (a CUDA graph's replay vs eager), and what
+# still makes the host wait for the GPU inside a step
+bench step_phases_voxcpm1.5_cuda 170 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
+  --sync-census
+bench batching_gpu_voxcpm2 210 batching.py --mode engine --preset voxcpm2 --engines batched \
   --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2

@@ -11,9 +11,11 @@ new patches. The instrumentation wraps the engine's methods in this process only
 ``--graph-probe`` (CUDA): the step's model parts for N rows (the two LM steps, one diffusion-estimator
 call) run eagerly and replayed from a captured CUDA graph, both timed with device events, and whether the
 replay gives the same bits: whether a step is bound by kernel launches (the graph much faster) or by the
-kernels themselves.
+kernels themselves. ``--sync-census`` (CUDA): the operations that make the host wait for the GPU while the
+streams run (PyTorch's sync debug mode), per step and by source line.
 
-    PYTHONPATH=. python benchmarks/step_phases.py --device cuda --preset voxcpm1.5 --levels 1,64 --graph-probe
+    PYTHONPATH=. python benchmarks/step_phases.py --device cuda --preset voxcpm1.5 --levels 1,64 --graph-probe \
+        --sync-census
     .venv/bin/python benchmarks/step_phases.py --levels 1,8                          # CPU, tiny model
 """
 
@@ -25,7 +27,8 @@ import functools
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +89,8 @@ class PhaseClock:
         return timed
 
 
-def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[str, Any]:
+def _streams(engine: Any, streams: int) -> float:
+    """``streams`` streams of the seed sentence sent at once, to their end: the wall time."""
     request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=5, retry_badcase=False)
 
     async def one() -> None:
@@ -96,10 +100,14 @@ def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[st
     async def run() -> None:
         await asyncio.gather(*(one() for _ in range(streams)))
 
+    started = time.perf_counter()
+    asyncio.run(run())
+    return time.perf_counter() - started
+
+
+def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[str, Any]:
     with PhaseClock(synchronize) as clock:
-        started = time.perf_counter()
-        asyncio.run(run())
-        wall = time.perf_counter() - started
+        wall = _streams(engine, streams)
     steps = len(clock.seconds["step, whole"])
     per_step = {name: 1e3 * sum(values) / steps for name, values in clock.seconds.items() if name in STEP_PARTS}
     whole = 1e3 * statistics.mean(clock.seconds["step, whole"])
@@ -112,6 +120,37 @@ def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[st
         "prefill_ms": [1e3 * seconds for seconds in clock.seconds["prefill"]],
         "request_starts_ms": 1e3 * sum(clock.seconds["request start"]),
         "slot_placements_ms": 1e3 * sum(clock.seconds["slot placement"]),
+    }
+
+
+def sync_census(engine: Any, streams: int) -> dict[str, Any]:
+    """The operations that make the host wait for the GPU while ``streams`` streams run (PyTorch's sync debug
+    mode), per step and by the line that caused them: each one stalls the launching of the step's kernels."""
+    import torch
+
+    steps = 0
+    original = batched_engine.BatchedEngine._step
+
+    def counted(runner: Any) -> None:
+        nonlocal steps
+        steps += 1
+        original(runner)
+
+    batched_engine.BatchedEngine._step = counted
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _streams(engine, streams)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        batched_engine.BatchedEngine._step = original
+    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return {
+        "streams": streams,
+        "steps": steps,
+        "syncs_per_step": sum(sites.values()) / max(steps, 1),
+        "sites": dict(sites.most_common(12)),
     }
 
 
@@ -172,7 +211,9 @@ def _graph_vs_eager(work: Callable[[], Any]) -> dict[str, Any]:
         return {"eager_ms": eager_ms, "graph_ms": timed(graph.replay), "same_bits": bool(torch.equal(captured, eager))}
 
 
-def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def report(
+    rows: list[dict[str, Any]], probes: list[dict[str, Any]], syncs: list[dict[str, Any]], args: argparse.Namespace
+) -> str:
     lines = []
     for row in rows:
         parts = row["per_step_ms"]
@@ -228,6 +269,19 @@ def report(rows: list[dict[str, Any]], probes: list[dict[str, Any]], args: argpa
                 ],
             )
         )
+    if syncs:
+        text += "\nOperations that made the host wait for the GPU (PyTorch's sync debug mode):\n\n" + table(
+            ["streams", "steps", "per step", "where (count)"],
+            [
+                [
+                    c["streams"],
+                    c["steps"],
+                    f"{c['syncs_per_step']:.1f}",
+                    ", ".join(f"{k} ({v})" for k, v in c["sites"].items()),
+                ]
+                for c in syncs
+            ],
+        )
     return text
 
 
@@ -257,7 +311,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--optimize", action="store_true", help="voxcpm's torch.compile (CUDA)")
-    parser.add_argument("--graph-probe", action="store_true", help="CUDA: eager vs CUDA-graph base-LM step")
+    parser.add_argument("--graph-probe", action="store_true", help="CUDA: the step's parts eager vs CUDA graph")
+    parser.add_argument("--sync-census", action="store_true", help="CUDA: operations that make the host wait")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     import torch
@@ -283,9 +338,11 @@ def main() -> None:
             if args.graph_probe
             else []
         )
+        syncs = [sync_census(engine, streams) for streams in dict.fromkeys(levels)] if args.sync_census else []
         engine.close()
     name = args.name or f"step_phases_{args.preset}_{args.device.split(':')[0]}"
-    save(name, {"arguments": vars(args), "levels": rows, "graph_probe": probes}, report(rows, probes, args))
+    payload = {"arguments": vars(args), "levels": rows, "graph_probe": probes, "sync_census": syncs}
+    save(name, payload, report(rows, probes, syncs, args))
     plot(rows, name)
 
 
