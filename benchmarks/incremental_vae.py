@@ -96,7 +96,7 @@ def full_size_vae(preset: str, repeat: int, patches: int = 64) -> dict[str, Any]
     def incremental() -> None:
         decoder.reset(0)
         for start in range(0, latents.shape[-1], patch_size):
-            decoder.decode(latents[..., start : start + patch_size], torch.tensor([0]))
+            decoder.decode(latents[..., start : start + patch_size], [0])
 
     ways = {"whole": lambda: vae.decode(latents), "voxcpm window": windowed, "incremental": incremental}
     times: dict[str, list[float]] = {name: [] for name in ways}

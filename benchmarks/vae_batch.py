@@ -36,7 +36,7 @@ def measure(preset: str, rows: tuple[int, ...], repeat: int) -> list[dict[str, A
     repeat = repeat if preset.startswith("tiny") else max(3, repeat // 10)
     results = []
     for count in rows:
-        slots = torch.arange(count)
+        slots = list(range(count))
         times: dict[str, list[float]] = {way: [] for way in WAYS}
         audio = {way: decoder.decode(patch[:count], slots) for way, decoder in decoders.items()}  # kernels built
         for _ in range(repeat):

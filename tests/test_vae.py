@@ -29,14 +29,14 @@ def test_patch_by_patch_is_the_whole_decode_and_rows_keep_their_own_state(vae: t
     latents = torch.randn(3, vae.latent_dim, patch * STEPS)
     whole = vae.decode(latents).squeeze(1)
     decoder = StreamingVAEDecoder(vae, slots=4)
-    slots = torch.tensor([3, 0, 1])  # any slot per row
+    slots = [3, 0, 1]  # any slot per row
     pieces = [decoder.decode(latents[:, :, i * patch : (i + 1) * patch], slots) for i in range(STEPS)]
     assert (torch.cat(pieces, dim=-1) - whole).abs().max() < 1e-5
     decoder.move(3, 2)  # a row carried to another slot goes on where it was
     decoder.reset(0)  # a reset slot starts a new signal
     more = torch.randn(2, vae.latent_dim, patch)
-    moved = decoder.decode(more[:1], torch.tensor([2]))
-    fresh = decoder.decode(more[1:], torch.tensor([0]))
+    moved = decoder.decode(more[:1], [2])
+    fresh = decoder.decode(more[1:], [0])
     continued = vae.decode(torch.cat([latents[:1], more[:1]], dim=-1)).squeeze(1)[:, -moved.shape[-1] :]
     assert (moved - continued).abs().max() < 1e-5
     assert (fresh - vae.decode(more[1:]).squeeze(1)).abs().max() < 1e-5
@@ -55,7 +55,7 @@ def test_warm_up_leaves_every_slot_as_new(vae: torch.nn.Module) -> None:
     """The warm-up decodes at every batch size (building the kernels), then forgets it: every slot decodes
     as a fresh decoder's does."""
     latents = torch.randn(3, vae.latent_dim, 4)
-    slots = torch.tensor([0, 2, 1])
+    slots = [0, 2, 1]
     want = StreamingVAEDecoder(vae, slots=3).decode(latents, slots)
     warmed = StreamingVAEDecoder(vae, slots=3)
     warmed.warm_up(frames=2)

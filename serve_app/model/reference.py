@@ -28,7 +28,7 @@ from serve_app.voices import VoiceStore
 logger = logging.getLogger(__name__)
 
 MAX_BUFFERED_CHUNKS = 32  # chunks a generation may run ahead of its consumer before it pauses
-_SLOT = torch.tensor([0])  # the decoder's one slot: one generation at a time
+_SLOT = [0]  # the decoder's one slot: one generation at a time
 
 
 class ReferenceEngine(RuntimeEngine):

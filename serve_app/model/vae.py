@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from serve_app.model.transfer import to_device
+
 _KERNELS_PER_BATCH_SIZE = 64  # room per batch size: VoxCPM's VAE decoders have 31 to 45 convolutions
 
 
@@ -76,9 +78,9 @@ class StreamingVAEDecoder:
         device = next(self._vae.parameters()).device
         silence = torch.zeros(self._slots, self._vae.latent_dim, frames * longest, device=device)
         for rows in range(1, 2 if self._row_by_row else self._slots + 1):
-            self.decode(silence[:rows, :, :frames], torch.arange(rows))
+            self.decode(silence[:rows, :, :frames], list(range(rows)))
         if longest > 1:
-            self.decode(silence[:1], torch.arange(1))
+            self.decode(silence[:1], [0])
         for slot in range(self._slots):
             self.reset(slot)
 
@@ -93,15 +95,13 @@ class StreamingVAEDecoder:
             state[target].copy_(state[source])
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""
         latents = latents.to(torch.float32)
-        # on the states' device once, not at every convolution: a host index on a GPU tensor is a copy that
-        # waits for every queued kernel
-        slots = slots.to(latents.device, non_blocking=True)
+        index = to_device(slots, latents.device)  # once, not at each convolution (serve_app/model/transfer.py)
         if self._row_by_row:
-            return torch.cat([self._decode(latents[row : row + 1], slots[row : row + 1]) for row in range(len(slots))])
-        return self._decode(latents, slots)
+            return torch.cat([self._decode(latents[row : row + 1], index[row : row + 1]) for row in range(len(slots))])
+        return self._decode(latents, index)
 
     def _decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         with self._installed(slots):

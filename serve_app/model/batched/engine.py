@@ -41,6 +41,7 @@ from serve_app.model.batched.sequence import Sequence, Status
 from serve_app.model.batched.step_runner import Prefilled, StepRunner
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
+from serve_app.model.transfer import to_device
 from serve_app.model.types import SynthesisRequest
 from serve_app.voices import VoiceStore
 
@@ -227,7 +228,7 @@ class BatchedEngine(RuntimeEngine):
         self._runner.place(sequence.slot, prefilled)
         self._decoder.reset(sequence.slot)
         if (context := sequence.inputs.context()) is not None:  # type: ignore[union-attr]
-            self._decoder.decode(context, torch.tensor([sequence.slot]))
+            self._decoder.decode(context, [sequence.slot])
         sequence.step, sequence.position = 0, prefilled.length
         sequence.lm_hidden, sequence.residual_hidden = prefilled.lm_hidden, prefilled.residual_hidden
         sequence.condition = prefilled.condition
@@ -288,17 +289,16 @@ class BatchedEngine(RuntimeEngine):
         """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
         if not streams:
             return {}
-        slots = torch.tensor(streams).to(latents.device, non_blocking=True)
         if len(streams) < rows:
-            latents = latents[slots]
-        audio = self._decoder.decode(latents, slots).cpu().numpy()
+            latents = latents[to_device(streams, latents.device)]
+        audio = self._decoder.decode(latents, streams).cpu().numpy()
         return dict(zip(streams, audio, strict=True))
 
     def _decode_latents(self, sequence: Sequence) -> None:
         """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""
         if sequence.latents:
             latents = torch.cat(sequence.latents, dim=-1).unsqueeze(0)
-            sequence.pieces.append(self._decoder.decode(latents, torch.tensor([sequence.slot]))[0].cpu().numpy())
+            sequence.pieces.append(self._decoder.decode(latents, [sequence.slot])[0].cpu().numpy())
             sequence.latents = []
 
     def _retry_badcase(self, sequence: Sequence) -> bool:

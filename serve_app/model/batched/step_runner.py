@@ -38,6 +38,7 @@ from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.runtime import ModelInputs
+from serve_app.model.transfer import to_device
 
 SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
 USE_CFG_ZERO_STAR = True
@@ -149,7 +150,7 @@ class StepRunner:
             if len(indices) == len(rows):  # the usual case: every row, no gather and scatter
                 latents.copy_(self._diffuse(mu, condition.transpose(1, 2).contiguous(), timesteps, rows))
                 continue
-            chosen = _on_device(indices, mu.device)
+            chosen = to_device(indices, mu.device)
             latents[chosen] = self._diffuse(
                 mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
             )
@@ -161,7 +162,7 @@ class StepRunner:
         written = [row.position for row in rows]
         self.base_kv.writing(written)
         self.residual_kv.writing(written)
-        positions = _on_device(written, mu.device)
+        positions = to_device(written, mu.device)
         filled = max(written) + 1
         span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
         new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
@@ -188,7 +189,7 @@ class StepRunner:
                 for row in rows
             ]
         )
-        cfg = _on_device([row.cfg_value for row in rows], mu.device, torch.float32).view(b, 1, 1)
+        cfg = to_device([row.cfg_value for row in rows], mu.device, torch.float32).view(b, 1, 1)
         t_span = torch.linspace(1, 0, timesteps + 1, device=mu.device, dtype=mu.dtype)
         t_span = t_span + SWAY_SAMPLING_COEF * (torch.cos(torch.pi / 2 * t_span) - 1 + t_span)
         t, dt = t_span[0], t_span[0] - t_span[1]
@@ -299,12 +300,6 @@ class StepRunner:
             query.contiguous(), keys, values, attn_mask=mask, enable_gqa=True
         )
         return attention.o_proj(output.transpose(1, 2).contiguous().reshape(rows, heads * head_dim))
-
-
-def _on_device(values: list[Any], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A host list as a tensor on ``device``, copied without waiting: a blocking host-to-GPU copy waits for
-    every kernel queued before it, which would stall the step's launching in the middle of the step."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def _layers(lm: Any, hidden: torch.Tensor, attend: Callable[[int, Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
