@@ -37,11 +37,15 @@ bench() {  # name seconds script args...
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
 # streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
-bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+bench batching_gpu_voxcpm1.5 170 batching.py --mode engine --preset voxcpm1.5 --engines batched \
   --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
 # where a step's time goes, whether it is bound by kernel launches (a CUDA graph's replay vs eager), and what
 # still makes the host wait for the GPU inside a step
-bench step_phases_voxcpm1.5_cuda 170 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
+bench step_phases_voxcpm1.5_cuda 140 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
   --sync-census
-bench batching_gpu_voxcpm2 210 batching.py --mode engine --preset voxcpm2 --engines batched \
+# the same with every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy):
+# whether first audio at a batch size's first use is paying for kernel loading
+(export CUDA_MODULE_LOADING=EAGER; bench batching_gpu_voxcpm1.5_eager_modules 110 batching.py --mode engine \
+  --preset voxcpm1.5 --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96)
+bench batching_gpu_voxcpm2 170 batching.py --mode engine --preset voxcpm2 --engines batched \
   --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
