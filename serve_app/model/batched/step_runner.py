@@ -140,20 +140,20 @@ class StepRunner:
         residual_hidden = torch.cat([row.residual_hidden for row in rows])
         condition = torch.cat([row.condition for row in rows])
         mu = self._dit_input(model.lm_to_dit_proj(lm_hidden), model.res_to_dit_proj(residual_hidden))
-        # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
-        # as in voxcpm (the local encoder's numerics depend on that memory layout)
-        latents = torch.empty_like(condition.transpose(1, 2), memory_format=torch.contiguous_format)
         groups: dict[int, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
-        for timesteps, indices in groups.items():
-            if len(indices) == len(rows):  # the usual case: every row, no gather and scatter
-                latents.copy_(self._diffuse(mu, condition.transpose(1, 2).contiguous(), timesteps, rows))
-                continue
-            chosen = to_device(indices, mu.device)
-            latents[chosen] = self._diffuse(
-                mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
-            )
+        # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
+        # as in voxcpm (the local encoder's numerics depend on that memory layout)
+        if len(groups) == 1:  # the usual case: every row shares inference_timesteps, no gather and scatter
+            latents = self._diffuse(mu, condition.transpose(1, 2).contiguous(), rows[0].inference_timesteps, rows)
+        else:
+            latents = torch.empty_like(condition.transpose(1, 2), memory_format=torch.contiguous_format)
+            for timesteps, indices in groups.items():
+                chosen = to_device(indices, mu.device)
+                latents[chosen] = self._diffuse(
+                    mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
+                )
         patches = latents.transpose(1, 2)
         # The encoder's output is a strided view of its rows; for one row (voxcpm's case) that is contiguous,
         # and a projection of a strided batch takes another GEMM path with other rounding: copy it first.
