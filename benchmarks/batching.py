@@ -9,13 +9,14 @@ its ``max_ongoing_requests`` raised to the level so that no request waits in Ser
 reports the CPU each process used; ``--model-core`` gives the model replica a core of its own, as
 generation has on a GPU node, where it does not share cores with Serve's proxy and the ingress;
 ``--data-plane`` picks Ray Serve's data-plane variant (see overhead.py); ``--coalesce-lead-s`` sets the
-model's ``stream_coalesce_lead_s`` (chunks joined once a listener is that far ahead).
+model's ``stream_coalesce_lead_s`` (chunks joined once a listener is that far ahead); ``--instances K`` (engine
+mode) splits each level's streams between K engine processes sharing the device, as K replicas per GPU would.
 
     .venv/bin/python benchmarks/batching.py --mode engine --levels 1,2,4,8,16,32 --repeat 3
     .venv/bin/python benchmarks/batching.py --mode http --levels 1,2,4,8,16,32 --repeat 3 [--model-core] \
         [--data-plane haproxy] [--coalesce-lead-s 0.3]
     PYTHONPATH=. python benchmarks/batching.py --mode engine --device cuda --preset voxcpm1.5 --dtype bfloat16 \
-        --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96   # a GPU: streams per GPU
+        --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96 [--instances 2]   # a GPU: streams per GPU
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -68,7 +70,8 @@ async def _timed_stream(engine: Engine, request: SynthesisRequest) -> StreamTimi
     return timing
 
 
-def engine_level(engine: Engine, streams: int, inference_timesteps: int) -> dict[str, Any]:
+def engine_timings(engine: Engine, streams: int, inference_timesteps: int) -> tuple[list[StreamTiming], float]:
+    """``streams`` streams of the seed sentence sent at once to one engine: each one's timing, and the wall time."""
     request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=inference_timesteps, retry_badcase=False)
 
     async def run() -> tuple[list[StreamTiming], float]:
@@ -76,8 +79,61 @@ def engine_level(engine: Engine, streams: int, inference_timesteps: int) -> dict
         timings = await asyncio.gather(*(_timed_stream(engine, request) for _ in range(streams)))
         return list(timings), time.perf_counter() - started
 
-    timings, wall = asyncio.run(run())
-    return {"streams": streams, **stream_stats(timings, wall)}
+    return asyncio.run(run())
+
+
+class InProcess:
+    """One engine in this process."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.engine, self.memory = load_engine(config), memory_gauge(config.device)
+
+    def level(self, streams: int, inference_timesteps: int) -> tuple[list[StreamTiming], float, float]:
+        timings, wall = engine_timings(self.engine, streams, inference_timesteps)
+        return timings, wall, self.memory()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class EngineProcesses:
+    """``count`` engines, each in a process of its own sharing the device (as replicas with a fraction of a
+    GPU do); a level's streams are split between them as evenly as they go and sent to all at once."""
+
+    def __init__(self, config: ModelConfig, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.workers = [], []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            worker = context.Process(target=_engine_process, args=(config, theirs), daemon=True)
+            worker.start()
+            self.pipes.append(ours)
+            self.workers.append(worker)
+        for pipe in self.pipes:
+            pipe.recv()  # loaded
+
+    def level(self, streams: int, inference_timesteps: int) -> tuple[list[StreamTiming], float, float]:
+        shares = [streams // len(self.pipes) + (index < streams % len(self.pipes)) for index in range(len(self.pipes))]
+        for pipe, share in zip(self.pipes, shares, strict=True):
+            pipe.send((share, inference_timesteps))
+        answers = [pipe.recv() for pipe in self.pipes]
+        timings = [timing for answer in answers for timing in answer[0]]
+        return timings, max(answer[1] for answer in answers), sum(answer[2] for answer in answers)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for worker in self.workers:
+            worker.join(timeout=60)
+
+
+def _engine_process(config: ModelConfig, pipe: Any) -> None:
+    engine = InProcess(config)
+    pipe.send("loaded")
+    while (asked := pipe.recv()) is not None:
+        share, inference_timesteps = asked
+        pipe.send(engine.level(share, inference_timesteps) if share else ([], 0.0, engine.memory()))
+    engine.close()
 
 
 def http_level(url: str, streams: int, inference_timesteps: int) -> dict[str, Any]:
@@ -106,7 +162,6 @@ def memory_gauge(device: str) -> Callable[[], float]:
 
 
 def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
-    memory = memory_gauge(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = synthetic_checkpoint(args.preset, Path(tmp) / args.preset, args.dtype)
@@ -119,13 +174,13 @@ def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
                 max_batch_size=args.max_batch_size,
                 kv_cache_length=args.kv_cache_length,
             )
-            engine = load_engine(config)
+            engines = InProcess(config) if args.instances == 1 else EngineProcesses(config, args.instances)
             for streams in _passes(args):
-                row = {"engine": name, **engine_level(engine, streams, args.inference_timesteps)}
-                row["memory_mib"] = memory()
+                timings, wall, memory = engines.level(streams, args.inference_timesteps)
+                row = {"engine": name, "streams": streams, **stream_stats(timings, wall), "memory_mib": memory}
                 rows.append(row)
                 print(_line(row), flush=True)
-            engine.close()
+            engines.close()
     return rows
 
 
@@ -217,6 +272,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             ]
         )
     where = "in-process engines" if not http else "HTTP through configs/local.yaml's graph, one replica"
+    if args.instances > 1:
+        where = f"{args.instances} engine processes sharing the device, each level's streams split between them"
     if args.model_core:
         where += ", the model replica on a core of its own"
     if args.data_plane != "default":
@@ -278,6 +335,9 @@ def main() -> None:
     parser.add_argument("--optimize", action="store_true", help="torch.compile (CUDA)")
     parser.add_argument("--inference-timesteps", type=int, default=5)
     parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--instances", type=int, default=1, help="--mode engine: engines in processes of their own sharing the device"
+    )
     parser.add_argument("--kv-cache-length", type=int, default=None)
     parser.add_argument(
         "--model-core",
@@ -295,6 +355,7 @@ def main() -> None:
         ["batching", args.mode]
         + (["model_core"] if args.model_core else [])
         + ([args.data_plane] if args.data_plane != "default" else [])
+        + ([f"{args.instances}_instances"] if args.instances > 1 else [])
         + (["coalesced"] if args.coalesce_lead_s else [])
     )
     table_rows = medians(with_ratios(rows))

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU benchmarks in one call, for a machine with CUDA torch but without voxcpm (as a lent H200 is):
+# The GPU benchmarks, for a machine with CUDA torch but without voxcpm (as a lent H200 is):
 # install the wheels carried in .whl/, give torchaudio FFmpeg, then each benchmark bounded in time, its
 # json + md copied to $OUT (default: benchmarks/results) as soon as it is written.
 #
@@ -9,7 +9,9 @@
 #     voxcpm==2.0.3 av==18.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
 #     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0
-# Run from the repository root: bash benchmarks/gpu_run.sh (about 7 minutes on an H200, at most 10)
+# Run from the repository root, in two calls of at most 10 minutes each (one machine start each):
+#   bash benchmarks/gpu_run.sh 1    # VoxCPM1.5: streams per GPU, phases, two engines per GPU (~7 min)
+#   bash benchmarks/gpu_run.sh 2    # kernels loaded eagerly; VoxCPM2 (~5 min)
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
@@ -36,16 +38,24 @@ bench() {  # name seconds script args...
   echo "=== $name exit ${PIPESTATUS[0]} ($(date +%T))"
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
-# streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
-bench batching_gpu_voxcpm1.5 170 batching.py --mode engine --preset voxcpm1.5 --engines batched \
-  --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
-# where a step's time goes, whether it is bound by kernel launches (a CUDA graph's replay vs eager), and what
-# still makes the host wait for the GPU inside a step
-bench step_phases_voxcpm1.5_cuda 140 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
-  --sync-census
-# the same with every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy):
-# whether first audio at a batch size's first use is paying for kernel loading
-(export CUDA_MODULE_LOADING=EAGER; bench batching_gpu_voxcpm1.5_eager_modules 110 batching.py --mode engine \
-  --preset voxcpm1.5 --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96)
-bench batching_gpu_voxcpm2 170 batching.py --mode engine --preset voxcpm2 --engines batched \
-  --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
+case "${1:-1}" in
+1)  # streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
+  bench batching_gpu_voxcpm1.5 170 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+    --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
+  # where a step's time goes, whether it is bound by kernel launches (a CUDA graph's replay vs eager), and
+  # what still makes the host wait for the GPU inside a step
+  bench step_phases_voxcpm1.5_cuda 140 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
+    --sync-census
+  # replicas per GPU: the same streams split between two engine processes sharing the GPU (each its own host
+  # thread launching kernels) against one engine with them all
+  bench batching_gpu_voxcpm1.5_2_instances 150 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+    --levels 8,16,32,64,96 --max-batch-size 48 --instances 2
+  ;;
+2)  # every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy): whether first
+  # audio at a batch size's first use is paying for kernel loading
+  (export CUDA_MODULE_LOADING=EAGER; bench batching_gpu_voxcpm1.5_eager_modules 110 batching.py --mode engine \
+    --preset voxcpm1.5 --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96)
+  bench batching_gpu_voxcpm2 200 batching.py --mode engine --preset voxcpm2 --engines batched \
+    --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
+  ;;
+esac
