@@ -94,7 +94,7 @@ def full_size_vae(preset: str, repeat: int, patches: int = 64) -> dict[str, Any]
             vae.decode(latents[..., max(0, end - window) : end])
 
     def incremental() -> None:
-        decoder.reset(0)
+        decoder.reset([0])
         for start in range(0, latents.shape[-1], patch_size):
             decoder.decode(latents[..., start : start + patch_size], [0])
 

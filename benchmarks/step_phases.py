@@ -3,10 +3,10 @@
 In-process, one batched engine (no Ray), N streams of the seed sentence sent at once, as batching.py sends
 them. The engine's phases are timed where they run, on its loop thread, each between two device
 synchronisations (so on a GPU a phase's time is its launches and its kernels, without overlap with the
-next): before the first step each request's start (text, tokens, inputs), the packed prefill of the
-requests that join and their placement in KV slots; per step the diffusion, the two LM steps, the rest of
-the step runner (feature encoder, stop head, projections, the chunks' hand-over) and the VAE decode of the
-new patches. The instrumentation wraps the engine's methods in this process only.
+next): before the first step each request's start (text, tokens, inputs) and the packed prefill of the
+requests that join, their keys and values written into their KV slots; per step the diffusion, the two LM
+steps, the rest of the step runner (feature encoder, stop head, projections, the chunks' hand-over) and
+the VAE decode of the new patches. The instrumentation wraps the engine's methods in this process only.
 
 ``--graph-probe`` (CUDA): the step's model parts for N rows (the two LM steps, one diffusion-estimator
 call) run eagerly and replayed from a captured CUDA graph, both timed with device events, and whether the
@@ -44,8 +44,7 @@ from serve_app.model.types import SynthesisRequest
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
 PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_start", "request start"),
-    (step_runner.StepRunner, "prefill", "prefill"),
-    (batched_engine.BatchedEngine, "_place", "slot placement"),
+    (batched_engine.BatchedEngine, "_prefilled", "prefill"),
     (batched_engine.BatchedEngine, "_step", "step, whole"),
     (step_runner.StepRunner, "_diffuse", "diffusion"),
     (step_runner.StepRunner, "_lm_step", "LM step"),
@@ -119,7 +118,6 @@ def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[st
         "per_step_ms": per_step,
         "prefill_ms": [1e3 * seconds for seconds in clock.seconds["prefill"]],
         "request_starts_ms": 1e3 * sum(clock.seconds["request start"]),
-        "slot_placements_ms": 1e3 * sum(clock.seconds["slot placement"]),
     }
 
 
@@ -227,7 +225,6 @@ def report(
                 f"{rest:.1f}",
                 f"{row['request_starts_ms']:.1f}",
                 " / ".join(f"{ms:.0f}" for ms in row["prefill_ms"]),
-                f"{row['slot_placements_ms']:.1f}",
             ]
         )
     text = (
@@ -235,8 +232,8 @@ def report(
         f"{args.preset} ({args.dtype or 'preset dtype'}) on {args.device}, seed sentence, inference_timesteps 5; "
         "N streams sent at once; each phase timed between two device synchronisations on the engine's thread "
         "(ms, means per step; 'rest of step': the feature encoder, stop head, projections and the chunks' hand-over; "
-        "before the first step: the requests' starts (text, tokens, inputs), each packed prefill of the requests "
-        "that joined together, and their placement in KV slots and VAE state, all requests together).\n\n"
+        "before the first step: the requests' starts (text, tokens, inputs), and each packed prefill of the "
+        "requests that joined together, their KV slots and VAE state included).\n\n"
         + table(
             [
                 "streams",
@@ -246,7 +243,6 @@ def report(
                 "rest of step",
                 "request starts ms",
                 "prefill ms per join",
-                "slot placements ms",
             ],
             lines,
         )

@@ -112,10 +112,10 @@ def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: t
     expected = [_alone(reference, request) for request in requests]
     held, sizes, prefill = threading.Event(), [], batched._runner.prefill
 
-    def holding(batch: list) -> list:
+    def holding(batch: list, slots: list) -> list:
         sizes.append(len(batch))
         held.wait(timeout=30)
-        return prefill(batch)
+        return prefill(batch, slots)
 
     monkeypatch.setattr(batched._runner, "prefill", holding)
     results: list[np.ndarray | None] = [None] * len(requests)
@@ -286,17 +286,22 @@ def test_kv_slots_hold_zeros_past_what_their_request_wrote() -> None:
     config.num_key_value_heads = 1
     slots = KVSlots(SimpleNamespace(config=config), 2, 16, torch.device("cpu"), torch.float32)
 
-    def prefill(tokens: int, value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(torch.full((1, 1, tokens, 4), value), torch.full((1, 1, tokens, 4), value))] * 2
+    def prefill(*values: tuple[int, float]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the packed keys and values of requests of (tokens, value)."""
+        packed = torch.cat([torch.full((1, 1, tokens, 4), value) for tokens, value in values], dim=2)
+        return [(packed, packed)] * 2
 
-    slots.fill(0, prefill(6, 1.0))
+    slots.fill([0], [6], prefill((6, 1.0)))
     slots.writing([9])  # a step writes slot 0 at position 9
     slots.cache[:, :, 0, :, 9] = 2.0
-    slots.fill(1, prefill(3, 3.0))
-    slots.fill(0, prefill(2, 4.0))  # the next request in slot 0
+    slots.fill([1], [3], prefill((3, 3.0)))
+    slots.fill([0], [2], prefill((2, 4.0)))  # the next request in slot 0
     assert (slots.cache[:, :, 0, :, :2] == 4).all() and (slots.cache[:, :, 0, :, 2:] == 0).all()
-    slots.fill(0, prefill(6, 1.0))
+    slots.fill([0], [6], prefill((6, 1.0)))
     slots.writing([12])
     slots.cache[:, :, 0, :, 12] = 2.0
     slots.move(1, 0)  # slot 0's request left; slot 1's takes its place
     assert (slots.cache[:, :, 0, :, :3] == 3).all() and (slots.cache[:, :, 0, :, 3:] == 0).all()
+    slots.fill([1, 0], [5, 2], prefill((5, 6.0), (2, 7.0)))  # two requests joining together, packed
+    assert (slots.cache[:, :, 1, :, :5] == 6).all() and (slots.cache[:, :, 1, :, 5:] == 0).all()
+    assert (slots.cache[:, :, 0, :, :2] == 7).all() and (slots.cache[:, :, 0, :, 2:] == 0).all()

@@ -33,7 +33,7 @@ def test_patch_by_patch_is_the_whole_decode_and_rows_keep_their_own_state(vae: t
     pieces = [decoder.decode(latents[:, :, i * patch : (i + 1) * patch], slots) for i in range(STEPS)]
     assert (torch.cat(pieces, dim=-1) - whole).abs().max() < 1e-5
     decoder.move(3, 2)  # a row carried to another slot goes on where it was
-    decoder.reset(0)  # a reset slot starts a new signal
+    decoder.reset([0])  # a reset slot starts a new signal
     more = torch.randn(2, vae.latent_dim, patch)
     moved = decoder.decode(more[:1], [2])
     fresh = decoder.decode(more[1:], [0])

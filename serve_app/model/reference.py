@@ -100,7 +100,7 @@ class ReferenceEngine(RuntimeEngine):
             return
         model = self.runtime.model
         inputs = self.runtime.model_inputs(sentence, request)
-        self._decoder.reset(0)
+        self._decoder.reset(_SLOT)
         if (context := inputs.context()) is not None:
             self._decoder.decode(context, _SLOT)  # the state the prompt leaves; its audio is not ours
         steps = model._inference(

@@ -81,13 +81,13 @@ class StreamingVAEDecoder:
             self.decode(silence[:rows, :, :frames], list(range(rows)))
         if longest > 1:
             self.decode(silence[:1], [0])
-        for slot in range(self._slots):
-            self.reset(slot)
+        self.reset(list(range(self._slots)))
 
-    def reset(self, slot: int) -> None:
-        """Forget a slot's past: its next patch is the start of a new signal."""
+    def reset(self, slots: list[int]) -> None:
+        """Forget these slots' past: the next patch of each is the start of a new signal."""
+        index = to_device(slots, next(self._vae.parameters()).device)
         for *_, state in self._layers:
-            state[slot].zero_()
+            state.index_fill_(0, index, 0.0)
 
     def move(self, source: int, target: int) -> None:
         """Carry a stream's state to another slot (the batch keeps its active slots contiguous)."""

@@ -213,7 +213,7 @@ class BatchedEngine(RuntimeEngine):
         self._unprefilled = []
         if len(pending) > 1:
             try:
-                prefilled = self._runner.prefill([sequence.inputs for sequence in pending])  # type: ignore[misc]
+                prefilled = self._prefilled(pending)
             except Exception:
                 logger.warning("prefill of %d requests together failed: each alone", len(pending), exc_info=True)
             else:
@@ -221,12 +221,17 @@ class BatchedEngine(RuntimeEngine):
                     self._guarded(sequence, self._place, sequence, state)
                 return
         for sequence in pending:
-            self._guarded(sequence, lambda alone: self._place(alone, self._runner.prefill([alone.inputs])[0]), sequence)
+            self._guarded(sequence, lambda alone: self._place(alone, self._prefilled([alone])[0]), sequence)
+
+    def _prefilled(self, sequences: list[Sequence]) -> list[Prefilled]:
+        """The sequences' sentences prefilled together into their KV slots, their slots' VAE state cleared."""
+        slots = [sequence.slot for sequence in sequences]
+        prefilled = self._runner.prefill([sequence.inputs for sequence in sequences], slots)  # type: ignore[misc]
+        self._decoder.reset(slots)
+        return prefilled
 
     def _place(self, sequence: Sequence, prefilled: Prefilled) -> None:
-        """The prefilled sentence into the request's KV slot and its VAE state: its first step comes next."""
-        self._runner.place(sequence.slot, prefilled)
-        self._decoder.reset(sequence.slot)
+        """The prefilled sentence's state (its KV slot and VAE state are ready): its first step comes next."""
         if (context := sequence.inputs.context()) is not None:  # type: ignore[union-attr]
             self._decoder.decode(context, [sequence.slot])
         sequence.step, sequence.position = 0, prefilled.length

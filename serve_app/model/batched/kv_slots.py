@@ -1,17 +1,20 @@
 """KV slots: one language model's key/value cache with a row per request (voxcpm's has one row).
 
 voxcpm's ``StaticKVCache`` holds one length for every row, so it serves one generation. Here each slot
-is a request's own row, filled from that request's prefill (computed alone, exactly as voxcpm does) and
-written at the request's own position each step. The requests in the batch occupy slots 0..n-1, so a
-step's cache is a view of the first n rows, never a copy; when one leaves, the last one moves into its
-slot (``move``). Positions a slot's request never wrote hold zeros: a left-over NaN or Inf would turn masked
-attention into NaN. Each slot remembers how far it was written, so that a new request zeroes, and a move
-copies, only that part, not the slot's whole length (a full-size model's slot is ~50 MB in bfloat16).
+is a request's own row, filled from that request's prefill (computed as voxcpm computes it; the requests
+that join together are written in one go) and written at the request's own position each step. The
+requests in the batch occupy slots 0..n-1, so a step's cache is a view of the first n rows, never a
+copy; when one leaves, the last one moves into its slot (``move``). Positions a slot's request never
+wrote hold zeros: a left-over NaN or Inf would turn masked attention into NaN. Each slot remembers how far
+it was written, so that a new request zeroes, and a move copies, only that part, not the slot's whole
+length (a full-size model's slot is ~50 MB in bfloat16).
 """
 
 from __future__ import annotations
 
 import torch
+
+from serve_app.model.transfer import to_device
 
 
 class KVSlots:
@@ -34,15 +37,20 @@ class KVSlots:
         (rows, kv_heads, span, head_dim) views."""
         return self.cache[index, 0, :rows, :, :span], self.cache[index, 1, :rows, :, :span]
 
-    def fill(self, slot: int, prefill: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """A request's prefill (per layer, keys and values (1, kv_heads, tokens, head_dim)) into its slot."""
-        tokens = prefill[0][0].shape[2]
-        if self._written[slot] > tokens:  # what the slot's previous request wrote past the new prefill
-            self.cache[:, :, slot, :, tokens : self._written[slot]].zero_()
-        for index, (keys, values) in enumerate(prefill):
-            self.cache[index, 0, slot, :, :tokens] = keys[0]
-            self.cache[index, 1, slot, :, :tokens] = values[0]
-        self._written[slot] = tokens
+    def fill(self, slots: list[int], lengths: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """The prefills of requests packed one after another (per layer their keys and values, (1, kv_heads,
+        tokens, head_dim)) into their slots, ``lengths[i]`` positions into ``slots[i]``: one write per layer
+        for all of them, not one per request and layer."""
+        for slot, tokens in zip(slots, lengths, strict=True):
+            if self._written[slot] > tokens:  # what the slot's previous request wrote past the new prefill
+                self.cache[:, :, slot, :, tokens : self._written[slot]].zero_()
+            self._written[slot] = tokens
+        device = self.cache.device
+        rows = to_device([slot for slot, tokens in zip(slots, lengths, strict=True) for _ in range(tokens)], device)
+        positions = to_device([position for tokens in lengths for position in range(tokens)], device)
+        for index, (keys, values) in enumerate(layers):
+            self.cache[index, 0][rows, :, positions] = keys[0].transpose(0, 1)
+            self.cache[index, 1][rows, :, positions] = values[0].transpose(0, 1)
 
     def writing(self, positions: list[int]) -> None:
         """Slots 0..n-1 are about to be written at these positions (called before the write, so that a step

@@ -49,10 +49,9 @@ ATTENDED_POSITIONS_STEP = 256
 
 @dataclass
 class Prefilled:
-    """A request's state after its prefill: what its first decode step starts from."""
+    """A request's state after its prefill (its keys and values already in its KV slots): what its first
+    decode step starts from."""
 
-    base_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    residual_kv: list[tuple[torch.Tensor, torch.Tensor]]
     length: int  # positions filled: the first decode step writes here
     lm_hidden: torch.Tensor  # (1, hidden)
     residual_hidden: torch.Tensor  # (1, hidden)
@@ -92,8 +91,9 @@ class StepRunner:
         self.kv_length = kv_length
 
     @torch.inference_mode()
-    def prefill(self, batch: list[ModelInputs]) -> list[Prefilled]:
-        """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together."""
+    def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
+        """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together, their
+        keys and values written into their slots once all of it is computed."""
         model = self.model
         lengths = [inputs.text.shape[1] for inputs in batch]
         feat, feat_mask, text, text_mask = (
@@ -111,22 +111,18 @@ class StepRunner:
         enc_outputs = model.fsq_layer(enc_outputs) * feat_mask + enc_outputs * text_mask
         residual_input = self._residual_input(enc_outputs, feat_mask * feat_embed)
         residual_outputs, residual_kv = self._lm_prefill(model.residual_lm, residual_input, lengths)
+        self.base_kv.fill(slots, lengths, base_kv)
+        self.residual_kv.fill(slots, lengths, residual_kv)
         ends = itertools.accumulate(lengths)
         return [
             Prefilled(
-                base_kv=[layer[index] for layer in base_kv],
-                residual_kv=[layer[index] for layer in residual_kv],
                 length=length,
                 lm_hidden=enc_outputs[:, end - 1, :],
                 residual_hidden=residual_outputs[:, end - 1, :],
                 condition=inputs.feat[:, -1, ...],
             )
-            for index, (inputs, length, end) in enumerate(zip(batch, lengths, ends, strict=True))
+            for inputs, length, end in zip(batch, lengths, ends, strict=True)
         ]
-
-    def place(self, slot: int, prefilled: Prefilled) -> None:
-        self.base_kv.fill(slot, prefilled.base_kv)
-        self.residual_kv.fill(slot, prefilled.residual_kv)
 
     def move(self, source: int, target: int) -> None:
         self.base_kv.move(source, target)
@@ -215,13 +211,13 @@ class StepRunner:
 
     def _lm_prefill(
         self, lm: Any, hidden: torch.Tensor, lengths: list[int]
-    ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """``MiniCPMModel.forward`` (causal) over requests packed in one sequence: (hidden states, per layer
-        each request's keys and values)."""
+        the packed keys and values, (1, kv_heads, tokens, head_dim))."""
         rotary = None
         if lm.rope_emb is not None:  # each request's positions start at 0
             rotary = lm.rope_emb(torch.cat([torch.arange(length, device=hidden.device) for length in lengths]))
-        caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
             attended, cache = self._packed_attention(attention, normed, rotary, lengths)
@@ -252,9 +248,10 @@ class StepRunner:
         hidden: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         lengths: list[int],
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``MiniCPMAttention.forward`` (causal) per request of a packed sequence: projections over all of it,
-        attention over each request's own tokens with the tensors laid out as voxcpm lays them out."""
+        attention over each request's own tokens with the tensors laid out as voxcpm lays them out. Returns
+        the output and the packed keys and values."""
         tokens, heads, head_dim = hidden.shape[1], attention.num_heads, attention.head_dim
         kv_heads = attention.num_key_value_heads
         query = attention.q_proj(hidden).view(1, tokens, heads, head_dim).transpose(1, 2)
@@ -262,18 +259,20 @@ class StepRunner:
         value = attention.v_proj(hidden).view(1, tokens, kv_heads, head_dim).transpose(1, 2)
         if rotary is not None:
             query, key = apply_rotary_pos_emb(query, key, *rotary)
-        outputs, caches = [], []
+        outputs = []
         start = 0
         for length in lengths:
             span = slice(start, start + length)
-            keys, values = key[:, :, span].contiguous(), value[:, :, span].contiguous()
             output = functional.scaled_dot_product_attention(
-                query[:, :, span].contiguous(), keys, values, is_causal=True, enable_gqa=True
+                query[:, :, span].contiguous(),
+                key[:, :, span].contiguous(),
+                value[:, :, span].contiguous(),
+                is_causal=True,
+                enable_gqa=True,
             )
             outputs.append(output.transpose(1, 2).contiguous().reshape(1, length, heads * head_dim))
-            caches.append((keys, values))
             start += length
-        return attention.o_proj(torch.cat(outputs, dim=1)), caches
+        return attention.o_proj(torch.cat(outputs, dim=1)), (key, value)
 
     @staticmethod
     def _attention(
