@@ -22,12 +22,10 @@ mode) splits each level's streams between K engine processes sharing the device,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from common import (
     StreamTiming,
     cpu_seconds,
     cpu_seconds_since,
+    engine_timings,
     local_service,
     model_on_its_own_core,
     png,
@@ -51,35 +50,10 @@ from common import (
 )
 
 from serve_app.config import ModelConfig
-from serve_app.model.engine import Engine, load_engine
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.engine import load_engine
 
 ENGINES = ("voxcpm", "batched")
 CPU_COLUMNS = ("VoxCPMModel", "TTSIngress", "ProxyActor", "clients")  # processes whose CPU an HTTP run reports
-
-
-async def _timed_stream(engine: Engine, request: SynthesisRequest) -> StreamTiming:
-    """One stream's chunk arrivals. The engines hand over host arrays, so a chunk's arrival is its time: no
-    device synchronisation here, which on a GPU would also wait for the batch's next step."""
-    started = time.perf_counter()
-    timing = StreamTiming(ttfb_s=0.0, total_s=0.0, sample_rate=engine.info.sample_rate)
-    async for chunk in engine.stream(request, lambda: None):
-        timing.arrivals_s.append(time.perf_counter() - started)
-        timing.audio_bytes.append(2 * len(chunk))  # as PCM16, like the HTTP benchmarks count it
-    timing.ttfb_s, timing.total_s = timing.arrivals_s[0], time.perf_counter() - started
-    return timing
-
-
-def engine_timings(engine: Engine, streams: int, inference_timesteps: int) -> tuple[list[StreamTiming], float]:
-    """``streams`` streams of the seed sentence sent at once to one engine: each one's timing, and the wall time."""
-    request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=inference_timesteps, retry_badcase=False)
-
-    async def run() -> tuple[list[StreamTiming], float]:
-        started = time.perf_counter()
-        timings = await asyncio.gather(*(_timed_stream(engine, request) for _ in range(streams)))
-        return list(timings), time.perf_counter() - started
-
-    return asyncio.run(run())
 
 
 class InProcess:

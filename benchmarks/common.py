@@ -6,6 +6,7 @@ Timings are compared as ratios and differences within one run: absolute numbers 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -142,6 +143,33 @@ def run_clients(count: int, client: Callable[[], None]) -> float:
         for _ in range(count):
             pool.submit(client)
     return time.perf_counter() - started
+
+
+async def _timed_stream(engine: Any, request: Any) -> StreamTiming:
+    """One stream's chunk arrivals. The engines hand over host arrays, so a chunk's arrival is its time: no
+    device synchronisation here, which on a GPU would also wait for the batch's next step."""
+    started = time.perf_counter()
+    timing = StreamTiming(ttfb_s=0.0, total_s=0.0, sample_rate=engine.info.sample_rate)
+    async for chunk in engine.stream(request, lambda: None):
+        timing.arrivals_s.append(time.perf_counter() - started)
+        timing.audio_bytes.append(2 * len(chunk))  # as PCM16, like the HTTP benchmarks count it
+    timing.ttfb_s, timing.total_s = timing.arrivals_s[0], time.perf_counter() - started
+    return timing
+
+
+def engine_timings(engine: Any, streams: int, inference_timesteps: int) -> tuple[list[StreamTiming], float]:
+    """``streams`` streams of the seed sentence sent at once to one engine (the interface the model deployment
+    uses, in this process): each one's timing, and the wall time."""
+    from serve_app.model.types import SynthesisRequest
+
+    request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=inference_timesteps, retry_badcase=False)
+
+    async def run() -> tuple[list[StreamTiming], float]:
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(_timed_stream(engine, request) for _ in range(streams)))
+        return list(timings), time.perf_counter() - started
+
+    return asyncio.run(run())
 
 
 def stream_stats(timings: Sequence[StreamTiming], wall_s: float) -> dict[str, Any]:

@@ -22,7 +22,6 @@ streams run (PyTorch's sync debug mode), per step and by source line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import statistics
 import tempfile
@@ -33,13 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import SEED_SENTENCE, png, save, synthetic_checkpoint, table
+from common import engine_timings, png, save, synthetic_checkpoint, table
 
 from serve_app.config import ModelConfig
 from serve_app.model.batched import engine as batched_engine
 from serve_app.model.batched import step_runner
 from serve_app.model.engine import load_engine
-from serve_app.model.types import SynthesisRequest
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
 PHASES: tuple[tuple[Any, str, str], ...] = (
@@ -88,25 +86,9 @@ class PhaseClock:
         return timed
 
 
-def _streams(engine: Any, streams: int) -> float:
-    """``streams`` streams of the seed sentence sent at once, to their end: the wall time."""
-    request = SynthesisRequest(text=SEED_SENTENCE, inference_timesteps=5, retry_badcase=False)
-
-    async def one() -> None:
-        async for _ in engine.stream(request, lambda: None):
-            pass
-
-    async def run() -> None:
-        await asyncio.gather(*(one() for _ in range(streams)))
-
-    started = time.perf_counter()
-    asyncio.run(run())
-    return time.perf_counter() - started
-
-
 def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[str, Any]:
     with PhaseClock(synchronize) as clock:
-        wall = _streams(engine, streams)
+        _, wall = engine_timings(engine, streams, inference_timesteps=5)
     steps = len(clock.seconds["step, whole"])
     per_step = {name: 1e3 * sum(values) / steps for name, values in clock.seconds.items() if name in STEP_PARTS}
     whole = 1e3 * statistics.mean(clock.seconds["step, whole"])
@@ -139,7 +121,7 @@ def sync_census(engine: Any, streams: int) -> dict[str, Any]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _streams(engine, streams)
+            engine_timings(engine, streams, inference_timesteps=5)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         batched_engine.BatchedEngine._step = original
