@@ -144,6 +144,7 @@ def run_engines(args: argparse.Namespace) -> list[dict[str, Any]]:
                 source=str(checkpoint),
                 device=args.device,
                 optimize=args.optimize,
+                cuda_graphs=args.cuda_graphs,
                 engine=name,
                 max_batch_size=args.max_batch_size,
                 kv_cache_length=args.kv_cache_length,
@@ -306,7 +307,13 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny-voxcpm1.5")
     parser.add_argument("--dtype", default=None, help="default: the preset's")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--optimize", action="store_true", help="torch.compile (CUDA)")
+    parser.add_argument("--optimize", action="store_true", help="the reference engine: voxcpm's torch.compile (CUDA)")
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the batched engine on CUDA: decode steps replayed from CUDA graphs",
+    )
     parser.add_argument("--inference-timesteps", type=int, default=5)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument(

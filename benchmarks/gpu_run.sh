@@ -10,8 +10,8 @@
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
 #     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0
 # Run from the repository root, in two calls of at most 10 minutes each (one machine start each):
-#   bash benchmarks/gpu_run.sh 1    # VoxCPM1.5: streams per GPU, phases, two engines per GPU (~7 min)
-#   bash benchmarks/gpu_run.sh 2    # kernels loaded eagerly; VoxCPM2 (~5 min)
+#   bash benchmarks/gpu_run.sh 1    # VoxCPM1.5: streams per GPU with and without CUDA graphs, phases (~8 min)
+#   bash benchmarks/gpu_run.sh 2    # VoxCPM2; two engines per GPU; kernels loaded eagerly (~8 min)
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
@@ -39,23 +39,27 @@ bench() {  # name seconds script args...
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
 case "${1:-1}" in
-1)  # streams per GPU: two passes, so that the second shows each batch size with its kernels already loaded
-  bench batching_gpu_voxcpm1.5 170 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+1)  # streams per GPU with the decode step replayed from CUDA graphs (the default), in two passes so that the
+  # second shows each batch size warm; then one pass with eager steps, for the ratio within this session
+  bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
-  # where a step's time goes, whether it is bound by kernel launches (a CUDA graph's replay vs eager), and
-  # what still makes the host wait for the GPU inside a step
-  bench step_phases_voxcpm1.5_cuda 140 step_phases.py --preset voxcpm1.5 --levels 1,16,16,64,64 --graph-probe \
+  bench batching_gpu_voxcpm1.5_eager 120 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+    --levels 1,8,16,32,64,96 --max-batch-size 96 --no-cuda-graphs
+  # where an eager step's time goes, the whole step eager vs its graph (and whether the bits match), the
+  # phases again stepping from graphs, and what still makes the host wait for the GPU inside a step
+  bench step_phases_voxcpm1.5_cuda 170 step_phases.py --preset voxcpm1.5 --levels 1,16,64 --graph-probe \
     --sync-census
+  ;;
+2)
+  bench batching_gpu_voxcpm2 220 batching.py --mode engine --preset voxcpm2 --engines batched \
+    --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   # replicas per GPU: the same streams split between two engine processes sharing the GPU (each its own host
   # thread launching kernels) against one engine with them all
   bench batching_gpu_voxcpm1.5_2_instances 150 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 8,16,32,64,96 --max-batch-size 48 --instances 2
-  ;;
-2)  # every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy): whether first
+  # every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy): whether first
   # audio at a batch size's first use is paying for kernel loading
   (export CUDA_MODULE_LOADING=EAGER; bench batching_gpu_voxcpm1.5_eager_modules 110 batching.py --mode engine \
     --preset voxcpm1.5 --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96)
-  bench batching_gpu_voxcpm2 200 batching.py --mode engine --preset voxcpm2 --engines batched \
-    --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   ;;
 esac

@@ -1,4 +1,4 @@
-"""Where the batched engine's time goes, phase by phase, and what a CUDA graph would take off a step.
+"""Where the batched engine's time goes, phase by phase, and what its CUDA graphs take off a step.
 
 In-process, one batched engine (no Ray), N streams of the seed sentence sent at once, as batching.py sends
 them. The engine's phases are timed where they run, on its loop thread, each between two device
@@ -8,10 +8,11 @@ requests that join, their keys and values written into their KV slots; per step 
 steps, the rest of the step runner (feature encoder, stop head, projections, the chunks' hand-over) and
 the VAE decode of the new patches. The instrumentation wraps the engine's methods in this process only.
 
-``--graph-probe`` (CUDA): the step's model parts for N rows (the two LM steps, one diffusion-estimator
-call) run eagerly and replayed from a captured CUDA graph, both timed with device events, and whether the
-replay gives the same bits: whether a step is bound by kernel launches (the graph much faster) or by the
-kernels themselves. ``--sync-census`` (CUDA): the operations that make the host wait for the GPU while the
+``--graph-probe`` (CUDA): the engine's CUDA graphs of the decode step (``serve_app/model/batched/graphs.py``)
+captured, then for each level's row count the whole step computed eagerly against its graph's replay, both
+timed with device events, and whether the replay gives the eager step's bits; then the levels again, with
+the engine stepping from its graphs (where the per-part columns stay empty: a replay is one launch).
+``--sync-census`` (CUDA): the operations that make the host wait for the GPU while the
 streams run (PyTorch's sync debug mode), per step and by source line.
 
     PYTHONPATH=. python benchmarks/step_phases.py --device cuda --preset voxcpm1.5 --levels 1,64 --graph-probe \
@@ -36,7 +37,7 @@ from common import engine_timings, png, save, synthetic_checkpoint, table
 
 from serve_app.config import ModelConfig
 from serve_app.model.batched import engine as batched_engine
-from serve_app.model.batched import step_runner
+from serve_app.model.batched import graphs, step_runner
 from serve_app.model.engine import load_engine
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
@@ -49,6 +50,7 @@ PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_decode_streams", "VAE decode"),
 )
 STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode")
+INFERENCE_TIMESTEPS = 5
 
 
 class PhaseClock:
@@ -88,12 +90,13 @@ class PhaseClock:
 
 def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[str, Any]:
     with PhaseClock(synchronize) as clock:
-        _, wall = engine_timings(engine, streams, inference_timesteps=5)
+        _, wall = engine_timings(engine, streams, inference_timesteps=INFERENCE_TIMESTEPS)
     steps = len(clock.seconds["step, whole"])
     per_step = {name: 1e3 * sum(values) / steps for name, values in clock.seconds.items() if name in STEP_PARTS}
     whole = 1e3 * statistics.mean(clock.seconds["step, whole"])
     return {
         "streams": streams,
+        "graphs": engine._runner.graphs is not None,
         "wall_s": wall,
         "steps": steps,
         "step_ms": whole,
@@ -121,7 +124,7 @@ def sync_census(engine: Any, streams: int) -> dict[str, Any]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            engine_timings(engine, streams, inference_timesteps=5)
+            engine_timings(engine, streams, inference_timesteps=INFERENCE_TIMESTEPS)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         batched_engine.BatchedEngine._step = original
@@ -134,34 +137,18 @@ def sync_census(engine: Any, streams: int) -> dict[str, Any]:
     }
 
 
-def graph_probe(engine: Any, rows: int) -> list[dict[str, Any]]:
-    """The step's model parts for ``rows`` rows (the two LM steps, one call of the diffusion estimator on the
-    conditional and unconditional rows), each eager against a CUDA graph's replay of it."""
+def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
+    """The whole decode step for ``rows`` rows, computed eagerly and replayed from the engine's graph for it
+    (inputs copied in, outputs copied out, as the engine steps), and whether both give the same bits."""
     import torch
 
-    runner = engine._runner
-    model = runner.model
-    device, dtype = model.device, next(model.base_lm.parameters()).dtype
-    hidden = torch.randn(rows, model.base_lm.config.hidden_size, device=device, dtype=dtype)
-    positions = torch.full((rows,), 100, device=device)
-    span = step_runner.ATTENDED_POSITIONS_STEP
-    with torch.inference_mode():
-        mu = runner._dit_input(model.lm_to_dit_proj(hidden), model.res_to_dit_proj(hidden))
-    cfm = model.feat_decoder
-    noise = torch.randn(2 * rows, cfm.in_channels, model.patch_size, device=device, dtype=dtype)
-    times = torch.full((2 * rows,), 0.5, device=device, dtype=dtype)
-    parts = {
-        "base LM step": lambda: runner._lm_step(model.base_lm, runner.base_kv, positions, span, hidden),
-        "residual LM step": lambda: runner._lm_step(model.residual_lm, runner.residual_kv, positions, span, hidden),
-        "diffusion estimator": lambda: cfm.estimator(noise, torch.cat([mu, mu]), times, noise, times),
-    }
-    return [{"rows": rows, "part": part, **_graph_vs_eager(work)} for part, work in parts.items()]
-
-
-def _graph_vs_eager(work: Callable[[], Any]) -> dict[str, Any]:
-    """``work`` timed eagerly and replayed from a CUDA graph (device events, median of 30), and whether the
-    replay gives the eager run's bits."""
-    import torch
+    runner, timesteps = engine._runner, INFERENCE_TIMESTEPS
+    inputs = runner._blank(rows)
+    for tensor in (inputs.lm_hidden, inputs.residual_hidden, inputs.condition, inputs.noise):
+        tensor.normal_()
+    inputs.cfg.fill_(2.0)
+    inputs.positions.fill_(100)  # both write the same keys and values at position 100 of slots 0..rows-1
+    groups, span = {timesteps: list(range(rows))}, graphs.SPAN_STEP
 
     def timed(run: Callable[[], Any]) -> float:
         times = []
@@ -175,20 +162,18 @@ def _graph_vs_eager(work: Callable[[], Any]) -> dict[str, Any]:
         return statistics.median(times)
 
     with torch.inference_mode():
-        eager = work().clone()
-        eager_ms = timed(work)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                work()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = work()
-        graph.replay()
-        torch.cuda.synchronize()
-        return {"eager_ms": eager_ms, "graph_ms": timed(graph.replay), "same_bits": bool(torch.equal(captured, eager))}
+        eager = runner._compute(inputs, groups, span).first(rows)
+        replayed = runner.graphs.run(inputs, timesteps, 101)
+        same = all(
+            torch.equal(getattr(eager, name), getattr(replayed, name))
+            for name in ("latents", "stop", "lm_hidden", "residual_hidden")
+        )
+        return {
+            "rows": rows,
+            "eager_ms": timed(lambda: runner._compute(inputs, groups, span)),
+            "graph_ms": timed(lambda: runner.graphs.run(inputs, timesteps, 101)),
+            "same_bits": same,
+        }
 
 
 def report(
@@ -201,9 +186,10 @@ def report(
         lines.append(
             [
                 row["streams"],
+                "graphs" if row["graphs"] else "eager",
                 row["steps"],
                 f"{row['step_ms']:.1f}",
-                *(f"{parts.get(name, 0.0):.1f}" for name in STEP_PARTS),
+                *(f"{parts[name]:.1f}" if name in parts else "" for name in STEP_PARTS),
                 f"{rest:.1f}",
                 f"{row['request_starts_ms']:.1f}",
                 " / ".join(f"{ms:.0f}" for ms in row["prefill_ms"]),
@@ -219,6 +205,7 @@ def report(
         + table(
             [
                 "streams",
+                "step from",
                 "steps",
                 "step ms",
                 *STEP_PARTS,
@@ -231,13 +218,12 @@ def report(
     )
     if probes:
         text += (
-            "\nThe step's model parts, eager vs replayed from a CUDA graph (device events, median of 30):\n\n"
+            "\nThe whole decode step, eager vs replayed from the engine's CUDA graph (device events, median of 30):\n\n"
             + table(
-                ["rows", "part", "eager ms", "graph ms", "eager / graph", "same bits"],
+                ["rows", "eager ms", "graph ms", "eager / graph", "same bits"],
                 [
                     [
                         p["rows"],
-                        p["part"],
                         f"{p['eager_ms']:.2f}",
                         f"{p['graph_ms']:.2f}",
                         f"x{p['eager_ms'] / p['graph_ms']:.1f}",
@@ -288,8 +274,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--levels", default="1,8")
     parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--optimize", action="store_true", help="voxcpm's torch.compile (CUDA)")
-    parser.add_argument("--graph-probe", action="store_true", help="CUDA: the step's parts eager vs CUDA graph")
+    parser.add_argument("--graph-probe", action="store_true", help="CUDA: the step eager vs its CUDA graph")
     parser.add_argument("--sync-census", action="store_true", help="CUDA: operations that make the host wait")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
@@ -302,20 +287,23 @@ def main() -> None:
         config = ModelConfig(
             source=str(checkpoint),
             device=args.device,
-            optimize=args.optimize,
             engine="batched",
             max_batch_size=args.max_batch_size,
+            cuda_graphs=False,  # the phases are the eager step's; --graph-probe captures the graphs after them
         )
         engine = load_engine(config)
-        rows = []
+        rows, probes = [], []
         for streams in levels:
             rows.append(level(engine, streams, synchronize))
             print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
-        probes = (
-            [probe for streams in dict.fromkeys(levels) for probe in graph_probe(engine, streams)]
-            if args.graph_probe
-            else []
-        )
+        if args.graph_probe:
+            engine._runner.use_graphs(INFERENCE_TIMESTEPS, capture=True)
+            for streams in dict.fromkeys(levels):
+                probes.append(graph_probe(engine, streams))
+                print(probes[-1], flush=True)
+            for streams in levels:
+                rows.append(level(engine, streams, synchronize))
+                print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
         syncs = [sync_census(engine, streams) for streams in dict.fromkeys(levels)] if args.sync_census else []
         engine.close()
     name = args.name or f"step_phases_{args.preset}_{args.device.split(':')[0]}"

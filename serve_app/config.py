@@ -49,7 +49,11 @@ class ModelConfig(_Strict):
     )
     cache_dir: str | None = Field(None, description="Hugging Face cache directory for downloaded weights.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    optimize: bool = Field(True, description="torch.compile the model (CUDA only); costs start-up time.")
+    optimize: bool = Field(
+        True,
+        description="engine: voxcpm — torch.compile the model (CUDA only); costs start-up time. The batched "
+        "engine captures CUDA graphs of its steps instead (`cuda_graphs`).",
+    )
     load_denoiser: bool = Field(False, description="Load the ZipEnhancer denoiser so `denoise=true` works.")
     denoiser_model: str = "iic/speech_zipenhancer_ans_multiloss_16k_base"
     warmup: bool = Field(True, description="Generate one short utterance at replica start.")
@@ -77,6 +81,13 @@ class ModelConfig(_Strict):
         None,
         description="engine: batched — positions per KV slot (prompt + text + generated steps); default: the "
         "model's own max_length (4096). KV memory = max_batch_size x this x the model's per-token size.",
+    )
+    cuda_graphs: bool = Field(
+        True,
+        description="engine: batched, on CUDA — replay each decode step from a CUDA graph captured at start (for "
+        "batch sizes 1, 2, 4, 8 and every 16, per 1,024 positions of KV span): a step's thousands of small kernels "
+        "launched at once instead of one by one. Costs seconds at start; steps with a non-default "
+        "inference_timesteps run eagerly.",
     )
     stream_coalesce_lead_s: float = Field(
         0.0,

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -137,6 +137,53 @@ def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: t
     for want, got in zip(expected, results, strict=True):
         assert got is not None and np.array_equal(got, want)
     assert _idle(batched)
+
+
+def test_steps_as_cuda_graphs_run_them_give_the_reference_audio_bit_for_bit(engines: tuple, monkeypatch) -> None:
+    """The decode step as its CUDA graphs run it (on CPU the graphs' static buffers computed eagerly: rows
+    padded to the captured batch sizes, padding rows writing free slots, the graphs' span), with the steps
+    of a batch that mixes ``inference_timesteps`` run eagerly in between: each request still gets the
+    reference audio, and most steps came from the graphs."""
+    reference, batched, _ = engines
+    requests = _requests(reference.info.prompt_sample_rate)
+    expected = [_alone(reference, request) for request in requests]
+    runner = batched._runner
+    monkeypatch.setattr(runner, "graphs", None)  # restored after the test
+    runner.use_graphs(SynthesisRequest.inference_timesteps, capture=False)
+    assert runner.graphs is not None and runner.graphs.sizes == [1, 2, 4]
+    calls: dict[str, list] = {"step": [], "run": []}
+
+    def counted(name: str, method: Callable) -> Callable:
+        def call(*arguments: object) -> object:
+            calls[name].append(output := method(*arguments))
+            return output
+
+        return call
+
+    monkeypatch.setattr(runner, "step", counted("step", runner.step))
+    monkeypatch.setattr(runner.graphs, "run", counted("run", runner.graphs.run))
+    for request, want, got in zip(requests, expected, _together(batched, requests, 0.05), strict=True):
+        assert isinstance(got, np.ndarray), got
+        assert got.shape == want.shape and np.array_equal(got, want), request.text
+    replayed = [output.latents.shape[0] for output in calls["run"] if output is not None]
+    assert 0 < len(calls["step"]) - len(replayed) < len(replayed)  # some steps eager (mixed timesteps), most not
+    assert 3 in replayed  # three rows padded to the graph of four
+    assert _idle(batched)
+
+
+def test_graphs_are_captured_for_a_few_batch_sizes_and_every_span() -> None:
+    """nano-vllm's sizes (1, 2, 4, 8, every 16, the slots), a graph per 1,024 positions of span; a step the
+    graphs cannot hold (too many rows, another inference_timesteps) is left to the eager path."""
+    from serve_app.model.batched.graphs import StepGraphs
+
+    def blank(rows: int) -> SimpleNamespace:
+        return SimpleNamespace(positions=torch.zeros(rows, dtype=torch.int64))
+
+    graphs = StepGraphs(lambda *_: None, blank, 5, 96, 4096, capture=False)  # type: ignore[arg-type]
+    assert graphs.sizes == [1, 2, 4, 8, 16, 32, 48, 64, 80, 96]
+    assert len(graphs._graphs) == 10 * 4
+    assert StepGraphs(lambda *_: None, blank, 5, 20, 1500, capture=False).sizes == [1, 2, 4, 8, 16, 20]  # type: ignore[arg-type]
+    assert graphs.run(blank(3), 4, 100) is None and graphs.run(blank(97), 5, 100) is None  # type: ignore[arg-type]
 
 
 def test_a_cancelled_request_leaves_the_others_exact(engines: tuple) -> None:

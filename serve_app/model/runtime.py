@@ -185,7 +185,7 @@ class VoxCPMRuntime:
             load_denoiser=config.load_denoiser,
             zipenhancer_model_id=config.denoiser_model,
             cache_dir=config.cache_dir,
-            optimize=config.optimize,
+            optimize=config.optimize and config.engine == "voxcpm",  # the batched engine has its own graphs
             device=None if config.device == "auto" else config.device,
         )
         return cls(tts, config, voices, weights)

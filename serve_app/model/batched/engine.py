@@ -138,11 +138,21 @@ class BatchedEngine(RuntimeEngine):
             engine = cls(VoxCPMRuntime.load(config, voices), config)
             if config.warmup:
                 engine._decoder.warm_up(engine.runtime.model.patch_size, NON_STREAMING_DECODE_PATCHES)
+            if config.cuda_graphs and engine._runner.base_kv.cache.is_cuda:
+                engine._capture_graphs()
         except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
             loaded.set_exception(exc)
             return
         loaded.set_result(engine)
         engine._loop()
+
+    def _capture_graphs(self) -> None:
+        """The decode step's CUDA graphs for the default ``inference_timesteps``; eager steps if capture fails."""
+        try:
+            self._runner.use_graphs(SynthesisRequest.inference_timesteps, capture=True)
+        except Exception:  # slower, not broken
+            logger.warning("CUDA graphs of the decode step could not be captured: steps run eagerly", exc_info=True)
+            self._runner.graphs = None
 
     def _loop(self) -> None:
         while True:

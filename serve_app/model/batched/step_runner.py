@@ -18,6 +18,9 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
 - **No waiting for the GPU inside a step**: the few host lists a step needs (positions, ``cfg_value``s, a
   group's rows) go to the device without a blocking copy, and the stop decisions stay there until the
   caller has launched the VAE, so the host keeps launching kernels while the GPU runs the earlier ones.
+- **A step is its inputs' function**: each step gathers what it reads (``StepInputs``: the rows' carried
+  states, their noise drawn from their own generators, guidance scales, positions) and then computes
+  from those tensors alone, so on a GPU it can be replayed from a CUDA graph (``graphs.py``).
 
 In bfloat16 (the real checkpoints' dtype) every module here gives the same bits at every batch size on
 CPU, so a request's latents are the reference engine's bit for bit whatever else is in the batch.
@@ -36,6 +39,7 @@ import torch
 from torch.nn import functional
 from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
+from serve_app.model.batched.graphs import StepGraphs
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.runtime import ModelInputs
 from serve_app.model.transfer import to_device
@@ -72,12 +76,36 @@ class Row:
 
 
 @dataclass
+class StepInputs:
+    """Everything a decode step reads besides the KV slots and the weights, a row per request (on the model's
+    device): what a CUDA graph of the step keeps static buffers of."""
+
+    lm_hidden: torch.Tensor  # (rows, hidden)
+    residual_hidden: torch.Tensor  # (rows, hidden)
+    condition: torch.Tensor  # (rows, patch_size, latent_dim): each row's previous patch
+    noise: torch.Tensor  # (rows, latent_dim, patch_size): where each row's diffusion starts, from its generator
+    cfg: torch.Tensor  # (rows, 1, 1) float32: each row's cfg_value
+    positions: torch.Tensor  # (rows,) int64: where each row writes in its KV slot
+
+
+@dataclass
 class StepOutput:
     patches: torch.Tensor  # (rows, patch_size, latent_dim), each row's new patch (a view of ``latents``)
     latents: torch.Tensor  # (rows, latent_dim, patch_size): the same patches as the VAE decodes them
     stop: torch.Tensor  # (rows,) bool, on the model's device: the caller reads it after launching the VAE
     lm_hidden: torch.Tensor  # (rows, hidden), for the next step
     residual_hidden: torch.Tensor
+
+    def first(self, rows: int) -> StepOutput:
+        """Copies of the first ``rows`` rows (a graph's outputs are overwritten by its next replay)."""
+        latents = self.latents[:rows].clone()
+        return StepOutput(
+            latents.transpose(1, 2),
+            latents,
+            self.stop[:rows].clone(),
+            self.lm_hidden[:rows].clone(),
+            self.residual_hidden[:rows].clone(),
+        )
 
 
 class StepRunner:
@@ -89,6 +117,13 @@ class StepRunner:
         self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
         self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
         self.kv_length = kv_length
+        self.slots = slots
+        self.graphs: StepGraphs | None = None
+
+    def use_graphs(self, timesteps: int, capture: bool) -> None:
+        """Replay the decode steps of rows sharing ``timesteps`` from graphs captured now (CUDA; on CPU,
+        ``capture`` False, the same buffers and padding computed eagerly: how the tests check them)."""
+        self.graphs = StepGraphs(self._compute, self._blank, timesteps, self.slots, self.kv_length, capture)
 
     @torch.inference_mode()
     def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
@@ -100,8 +135,7 @@ class StepRunner:
             torch.cat([getattr(inputs, name) for inputs in batch], dim=1)
             for name in ("feat", "feat_mask", "text", "text_mask")
         )
-        encoder = getattr(model, "_feat_encoder_raw", model.feat_encoder)
-        feat_embed = model.enc_to_lm_proj(encoder(feat))
+        feat_embed = model.enc_to_lm_proj(model.feat_encoder(feat))
         lm_config = model.config.lm_config
         scale_emb = lm_config.scale_emb if lm_config.use_mup else 1.0
         text_embed = model.base_lm.embed_tokens(text) * scale_emb
@@ -131,36 +165,69 @@ class StepRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row]) -> StepOutput:
         """One generation step for rows 0..n-1 of the slots (one loop iteration of voxcpm's ``_inference``)."""
-        model = self.model
-        lm_hidden = torch.cat([row.lm_hidden for row in rows])
-        residual_hidden = torch.cat([row.residual_hidden for row in rows])
-        condition = torch.cat([row.condition for row in rows])
-        mu = self._dit_input(model.lm_to_dit_proj(lm_hidden), model.res_to_dit_proj(residual_hidden))
+        inputs = self._inputs(rows)
+        written = [row.position for row in rows]
+        self.base_kv.writing(written)
+        self.residual_kv.writing(written)
+        filled = max(written) + 1
         groups: dict[int, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
+        if self.graphs is not None and len(groups) == 1:
+            if (replayed := self.graphs.run(inputs, rows[0].inference_timesteps, filled)) is not None:
+                return replayed
+        span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
+        return self._compute(inputs, groups, span)
+
+    def _inputs(self, rows: list[Row]) -> StepInputs:
+        """What the step reads, gathered from the rows: their noise drawn now, each from its own generator."""
+        model, device, dtype = self.model, self.base_kv.cache.device, self.base_kv.cache.dtype
+        shape = (1, model.feat_decoder.in_channels, model.patch_size)
+        return StepInputs(
+            lm_hidden=torch.cat([row.lm_hidden for row in rows]),
+            residual_hidden=torch.cat([row.residual_hidden for row in rows]),
+            condition=torch.cat([row.condition for row in rows]),
+            noise=torch.cat([torch.randn(shape, generator=row.generator, device=device, dtype=dtype) for row in rows]),
+            cfg=to_device([row.cfg_value for row in rows], device, torch.float32).view(-1, 1, 1),
+            positions=to_device([row.position for row in rows], device),
+        )
+
+    def _blank(self, rows: int) -> StepInputs:
+        """Zeroed inputs for ``rows`` rows: a graph's static buffers."""
+        model, cache = self.model, self.base_kv.cache
+        hidden, latent_dim, patch_size = model.base_lm.config.hidden_size, model.feat_dim, model.patch_size
+        return StepInputs(
+            lm_hidden=cache.new_zeros(rows, hidden),
+            residual_hidden=cache.new_zeros(rows, hidden),
+            condition=cache.new_zeros(rows, patch_size, latent_dim),
+            noise=cache.new_zeros(rows, model.feat_decoder.in_channels, patch_size),
+            cfg=cache.new_zeros(rows, 1, 1, dtype=torch.float32),
+            positions=cache.new_zeros(rows, dtype=torch.int64),
+        )
+
+    def _compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int) -> StepOutput:
+        """The step from its inputs (device work only, no host values read back: capturable), rows grouped by
+        ``inference_timesteps``, attending over the slots' first ``span`` positions."""
+        model = self.model
+        mu = self._dit_input(model.lm_to_dit_proj(inputs.lm_hidden), model.res_to_dit_proj(inputs.residual_hidden))
         # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
         # as in voxcpm (the local encoder's numerics depend on that memory layout)
+        condition = inputs.condition.transpose(1, 2).contiguous()
         if len(groups) == 1:  # the usual case: every row shares inference_timesteps, no gather and scatter
-            latents = self._diffuse(mu, condition.transpose(1, 2).contiguous(), rows[0].inference_timesteps, rows)
+            latents = self._diffuse(mu, condition, inputs.noise, inputs.cfg, next(iter(groups)))
         else:
-            latents = torch.empty_like(condition.transpose(1, 2), memory_format=torch.contiguous_format)
+            latents = torch.empty_like(condition)
             for timesteps, indices in groups.items():
                 chosen = to_device(indices, mu.device)
                 latents[chosen] = self._diffuse(
-                    mu[chosen], condition[chosen].transpose(1, 2).contiguous(), timesteps, [rows[i] for i in indices]
+                    mu[chosen], condition[chosen], inputs.noise[chosen], inputs.cfg[chosen], timesteps
                 )
         patches = latents.transpose(1, 2)
         # The encoder's output is a strided view of its rows; for one row (voxcpm's case) that is contiguous,
         # and a projection of a strided batch takes another GEMM path with other rounding: copy it first.
         embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
-        stop = model.stop_head(model.stop_actn(model.stop_proj(lm_hidden))).argmax(dim=-1)
-        written = [row.position for row in rows]
-        self.base_kv.writing(written)
-        self.residual_kv.writing(written)
-        positions = to_device(written, mu.device)
-        filled = max(written) + 1
-        span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
+        stop = model.stop_head(model.stop_actn(model.stop_proj(inputs.lm_hidden))).argmax(dim=-1)
+        positions = inputs.positions
         new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
         residual_input = self._residual_input(new_lm_hidden, embed)
         new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, span, residual_input)
@@ -174,18 +241,13 @@ class StepRunner:
             return self.model.fusion_concat_proj(torch.cat((lm_hidden, feat_embed), dim=-1))
         return lm_hidden + feat_embed
 
-    def _diffuse(self, mu: torch.Tensor, cond: torch.Tensor, timesteps: int, rows: list[Row]) -> torch.Tensor:
-        """voxcpm's ``UnifiedCFM.forward`` and ``solve_euler`` over rows that share ``timesteps``: noise from
-        each row's generator, guidance scaled by each row's ``cfg_value``."""
+    def _diffuse(
+        self, mu: torch.Tensor, cond: torch.Tensor, x: torch.Tensor, cfg: torch.Tensor, timesteps: int
+    ) -> torch.Tensor:
+        """voxcpm's ``UnifiedCFM.forward`` and ``solve_euler`` over rows that share ``timesteps``, from each row's
+        noise ``x``, guidance scaled by each row's ``cfg`` (its ``cfg_value``)."""
         cfm = self.model.feat_decoder
-        b, patch_size = mu.shape[0], self.model.patch_size
-        x = torch.cat(
-            [
-                torch.randn((1, cfm.in_channels, patch_size), generator=row.generator, device=mu.device, dtype=mu.dtype)
-                for row in rows
-            ]
-        )
-        cfg = to_device([row.cfg_value for row in rows], mu.device, torch.float32).view(b, 1, 1)
+        b = mu.shape[0]
         t_span = torch.linspace(1, 0, timesteps + 1, device=mu.device, dtype=mu.dtype)
         t_span = t_span + SWAY_SAMPLING_COEF * (torch.cos(torch.pi / 2 * t_span) - 1 + t_span)
         t, dt = t_span[0], t_span[0] - t_span[1]
