@@ -8,7 +8,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     voxcpm==2.0.3 av==18.1.0 librosa==0.11.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 \
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
-#     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0
+#     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0 \
+#     pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
 # Run from the repository root, in two calls of at most 10 minutes each (one machine start each):
 #   bash benchmarks/gpu_run.sh 1    # VoxCPM1.5: streams per GPU with and without CUDA graphs, phases (~8 min)
 #   bash benchmarks/gpu_run.sh 2    # VoxCPM2; two engines per GPU; kernels loaded eagerly (~8 min)
@@ -39,11 +40,14 @@ bench() {  # name seconds script args...
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
 case "${1:-1}" in
-1)  # streams per GPU with the decode step replayed from CUDA graphs (the default), in two passes so that the
+1)  # first the CUDA-only paths' tests (graphs replay the eager step's bits; the one-call prefill), then
+  # streams per GPU with the decode step replayed from CUDA graphs (the default), in two passes so that the
   # second shows each batch size warm; then one pass with eager steps, for the ratio within this session
+  echo "=== tests/test_cuda.py ($(date +%T))"
+  timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -30
   bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
-  bench batching_gpu_voxcpm1.5_eager 120 batching.py --mode engine --preset voxcpm1.5 --engines batched \
+  bench batching_gpu_voxcpm1.5_eager 110 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --no-cuda-graphs
   # where an eager step's time goes, the whole step eager vs its graph (and whether the bits match), the
   # phases again stepping from graphs, and what still makes the host wait for the GPU inside a step

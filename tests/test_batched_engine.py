@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import torch
 from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
+from serve_app.model.batched import step_runner
 from serve_app.model.batched.engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.scheduler import Scheduler
@@ -169,6 +171,41 @@ def test_steps_as_cuda_graphs_run_them_give_the_reference_audio_bit_for_bit(engi
     assert 0 < len(calls["step"]) - len(replayed) < len(replayed)  # some steps eager (mixed timesteps), most not
     assert 3 in replayed  # three rows padded to the graph of four
     assert _idle(batched)
+
+
+def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(engines: tuple, monkeypatch) -> None:
+    """On a GPU the packed prefill's attention is one ``varlen_attn`` call per layer (CUDA only: flash
+    attention). Here a stand-in with its contract (packed (tokens, heads, dim) tensors, int32 offsets, the
+    longest length, causal) attends per request: the prefill gives the per-request path's bits, KV slots
+    included, so the packing around the call is right (the kernel itself: tests/test_cuda.py)."""
+    _, batched, _ = engines
+    runner, runtime = batched._runner, batched.runtime
+
+    def stand_in(*tensors_and_starts: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
+        query, key, value, starts, key_starts, longest, key_longest = tensors_and_starts
+        assert window_size == (-1, 0) and starts is key_starts and starts.dtype == torch.int32
+        bounds = starts.tolist()
+        assert longest == key_longest == max(end - start for start, end in itertools.pairwise(bounds))
+        outputs = []
+        for start, end in itertools.pairwise(bounds):
+            one = (tensor[start:end].transpose(0, 1).unsqueeze(0).contiguous() for tensor in (query, key, value))
+            attended = torch.nn.functional.scaled_dot_product_attention(*one, is_causal=True, enable_gqa=True)
+            outputs.append(attended[0].transpose(0, 1))
+        return torch.cat(outputs)
+
+    batch = []
+    for text in ["短句。", "A longer sentence with a few more tokens in it.", "第三个请求的文本稍微长一点。"]:
+        request = SynthesisRequest(text=text, seed=1)
+        batch.append(runtime.model_inputs(next(runtime.utterance(request)), request))
+    per_request = runner.prefill(batch, [0, 1, 2])
+    caches = runner.base_kv.cache.clone(), runner.residual_kv.cache.clone()
+    monkeypatch.setattr(step_runner, "varlen_attn", stand_in)
+    monkeypatch.setattr(runner, "_varlen_prefill", True)
+    packed = runner.prefill(batch, [0, 1, 2])
+    for one, other in zip(per_request, packed, strict=True):
+        assert one.length == other.length and torch.equal(one.lm_hidden, other.lm_hidden)
+        assert torch.equal(one.residual_hidden, other.residual_hidden)
+    assert torch.equal(caches[0], runner.base_kv.cache) and torch.equal(caches[1], runner.residual_kv.cache)
 
 
 def test_graphs_are_captured_for_a_few_batch_sizes_and_every_span() -> None:

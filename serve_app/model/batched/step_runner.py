@@ -6,8 +6,10 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
 - **Prefill** of the requests that join together runs packed: their tokens one after another in one
   sequence, without padding, so that every token-wise module (projections, norms, MLPs, the local
   encoder) runs once for all of them, and attention runs per request over its own tokens, exactly as
-  voxcpm runs it (padding several prompts to one length is not exact). Each request's keys and values
-  then go into its KV slot.
+  voxcpm runs it (padding several prompts to one length is not exact): on CPU one call per request, on a
+  GPU one variable-length flash-attention call for all of them (``varlen_attn``, the kernel voxcpm's own
+  causal attention runs there, over each request's tokens alone), so a burst's prefill launches O(layers)
+  kernels, not O(requests x layers). Each request's keys and values then go into its KV slot.
 - **LM steps** write each row's key and value at the row's own position and attend over the slots'
   filled part with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
   rotary embeddings shaped per row.
@@ -37,6 +39,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional
+from torch.nn.attention.varlen import varlen_attn
 from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
 from serve_app.model.batched.graphs import StepGraphs
@@ -118,6 +121,9 @@ class StepRunner:
         self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
         self.kv_length = kv_length
         self.slots = slots
+        # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer
+        self._varlen_prefill = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+        self._varlen_prefill = self._varlen_prefill and torch.cuda.get_device_capability(device) >= (8, 0)
         self.graphs: StepGraphs | None = None
 
     def use_graphs(self, timesteps: int, capture: bool) -> None:
@@ -280,9 +286,12 @@ class StepRunner:
         if lm.rope_emb is not None:  # each request's positions start at 0
             rotary = lm.rope_emb(torch.cat([torch.arange(length, device=hidden.device) for length in lengths]))
         caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        starts = None  # where each request starts in the packed sequence, and where the last ends
+        if self._varlen_prefill:
+            starts = to_device([0, *itertools.accumulate(lengths)], hidden.device, torch.int32)
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
-            attended, cache = self._packed_attention(attention, normed, rotary, lengths)
+            attended, cache = self._packed_attention(attention, normed, rotary, lengths, starts)
             caches.append(cache)
             return attended
 
@@ -310,10 +319,12 @@ class StepRunner:
         hidden: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         lengths: list[int],
+        starts: torch.Tensor | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``MiniCPMAttention.forward`` (causal) per request of a packed sequence: projections over all of it,
-        attention over each request's own tokens with the tensors laid out as voxcpm lays them out. Returns
-        the output and the packed keys and values."""
+        attention over each request's own tokens, with the tensors laid out as voxcpm lays them out (one call
+        per request), or in one variable-length call given the requests' ``starts``. Returns the output and
+        the packed keys and values."""
         tokens, heads, head_dim = hidden.shape[1], attention.num_heads, attention.head_dim
         kv_heads = attention.num_key_value_heads
         query = attention.q_proj(hidden).view(1, tokens, heads, head_dim).transpose(1, 2)
@@ -321,6 +332,11 @@ class StepRunner:
         value = attention.v_proj(hidden).view(1, tokens, kv_heads, head_dim).transpose(1, 2)
         if rotary is not None:
             query, key = apply_rotary_pos_emb(query, key, *rotary)
+        if starts is not None:
+            longest = max(lengths)
+            packed = (tensor[0].transpose(0, 1).contiguous() for tensor in (query, key, value))  # (tokens, heads, dim)
+            output = varlen_attn(*packed, starts, starts, longest, longest, window_size=(-1, 0))  # causal
+            return attention.o_proj(output.reshape(1, tokens, heads * head_dim)), (key, value)
         outputs = []
         start = 0
         for length in lengths:
