@@ -8,10 +8,11 @@ requests that join, their keys and values written into their KV slots; per step 
 steps, the rest of the step runner (feature encoder, stop head, projections, the chunks' hand-over) and
 the VAE decode of the new patches. The instrumentation wraps the engine's methods in this process only.
 
-``--graph-probe`` (CUDA): the engine's CUDA graphs of the decode step (``serve_app/model/batched/graphs.py``)
-captured, then for each level's row count the whole step computed eagerly against its graph's replay, both
-timed with device events, and whether the replay gives the eager step's bits; then the levels again, with
-the engine stepping from its graphs (where the per-part columns stay empty: a replay is one launch).
+``--graph-probe`` (CUDA): the engine's CUDA graphs of the decode step and the VAE decode captured
+(``serve_app/model/cuda_graphs.py``), then for each level's row count the whole step computed eagerly
+against its graph's replay, both timed with device events, and whether the replay gives the eager step's
+bits; then the levels again, with the engine stepping from its graphs (where the columns of the step's
+parts stay empty: a replay is one launch).
 ``--sync-census`` (CUDA): the operations that make the host wait for the GPU while the
 streams run (PyTorch's sync debug mode), per step and by source line.
 
@@ -37,7 +38,7 @@ from common import engine_timings, png, save, synthetic_checkpoint, table
 
 from serve_app.config import ModelConfig
 from serve_app.model.batched import engine as batched_engine
-from serve_app.model.batched import graphs, step_runner
+from serve_app.model.batched import step_runner
 from serve_app.model.engine import load_engine
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
@@ -148,7 +149,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
         tensor.normal_()
     inputs.cfg.fill_(2.0)
     inputs.positions.fill_(100)  # both write the same keys and values at position 100 of slots 0..rows-1
-    groups, span = {timesteps: list(range(rows))}, graphs.SPAN_STEP
+    groups, span = {timesteps: list(range(rows))}, step_runner.GRAPH_SPAN_STEP
 
     def timed(run: Callable[[], Any]) -> float:
         times = []
@@ -163,7 +164,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
 
     with torch.inference_mode():
         eager = runner._compute(inputs, groups, span).first(rows)
-        replayed = runner.graphs.run(inputs, timesteps, 101)
+        replayed = runner.graphs.run(inputs, rows, span)
         same = all(
             torch.equal(getattr(eager, name), getattr(replayed, name))
             for name in ("latents", "stop", "lm_hidden", "residual_hidden")
@@ -171,7 +172,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
         return {
             "rows": rows,
             "eager_ms": timed(lambda: runner._compute(inputs, groups, span)),
-            "graph_ms": timed(lambda: runner.graphs.run(inputs, timesteps, 101)),
+            "graph_ms": timed(lambda: runner.graphs.run(inputs, rows, span)),
             "same_bits": same,
         }
 
@@ -297,7 +298,7 @@ def main() -> None:
             rows.append(level(engine, streams, synchronize))
             print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
         if args.graph_probe:
-            engine._runner.use_graphs(INFERENCE_TIMESTEPS, capture=True)
+            engine._capture_graphs()
             for streams in dict.fromkeys(levels):
                 probes.append(graph_probe(engine, streams))
                 print(probes[-1], flush=True)

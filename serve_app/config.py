@@ -84,10 +84,10 @@ class ModelConfig(_Strict):
     )
     cuda_graphs: bool = Field(
         True,
-        description="engine: batched, on CUDA — replay each decode step from a CUDA graph captured at start (for "
-        "batch sizes 1, 2, 4, 8 and every 16, per 1,024 positions of KV span): a step's thousands of small kernels "
-        "launched at once instead of one by one. Costs seconds at start; steps with a non-default "
-        "inference_timesteps run eagerly.",
+        description="engine: batched, on CUDA — replay each decode step and the streams' VAE decode from CUDA "
+        "graphs captured at start (for batch sizes 1, 2, 4, 8 and every 16; the step's per 1,024 positions of KV "
+        "span): a step's thousands of small kernels launched at once instead of one by one. Costs seconds at "
+        "start; steps with a non-default inference_timesteps run eagerly.",
     )
     stream_coalesce_lead_s: float = Field(
         0.0,

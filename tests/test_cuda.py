@@ -1,13 +1,15 @@
 """The batched engine's CUDA-only paths, on a GPU (skipped without one; ``benchmarks/gpu_run.sh`` runs them).
 
 What a CPU cannot check: the decode step captured as CUDA graphs gives the eager step's bits, the packed
-prefill's one variable-length attention call per layer gives what one call per request gives, and a batch
-stepping from graphs gives each request its audio. Self-contained (``pytest --noconftest``), so that it
-runs where the service's HTTP test dependencies are not installed.
+prefill's one variable-length attention call per layer gives what one call per request gives, and a
+batch stepping from graphs (the decode step's and the VAE decode's) gives each request its audio.
+Self-contained (``pytest --noconftest``), so that it runs where the service's HTTP test dependencies
+are not installed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -18,7 +20,7 @@ import torch
 from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.model.batched.engine import BatchedEngine
-from serve_app.model.batched.step_runner import StepInputs
+from serve_app.model.batched.step_runner import StepInputs, StepOutput
 from serve_app.model.types import SynthesisRequest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -46,6 +48,14 @@ def _inputs(engine: BatchedEngine, rows: int) -> StepInputs:
     return inputs
 
 
+def _replayed(engine: BatchedEngine, inputs: StepInputs) -> StepOutput:
+    rows = inputs.positions.shape[0]
+    with torch.inference_mode():
+        output = engine._runner.graphs.run(inputs, rows, engine._runner._span(int(inputs.positions.max()) + 1, 1024))
+    assert output is not None
+    return output
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8])
 def test_a_replayed_graph_gives_the_eager_steps_bits(engine: BatchedEngine, rows: int) -> None:
     """At the graph's own batch size (padding changes the kernels' row count, and on a GPU their rounding)."""
@@ -55,27 +65,19 @@ def test_a_replayed_graph_gives_the_eager_steps_bits(engine: BatchedEngine, rows
     inputs = _inputs(engine, size)
     with torch.inference_mode():  # both write the same keys and values
         eager = runner._compute(inputs, {TIMESTEPS: list(range(size))}, 1024).first(size)
-        replayed = runner.graphs.run(inputs, TIMESTEPS, int(inputs.positions.max()) + 1)
-    assert replayed is not None
+    replayed = _replayed(engine, inputs)
     for name in ("latents", "stop", "lm_hidden", "residual_hidden"):
         assert torch.equal(getattr(eager, name), getattr(replayed, name)), name
 
 
 def test_padding_rows_leave_the_real_rows_alone(engine: BatchedEngine) -> None:
-    """Five rows in the graph of eight: whatever its padding rows held before (NaN here), the five get the
-    same bits (rows meet only through the KV slots, and padding rows write slots no request holds)."""
-    runner = engine._runner
-    inputs = _inputs(engine, 5)
-    static = runner.graphs._graphs[8, 1024].inputs
-    filled = int(inputs.positions.max()) + 1
-    with torch.inference_mode():
-        static.lm_hidden[5:] = static.residual_hidden[5:] = 0.0
-        clean = runner.graphs.run(inputs, TIMESTEPS, filled)
-        static.lm_hidden[5:] = static.residual_hidden[5:] = float("nan")
-        dirty = runner.graphs.run(inputs, TIMESTEPS, filled)
-    assert clean is not None and dirty is not None
+    """Five rows in the graph of eight, its padding rows zeros, against the same five with three other rows:
+    the five get the same bits (rows meet only through the KV slots, each writing its own)."""
+    full = _inputs(engine, 8)
+    five = StepInputs(*(getattr(full, field.name)[:5].clone() for field in dataclasses.fields(full)))
+    padded, together = _replayed(engine, five), _replayed(engine, full)
     for name in ("latents", "stop", "lm_hidden", "residual_hidden"):
-        assert torch.equal(getattr(clean, name), getattr(dirty, name)), name
+        assert torch.equal(getattr(padded, name), getattr(together, name)[:5]), name
 
 
 def test_the_packed_prefill_attends_per_request_in_one_call(engine: BatchedEngine) -> None:
@@ -118,4 +120,5 @@ def test_a_batch_stepping_from_graphs_streams_every_request(engine: BatchedEngin
         thread.join()
     for audio in results:
         assert audio is not None and audio.size > 0 and np.isfinite(audio).all()
+    assert engine._decoder.graphs is not None
     assert np.array_equal(engine.generate(requests[0], streaming=True), engine.generate(requests[0], streaming=True))

@@ -16,6 +16,10 @@ What it matches: decoding an utterance patch by patch equals voxcpm's whole-utte
 (1e-7 apart), so with ``batch_invariant`` the rows of a call are decoded one after another there, and a
 request's audio never depends on what else is in the batch; otherwise the batch is one call.
 
+On CUDA the per-step decode of a batch of streams can be replayed from CUDA graphs (``use_graphs``, as the
+decode step is: ``cuda_graphs.py``); its padding rows advance the states of slots no request holds, which
+a joining request resets.
+
 On CPU the pointwise (1x1) convolutions of a batch run as one GEMM per row (``_pointwise_step``), as
 PyTorch runs them for a single row: for more than one row it hands them to oneDNN, whose fixed cost per
 call (~0.1 ms) made an 8-row decode on the tiny model 6.9 ms instead of 5.7. Each row gets the bits a
@@ -28,11 +32,13 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from serve_app.model.cuda_graphs import PaddedGraphs
 from serve_app.model.transfer import to_device
 
 _KERNELS_PER_BATCH_SIZE = 64  # room per batch size: VoxCPM's VAE decoders have 31 to 45 convolutions
@@ -52,6 +58,19 @@ def _causal_context(module: nn.Module) -> tuple[int, int | None] | None:
     return None
 
 
+@dataclass
+class _Latents:
+    latents: torch.Tensor  # (rows, latent_dim, frames), float32
+
+
+@dataclass
+class _Audio:
+    samples: torch.Tensor  # (rows, samples)
+
+    def first(self, rows: int) -> _Audio:
+        return _Audio(self.samples[:rows].clone())
+
+
 class StreamingVAEDecoder:
     """Decodes latent patches of up to ``slots`` streams at once, each carrying its own causal-conv state."""
 
@@ -68,6 +87,24 @@ class StreamingVAEDecoder:
                 self._layers.append((module, context, trim, state))
         cpu = device.type == "cpu"
         self._pointwise = [module for module in vae.decoder.modules() if _is_pointwise(module)] if cpu else []
+        self.graphs: PaddedGraphs[_Latents, _Audio] | None = None
+        self._graph_frames = 0
+
+    def use_graphs(self, frames: int, capture: bool) -> None:
+        """Replay ``decode_batch`` of ``frames`` latent frames (a step's new patches, when every request in the
+        batch streams) from CUDA graphs captured now; on CPU (``capture`` False) computed eagerly on the
+        graphs' buffers, as the tests check them."""
+        device = next(self._vae.parameters()).device
+        every_slot = torch.arange(self._slots, device=device)
+
+        def blank(rows: int) -> _Latents:
+            return _Latents(torch.zeros(rows, self._vae.latent_dim, frames, device=device))
+
+        def compute(inputs: _Latents, _frames: int) -> _Audio:
+            return _Audio(self._decode_rows(inputs.latents, every_slot[: inputs.latents.shape[0]]))
+
+        self.graphs = PaddedGraphs("VAE decode", compute, blank, self._slots, [frames], capture)
+        self._graph_frames = frames
 
     def warm_up(self, frames: int, longest: int = 1) -> None:
         """Decode silence (``frames`` latent frames) once at every row count, and ``longest`` times as many frames
@@ -98,10 +135,23 @@ class StreamingVAEDecoder:
     def decode(self, latents: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""
         latents = latents.to(torch.float32)
-        index = to_device(slots, latents.device)  # once, not at each convolution (serve_app/model/transfer.py)
+        # the slots go to the device once, not at each convolution (serve_app/model/transfer.py)
+        return self._decode_rows(latents, to_device(slots, latents.device))
+
+    @torch.inference_mode()
+    def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:
+        """``decode`` for a whole batch: row i continues slot i, and no request holds a slot after the last row
+        (so a graph's padding rows may advance those). From a CUDA graph where there is one."""
+        rows, frames = latents.shape[0], latents.shape[-1]
+        if self.graphs is not None and frames == self._graph_frames:
+            if (replayed := self.graphs.run(_Latents(latents.to(torch.float32)), rows, frames)) is not None:
+                return replayed.samples
+        return self.decode(latents, list(range(rows)))
+
+    def _decode_rows(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         if self._row_by_row:
-            return torch.cat([self._decode(latents[row : row + 1], index[row : row + 1]) for row in range(len(slots))])
-        return self._decode(latents, index)
+            return torch.cat([self._decode(latents[row : row + 1], slots[row : row + 1]) for row in range(len(slots))])
+        return self._decode(latents, slots)
 
     def _decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         with self._installed(slots):

@@ -147,12 +147,14 @@ class BatchedEngine(RuntimeEngine):
         engine._loop()
 
     def _capture_graphs(self) -> None:
-        """The decode step's CUDA graphs for the default ``inference_timesteps``; eager steps if capture fails."""
+        """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode;
+        eager steps if capture fails."""
         try:
             self._runner.use_graphs(SynthesisRequest.inference_timesteps, capture=True)
+            self._decoder.use_graphs(self.runtime.model.patch_size, capture=True)
         except Exception:  # slower, not broken
             logger.warning("CUDA graphs of the decode step could not be captured: steps run eagerly", exc_info=True)
-            self._runner.graphs = None
+            self._runner.graphs = self._decoder.graphs = None
 
     def _loop(self) -> None:
         while True:
@@ -304,10 +306,11 @@ class BatchedEngine(RuntimeEngine):
         """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
         if not streams:
             return {}
-        if len(streams) < rows:
-            latents = latents[to_device(streams, latents.device)]
-        audio = self._decoder.decode(latents, streams).cpu().numpy()
-        return dict(zip(streams, audio, strict=True))
+        if len(streams) == rows:
+            audio = self._decoder.decode_batch(latents)
+        else:
+            audio = self._decoder.decode(latents[to_device(streams, latents.device)], streams)
+        return dict(zip(streams, audio.cpu().numpy(), strict=True))
 
     def _decode_latents(self, sequence: Sequence) -> None:
         """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""

@@ -22,7 +22,7 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
   caller has launched the VAE, so the host keeps launching kernels while the GPU runs the earlier ones.
 - **A step is its inputs' function**: each step gathers what it reads (``StepInputs``: the rows' carried
   states, their noise drawn from their own generators, guidance scales, positions) and then computes
-  from those tensors alone, so on a GPU it can be replayed from a CUDA graph (``graphs.py``).
+  from those tensors alone, so on a GPU it can be replayed from a CUDA graph (``use_graphs``).
 
 In bfloat16 (the real checkpoints' dtype) every module here gives the same bits at every batch size on
 CPU, so a request's latents are the reference engine's bit for bit whatever else is in the batch.
@@ -42,8 +42,8 @@ from torch.nn import functional
 from torch.nn.attention.varlen import varlen_attn
 from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
-from serve_app.model.batched.graphs import StepGraphs
 from serve_app.model.batched.kv_slots import KVSlots
+from serve_app.model.cuda_graphs import PaddedGraphs
 from serve_app.model.runtime import ModelInputs
 from serve_app.model.transfer import to_device
 
@@ -52,6 +52,7 @@ USE_CFG_ZERO_STAR = True
 # Masked attention gives the same bits whatever the length of the buffer it runs over (../shared/notes/
 # batching-facts.md), so a step attends over the slots' filled part, rounded up to a multiple of this.
 ATTENDED_POSITIONS_STEP = 256
+GRAPH_SPAN_STEP = 1024  # the same for the CUDA graphs of the step, whose span is part of their shapes
 
 
 @dataclass
@@ -124,12 +125,23 @@ class StepRunner:
         # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer
         self._varlen_prefill = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self._varlen_prefill = self._varlen_prefill and torch.cuda.get_device_capability(device) >= (8, 0)
-        self.graphs: StepGraphs | None = None
+        self.graphs: PaddedGraphs[StepInputs, StepOutput] | None = None
+        self._graph_timesteps = 0
 
     def use_graphs(self, timesteps: int, capture: bool) -> None:
-        """Replay the decode steps of rows sharing ``timesteps`` from graphs captured now (CUDA; on CPU,
-        ``capture`` False, the same buffers and padding computed eagerly: how the tests check them)."""
-        self.graphs = StepGraphs(self._compute, self._blank, timesteps, self.slots, self.kv_length, capture)
+        """Replay the decode steps whose rows all use ``timesteps`` from CUDA graphs (``../cuda_graphs.py``)
+        captured now, per batch size and per 1,024 positions of attended span; on CPU (``capture`` False) the
+        same buffers and padding computed eagerly, which is how the tests check them. Each row's noise is
+        drawn from its own generator before the replay (a graph would replay one draw); other steps (rows
+        with another ``inference_timesteps``) run eagerly."""
+        ends = range(GRAPH_SPAN_STEP, self.kv_length + GRAPH_SPAN_STEP, GRAPH_SPAN_STEP)
+        spans = sorted({min(self.kv_length, end) for end in ends})
+
+        def compute(inputs: StepInputs, span: int) -> StepOutput:
+            return self._compute(inputs, {timesteps: list(range(inputs.positions.shape[0]))}, span)
+
+        self.graphs = PaddedGraphs("decode step", compute, self._blank, self.slots, spans, capture)
+        self._graph_timesteps = timesteps
 
     @torch.inference_mode()
     def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
@@ -179,11 +191,14 @@ class StepRunner:
         groups: dict[int, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
-        if self.graphs is not None and len(groups) == 1:
-            if (replayed := self.graphs.run(inputs, rows[0].inference_timesteps, filled)) is not None:
+        if self.graphs is not None and groups.keys() == {self._graph_timesteps}:
+            if (replayed := self.graphs.run(inputs, len(rows), self._span(filled, GRAPH_SPAN_STEP))) is not None:
                 return replayed
-        span = min(self.kv_length, -(-filled // ATTENDED_POSITIONS_STEP) * ATTENDED_POSITIONS_STEP)
-        return self._compute(inputs, groups, span)
+        return self._compute(inputs, groups, self._span(filled, ATTENDED_POSITIONS_STEP))
+
+    def _span(self, filled: int, step: int) -> int:
+        """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
+        return min(self.kv_length, -(-filled // step) * step)
 
     def _inputs(self, rows: list[Row]) -> StepInputs:
         """What the step reads, gathered from the rows: their noise drawn now, each from its own generator."""
