@@ -123,8 +123,8 @@ class StepRunner:
         self.kv_length = kv_length
         self.slots = slots
         # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer
-        self._varlen_prefill = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-        self._varlen_prefill = self._varlen_prefill and torch.cuda.get_device_capability(device) >= (8, 0)
+        half = dtype in (torch.float16, torch.bfloat16)
+        self._varlen_prefill = device.type == "cuda" and half and torch.cuda.get_device_capability(device) >= (8, 0)
         self.graphs: PaddedGraphs[StepInputs, StepOutput] | None = None
         self._graph_timesteps = 0
 
