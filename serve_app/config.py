@@ -83,11 +83,12 @@ class ModelConfig(_Strict):
         "model's own max_length (4096). KV memory = max_batch_size x this x the model's per-token size.",
     )
     cuda_graphs: bool = Field(
-        True,
+        False,
         description="engine: batched, on CUDA — replay each decode step and the streams' VAE decode from CUDA "
         "graphs captured at start (for batch sizes 1, 2, 4, 8 and every 16; the step's per 1,024 positions of KV "
         "span): a step's thousands of small kernels launched at once instead of one by one. Costs seconds at "
-        "start; steps with a non-default inference_timesteps run eagerly.",
+        "start; steps with a non-default inference_timesteps run eagerly. Off until it has run on a GPU "
+        "(tests/test_cuda.py, benchmarks/gpu_run.sh): it is tested on CPU only, where nothing is captured.",
     )
     stream_coalesce_lead_s: float = Field(
         0.0,

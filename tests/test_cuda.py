@@ -32,7 +32,13 @@ TIMESTEPS = SynthesisRequest.inference_timesteps
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchedEngine]:
     checkpoint = synthetic.build(request.param, tmp_path_factory.mktemp("cuda") / request.param, dtype="bfloat16")
     config = ModelConfig(
-        source=str(checkpoint), device="cuda", engine="batched", max_batch_size=8, kv_cache_length=2048, warmup=False
+        source=str(checkpoint),
+        device="cuda",
+        engine="batched",
+        max_batch_size=8,
+        kv_cache_length=2048,
+        warmup=False,
+        cuda_graphs=True,
     )
     loaded = BatchedEngine.load(config)
     yield loaded
