@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import threading
 import time
@@ -191,11 +192,12 @@ def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(e
     """On a GPU the packed prefill's attention is one ``varlen_attn`` call per layer (CUDA only: flash
     attention). Here a stand-in with its contract (packed (tokens, heads, dim) tensors, int32 offsets, the
     longest length, causal) attends per request: the prefill gives the per-request path's bits, KV slots
-    included, so the packing around the call is right (the kernel itself: tests/test_cuda.py)."""
+    included, so the packing around the call is right (the kernel itself: tests/test_cuda.py). The check a
+    runner makes at start takes such a kernel, and refuses one that fails or attends otherwise."""
     _, batched, _ = engines
     runner, runtime = batched._runner, batched.runtime
 
-    def stand_in(*tensors_and_starts: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
+    def stand_in(*tensors_and_starts: torch.Tensor, window_size: tuple[int, int], causal: bool = True) -> torch.Tensor:
         query, key, value, starts, key_starts, longest, key_longest = tensors_and_starts
         assert window_size == (-1, 0) and starts is key_starts and starts.dtype == torch.int32
         bounds = starts.tolist()
@@ -203,9 +205,12 @@ def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(e
         outputs = []
         for start, end in itertools.pairwise(bounds):
             one = (tensor[start:end].transpose(0, 1).unsqueeze(0).contiguous() for tensor in (query, key, value))
-            attended = torch.nn.functional.scaled_dot_product_attention(*one, is_causal=True, enable_gqa=True)
+            attended = torch.nn.functional.scaled_dot_product_attention(*one, is_causal=causal, enable_gqa=True)
             outputs.append(attended[0].transpose(0, 1))
         return torch.cat(outputs)
+
+    def failing(*_: object, **__: object) -> torch.Tensor:
+        raise RuntimeError("no kernel image is available for execution on the device")
 
     batch = []
     for text in ["短句。", "A longer sentence with a few more tokens in it.", "第三个请求的文本稍微长一点。"]:
@@ -220,6 +225,11 @@ def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(e
         assert one.length == other.length and torch.equal(one.lm_hidden, other.lm_hidden)
         assert torch.equal(one.residual_hidden, other.residual_hidden)
     assert torch.equal(caches[0], runner.base_kv.cache) and torch.equal(caches[1], runner.residual_kv.cache)
+    assert runner._varlen_agrees()
+    monkeypatch.setattr(step_runner, "varlen_attn", functools.partial(stand_in, causal=False))
+    assert not runner._varlen_agrees()
+    monkeypatch.setattr(step_runner, "varlen_attn", failing)
+    assert not runner._varlen_agrees()
 
 
 def test_graphs_are_captured_for_a_few_batch_sizes_and_a_call_takes_the_smallest_that_holds_it() -> None:

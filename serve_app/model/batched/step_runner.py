@@ -8,8 +8,9 @@ batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batc
   encoder) runs once for all of them, and attention runs per request over its own tokens, exactly as
   voxcpm runs it (padding several prompts to one length is not exact): on CPU one call per request, on a
   GPU one variable-length flash-attention call for all of them (``varlen_attn``, the kernel voxcpm's own
-  causal attention runs there, over each request's tokens alone), so a burst's prefill launches O(layers)
-  kernels, not O(requests x layers). Each request's keys and values then go into its KV slot.
+  causal attention runs there, over each request's tokens alone; checked at start), so a burst's prefill
+  launches O(layers) kernels, not O(requests x layers). Each request's keys and values then go into its
+  KV slot.
 - **LM steps** write each row's key and value at the row's own position and attend over the slots'
   filled part with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
   rotary embeddings shaped per row.
@@ -31,6 +32,7 @@ CPU, so a request's latents are the reference engine's bit for bit whatever else
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +48,8 @@ from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.cuda_graphs import PaddedGraphs
 from serve_app.model.runtime import ModelInputs
 from serve_app.model.transfer import to_device
+
+logger = logging.getLogger(__name__)
 
 SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
 USE_CFG_ZERO_STAR = True
@@ -122,9 +126,10 @@ class StepRunner:
         self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
         self.kv_length = kv_length
         self.slots = slots
-        # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer
+        # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer, and checked here
         half = dtype in (torch.float16, torch.bfloat16)
         self._varlen_prefill = device.type == "cuda" and half and torch.cuda.get_device_capability(device) >= (8, 0)
+        self._varlen_prefill = self._varlen_prefill and self._varlen_agrees()
         self.graphs: PaddedGraphs[StepInputs, StepOutput] | None = None
         self._graph_timesteps = 0
 
@@ -142,6 +147,24 @@ class StepRunner:
 
         self.graphs = PaddedGraphs("decode step", compute, self._blank, self.slots, spans, capture)
         self._graph_timesteps = timesteps
+
+    @torch.inference_mode()
+    def _varlen_agrees(self) -> bool:
+        """Whether the variable-length call runs on this GPU and attends as one call per request does: checked
+        once, on the first layer's attention with two requests of random states."""
+        attention, lengths, cache = self.model.base_lm.layers[0].self_attn, [5, 11], self.base_kv.cache
+        hidden = cache.new_empty(1, sum(lengths), self.model.base_lm.config.hidden_size).normal_()
+        starts = to_device([0, *itertools.accumulate(lengths)], cache.device, torch.int32)
+        try:
+            packed, _ = self._packed_attention(attention, hidden, None, lengths, starts)
+        except RuntimeError:
+            logger.warning("variable-length attention unavailable: prefills attend per request", exc_info=True)
+            return False
+        per_request, _ = self._packed_attention(attention, hidden, None, lengths, None)
+        agrees = torch.allclose(packed, per_request, rtol=0.02, atol=0.02)
+        if not agrees:
+            logger.warning("variable-length attention disagrees with one call per request: prefills attend per request")
+        return agrees
 
     @torch.inference_mode()
     def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
