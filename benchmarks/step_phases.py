@@ -299,6 +299,9 @@ def main() -> None:
             print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
         if args.graph_probe:
             engine._capture_graphs()
+        if args.graph_probe and engine._runner.graphs is None:
+            print("the decode step's CUDA graphs could not be captured (the log above says why)", flush=True)
+        elif args.graph_probe:
             for streams in dict.fromkeys(levels):
                 probes.append(graph_probe(engine, streams))
                 print(probes[-1], flush=True)

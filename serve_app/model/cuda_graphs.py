@@ -58,7 +58,7 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
         pool = None
         for size in reversed(self.sizes):
             inputs = blank(size)
-            for key in keys:
+            for key in reversed(keys):
                 graph = outputs = None
                 if capture:
                     graph, outputs = _captured(lambda inputs=inputs, key=key: compute(inputs, key), pool)
@@ -85,13 +85,17 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
         return outputs.first(rows)
 
 
+WARM_UP_CALLS = 3  # TorchScript (voxcpm's snake activation) compiles its fused kernel at a shape's second call
+
+
 def _captured(work: Callable[[], Outputs], pool: Any) -> tuple[torch.cuda.CUDAGraph, Outputs]:
-    """``work`` captured as a graph, after one eager run on a side stream (which initialises what a first call
-    does lazily, outside the capture), as PyTorch's guide does it."""
+    """``work`` captured as a graph, after eager runs on a side stream (which do what a first call does
+    lazily, outside the capture), as PyTorch's guide does it."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.inference_mode():
-        work()
+        for _ in range(WARM_UP_CALLS):
+            work()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool), torch.inference_mode():

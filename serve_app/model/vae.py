@@ -89,6 +89,11 @@ class StreamingVAEDecoder:
         self._pointwise = [module for module in vae.decoder.modules() if _is_pointwise(module)] if cpu else []
         self.graphs: PaddedGraphs[_Latents, _Audio] | None = None
         self._graph_frames = 0
+        # VoxCPM2's VAE is conditioned on its output rate, which its decode would otherwise copy to the device
+        # at every call (a wait for the GPU; in a CUDA graph's capture, an error): one copy, made here
+        self._rate: tuple[torch.Tensor, ...] = ()
+        if getattr(vae, "sr_bin_boundaries", None) is not None:
+            self._rate = (torch.tensor([vae.out_sample_rate], device=device, dtype=torch.int32),)
 
     def use_graphs(self, frames: int, capture: bool) -> None:
         """Replay ``decode_batch`` of ``frames`` latent frames (a step's new patches, when every request in the
@@ -155,7 +160,7 @@ class StreamingVAEDecoder:
 
     def _decode(self, latents: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         with self._installed(slots):
-            return self._vae.decode(latents).squeeze(1)
+            return self._vae.decode(latents, *self._rate).squeeze(1)
 
     @contextlib.contextmanager
     def _installed(self, slots: torch.Tensor) -> Iterator[None]:

@@ -148,13 +148,14 @@ class BatchedEngine(RuntimeEngine):
 
     def _capture_graphs(self) -> None:
         """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode;
-        eager steps if capture fails."""
-        try:
-            self._runner.use_graphs(SynthesisRequest.inference_timesteps, capture=True)
-            self._decoder.use_graphs(self.runtime.model.patch_size, capture=True)
-        except Exception:  # slower, not broken
-            logger.warning("CUDA graphs of the decode step could not be captured: steps run eagerly", exc_info=True)
-            self._runner.graphs = self._decoder.graphs = None
+        each eager if its capture fails."""
+        parts = ((self._runner, SynthesisRequest.inference_timesteps), (self._decoder, self.runtime.model.patch_size))
+        for part, shape in parts:
+            try:
+                part.use_graphs(shape, capture=True)  # type: ignore[attr-defined]
+            except Exception:  # slower, not broken
+                logger.warning("CUDA graphs of %s could not be captured: eager", type(part).__name__, exc_info=True)
+                part.graphs = None  # type: ignore[attr-defined]
 
     def _loop(self) -> None:
         while True:
