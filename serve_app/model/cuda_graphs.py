@@ -21,6 +21,7 @@ on them, which is how the tests check that neither changes a bit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -61,7 +62,7 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
             for key in reversed(keys):
                 graph = outputs = None
                 if capture:
-                    graph, outputs = _captured(lambda inputs=inputs, key=key: compute(inputs, key), pool)
+                    graph, outputs = _captured(functools.partial(compute, inputs, key), pool)
                     pool = graph.pool()
                 self._graphs[size, key] = (inputs, outputs, graph)
         if capture:
@@ -71,7 +72,7 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
         """The work over ``inputs``' ``rows`` rows from a graph, or None where none holds it (the caller computes
         it eagerly)."""
         size = next((size for size in self.sizes if size >= rows), None)
-        if (size, key) not in self._graphs:
+        if size is None or (size, key) not in self._graphs:
             return None
         static, outputs, graph = self._graphs[size, key]
         for field in dataclasses.fields(static):  # type: ignore[arg-type]

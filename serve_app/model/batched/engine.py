@@ -43,6 +43,7 @@ from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
 from serve_app.model.transfer import to_device
 from serve_app.model.types import SynthesisRequest
+from serve_app.model.vae import StreamingVAEDecoder
 from serve_app.voices import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -149,13 +150,16 @@ class BatchedEngine(RuntimeEngine):
     def _capture_graphs(self) -> None:
         """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode;
         each eager if its capture fails."""
-        parts = ((self._runner, SynthesisRequest.inference_timesteps), (self._decoder, self.runtime.model.patch_size))
+        parts: tuple[tuple[StepRunner | StreamingVAEDecoder, int], ...] = (
+            (self._runner, SynthesisRequest.inference_timesteps),
+            (self._decoder, self.runtime.model.patch_size),
+        )
         for part, shape in parts:
             try:
-                part.use_graphs(shape, capture=True)  # type: ignore[attr-defined]
+                part.use_graphs(shape, capture=True)
             except Exception:  # slower, not broken
                 logger.warning("CUDA graphs of %s could not be captured: eager", type(part).__name__, exc_info=True)
-                part.graphs = None  # type: ignore[attr-defined]
+                part.graphs = None
 
     def _loop(self) -> None:
         while True:

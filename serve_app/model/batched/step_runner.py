@@ -372,8 +372,14 @@ class StepRunner:
             query, key = apply_rotary_pos_emb(query, key, *rotary)
         if starts is not None:
             longest = max(lengths)
-            packed = (tensor[0].transpose(0, 1).contiguous() for tensor in (query, key, value))  # (tokens, heads, dim)
-            output = varlen_attn(*packed, starts, starts, longest, longest, window_size=(-1, 0))  # causal
+            # (tokens, heads, dim), as flash attention's variable-length kernel takes them; window (-1, 0): causal
+            packed_query, packed_key, packed_value = (
+                tensor[0].transpose(0, 1).contiguous() for tensor in (query, key, value)
+            )
+            output = varlen_attn(
+                packed_query, packed_key, packed_value, starts, starts, longest, longest, window_size=(-1, 0)
+            )
+            assert isinstance(output, torch.Tensor)  # not the (output, logsumexp) pair asked for by return_aux
             return attention.o_proj(output.reshape(1, tokens, heads * head_dim)), (key, value)
         outputs = []
         start = 0
