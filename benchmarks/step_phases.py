@@ -40,6 +40,7 @@ from serve_app.config import ModelConfig
 from serve_app.model.batched import engine as batched_engine
 from serve_app.model.batched import step_runner
 from serve_app.model.engine import load_engine
+from serve_app.model.types import SynthesisRequest
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
 PHASES: tuple[tuple[Any, str, str], ...] = (
@@ -51,7 +52,7 @@ PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_decode_streams", "VAE decode"),
 )
 STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode")
-INFERENCE_TIMESTEPS = 5
+INFERENCE_TIMESTEPS = SynthesisRequest.inference_timesteps  # the engine captures its graphs for it
 
 
 class PhaseClock:
