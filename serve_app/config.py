@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 from serve_app.synthetic import PRESETS
 
 API_KEYS_ENV = "VOXCPM_SERVE_API_KEYS"
+ADMIN_KEYS_ENV = "VOXCPM_SERVE_ADMIN_KEYS"
+ALLOW_ANONYMOUS_ENV = "VOXCPM_SERVE_ALLOW_ANONYMOUS"
+# The decoded-sample budget of a reference upload by default: its duration limit at 48 kHz stereo.
+BUDGET_RATE, BUDGET_CHANNELS = 48000, 2
 
 
 class _Strict(BaseModel):
@@ -115,8 +119,29 @@ class LimitsConfig(_Strict):
     """Bounds on what one request may ask for."""
 
     max_text_chars: PositiveInt = 5000
-    max_prompt_audio_bytes: PositiveInt = 20 * 1024 * 1024
-    max_prompt_audio_seconds: float = Field(60.0, gt=0)
+    max_prompt_audio_bytes: PositiveInt = Field(
+        20 * 1024 * 1024,
+        description="An uploaded reference recording (prompt_audio, reference_audio, a voice's "
+        "audio), as sent: 413 naming the field.",
+    )
+    max_prompt_audio_seconds: float = Field(
+        60.0, gt=0, description="A reference recording's duration, read from its header before its samples: 422."
+    )
+    max_prompt_audio_channels: PositiveInt = Field(
+        8, description="A reference recording with more channels (its header says) is refused before decoding: 413."
+    )
+    max_prompt_audio_sample_rate: PositiveInt = Field(
+        192000, description="A reference recording at a higher rate is refused before decoding: 413."
+    )
+    max_prompt_audio_samples: PositiveInt | None = Field(
+        None,
+        description="Decoded samples (frames x channels) a reference recording may have, checked from its header "
+        "and again while it decodes (a header that lies is cut off): 413. Default: what max_prompt_audio_seconds "
+        f"allows at {BUDGET_RATE // 1000} kHz stereo (60 s: 5,760,000 samples, 23 MB as float32).",
+    )
+    prompt_audio_decode_timeout_s: float = Field(
+        10.0, gt=0, description="The longest one reference recording may take to decode: past it, 413."
+    )
     overload_retries: int = Field(
         1,
         ge=0,
@@ -126,18 +151,48 @@ class LimitsConfig(_Strict):
     )
 
     @property
+    def prompt_audio_sample_budget(self) -> int:
+        """``max_prompt_audio_samples``, or its default from the duration limit."""
+        derived = int(self.max_prompt_audio_seconds * BUDGET_RATE * BUDGET_CHANNELS)
+        return self.max_prompt_audio_samples or derived
+
+    @property
     def max_request_bytes(self) -> int:
         """The largest body any route accepts: a reference upload, the text and the form around them."""
         return self.max_prompt_audio_bytes + 4 * self.max_text_chars + 64 * 1024
 
 
+class TenantQuotas(_Strict):
+    """What one tenant may keep (admins are not counted: their voices are the shared ones)."""
+
+    voices: PositiveInt | None = Field(100, description="Saved voices per tenant; past it a create is a 403.")
+    voice_bytes: PositiveInt | None = Field(
+        512 * 1024 * 1024, description="Bytes of saved recordings per tenant; past it a create is a 403."
+    )
+
+
 class AccessConfig(_Strict):
-    """Who may call the API, how often, and from which web origins. Everything is off by default."""
+    """Who may call the API, as which tenant, how often, and from which web origins.
+
+    Keys are written ``key`` (a tenant of its own) or ``tenant=key`` (several keys of one tenant, so a
+    tenant keeps its voices when its key is rotated). With no keys at all there is one tenant, an admin,
+    and only loopback clients are served unless ``allow_anonymous`` says otherwise.
+    """
 
     api_keys: list[str] = Field(
         default_factory=list,
-        description="Accepted `Authorization: Bearer <key>` keys; none: no key needed. Keys are also read "
-        f"from the {API_KEYS_ENV} environment variable (comma-separated), which keeps them out of the config.",
+        description="Accepted `Authorization: Bearer <key>` keys, each `key` or `tenant=key`. Also read from the "
+        f"{API_KEYS_ENV} environment variable (comma-separated), which keeps them out of the config.",
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description=f"Keys of admins (same forms; also from the {ADMIN_KEYS_ENV} environment variable): they make "
+        "and change the shared voices, see every tenant's, and see node addresses in /api/gpu/status.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="With no keys configured, serve clients from any address (else loopback only: others get "
+        f"401 saying how to set keys). Also set by {ALLOW_ANONYMOUS_ENV}=true.",
     )
     rate_limit: str | None = Field(
         None,
@@ -146,12 +201,29 @@ class AccessConfig(_Strict):
         "replica; none: unlimited.",
         examples=["120/minute"],
     )
+    failed_auth_rate_limit: str | None = Field(
+        "30/minute",
+        description="Requests with a missing or wrong key allowed per client address (when keys are configured), "
+        "counted by each ingress replica; past it they get 429 instead of 401. Requests with a valid key are "
+        "never counted here. None: unlimited.",
+    )
+    max_requests_per_key: PositiveInt | None = Field(
+        None,
+        description="Synthesis requests one key may have in progress at once on an ingress replica (streams "
+        "count until they end); past it 429 with Retry-After. None (default): no cap.",
+    )
+    max_sockets_per_key: PositiveInt | None = Field(
+        None,
+        description="WebSocket conversations one key may have open at once on an ingress replica; past it 429 "
+        "with Retry-After. None (default): no cap.",
+    )
+    quotas: TenantQuotas = TenantQuotas()
     cors_allow_origins: list[str] = Field(
         default_factory=list,
         description="Web origins whose pages may call the API (['*']: any); none: same origin only.",
     )
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "failed_auth_rate_limit")
     @classmethod
     def _rate_limit_parses(cls, value: str | None) -> str | None:
         if value is not None:
@@ -211,6 +283,11 @@ class WebSocketConfig(_Strict):
     )
     max_connections: PositiveInt = Field(
         48, description="Open sockets per ingress replica; more are refused (503) before they are accepted."
+    )
+    max_contexts: PositiveInt = Field(
+        100,
+        description="Contexts open at once on one socket (given text and not yet ended, cancelled or failed); a "
+        "message that would open one more is refused with a non-fatal error naming its context_id.",
     )
 
 

@@ -48,9 +48,30 @@ class Unauthorized(ServiceError):
         return {**super().headers(), "WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):
+    """The caller is known but may not do this (a shared voice is changed by admins only)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class QuotaExceeded(ServiceError):
+    """A tenant's quota (its ``field`` names which, as in the config) would be passed."""
+
+    status = 403
+    code = "quota_exceeded"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
+
+
+class Conflict(ServiceError):
+    """The request clashes with what exists (a second voice of one name in one tenant)."""
+
+    status = 409
+    code = "conflict"
 
 
 class InvalidField(ServiceError):
@@ -98,6 +119,13 @@ class RateLimited(ServiceError):
     status = 429
     code = "rate_limited"
     default_retry_after_s = 1
+
+
+class InsufficientStorage(ServiceError):
+    """The disk (or its quota) is full: nothing of the request was kept."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class SessionTimeout(ServiceError):
