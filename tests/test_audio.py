@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -9,8 +10,15 @@ import pytest
 import soundfile as sf
 
 from serve_app.audio import wav
-from serve_app.audio.reference import decode_reference
+from serve_app.audio.reference import AudioBounds, decode_reference
 from serve_app.errors import InvalidField, UnsupportedMedia
+
+# LimitsConfig's defaults: 60 s, 8 channels, 192 kHz, 60 s at 48 kHz stereo, 10 s to decode.
+BOUNDS = AudioBounds(max_seconds=60, max_channels=8, max_sample_rate=192_000, max_samples=5_760_000, timeout_s=10)
+
+
+def within(seconds: float) -> AudioBounds:
+    return dataclasses.replace(BOUNDS, max_seconds=seconds)
 
 
 def test_streaming_header_plus_chunks_is_one_readable_file() -> None:
@@ -40,7 +48,7 @@ def encoded(samples: np.ndarray, rate: int, **kwargs: object) -> bytes:
 
 def test_reference_is_mixed_down_and_resampled() -> None:
     stereo = np.stack([np.ones(48000) * 0.5, np.zeros(48000)], axis=1)
-    mono = decode_reference(encoded(stereo, 48000, format="WAV"), 16000, 10, "prompt_audio")
+    mono = decode_reference(encoded(stereo, 48000, format="WAV"), 16000, within(10), "prompt_audio")
     assert mono.dtype == np.float32 and mono.ndim == 1
     assert abs(len(mono) - 16000) <= 1
     assert np.allclose(mono[2000:-2000], 0.25, atol=1e-2)
@@ -49,24 +57,24 @@ def test_reference_is_mixed_down_and_resampled() -> None:
 @pytest.mark.parametrize("fmt", ["FLAC", "OGG"])
 def test_reference_in_other_containers(fmt: str) -> None:
     data = encoded(np.zeros(16000), 16000, format=fmt)
-    assert len(decode_reference(data, 16000, 10, "prompt_audio")) == 16000
+    assert len(decode_reference(data, 16000, within(10), "prompt_audio")) == 16000
 
 
 def test_reference_too_long_is_refused_before_decoding() -> None:
     with pytest.raises(InvalidField, match="limit is 1 s"):
-        decode_reference(encoded(np.zeros(32000), 16000, format="WAV"), 16000, 1, "prompt_audio")
+        decode_reference(encoded(np.zeros(32000), 16000, format="WAV"), 16000, within(1), "prompt_audio")
 
 
 def test_reference_that_is_not_audio() -> None:
     with pytest.raises(UnsupportedMedia) as raised:
-        decode_reference(b"%PDF-1.7 definitely not audio", 16000, 10, "prompt_audio")
+        decode_reference(b"%PDF-1.7 definitely not audio", 16000, within(10), "prompt_audio")
     assert raised.value.field == "prompt_audio"
     assert "BytesIO" not in raised.value.message
 
 
 def test_reference_without_samples() -> None:
     with pytest.raises(InvalidField, match="no samples"):
-        decode_reference(encoded(np.zeros(0), 16000, format="WAV"), 16000, 10, "prompt_audio")
+        decode_reference(encoded(np.zeros(0), 16000, format="WAV"), 16000, within(10), "prompt_audio")
 
 
 def test_browser_recordings_decode_through_ffmpeg() -> None:
@@ -80,7 +88,7 @@ def test_browser_recordings_decode_through_ffmpeg() -> None:
         frame.sample_rate = 48000
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    mono = decode_reference(buffer.getvalue(), 16000, 10, "prompt_audio")
+    mono = decode_reference(buffer.getvalue(), 16000, within(10), "prompt_audio")
     assert abs(len(mono) - 16000) < 400
     with pytest.raises(InvalidField, match=r"limit is 0\.5 s"):
-        decode_reference(buffer.getvalue(), 16000, 0.5, "prompt_audio")
+        decode_reference(buffer.getvalue(), 16000, within(0.5), "prompt_audio")

@@ -3,24 +3,77 @@
 libsndfile first (WAV, FLAC, OGG, MP3, any bit depth); FFmpeg through PyAV for the rest, such as
 the WebM/Opus or MP4/AAC a browser's MediaRecorder produces.
 
+A few kilobytes may decode to gigabytes (a silent FLAC at 8 channels and 655 kHz compresses a
+thousandfold), so what an upload may decode to is bounded twice: from its header, before any sample
+is decoded, and again block by block as it decodes, so a header that lies is cut off at the first
+block past a bound. Each block is mixed down to mono as it arrives: the channels never exist whole
+in memory, and the mono buffer never exceeds the sample budget. Decoding also stops at a deadline,
+and when the client has left.
+
 The upload is decoded from memory; its file name is never looked at, let alone used as a path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
 
-from serve_app.errors import InvalidField, UnsupportedMedia
+from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge, UnsupportedMedia
+
+# libsndfile decodes this many frames at a time into one reused buffer: 2 MiB at 8 channels.
+BLOCK_FRAMES = 65536
+# The frame count libsndfile reports when a header leaves it out (a FLAC streamed without its total):
+# such a file is checked only as it decodes.
+UNKNOWN_FRAMES = 2**63 - 1
 
 
-def decode_reference(data: bytes, target_rate: int, max_seconds: float, field: str) -> np.ndarray:
-    """Decode, mix down to mono and resample; refuse what is not audio or is too long or empty."""
-    mono, rate = decode_mono(data, max_seconds, field)
+@dataclass(frozen=True)
+class AudioBounds:
+    """What one uploaded recording may be and decode to (the ingress builds it from ``LimitsConfig``)."""
+
+    max_seconds: float  # longer: 422, the client's recording is merely too long
+    max_channels: int  # more, a higher rate or more samples: 413, an upload too costly to decode
+    max_sample_rate: int
+    max_samples: int  # decoded frames x channels
+    timeout_s: float  # decoding longer than this: 413
+
+
+async def decode_upload(
+    data: bytes, bounds: AudioBounds, field: str, target_rate: int | None = None
+) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate (``target_rate``, when given), decoded in a worker thread.
+
+    When the awaiting request is cancelled (its client left), the thread is told to stop at its next
+    block instead of decoding on for nobody.
+    """
+    cancelled = threading.Event()
+
+    def decode() -> tuple[np.ndarray, int]:
+        if target_rate is None:
+            return decode_mono(data, bounds, field, cancelled)
+        return decode_reference(data, target_rate, bounds, field, cancelled), target_rate
+
+    try:
+        return await asyncio.to_thread(decode)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
+def decode_reference(
+    data: bytes, target_rate: int, bounds: AudioBounds, field: str, cancelled: threading.Event | None = None
+) -> np.ndarray:
+    """Decode, mix down to mono and resample; refuse what is not audio, out of bounds or empty."""
+    mono, rate = decode_mono(data, bounds, field, cancelled)
     return resample(mono, rate, target_rate)
 
 
@@ -30,44 +83,146 @@ def resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def decode_mono(data: bytes, max_seconds: float, field: str) -> tuple[np.ndarray, int]:
-    """Mono float32 samples and their rate; refuse what is not audio or is too long or empty."""
+def decode_mono(
+    data: bytes, bounds: AudioBounds, field: str, cancelled: threading.Event | None = None
+) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate; refuse what is not audio, out of bounds or empty.
+
+    Raises ``concurrent.futures.CancelledError`` at the next block once ``cancelled`` is set.
+    """
+    decoding = _Decoding(bounds, field, cancelled)
     try:
-        samples, rate = _libsndfile(data, max_seconds, field)
+        _libsndfile(data, decoding)
     except sf.LibsndfileError as exc:
         reason = exc.error_string.rstrip(".").lower()  # libsndfile's words, without its repr of our buffer
-        try:
-            samples, rate = _ffmpeg(data, max_seconds, field)
-        except (av.FFmpegError, ValueError, IndexError):
-            raise UnsupportedMedia(f"{field} is not audio this service can decode: {reason}", field) from None
-    if samples.shape[0] == 0:
-        raise InvalidField("reference audio contains no samples", field)
-    mono = samples.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(mono).all():
-        raise InvalidField("reference audio contains NaN or infinite samples", field)
-    return mono, rate
+    else:
+        return decoding.result()
+    # outside the handler, whose traceback would keep what libsndfile decoded alive through FFmpeg's decode
+    decoding = _Decoding(bounds, field, cancelled, decoding.deadline)
+    try:
+        _ffmpeg(data, decoding)
+    except (av.FFmpegError, ValueError, IndexError):
+        raise UnsupportedMedia(f"{field} is not audio this service can decode: {reason}", field) from None
+    return decoding.result()
 
 
-def _too_long(seconds: float, max_seconds: float, field: str) -> None:
-    if seconds > max_seconds:
-        raise InvalidField(f"reference audio is {seconds:.1f} s long; the limit is {max_seconds:g} s", field)
+class MonoBuffer:
+    """Mono samples appended block by block to one array grown by doubling, up to ``limit``: linear in
+    what was decoded however small the blocks (FFmpeg may decode thousands of one-sample frames).
+
+    The array grows and shrinks in place (``realloc``, which moves large blocks without copying them),
+    so it is never held twice; no view of it exists until ``samples``, the last call.
+    """
+
+    def __init__(self, capacity: int, limit: int) -> None:
+        self._data = np.empty(min(capacity, limit), np.float32)
+        self._size = 0
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, block: np.ndarray) -> None:
+        end = self._size + len(block)
+        if end > len(self._data):
+            self._data.resize(max(end, min(2 * len(self._data), self._limit)), refcheck=False)
+        self._data[self._size : end] = block
+        self._size = end
+
+    def samples(self) -> np.ndarray:
+        self._data.resize(self._size, refcheck=False)  # a header that promised more frees the rest
+        return self._data
 
 
-def _libsndfile(data: bytes, max_seconds: float, field: str) -> tuple[np.ndarray, int]:
+class _Decoding:
+    """One upload's decode: its bounds checked from the header, then again after every block."""
+
+    def __init__(
+        self, bounds: AudioBounds, field: str, cancelled: threading.Event | None, deadline: float | None = None
+    ) -> None:
+        self.bounds = bounds
+        self.field = field
+        self.cancelled = cancelled
+        self.deadline = time.monotonic() + bounds.timeout_s if deadline is None else deadline
+        self.rate = 0
+        self.samples = 0  # decoded so far, frames x channels
+        self.mono = MonoBuffer(0, bounds.max_samples)
+
+    def start(self, channels: int, rate: int, frames: int | None) -> None:
+        """Refuse from the header (``frames``: none when it does not say), before decoding a sample."""
+        self._check_format(channels, rate)
+        self.rate = rate
+        if frames is not None:
+            self._check_size(frames, frames * channels, "")
+            self.mono = MonoBuffer(frames, self.bounds.max_samples)  # the header is usually right
+
+    def add(self, mono: np.ndarray, channels: int, rate: int) -> None:
+        """Keep a decoded block (already mixed down from ``channels``), or stop: the client left, the
+        deadline passed, or the decoded audio went past a bound its header kept within."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise CancelledError(f"{self.field}: the request was cancelled while its audio decoded")
+        if time.monotonic() > self.deadline:
+            raise PayloadTooLarge(
+                f"{self.field} took longer than {self.bounds.timeout_s:g} s to decode; send a shorter or simpler "
+                "recording",
+                self.field,
+            )
+        self._check_format(channels, rate)
+        if not self.samples:
+            self.rate = rate  # FFmpeg's decoder has the last word (the resampler refuses a rate that changes)
+        self.samples += len(mono) * channels
+        self._check_size(len(self.mono) + len(mono), self.samples, "at least ")
+        if not np.isfinite(mono).all():
+            raise InvalidField("reference audio contains NaN or infinite samples", self.field)
+        self.mono.append(mono)
+
+    def result(self) -> tuple[np.ndarray, int]:
+        if not len(self.mono):
+            raise InvalidField("reference audio contains no samples", self.field)
+        return self.mono.samples(), self.rate
+
+    def _check_format(self, channels: int, rate: int) -> None:
+        bounds, field = self.bounds, self.field
+        if channels > bounds.max_channels:
+            raise PayloadTooLarge(f"{field} has {channels} channels; the limit is {bounds.max_channels}", field)
+        if rate > bounds.max_sample_rate:
+            raise PayloadTooLarge(f"{field} is sampled at {rate} Hz; the limit is {bounds.max_sample_rate} Hz", field)
+        if rate <= 0:
+            raise BadRequest(f"{field} declares a sample rate of {rate} Hz", field)
+
+    def _check_size(self, frames: int, samples: int, at_least: str) -> None:
+        """The duration first, so a recording that is merely too long keeps its 422."""
+        bounds, field = self.bounds, self.field
+        if frames / self.rate > bounds.max_seconds:
+            raise InvalidField(
+                f"reference audio is {at_least}{frames / self.rate:.1f} s long; the limit is {bounds.max_seconds:g} s",
+                field,
+            )
+        if samples > bounds.max_samples:
+            raise PayloadTooLarge(
+                f"{field} decodes to {at_least}{samples:,} samples (frames x channels); the limit is "
+                f"{bounds.max_samples:,}",
+                field,
+            )
+
+
+def _libsndfile(data: bytes, decoding: _Decoding) -> None:
     with sf.SoundFile(io.BytesIO(data)) as source:
-        _too_long(source.frames / source.samplerate, max_seconds, field)  # before reading the samples
-        return source.read(dtype="float32", always_2d=True), source.samplerate
+        channels, rate = source.channels, source.samplerate
+        decoding.start(channels, rate, None if source.frames == UNKNOWN_FRAMES else source.frames)
+        block = np.empty((min(BLOCK_FRAMES, source.frames), channels), np.float32)
+        while len(read := source.read(out=block)):
+            decoding.add(read.mean(axis=1, dtype=np.float32), channels, rate)
 
 
-def _ffmpeg(data: bytes, max_seconds: float, field: str) -> tuple[np.ndarray, int]:
-    """(frames, channels) float32 through FFmpeg, stopping as soon as the limit is passed."""
+def _ffmpeg(data: bytes, decoding: _Decoding) -> None:
+    """Through FFmpeg, one decoded frame at a time: its stream's header gives no reliable length."""
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
-        to_float = av.AudioResampler(format="flt", layout="mono")
-        pieces, rate = [], stream.rate or stream.codec_context.sample_rate
+        if stream.codec_context is None:
+            raise ValueError("FFmpeg has no decoder for this stream")  # not audio this service can decode: 415
+        decoding.start(stream.codec_context.channels, stream.codec_context.sample_rate, None)
+        to_mono = av.AudioResampler(format="flt", layout="mono")
         for frame in container.decode(stream):
-            for converted in to_float.resample(frame):
-                pieces.append(converted.to_ndarray().reshape(-1))
-            _too_long(sum(map(len, pieces)) / rate, max_seconds, field)
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return samples[:, None], rate
+            for converted in to_mono.resample(frame):
+                decoding.add(converted.to_ndarray().reshape(-1), frame.layout.nb_channels, frame.sample_rate)

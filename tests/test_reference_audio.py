@@ -1,0 +1,282 @@
+"""Uploaded reference audio stays bounded in memory and time, whatever its header says.
+
+Every crafted file is made here (soundfile or PyAV), nothing binary is committed;
+benchmarks/upload_memory.py sends the same ones through the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import struct
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from serve_app.audio import reference
+from serve_app.audio.reference import BLOCK_FRAMES, MonoBuffer, decode_mono, decode_upload
+from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge, ServiceError
+from tests.conftest import error_of
+from tests.test_audio import BOUNDS, encoded
+
+FIELD = "prompt_audio"
+BOMB_RATE = 655_340  # FLAC's highest rate is 655,350 Hz
+
+
+def written(frames: int, rate: int, channels: int, fmt: str = "FLAC", subtype: str = "PCM_16") -> bytes:
+    """Silence written block by block: a bomb's samples never exist whole here either."""
+    buffer = io.BytesIO()
+    block = np.zeros((min(frames, BLOCK_FRAMES), channels), np.int16)
+    with sf.SoundFile(buffer, "w", rate, channels, subtype, format=fmt) as out:
+        for start in range(0, frames, BLOCK_FRAMES):
+            out.write(block[: frames - start])
+    return buffer.getvalue()
+
+
+def bomb(seconds: int = 20) -> bytes:
+    """7.1 channels at 655,340 Hz of silence: about 100 KB that decode to 419 MB per 20 s as float32."""
+    return written(BOMB_RATE * seconds, BOMB_RATE, 8)
+
+
+def streamed(flac: bytes) -> bytes:
+    """The FLAC without its total sample count (zero: unknown), as an encoder writing to a pipe leaves it."""
+    data = bytearray(flac)
+    fields = int.from_bytes(data[18:26], "big")  # STREAMINFO: rate, channels, depth, then 36 bits of total
+    data[18:26] = (fields & ~(2**36 - 1)).to_bytes(8, "big")
+    return bytes(data)
+
+
+def wav_claiming(wav: bytes, data_bytes: int) -> bytes:
+    """The WAV with RIFF and data sizes of ``data_bytes`` (0xFFFFFFFF: a streaming header)."""
+    riff = 0xFFFFFFFF if data_bytes == 0xFFFFFFFF else data_bytes + 36
+    assert wav[36:40] == b"data"
+    return wav[:4] + struct.pack("<I", riff) + wav[8:40] + struct.pack("<I", data_bytes) + wav[44:]
+
+
+def matroska_pcm(samples: int, rate: int = 16000, per_frame: int = 1) -> bytes:
+    """Mono PCM in Matroska (no libsndfile format), ``per_frame`` samples to a frame (by default one: 8 bytes
+    of file per frame FFmpeg decodes). Sample k is (k mod 100) / 32768."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for start in range(0, samples, per_frame):
+            values = np.arange(start, min(start + per_frame, samples)) % 100
+            frame = av.AudioFrame.from_ndarray(values[None].astype(np.int16), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+    return buffer.getvalue()
+
+
+def rate_zero(fmt: str) -> bytes:
+    """A CAF or NIST SPHERE file saying 0 Hz: libsndfile refuses it, FFmpeg opens it."""
+    data = written(16000, 16000, 1, fmt)
+    if fmt == "CAF":
+        at = data.index(b"desc") + 12  # the chunk's sample rate, a big-endian double
+        return data[:at] + struct.pack(">d", 0.0) + data[at + 8 :]
+    return data.replace(b"sample_rate -i 16000", b"sample_rate -i 0    ")
+
+
+@dataclasses.dataclass
+class Peak:
+    bytes: int = 0
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[Peak]:
+    """The peak of what Python and numpy allocated inside the block (FFmpeg's own buffers are not traced)."""
+    peak = Peak()
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def test_the_audio_bomb_is_refused_from_its_header() -> None:
+    data = bomb()
+    with peak_memory() as peak, pytest.raises(PayloadTooLarge) as refused:
+        decode_mono(data, BOUNDS, FIELD)
+    assert refused.value.field == FIELD and "655340 Hz; the limit is 192000 Hz" in refused.value.message
+    assert peak.bytes < len(data)  # nothing decoded (it used to take 470 MB)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "channels", "rate", "seconds", "status", "words"),
+    [
+        ("WAV", 9, 16000, 1, 413, "has 9 channels; the limit is 8"),
+        ("FLAC", 1, 200_000, 1, 413, "sampled at 200000 Hz; the limit is 192000 Hz"),
+        ("FLAC", 6, 96000, 20, 413, "decodes to 11,520,000 samples (frames x channels); the limit is 5,760,000"),
+        ("FLAC", 1, 16000, 61, 422, "61.0 s long; the limit is 60 s"),
+        ("FLAC", 2, 48000, 61, 422, "61.0 s long; the limit is 60 s"),  # past the budget too: still merely long
+    ],
+)
+def test_out_of_bounds_headers_are_refused_before_decoding(
+    fmt: str, channels: int, rate: int, seconds: int, status: int, words: str
+) -> None:
+    data = written(rate * seconds, rate, channels, fmt)
+    with peak_memory() as peak, pytest.raises(ServiceError) as refused:
+        decode_mono(data, BOUNDS, FIELD)
+    assert (refused.value.status, refused.value.field) == (status, FIELD)
+    assert words in refused.value.message
+    assert peak.bytes < 100_000
+
+
+def test_stereo_is_still_mixed_down() -> None:
+    stereo = np.stack([np.full(480_000, 0.5), np.zeros(480_000)], axis=1)  # 10 s at 48 kHz
+    mono, rate = decode_mono(encoded(stereo, 48000, format="WAV"), BOUNDS, FIELD)
+    assert rate == 48000 and mono.shape == (480_000,) and mono.dtype == np.float32
+    assert np.allclose(mono, 0.25, atol=1e-4)
+
+
+def test_a_streaming_wav_header_is_measured_from_the_file() -> None:
+    """0xFFFFFFFF sizes: libsndfile counts the frames the file holds, so the header checks still apply."""
+    data = wav_claiming(written(32000, 16000, 1, "WAV"), 0xFFFFFFFF)
+    with peak_memory() as peak, pytest.raises(PayloadTooLarge, match="decodes to 32,000 samples"):
+        decode_mono(data, dataclasses.replace(BOUNDS, max_samples=16000), FIELD)
+    assert peak.bytes < 100_000
+
+
+def test_a_wav_claiming_fewer_frames_decodes_only_those() -> None:
+    data = wav_claiming(written(32000, 16000, 1, "WAV"), 2 * 1000)
+    assert len(decode_mono(data, BOUNDS, FIELD)[0]) == 1000
+
+
+@pytest.mark.parametrize(
+    ("channels", "rate", "seconds", "error", "words"),
+    [
+        (8, 192_000, 50, PayloadTooLarge, "decodes to at least"),
+        (1, 16000, 61, InvalidField, "is at least 6"),  # passed within the last block
+    ],
+)
+def test_a_header_without_a_length_is_cut_off_while_decoding(
+    channels: int, rate: int, seconds: int, error: type[ServiceError], words: str
+) -> None:
+    data = streamed(written(rate * seconds, rate, channels))
+    with peak_memory() as peak, pytest.raises(error, match=words) as refused:
+        decode_mono(data, BOUNDS, FIELD)
+    assert refused.value.field == FIELD
+    # at most the budget as float32 and a few blocks: all of the 8-channel one would be 307 MB
+    assert peak.bytes < 4 * BOUNDS.max_samples + 8 * 2**20
+
+
+def test_a_streamed_flac_within_bounds_decodes() -> None:
+    mono, rate = decode_mono(streamed(written(5 * 16000, 16000, 1)), BOUNDS, FIELD)
+    assert (len(mono), rate) == (5 * 16000, 16000)
+
+
+def test_many_tiny_ffmpeg_frames_decode() -> None:
+    mono, rate = decode_mono(matroska_pcm(20_000), BOUNDS, FIELD)
+    assert rate == 16000
+    assert np.array_equal(mono, (np.arange(20_000) % 100 / 32768).astype(np.float32))
+
+
+def test_the_mono_buffer_grows_geometrically() -> None:
+    """The work per sample is bounded: capacity doubles, so 20,000 one-sample blocks move it 15 times."""
+    buffer, capacities = MonoBuffer(0, limit=1_000_000), set()
+    for k in range(20_000):
+        buffer.append(np.full(1, k, np.float32))
+        capacities.add(len(buffer._data))
+    assert len(capacities) <= 16
+    assert np.array_equal(buffer.samples(), np.arange(20_000, dtype=np.float32))
+
+
+def test_the_mono_buffer_never_exceeds_its_limit() -> None:
+    buffer = MonoBuffer(0, limit=1000)
+    for _ in range(10):
+        buffer.append(np.zeros(100, np.float32))
+        assert len(buffer._data) <= 1000
+
+
+@pytest.mark.parametrize("data", [written(16000, 16000, 1, "WAV"), matroska_pcm(100)], ids=["libsndfile", "ffmpeg"])
+def test_a_decode_past_its_deadline_is_413(data: bytes) -> None:
+    with pytest.raises(PayloadTooLarge, match="took longer than 1e-06 s to decode") as refused:
+        decode_mono(data, dataclasses.replace(BOUNDS, timeout_s=1e-6), FIELD)
+    assert refused.value.field == FIELD
+
+
+@pytest.mark.parametrize("data", [written(16000, 16000, 1, "WAV"), matroska_pcm(100)], ids=["libsndfile", "ffmpeg"])
+def test_a_cancelled_decode_stops_at_its_next_block(data: bytes) -> None:
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(CancelledError):
+        decode_mono(data, BOUNDS, FIELD, cancelled)
+
+
+@pytest.mark.parametrize("fmt", ["CAF", "NIST"])
+def test_a_rate_of_zero_is_400(fmt: str) -> None:
+    with pytest.raises(BadRequest, match="sample rate of 0 Hz") as refused:
+        decode_mono(rate_zero(fmt), BOUNDS, FIELD)
+    assert refused.value.field == FIELD
+
+
+def test_decode_upload_resamples_in_a_thread() -> None:
+    samples, rate = asyncio.run(decode_upload(written(48000, 48000, 2, "WAV"), BOUNDS, FIELD, 16000))
+    assert rate == 16000 and abs(len(samples) - 16000) <= 1
+
+
+def test_a_cancelled_upload_stops_its_decoding_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client left: the awaiting task is cancelled, and the worker thread stops at its next frame
+    instead of decoding the rest (about a second of FFmpeg frames) for nobody."""
+    data, started, outcome = matroska_pcm(50_000), threading.Event(), []
+
+    def watched(*args: object) -> tuple[np.ndarray, int]:
+        started.set()
+        try:
+            return decode_mono(*args)
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+
+    monkeypatch.setattr(reference, "decode_mono", watched)
+
+    async def leave_midway() -> None:
+        task = asyncio.create_task(decode_upload(data, BOUNDS, FIELD))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave_midway())  # returns once the loop's worker threads have finished
+    assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
+
+
+def ingress_process() -> Path:
+    """/proc of the session app's TTSIngress replica (Ray titles an actor's process after its class)."""
+    title = b"ray::ServeReplica:voxcpm:TTSIngress"
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title):
+                return entry
+    raise LookupError("no TTSIngress replica process")
+
+
+def status_kib(process: Path, key: str) -> int:
+    (line,) = [line for line in (process / "status").read_text().splitlines() if line.startswith(f"{key}:")]
+    return int(line.split()[1])
+
+
+def test_the_bomb_is_413_through_the_service(url: str) -> None:
+    """Refused from its header: the ingress's peak memory grows by the upload and the request, not by what the
+    header claims (the 60 s bomb's 1.3 GB)."""
+    data = bomb(60)
+    process = ingress_process()
+    (process / "clear_refs").write_text("5")  # the peak (VmHWM) starts again from what is resident now
+    before = status_kib(process, "VmRSS")
+    response = requests.post(f"{url}/api/tts/stream", data={"text": "hi"}, files={"prompt_audio": data})
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large" and error_of(response)["field"] == "prompt_audio"
+    assert (status_kib(process, "VmHWM") - before) / 1024 < 32  # MiB
+    response = requests.post(f"{url}/api/voices", data={"name": "bomb", "text": "hi"}, files={"audio": data})
+    assert response.status_code == 413 and error_of(response)["field"] == "audio"
