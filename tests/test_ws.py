@@ -31,6 +31,7 @@ LIMITS = {
     "max_buffered_chars": 120,
     "max_message_bytes": 2000,
     "max_audio_ahead_s": 1.0,
+    "max_contexts": 3,
 }
 
 
@@ -126,6 +127,7 @@ class TestProtocol:
         assert ready["sample_rate"] == 16000 and ready["encoding"] == "pcm_s16le"
         assert ready["limits"]["idle_timeout_s"] == LIMITS["idle_timeout_s"]
         assert ready["limits"]["max_wait_ms"] == 200
+        assert ready["limits"]["max_contexts"] == LIMITS["max_contexts"]
 
     def test_chinese_is_cut_without_spaces_and_keeps_one_voice(self, plain: str) -> None:
         with open_ws(plain, key=None) as ws:
@@ -243,6 +245,72 @@ class TestRefusals:
         assert code == 4429 and events[-1]["code"] == "rate_limited"
 
 
+def send_paced(ws: ClientConnection, **message: object) -> None:
+    """A message, sent no faster than the guarded app's rate limit allows."""
+    time.sleep(1.2 / LIMITS["max_messages_per_s"])
+    ws.send(json.dumps(message))
+
+
+class TestContexts:
+    """What one socket can make the service keep: at most max_contexts contexts open, none for empty
+    text or unknown ids, none once done, cancelled or failed (each context cost memory and scan work,
+    and a client could open one per message)."""
+
+    def test_open_contexts_are_bounded_and_ending_or_cancelling_one_makes_room(self, guarded: str) -> None:
+        with open_ws(guarded) as ws:
+            for context_id in "abc":  # too few words for max_wait: they stay open, unspoken
+                send_paced(ws, type="text", context_id=context_id, text="one")
+            send_paced(ws, type="text", context_id="d", text="four")
+            error = events_until(ws, "error")[0][-1]
+            assert error["code"] == "rate_limited" and error["fatal"] is False
+            assert error["field"] == "context_id" and error["context_id"] == "d"
+            message = error["message"]
+            assert f"at most {LIMITS['max_contexts']} contexts" in message and "end or cancel" in message
+            send_paced(ws, type="text", context_id="a", text=" more")  # an open context takes text still
+            send_paced(ws, type="cancel", context_id="a")
+            assert events_until(ws, "cancelled")[0] == [{"type": "cancelled", "context_id": "a", "sent_samples": 0}]
+            send_paced(ws, type="text", context_id="d", text="four")  # the room a cancel made
+            send_paced(ws, type="end", context_id="b")
+            events, _ = events_until(ws, "done")
+            assert events[-1]["context_id"] == "b" and not [e for e in events if e["type"] == "error"]
+            send_paced(ws, type="text", context_id="e", text="five")  # the room an end made
+            for context_id in "cde":
+                send_paced(ws, type="end", context_id=context_id)
+                events, _ = events_until(ws, "done")
+                assert events[-1]["context_id"] == context_id and events[-1]["total_samples"] > 0
+                assert not [e for e in events if e["type"] == "error"], events
+
+    def test_empty_text_flush_end_and_cancel_open_no_context(self, guarded: str) -> None:
+        with open_ws(guarded) as ws:
+            for n in range(30):  # ten times max_contexts of ids, none of them given text
+                send_paced(ws, type="text", context_id=f"empty{n}", text="\x00" if n % 2 else "")
+            for n in range(5):
+                send_paced(ws, type="flush", context_id=f"flushed{n}")
+            send_paced(ws, type="end", context_id="unknown")
+            assert events_until(ws, "done")[0] == [{"type": "done", "context_id": "unknown", "total_samples": 0}]
+            send_paced(ws, type="cancel", context_id="unknown")
+            cancelled = {"type": "cancelled", "context_id": "unknown", "sent_samples": 0}
+            assert events_until(ws, "cancelled")[0] == [cancelled]
+            for context_id in "abc":
+                send_paced(ws, type="text", context_id=context_id, text="one")
+            send_paced(ws, type="text", context_id="d", text="four")
+            error = events_until(ws, "error")[0][-1]  # the limit is where it was: nothing else was opened
+            assert error["context_id"] == "d" and error["fatal"] is False
+
+    def test_finished_contexts_are_forgotten(self, guarded: str) -> None:
+        """Many more contexts than max_contexts, one after another: each done or cancelled frees its room."""
+        with open_ws(guarded) as ws:
+            for n in range(3 * LIMITS["max_contexts"]):
+                send_paced(ws, type="text", context_id=f"said{n}", text="好。")
+                send_paced(ws, type="end", context_id=f"said{n}")
+                events, _ = events_until(ws, "done")
+                assert not [e for e in events if e["type"] == "error"], events
+                send_paced(ws, type="text", context_id=f"dropped{n}", text="one")
+                send_paced(ws, type="cancel", context_id=f"dropped{n}")
+                events, _ = events_until(ws, "cancelled")
+                assert not [e for e in events if e["type"] == "error"], events
+
+
 def done_or_refused(ws: ClientConnection) -> list[dict]:
     """The JSON events until a context is done or refused (a refused context ends with its error)."""
     events: list[dict] = []
@@ -266,6 +334,13 @@ class TestLoadShedding:
             events, _ = events_until(ws, "error")
             assert events[-1]["code"] == "overloaded" and events[-1]["fatal"] is False
             assert events[-1]["context_id"] == "busy" and events[-1]["retry_after_s"] >= 1
+            others = [f"other{n}" for n in range(LIMITS["max_contexts"])]  # the failed context left them room
+            for context_id in others:
+                send_paced(ws, type="text", context_id=context_id, text="one")
+            for context_id in others:
+                send_paced(ws, type="cancel", context_id=context_id)
+                events, _ = events_until(ws, "cancelled")
+                assert [e["type"] for e in events] == ["cancelled"], events
             pool.submit(lambda: [holder.result().close() for holder in holders])  # they hang up, in turn
             for attempt in range(30):  # as a client should: again after retry_after_s
                 ws.send(json.dumps({"type": "text", "context_id": f"later{attempt}", "text": "现在好了。"}))
@@ -280,7 +355,8 @@ class TestLoadShedding:
 class TestResources:
     def test_a_vanished_client_stops_its_generation(self, plain: str, url: str) -> None:
         ws = open_ws(plain, key=None, max_len=2000)
-        ws.send(json.dumps({"type": "text", "text": "这是一段很长的话，要说很久很久。"}))
+        # one sentence long enough to outlast a fresh status report (the replica's, then the ingress's poll)
+        ws.send(json.dumps({"type": "text", "text": "这是一段很长的话，" * 12 + "要说很久很久。"}))
         events_until(ws, "segment")
         assert isinstance(ws.recv(timeout=30), bytes)
         assert in_flight(url) == 1

@@ -1,10 +1,12 @@
 """``WebSocket /api/tts/ws``: text in as a language model writes it, speech out sentence by sentence.
 
-One socket is one conversation. Its text goes into a :class:`SentenceBuffer` per context; each
-complete sentence becomes one streaming call to the model deployment through the same
-:class:`SynthesisService` as the HTTP routes (admission, load shedding, batching and metrics apply
-alike), spoken in order by one speaker task, so binary frames always belong to the last
-``segment`` announced. The edge middleware has checked the key, rate and capacity before this runs.
+One socket is one conversation. Its text goes into a :class:`SentenceBuffer` per context (at most
+``max_contexts`` open at once, each forgotten once done, cancelled or failed: a client could otherwise
+open one per message and make every message cost them all); each complete sentence becomes one
+streaming call to the model deployment through the same :class:`SynthesisService` as the HTTP routes
+(admission, load shedding, batching and metrics apply alike), spoken in order by one speaker task, so
+binary frames always belong to the last ``segment`` announced. The edge middleware has checked the
+key, rate and capacity before this runs.
 
 Two tasks per socket: a reader that only receives (a cancelled ``receive`` through Serve's proxy
 could lose a message, so it is never cancelled mid-wait), and the speaker. The conversation loop
@@ -34,7 +36,7 @@ from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.reference import resample
 from serve_app.config import AppConfig, WebSocketConfig
 from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, SessionTimeout, StreamFailed
-from serve_app.ingress.dependencies import app_config, synthesis_service
+from serve_app.ingress.dependencies import app_config, caller, synthesis_service
 from serve_app.ingress.edge import KEY_SUBPROTOCOL
 from serve_app.ingress.synthesis import Output, SynthesisService
 from serve_app.ingress.ws_messages import Cancel, Close, End, Flush, Init, Text, parse
@@ -76,6 +78,7 @@ class Context:
     samples: int = 0  # sent, at the output rate
     segments: int = 0
     queued_chars: int = 0  # cut into sentences, waiting for the speaker
+    counted: int = 0  # its share of Conversation.buffered
     cancelled: bool = False
     started: float | None = None  # monotonic time of its first audio
 
@@ -125,7 +128,8 @@ class Conversation:
         self.inbox: asyncio.Queue[dict] = asyncio.Queue()
         self.started = time.monotonic()
         self.last_message = self.started
-        self.ended: list[Context] = []  # after `end`, until `done`
+        self.ended: dict[str, list[Context]] = {}  # after `end`, until `done`, by id (ended again: more)
+        self.buffered = 0  # characters received and not yet spoken, all contexts: kept, never summed
         self.tasks: list[asyncio.Task] = []  # the reader, and the speaker once `init` came
         self._rate = MessageRate(limits.max_messages_per_s)
 
@@ -207,7 +211,7 @@ class Conversation:
             if init.instructions and init.instructions.strip():
                 raise BadRequest("instructions are not supported by VoxCPM", "instructions")
             model = self.service.resolve(init.model)
-            voice = await self.service.voice(init.voice_id, "voice_id") if init.voice_id else None
+            voice = await self.service.voice(init.voice_id, "voice_id", caller(self.ws)) if init.voice_id else None
             output = await self.service.output(AudioFormat.PCM, init.sample_rate, model, self._trace())
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
@@ -224,43 +228,77 @@ class Conversation:
         if isinstance(message, Cancel):
             await self._cancel(message.context_id)
             return
-        context = self._context(message.context_id)
         if isinstance(message, Text):
-            if self._buffered_chars() + len(message.text) > self.limits.max_buffered_chars:
-                error = PayloadTooLarge(
-                    f"more than {self.limits.max_buffered_chars} characters would wait to be spoken; this text "
-                    "was not added: send it again once audio has caught up",
-                    "text",
-                )
-                await self._send_error(error, fatal=False, context_id=context.id)
-                return
-            self._enqueue(context, *context.buffer.append(message.text))
+            await self._on_text(message)
             return
-        self._enqueue(context, context.buffer.flush())
-        if isinstance(message, End):
-            del self.contexts[context.id]  # text for this id from now on starts a new context
-            self.ended.append(context)
-            self.speaker.queue.put_nowait((context, None))
+        context = self.contexts.get(message.context_id)  # a flush of no context creates none
+        if context is not None:
+            self._enqueue(context, context.buffer.flush())
+        if isinstance(message, End):  # text for this id from now on starts a new context
+            ended = self.contexts.pop(message.context_id, None) or self._new_context(message.context_id)
+            self.ended.setdefault(ended.id, []).append(ended)
+            self.speaker.queue.put_nowait((ended, None))  # its `done`, in turn (total_samples 0 if never opened)
 
-    def _context(self, context_id: str) -> Context:
-        if context_id not in self.contexts:
-            assert self.settings is not None
-            self.contexts[context_id] = Context(context_id, SentenceBuffer(self.settings.max_wait_s))
-        return self.contexts[context_id]
+    async def _on_text(self, message: Text) -> None:
+        """Text for a context, opening it if it is new and there is room (``max_contexts``: each open one
+        costs memory and timer work); empty text opens none."""
+        if not message.text:
+            return
+        error: ServiceError | None = None
+        context = self.contexts.get(message.context_id)
+        if self.buffered + len(message.text) > self.limits.max_buffered_chars:
+            error = PayloadTooLarge(
+                f"more than {self.limits.max_buffered_chars} characters would wait to be spoken; this text "
+                "was not added: send it again once audio has caught up",
+                "text",
+            )
+        elif context is None and len(self.contexts) >= self.limits.max_contexts:
+            error = RateLimited(
+                f"at most {self.limits.max_contexts} contexts may be open at once; this text was not added: "
+                "end or cancel a context to make room",
+                "context_id",
+            )
+        if error is not None:
+            await self._send_error(error, fatal=False, context_id=message.context_id)
+            return
+        if context is None:
+            context = self.contexts[message.context_id] = self._new_context(message.context_id)
+        self._enqueue(context, *context.buffer.append(message.text))
+
+    def _new_context(self, context_id: str) -> Context:
+        assert self.settings is not None
+        return Context(context_id, SentenceBuffer(self.settings.max_wait_s))
 
     def _enqueue(self, context: Context, *sentences: str | None) -> None:
         for sentence in filter(None, sentences):
             context.queued_chars += len(sentence)
             self.speaker.queue.put_nowait((context, sentence))
+        self._count(context)
 
-    def _buffered_chars(self) -> int:
-        return sum(len(c.buffer) + c.queued_chars for c in [*self.contexts.values(), *self.ended])
+    def _count(self, context: Context) -> None:
+        """Bring ``buffered`` up to date with one context's share: a message costs no sum over contexts."""
+        share = len(context.buffer) + context.queued_chars
+        self.buffered += share - context.counted
+        context.counted = share
+
+    def _forget(self, context: Context) -> None:
+        """A context done, cancelled or failed: its text no longer counts, and the conversation keeps no
+        reference to it (the speaker's queue drops its entries as it reaches them)."""
+        if self.contexts.get(context.id) is context:
+            del self.contexts[context.id]
+        ended = self.ended.get(context.id, [])
+        if context in ended:
+            ended.remove(context)
+            if not ended:
+                del self.ended[context.id]
+        self.buffered -= context.counted
+        context.counted = 0
 
     async def _cancel(self, context_id: str) -> None:
         """Barge-in: drop the context's text, stop its sentence, and only then say ``cancelled``
         (the contexts by that id: one still open, and any ended but not yet done)."""
-        targets = [c for c in self.ended if c.id == context_id]
-        if (open_context := self.contexts.pop(context_id, None)) is not None:
+        targets = self.ended.pop(context_id, [])
+        if (open_context := self.contexts.get(context_id)) is not None:
             targets.append(open_context)
         for context in targets:
             await self._stop(context)
@@ -269,8 +307,7 @@ class Conversation:
 
     async def _stop(self, context: Context) -> None:
         context.cancelled = True
-        if context in self.ended:
-            self.ended.remove(context)
+        self._forget(context)
         sentence = self.speaker.sentence
         if self.speaker.speaking is context and sentence is not None:
             sentence.cancel()
@@ -308,10 +345,11 @@ class Conversation:
             if context.cancelled:
                 continue
             if sentence is None:
-                self.ended.remove(context)
+                self._forget(context)
                 await self._send(type="done", context_id=context.id, total_samples=context.samples)
                 continue
             context.queued_chars -= len(sentence)
+            self._count(context)
             speaker.speaking, speaker.sentence = context, asyncio.create_task(self._speak(context, sentence))
             try:
                 await asyncio.wait({speaker.sentence})  # a cancel stops the sentence, not the speaker
@@ -360,10 +398,7 @@ class Conversation:
     def _drop(self, context: Context) -> None:
         """A context the service could not speak: the ``error`` sent for it ends it."""
         context.cancelled = True
-        if self.contexts.get(context.id) is context:
-            del self.contexts[context.id]
-        if context in self.ended:
-            self.ended.remove(context)
+        self._forget(context)
 
     async def _send_audio(self, context: Context, output: Output, chunks: Any) -> np.ndarray:
         """The sentence's audio as binary PCM frames; the model's samples, kept for the anchor."""
