@@ -99,6 +99,12 @@ def is_local(source: str) -> bool:
     return os.path.isdir(source) or source.startswith(("/", ".", "~")) or source.count("/") != 1
 
 
+def public_source(source: str) -> str:
+    """What /health and the console show of a source: a hub id as it is, a local checkpoint by its directory's
+    name (its path tells anyone who asks how the host's disks are laid out)."""
+    return Path(source).name if is_local(source) else source
+
+
 def hub_unreachable(endpoint: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     """Why the hub cannot be reached within ``timeout_s`` (None: it answered, whatever the status)."""
     started = time.monotonic()

@@ -23,12 +23,16 @@ import requests
 import soundfile as sf
 import yaml
 
+from serve_app.tenants import Principal
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 MULTI_CONFIG = REPO / "configs" / "multi-model.yaml"
 V2_MODEL = "voxcpm2-tiny-synthetic"  # the VoxCPM2-shaped model of configs/multi-model.yaml
+
+ADMIN = Principal("admin", admin=True, key_id="test-admin")  # saves shared voices, as the deployment's operator
 
 # The tiny presets' samples per generation step (patch_size x VAE hop at the output rate).
 TINY_V15_STEP_FRAMES = 2 * 735

@@ -35,6 +35,7 @@ from serve_app.model.engine import joined
 from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
+from tests.conftest import ADMIN
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
 FLOAT32_TOLERANCE = 1e-3  # largest sample difference seen in float32 was ~2e-4 (see README)
@@ -289,8 +290,8 @@ def test_a_failing_request_fails_alone(engines: tuple) -> None:
     """A saved voice deleted under a request: that request gets NotFound, the batch goes on exact."""
     reference, batched, voices = engines
     rate = reference.info.prompt_sample_rate
-    voice = voices.create("gone", "参考", np.zeros(rate, dtype=np.float32), rate)
-    voices.delete(voice.voice_id)
+    voice = voices.create(ADMIN, "gone", "参考", np.zeros(rate, dtype=np.float32), rate)
+    voices.delete(voice.voice_id, ADMIN)
     requests = _requests(rate)[:3]
     expected = [_alone(reference, request) for request in requests]
     failing = SynthesisRequest(text="你好", voice=voice, seed=1, max_len=5)

@@ -14,7 +14,7 @@ import requests
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import METRICS_PORT, Service, extra_app
+from tests.conftest import METRICS_PORT, REPORT_WAIT_S, Service, extra_app, wait_until
 
 MODEL = "metrics-probe"  # this module's own model name: no other test adds to its series
 
@@ -129,7 +129,13 @@ def test_gpu_status_reports_every_replica(service: Service, checkpoints: Path) -
     """Two model replicas: both are in /api/gpu/status (each reports to the status board)."""
     deployments = {"VoxCPMModel": {"num_replicas": 2}}
     with extra_app(service, checkpoints, "two-replicas", deployments=deployments) as url:
-        body = requests.get(f"{url}/api/gpu/status", timeout=10).json()
-    assert len({replica["replica_id"] for replica in body["replicas"]}) == 2
+
+        def both_reported() -> bool:
+            nonlocal body
+            body = requests.get(f"{url}/api/gpu/status", timeout=10).json()
+            return len({replica["replica_id"] for replica in body["replicas"]}) == 2
+
+        body: dict = {}
+        assert wait_until(both_reported, REPORT_WAIT_S), body
     assert body["nodes"] == []  # no node of this cluster declares GPUs
     assert body["gpus"] == [] and body["cuda_available"] is False

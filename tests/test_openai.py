@@ -199,7 +199,7 @@ class TestDeploymentSettings:
     def test_a_name_mapped_to_a_missing_voice_is_404_saying_so(self, mapped: tuple[str, dict]) -> None:
         response = requests.post(f"{mapped[0]}/v1/audio/speech", json={**SHORT, "voice": "echo"})
         assert response.status_code == 404
-        assert "mapped to the saved voice 'gone'" in openai_error_of(response)["message"]
+        assert "mapped to the shared voice 'gone'" in openai_error_of(response)["message"]
 
     def test_voices_list_says_what_each_name_speaks_with(self, mapped: tuple[str, dict]) -> None:
         app_url, voice = mapped

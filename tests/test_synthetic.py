@@ -17,7 +17,7 @@ from serve_app.model.reference import ReferenceEngine
 from serve_app.model.runtime import PromptCache
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
-from tests.conftest import TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
+from tests.conftest import ADMIN, TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
 
 CASES = [
     ("tiny-voxcpm1.5", "voxcpm", 44100, 44100, TINY_V15_STEP_FRAMES),
@@ -130,7 +130,7 @@ def test_prompt_cache_keeps_the_most_recently_used() -> None:
 
 def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, checkpoints: Path) -> None:
     store = VoiceStore(tmp_path / "voices")
-    voice = store.create("gone", "参考", np.zeros(16000, dtype=np.float32), 16000)
+    voice = store.create(ADMIN, "gone", "参考", np.zeros(16000, dtype=np.float32), 16000)
     config = ModelConfig(
         source=str(checkpoints / "unit-tiny-voxcpm1.5"),
         synthetic_preset="tiny-voxcpm1.5",
@@ -139,7 +139,7 @@ def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, checkpoint
         warmup=False,
     )
     engine = ReferenceEngine.load(config, store)
-    store.delete(voice.voice_id)
+    store.delete(voice.voice_id, ADMIN)
     with pytest.raises(NotFound) as raised:
         list(engine.generate(SynthesisRequest(text="你好", voice=voice, max_len=3), streaming=True))
     assert raised.value.field == "voice_id"

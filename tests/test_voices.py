@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +20,26 @@ import pytest
 import requests
 import soundfile as sf
 
-from serve_app.voices import VoiceStore
+from serve_app.errors import Conflict, NotFound
+from serve_app.tenants import Principal
+from serve_app.voices import STALE_STAGING_S, VoiceStore
 from tests.conftest import (
+    ADMIN,
+    REPO,
     TINY_V2_STEP_FRAMES,
     TINY_V15_STEP_FRAMES,
     V2_MODEL,
     Service,
     error_of,
+    extra_app,
     openai_error_of,
     replica_status,
 )
 
 
-def save_voice(url: str, reference: Path, name: str = "narrator", text: str = "参考音频的文本") -> dict:
+def save_voice(url: str, reference: Path, name: str | None = None, text: str = "参考音频的文本") -> dict:
+    """A voice saved over HTTP; without a name, one no other voice has (a name is unique in its tenant)."""
+    name = name or f"narrator {uuid.uuid4().hex[:8]}"
     with open(reference, "rb") as audio:
         response = requests.post(f"{url}/api/voices", data={"name": name, "text": text}, files={"audio": audio})
     assert response.status_code == 201, response.text
@@ -111,11 +129,144 @@ def test_refusals(url: str, reference_wav: Path) -> None:
 
 def test_store_survives_a_restart_and_ignores_strays(tmp_path: Path) -> None:
     store = VoiceStore(tmp_path)
-    voice = store.create("n", "t", np.zeros(1600, dtype=np.float32), 16000)
+    voice = store.create(ADMIN, "n", "t", np.zeros(1600, dtype=np.float32), 16000)
     (tmp_path / "not-a-voice").mkdir()
     (tmp_path / ("f" * 32)).mkdir()  # a voice-shaped directory without metadata
     reopened = VoiceStore(tmp_path)
-    assert reopened.list() == [voice]
+    assert reopened.list(ADMIN) == [voice]
     samples, rate = reopened.audio(voice)
     assert rate == 16000 and len(samples) == 1600
     assert sf.info(tmp_path / voice.voice_id / "audio.flac").subtype == "PCM_24"
+
+
+# --- durability and concurrency of the store ---------------------------------------------------------
+
+SECOND = np.zeros(16000, dtype=np.float32)
+
+
+def test_a_voice_is_synced_before_it_appears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file and the staging directory reach the disk before the rename that makes the voice visible,
+    and the rename itself is synced (the parent directory) before create returns."""
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, Path.rename
+
+    def fsync(descriptor: int) -> None:
+        events.append("fsync " + Path(os.readlink(f"/proc/self/fd/{descriptor}")).name)
+        real_fsync(descriptor)
+
+    def rename(self: Path, target: Path) -> Path:
+        events.append("rename")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "rename", rename)
+    VoiceStore(tmp_path).create(ADMIN, "n", "t", SECOND, 16000, reference=(SECOND, 16000))
+    staged = events[: events.index("rename")]
+    assert {"fsync audio.flac", "fsync reference.flac", "fsync voice.json"} <= set(staged)
+    assert staged[-1].startswith("fsync .incoming-")  # the staging directory, after its files
+    assert events[events.index("rename") + 1] == f"fsync {tmp_path.name}"
+
+
+def test_what_a_crash_left_is_cleaned_at_start(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path)
+    voice = store.create(ADMIN, "kept", "t", SECOND, 16000)
+    stale, fresh, trash = tmp_path / ".incoming-stale", tmp_path / ".incoming-fresh", tmp_path / ".trash-x"
+    for leftover in (stale, fresh, trash):
+        leftover.mkdir()
+        (leftover / "audio.flac").write_bytes(b"half")
+    old = time.time() - STALE_STAGING_S - 60
+    os.utime(stale, (old, old))
+    VoiceStore(tmp_path).recover()
+    assert not stale.exists() and not trash.exists()
+    assert fresh.exists()  # young: another replica may be writing it
+    assert VoiceStore(tmp_path).list(ADMIN) == [voice]
+
+
+def test_a_full_disk_is_a_507_that_leaves_nothing(tmp_path: Path) -> None:
+    """A file-size limit stands in for a full disk (writes fail with EFBIG; ENOSPC and EDQUOT alike)."""
+    script = f"""
+import json, resource, signal, numpy as np
+from serve_app.errors import InsufficientStorage
+from serve_app.tenants import Principal
+from serve_app.errors import Conflict, NotFound
+from serve_app.tenants import Principal
+from serve_app.voices import STALE_STAGING_S, VoiceStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+noise = np.random.default_rng(0).uniform(-1, 1, 48000).astype(np.float32)
+try:
+    VoiceStore({str(tmp_path)!r}).create(Principal("a", False, "k"), "big", "t", noise, 48000)
+except InsufficientStorage as exc:
+    print(json.dumps({{"status": exc.status, "code": exc.code}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert json.loads(result.stdout) == {"status": 507, "code": "insufficient_storage"}, result.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".lock"] == []
+
+
+def test_concurrent_deletes_one_wins_the_others_find_nothing(tmp_path: Path) -> None:
+    stores = [VoiceStore(tmp_path) for _ in range(2)]  # two replicas on one directory
+    for _ in range(5):
+        voice = stores[0].create(ADMIN, f"v{uuid.uuid4().hex}", "t", SECOND, 16000)
+        barrier = threading.Barrier(6)
+
+        def delete(store: VoiceStore, voice_id: str = voice.voice_id, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            try:
+                store.delete(voice_id, ADMIN)
+                return "deleted"
+            except NotFound:
+                return "not_found"
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(delete, stores * 3))
+        assert sorted(outcomes) == ["deleted"] + ["not_found"] * 5
+    assert stores[1].list(ADMIN) == [] and [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+def _create_names(root: str, names: list[str]) -> list[str]:
+    """In another process: each name once, as a second replica would; which ones this process got."""
+    store, got = VoiceStore(root), []
+    for name in names:
+        try:
+            store.create(Principal("t", False, "k"), name, "t", SECOND, 16000)
+            got.append(name)
+        except Conflict:
+            pass
+    return got
+
+
+def test_two_processes_on_one_directory_create_each_name_once(tmp_path: Path) -> None:
+    names = [f"name {n}" for n in range(12)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        got = list(pool.map(_create_names, [str(tmp_path)] * 2, [names, names[::-1]]))
+    assert sorted(got[0] + got[1]) == sorted(names)  # every name saved, none twice
+    listed = VoiceStore(tmp_path).list(Principal("t", False, "k"))
+    assert sorted(v.name for v in listed) == sorted(names)
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 256 KiB file system of its own (tmpfs; root can mount one where the machine allows it)."""
+    path = tmp_path_factory.mktemp("small-disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_voice_store_answers_507_through_the_service(
+    service: Service, checkpoints: Path, small_disk: Path, reference_wav: Path
+) -> None:
+    noise = io.BytesIO()
+    sf.write(noise, np.random.default_rng(1).uniform(-0.5, 0.5, 48000 * 5), 48000, format="WAV")
+    with extra_app(service, checkpoints, "fulldisk", {"voices_dir": str(small_disk)}) as url:
+        full = requests.post(
+            f"{url}/api/voices", data={"name": "too big", "text": "t"}, files={"audio": ("n.wav", noise.getvalue())}
+        )
+        assert full.status_code == 507, full.text
+        assert error_of(full)["code"] == "insufficient_storage"
+        assert [p.name for p in small_disk.iterdir() if p.name != ".lock"] == []  # nothing half-written
+        saved = save_voice(url, reference_wav)  # what fits still saves
+        assert [p.name for p in small_disk.iterdir() if p.name != ".lock"] == [saved["voice_id"]]

@@ -24,7 +24,7 @@ from serve_app.model.engine import joined
 from serve_app.model.reference import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.voices import VoiceStore
-from tests.conftest import TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
+from tests.conftest import ADMIN, TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
 from tests.test_batched_engine import FLOAT32_TOLERANCE
 from tests.test_cli import run
 
@@ -153,7 +153,7 @@ def test_a_saved_voice_with_a_description_becomes_an_isolated_reference(
     v2: ReferenceEngine, voices: VoiceStore
 ) -> None:
     recording = _recording(v2, "参考文本")
-    voice = voices.create("narrator", "参考文本", recording.samples, recording.sample_rate)
+    voice = voices.create(ADMIN, "narrator", "参考文本", recording.samples, recording.sample_rate)
     assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "continuation")]
     styled = SynthesisRequest(text="你好。", voice=voice, instructions="cheerful", max_len=5)
     assert _spoken(v2, styled) == [("(cheerful)你好。", "reference")]
@@ -163,7 +163,7 @@ def test_a_designed_voice_keeps_its_description_and_its_sample_as_reference(
     v2: ReferenceEngine, v15: ReferenceEngine, voices: VoiceStore
 ) -> None:
     sample = _recording(v2, "样本", tone=5.0)
-    voice = voices.create("guide", "样本", sample.samples, sample.sample_rate, description="calm")
+    voice = voices.create(ADMIN, "guide", "样本", sample.samples, sample.sample_rate, description="calm")
     assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("(calm)你好。", "reference")]
     own = SynthesisRequest(text="你好。", voice=voice, instructions="excited", max_len=5)
     assert _spoken(v2, own) == [("(excited)你好。", "reference")]  # the request's own description wins
@@ -175,7 +175,7 @@ def test_a_saved_voice_with_a_reference_is_ref_continuation_on_voxcpm2(
     v2: ReferenceEngine, v15: ReferenceEngine, voices: VoiceStore
 ) -> None:
     prompt, reference = _recording(v2, "提示", tone=4.0), _recording(v2, None, tone=3.0)
-    voice = voices.create("both", "提示", prompt.samples, prompt.sample_rate, (reference.samples, 16000))
+    voice = voices.create(ADMIN, "both", "提示", prompt.samples, prompt.sample_rate, (reference.samples, 16000))
     assert _spoken(v2, SynthesisRequest(text="你好。", voice=voice, max_len=5)) == [("你好。", "ref_continuation")]
     styled = SynthesisRequest(text="你好。", voice=voice, instructions="calm", max_len=5)
     assert _spoken(v2, styled) == [("(calm)你好。", "reference")]

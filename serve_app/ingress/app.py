@@ -12,7 +12,9 @@ from serve_app.config import AppConfig
 from serve_app.ingress import console, forms, openai, playground, status, tts, voices, ws
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis import SynthesisService
+from serve_app.tenants import Keyring
 
 DESCRIPTION = """
 Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray Serve.
@@ -50,7 +52,11 @@ fastapi_app = create_app()
 @serve.ingress(fastapi_app)
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
-        self.config = config  # read by the edge middleware (API keys, rate limit, CORS, body cap)
+        self.config = config  # read by the edge middleware (rate limits, caps, CORS, body cap)
+        self.keyring = Keyring(config.access)  # the keys and their tenants, from the config and the environment
+        console.announce_access(self.keyring)
         forms.strict_utf8_forms()  # here, in the replica's process: the app itself arrives pickled by value
-        self.synthesis = SynthesisService(models, status_board, config)
-        self._announcing = asyncio.get_running_loop().create_task(console.announce_when_ready(self.synthesis))
+        self.synthesis = SynthesisService(models, config)
+        self.reports = ReplicaReports(status_board)
+        announcing = console.announce_when_ready(self.reports, self.synthesis.model_names)
+        self._announcing = asyncio.get_running_loop().create_task(announcing)

@@ -1,4 +1,5 @@
-"""What the console says: one line when the service is ready, and one line per request.
+"""What the console says: who may call (when no key is configured), one line when the service is ready,
+and one line per request.
 
 Serve's own access log writes a line for every call a replica takes, so the model replicas' status
 reports to the status board (every second) and the health probes scrolled the console: the configs
@@ -16,10 +17,13 @@ import time
 from ray import serve
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.config import API_KEYS_ENV
+from serve_app.errors import Unavailable
 from serve_app.ingress.edge import route_path
-from serve_app.ingress.synthesis import SynthesisService
+from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo
+from serve_app.tenants import Keyring
 
 logger = logging.getLogger("ray.serve")
 
@@ -72,22 +76,40 @@ def request_line(scope: Scope, path: str, trace: RequestTrace | None, status: in
     return ", ".join(parts)
 
 
-async def announce_when_ready(service: SynthesisService) -> None:
+def announce_access(keyring: Keyring) -> None:
+    """Say once, loudly, who may call a deployment without API keys."""
+    if keyring:
+        return
+    if keyring.allow_anonymous:
+        logger.warning(
+            "ANONYMOUS ACCESS: no API keys are configured and anonymous access is allowed: anyone who can reach "
+            "this port may synthesize, and save and delete voices, as the one admin tenant"
+        )
+    else:
+        logger.warning(
+            "no API keys are configured: only clients on this machine (loopback) are served, others get 401. Set "
+            "%s (comma-separated keys) or access.api_keys, or allow anonymous access explicitly "
+            "(access.allow_anonymous: true)",
+            API_KEYS_ENV,
+        )
+
+
+async def announce_when_ready(reports: ReplicaReports, model_names: list[str]) -> None:
     """Log one line once every model has a replica that loaded and warmed up (it reports to the board)."""
     while True:
         try:
-            reports = await service.replica_reports(READY_POLL_S * 5)
-        except Exception:  # noqa: BLE001 - the board is starting: ask again
-            reports = []
-        infos = {info.name: info for info, _ in reports}
-        if all(name in infos for name in service.model_names):
+            latest = await reports.latest(model_names)
+        except Unavailable:  # the board is starting: ask again
+            latest = []
+        infos = {info.name: info for info, _ in latest}
+        if all(name in infos for name in model_names):
             break
         await asyncio.sleep(READY_POLL_S)
     try:
         base = await asyncio.to_thread(public_url)
     except Exception:  # noqa: BLE001 - Serve's private client moved: the line still says the service is ready
         base = "http://<serve's http_options host:port>"
-    models = "; ".join(describe(infos[name]) for name in service.model_names)
+    models = "; ".join(describe(infos[name]) for name in model_names)
     logger.info("ready: playground %s/ , API docs %s/docs ; serving %s", base, base, models)
 
 

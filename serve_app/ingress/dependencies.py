@@ -6,16 +6,25 @@ import uuid
 
 from fastapi import Request
 from ray import serve
+from starlette.requests import HTTPConnection
 
 from serve_app.config import AppConfig
+from serve_app.errors import Unauthorized
+from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
+from serve_app.tenants import Principal
 
 
 def synthesis_service() -> SynthesisService:
     """The service held by this replica's TTSIngress instance (Serve pickles the FastAPI app by value,
     so state set on a module-level app object would not be the one serving requests)."""
     return serve.get_replica_context().servable_object.synthesis
+
+
+def replica_reports() -> ReplicaReports:
+    """The model replicas' latest reports, kept by this ingress replica."""
+    return serve.get_replica_context().servable_object.reports
 
 
 def app_config() -> AppConfig:
@@ -36,3 +45,11 @@ def request_trace(request: Request) -> RequestTrace:
     )
     request.state.trace = trace
     return trace
+
+
+def caller(connection: HTTPConnection) -> Principal:
+    """Who is calling, as the edge middleware authenticated them (HTTP requests and WebSockets alike)."""
+    found = connection.scope.get("state", {}).get("caller")
+    if found is None:  # a public path's route asked: none of them may act for a tenant
+        raise Unauthorized("a valid API key is required: Authorization: Bearer <key>", "authorization")
+    return found

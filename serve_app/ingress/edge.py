@@ -1,5 +1,7 @@
-"""What every request meets before routing: CORS, Serve's client-controllable headers, the API key,
-the rate limit, the body size cap, and a service at capacity (refused before any form is parsed).
+"""What every request meets before routing: CORS, Serve's client-controllable headers, who is calling
+(the API key and its tenant; without keys, loopback clients only unless anonymous access is asked for),
+the rate limits, per-key caps, the body size cap, and a service at capacity (refused before any form is
+parsed). The caller found here is put in the request's state for the routes (``dependencies.caller``).
 WebSocket upgrades meet the same checks (and a cap on open sockets) before the socket is accepted,
 and are refused with the same JSON errors and status codes (ASGI's WebSocket denial response).
 
@@ -11,11 +13,10 @@ replica's :class:`AppConfig` at the first request (the FastAPI app itself is bui
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import ipaddress
 import math
-import os
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import limits
@@ -29,9 +30,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import metrics
-from serve_app.config import API_KEYS_ENV, AccessConfig, AppConfig
+from serve_app.config import ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
 from serve_app.ingress.errors import count_error, route_path, service_error_response
+from serve_app.tenants import Keyring, Principal, anonymous
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -44,6 +46,12 @@ KEY_SUBPROTOCOL = "bearer."
 # Ray Serve's proxy lets a client lift the end-to-end timeout (<= 0 disables it) and disconnect
 # cancellation with these; they cannot be stripped behind the proxy, so requests carrying them are refused.
 SERVE_CONTROL_HEADERS = ("x-request-timeout-seconds", "x-request-disconnect-disabled")
+
+NO_KEYS = (
+    "this service has no API keys configured, so it serves only clients on its own machine: set "
+    f"{API_KEYS_ENV} (or access.api_keys) and send Authorization: Bearer <key>, or allow anonymous access "
+    f"explicitly with access.allow_anonymous: true ({ALLOW_ANONYMOUS_ENV}=true)"
+)
 
 
 class BodyTooLarge(HTTPException):
@@ -66,12 +74,12 @@ class EdgeMiddleware:
             return
         if self._chain is None:
             ingress = serve.get_replica_context().servable_object
-            self._chain = build_chain(self.app, ingress.config, ingress.synthesis.every_model_full)
+            self._chain = build_chain(self.app, ingress.config, ingress.keyring, ingress.synthesis.every_model_full)
         await self._chain(scope, receive, send)
 
 
-def build_chain(app: ASGIApp, config: AppConfig, full: Callable[[], bool]) -> ASGIApp:
-    guard = Guard(app, config.access, config.limits.max_request_bytes, full)
+def build_chain(app: ASGIApp, config: AppConfig, keyring: Keyring, full: Callable[[], bool]) -> ASGIApp:
+    guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full)
     guarded = SocketGuard(guard, config.websocket.max_connections)
     if not config.access.cors_allow_origins:
         return guarded
@@ -85,62 +93,91 @@ def build_chain(app: ASGIApp, config: AppConfig, full: Callable[[], bool]) -> AS
 
 
 class Guard:
-    """Refuses, with the contract's JSON errors, what must not reach a route."""
+    """Refuses, with the contract's JSON errors, what must not reach a route; names the caller of what may."""
 
-    def __init__(self, app: ASGIApp, access: AccessConfig, max_body_bytes: int, full: Callable[[], bool]) -> None:
+    def __init__(
+        self, app: ASGIApp, access: AccessConfig, keyring: Keyring, max_body_bytes: int, full: Callable[[], bool]
+    ) -> None:
         self.app = app
         self._full = full
-        self._keys = api_keys(access)
+        self._keyring = keyring
         self._max_body = max_body_bytes
         self._rate = limits.parse_many(access.rate_limit) if access.rate_limit else []
+        self._failed_rate = limits.parse_many(access.failed_auth_rate_limit) if access.failed_auth_rate_limit else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._caps = {"http": access.max_requests_per_key, "websocket": access.max_sockets_per_key}
+        self._holding: Counter[tuple[str, str]] = Counter()  # (scope type, key id) -> requests in progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._check(scope)
+            caller = self._check(scope)
+            slot = self._slot(scope, caller)
         except ServiceError as exc:
             await refuse(exc, scope, receive, send)
             return
-        await self.app(scope, self._capped(receive) if scope["type"] == "http" else receive, send)
+        scope.setdefault("state", {})["caller"] = caller
+        receive = self._capped(receive) if scope["type"] == "http" else receive
+        if slot is None:
+            await self.app(scope, receive, send)
+            return
+        self._holding[slot] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._holding[slot] -= 1
+            if not self._holding[slot]:
+                del self._holding[slot]
 
-    def _check(self, scope: Scope) -> None:
+    def _check(self, scope: Scope) -> Principal | None:
         headers = Headers(scope=scope)
         for name in SERVE_CONTROL_HEADERS:
             if name in headers:
                 raise BadRequest(f"the {name} header is not accepted here", name)
         path = route_path(scope)
+        caller = None
         if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
-            client = self._authenticated_client(headers, scope)
-            self._count(client)
+            caller = self._authenticate(headers, scope)
+            self._count(self._rate, caller.key_id)
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
                 raise BadRequest("Content-Length is not a number", "content-length")
             if int(length) > self._max_body:
                 raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
-        opens = scope["type"] == "websocket" or scope["method"] == "POST"
-        if opens and path in SYNTHESIS_PATHS and self._full():
+        if opens_synthesis(scope) and self._full():
             raise Overloaded()
+        return caller
 
-    def _authenticated_client(self, headers: Headers, scope: Scope) -> str:
-        """Who is calling: a digest of their key when keys are configured, else their address."""
-        if not self._keys:
-            return "addr:" + (scope["client"][0] if scope.get("client") else "unknown")
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scope["type"] == "websocket" and not token:
-            offered = [name.strip() for name in headers.get("sec-websocket-protocol", "").split(",")]
-            keys = [name.removeprefix(KEY_SUBPROTOCOL) for name in offered if name.startswith(KEY_SUBPROTOCOL)]
-            scheme, token = ("bearer", keys[0]) if keys else (scheme, token)
-        presented = token.strip().encode()
-        # Every configured key is compared, in constant time, so timing tells nothing about which matched.
-        matches = [hmac.compare_digest(presented, key) for key in self._keys]
-        if scheme.lower() != "bearer" or not any(matches):
+    def _authenticate(self, headers: Headers, scope: Scope) -> Principal:
+        """The caller its key stands for; without keys configured, the one (admin) tenant, for loopback
+        clients unless anonymous access was asked for. Wrong keys are counted per client address, and past
+        ``failed_auth_rate_limit`` answered 429 (a valid key is never slowed by someone else's guessing)."""
+        address = client_address(scope)
+        if not self._keyring:
+            if not self._keyring.allow_anonymous and not is_loopback(address):
+                raise Unauthorized(NO_KEYS, "authorization")
+            return anonymous(address)
+        token = presented_key(headers, scope)
+        caller = self._keyring.principal(token) if token is not None else None
+        if caller is None:
+            self._count(self._failed_rate, f"failed:{address}")
             how = " (or the subprotocol bearer.<key>)" if scope["type"] == "websocket" else ""
             raise Unauthorized(f"a valid API key is required: Authorization: Bearer <key>{how}", "authorization")
-        return "key:" + hashlib.sha256(presented).hexdigest()[:16]
+        return caller
 
-    def _count(self, client: str) -> None:
-        for item in self._rate:
+    def _slot(self, scope: Scope, caller: Principal | None) -> tuple[str, str] | None:
+        """The per-key cap a synthesis request or socket counts against, refused (429) when it is full."""
+        cap = self._caps.get(scope["type"])
+        if cap is None or caller is None or not opens_synthesis(scope):
+            return None
+        slot = (scope["type"], caller.key_id)
+        if self._holding[slot] >= cap:
+            what = "WebSocket conversations open" if scope["type"] == "websocket" else "synthesis requests in progress"
+            raise RateLimited(f"this key has {cap} {what} on this replica, its limit; retry when one ends")
+        return slot
+
+    def _count(self, items: list[limits.RateLimitItem], client: str) -> None:
+        for item in items:
             if not self._limiter.hit(item, client):
                 reset = self._limiter.get_window_stats(item, client).reset_time
                 raise RateLimited(f"rate limit {item} exceeded", retry_after_s=max(1, math.ceil(reset - time.time())))
@@ -203,7 +240,33 @@ async def refuse(exc: ServiceError, scope: Scope, receive: Receive, send: Send) 
     await service_error_response(scope, exc)(scope, receive, send)
 
 
-def api_keys(access: AccessConfig) -> list[bytes]:
-    """The configured keys and those in the environment (how production keeps them out of configs)."""
-    from_env = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",")]
-    return [key.encode() for key in [*access.api_keys, *from_env] if key]
+def opens_synthesis(scope: Scope) -> bool:
+    """Whether the request takes a model slot (a synthesis POST or a WebSocket conversation)."""
+    opens = scope["type"] == "websocket" or scope.get("method") == "POST"
+    return opens and route_path(scope) in SYNTHESIS_PATHS
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address as Serve's proxy gives it (its uvicorn trusts X-Forwarded-For only from loopback,
+    so a local reverse proxy's clients are seen as themselves, never as loopback)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def presented_key(headers: Headers, scope: Scope) -> str | None:
+    """The bearer token of the Authorization header; on a WebSocket, else the ``bearer.KEY`` subprotocol."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scope["type"] == "websocket" and not token:
+        offered = [name.strip() for name in headers.get("sec-websocket-protocol", "").split(",")]
+        keys = [name.removeprefix(KEY_SUBPROTOCOL) for name in offered if name.startswith(KEY_SUBPROTOCOL)]
+        scheme, token = ("bearer", keys[0]) if keys else (scheme, token)
+    return token.strip() if scheme.lower() == "bearer" else None

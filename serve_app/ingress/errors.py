@@ -80,13 +80,18 @@ class OpenAIErrorBody(BaseModel):
 _WHY = {
     400: "a field the model cannot honour, a value out of the supported range (`speed`), or a body that is "
     "not valid JSON; `error.field` names the field",
-    401: "an API key is configured and the request has none or a wrong one",
-    404: "the model or voice named does not exist; `error.field` names which",
+    401: "the request has no valid API key (or, on a deployment without keys, does not come from loopback)",
+    403: "the caller may not do this (a shared voice is changed by admins only), or a tenant quota is reached "
+    "(`error.code` quota_exceeded, `error.field` names the quota)",
+    404: "the model or voice named does not exist, or belongs to another tenant; `error.field` names which",
+    409: "a voice of this name exists already in the caller's tenant; `error.field` is `name`",
     413: "the text or an upload is over the configured limit",
     415: "an upload is not decodable audio",
     422: "a field is missing, of the wrong type or out of range; `error.field` names it",
-    429: "the client's configured rate is exceeded; retry after `Retry-After` seconds",
+    429: "the client's configured rate, its key's cap on concurrent requests or sockets, or the allowance of "
+    "failed authentications per address is exceeded; retry after `Retry-After` seconds",
     503: "the service is at capacity or starting; retry after `Retry-After` seconds",
+    507: "the voice store is full; nothing was saved",
 }
 
 

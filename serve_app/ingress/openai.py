@@ -28,13 +28,14 @@ from pydantic import BaseModel, Field, field_validator
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.config import AppConfig, OpenAIRouteConfig
 from serve_app.errors import NotFound
-from serve_app.ingress.dependencies import app_config, request_trace, synthesis_service
+from serve_app.ingress.dependencies import app_config, caller, request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.http_audio import streaming_response
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo, SynthesisRequest
+from serve_app.tenants import Principal
 from serve_app.voices import Voice
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=documented_errors(401, 429, 503, openai=True))
@@ -117,17 +118,18 @@ class SpeechRequest(VoxCPMKnobs):
         return self.voice if isinstance(self.voice, str) else self.voice.id
 
 
-async def _voice(name: str, service: SynthesisService, config: OpenAIRouteConfig) -> Voice | None:
-    """The saved voice to speak with: a mapped OpenAI name's, none for an unmapped one (the model's default)."""
+async def _voice(name: str, service: SynthesisService, config: OpenAIRouteConfig, who: Principal) -> Voice | None:
+    """The saved voice to speak with: a mapped OpenAI name's (a shared voice: no tenant can change what a
+    configured name speaks with), none for an unmapped one (the model's default), else the caller's by name."""
     key = name.strip().casefold()
     if key in config.voices:
         try:
-            return await service.voice(config.voices[key], "voice")
+            return await asyncio.to_thread(service.voices.find_shared, config.voices[key], "voice")
         except NotFound:
             raise NotFound(
-                f"voice {name!r} is mapped to the saved voice {config.voices[key]!r}, which does not exist", "voice"
+                f"voice {name!r} is mapped to the shared voice {config.voices[key]!r}, which does not exist", "voice"
             ) from None
-    return None if key in OPENAI_VOICES else await service.voice(name, "voice")
+    return None if key in OPENAI_VOICES else await service.voice(name, "voice", who)
 
 
 async def _instructions(
@@ -162,13 +164,14 @@ async def speech(
     service: Service,
     config: Annotated[AppConfig, Depends(app_config)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
+    who: Annotated[Principal, Depends(caller)],
 ) -> StreamingResponse:
     model = served_model(body.model, service)
     service.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
     output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace, body.speed)
     instructions, ignored = await _instructions(body, output.model, config.openai.strict, service)
-    voice = await _voice(body.voice_name, service, config.openai)
+    voice = await _voice(body.voice_name, service, config.openai, who)
     request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
         response = await streaming_response(service, request, output)
@@ -218,12 +221,16 @@ async def audio_models(service: Service) -> dict:
 
 
 @router.get("/audio/voices", summary="OpenAI's voice names (with what each speaks with) and the saved voices")
-async def audio_voices(service: Service, config: Annotated[AppConfig, Depends(app_config)]) -> dict:
+async def audio_voices(
+    service: Service, config: Annotated[AppConfig, Depends(app_config)], who: Annotated[Principal, Depends(caller)]
+) -> dict:
     """Kokoro-FastAPI's shape, ``{"voices": [{"id", "name"}, ...]}``, which Open WebUI reads to fill its
     voice menu; each entry also says what it is."""
-    saved = await asyncio.to_thread(service.voices.list)
-    # by id and by name in any case; the most recent voice of a name wins, as in VoiceStore.find
-    known = {v.voice_id: v for v in saved} | {v.name.casefold(): v for v in saved}
+    saved = await asyncio.to_thread(service.voices.list, who)
+    shared = [v for v in saved if v.owner is None]
+    # what a mapped name speaks with: a shared voice by id, or by name in any case (the most recent of a name
+    # wins, as in VoiceStore.find_shared)
+    known = {v.voice_id: v for v in shared} | {v.name.casefold(): v for v in shared}
     mapped = config.openai.voices
     names = [*OPENAI_VOICES, *(name for name in mapped if name not in OPENAI_VOICES)]
     aliases = []

@@ -1,5 +1,6 @@
 """``GET /health``, ``GET /ready`` and ``GET /api/gpu/status``, answered from what model replicas report to
-the status board (a replica starts reporting once it has loaded and warmed up its model)."""
+the status board (a replica starts reporting once it has loaded and warmed up its model), as this ingress
+replica last read it (``replica_reports.py``): a probe makes no remote call."""
 
 from __future__ import annotations
 
@@ -12,50 +13,53 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from serve_app.errors import Unavailable
-from serve_app.ingress.dependencies import synthesis_service
+from serve_app.ingress.dependencies import caller, replica_reports, synthesis_service
+from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.model.types import ModelInfo
+from serve_app.tenants import Principal
 
 router = APIRouter(tags=["status"])
 
-STATUS_TIMEOUT_S = 5.0
+Service = Annotated[SynthesisService, Depends(synthesis_service)]
+Reports = Annotated[ReplicaReports, Depends(replica_reports)]
 
 
 @router.get("/health", summary="Liveness and model state")
-async def health(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> JSONResponse:
+async def health(service: Service, reports: Reports) -> JSONResponse:
     """Ready when every model has a replica that reported to the status board in the last few seconds
     (a replica's reports go on while all its request slots are taken: a full service is ready)."""
     try:
-        reports = await _reports_by_model(service)
+        by_model = await _reports_by_model(service, reports)
     except Unavailable as exc:
         return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
-    models = [_model_health(name, infos) for name, infos in reports.items()]
+    models = [_model_health(name, infos) for name, infos in by_model.items()]
     ready = all(model["replicas_running"] for model in models)
     body = {"status": "ok" if ready else "unavailable", "default_model": service.default_model, "models": models}
     return JSONResponse(body, 200 if ready else 503)
 
 
 @router.get("/ready", summary="Readiness for probes: 200 once every model has a warmed replica, else 503")
-async def ready(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> JSONResponse:
+async def ready(service: Service, reports: Reports) -> JSONResponse:
     """For Kubernetes Deployments' readiness probes, ``docker run``'s health check and load balancers:
     traffic may come once every configured model can take it. Not for a KubeRay head pod, which KubeRay
     needs Ready before it deploys the application at all (configs/kuberay-rayservice.yaml)."""
     try:
-        reports = await _reports_by_model(service)
+        by_model = await _reports_by_model(service, reports)
     except Unavailable as exc:
         waiting, detail = service.model_names, exc.message
     else:
-        waiting = [name for name, infos in reports.items() if not infos]
+        waiting = [name for name, infos in by_model.items() if not infos]
         detail = "no replica of these models has loaded and warmed up yet"
     if waiting:
         return JSONResponse({"status": "not_ready", "models_not_ready": waiting, "detail": detail}, 503)
     return JSONResponse({"status": "ready", "models": service.model_names}, 200)
 
 
-async def _reports_by_model(service: SynthesisService) -> dict[str, list[ModelInfo]]:
+async def _reports_by_model(service: SynthesisService, reports: ReplicaReports) -> dict[str, list[ModelInfo]]:
     """Each configured model's live replicas, as their reports to the status board describe them."""
-    reports = await service.replica_reports(STATUS_TIMEOUT_S)
-    return {name: [info for info, _ in reports if info.name == name] for name in service.model_names}
+    latest = await reports.latest(service.model_names)
+    return {name: [info for info, _ in latest if info.name == name] for name in service.model_names}
 
 
 def _model_health(name: str, infos: list[ModelInfo]) -> dict[str, Any]:
@@ -64,13 +68,13 @@ def _model_health(name: str, infos: list[ModelInfo]) -> dict[str, Any]:
 
 
 @router.get("/api/gpu/status", summary="GPUs of the whole cluster and every model replica's memory (NVML)")
-async def gpu_status(service: Annotated[SynthesisService, Depends(synthesis_service)]) -> dict[str, Any]:
+async def gpu_status(reports: Reports, who: Annotated[Principal, Depends(caller)]) -> dict[str, Any]:
     """Every model replica reports its node's GPUs (NVML) and the memory it holds to the status board
-    (at most a second old); Ray's view of the cluster adds GPU nodes that host no replica right now
-    (an idle autoscaled worker)."""
-    replicas = [status for _, status in await service.replica_reports(STATUS_TIMEOUT_S)]
+    (at most a second or two old); Ray's view of the cluster adds GPU nodes that host no replica right now
+    (an idle autoscaled worker). Node addresses are for admins: they map the cluster's network."""
+    replicas = [status for _, status in await reports.latest()]
     gpus = {(r.node_id, gpu["uuid"]): {**gpu, "node_id": r.node_id} for r in replicas for gpu in r.gpus}
-    nodes = await asyncio.to_thread(_gpu_nodes, {r.node_id for r in replicas if r.gpus})
+    nodes = await asyncio.to_thread(gpu_nodes, {r.node_id for r in replicas if r.gpus}, who.admin)
     return {
         "cuda_available": bool(gpus),
         "message": None if gpus else "no NVIDIA GPU on the model replicas' nodes; running on CPU",
@@ -80,12 +84,12 @@ async def gpu_status(service: Annotated[SynthesisService, Depends(synthesis_serv
     }
 
 
-def _gpu_nodes(reported: set[str]) -> list[dict[str, Any]]:
+def gpu_nodes(reported: set[str], with_addresses: bool) -> list[dict[str, Any]]:
     """The alive nodes Ray knows to have GPUs, and whether a replica there reported them."""
     return [
         {
             "node_id": node["NodeID"],
-            "address": node["NodeManagerAddress"],
+            **({"address": node["NodeManagerAddress"]} if with_addresses else {}),
             "gpus": node["Resources"]["GPU"],
             "reported_by_a_replica": node["NodeID"] in reported,
         }

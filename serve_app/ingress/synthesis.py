@@ -23,13 +23,14 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from serve_app import metrics
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
-from serve_app.audio.reference import decode_mono, decode_reference
+from serve_app.audio.reference import AudioBounds, decode_upload
 from serve_app.audio.stretch import check_speed, stretch, stretcher
 from serve_app.config import AppConfig
-from serve_app.errors import BadRequest, InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError, Unavailable
+from serve_app.errors import BadRequest, InvalidField, NotFound, Overloaded, PayloadTooLarge, ServiceError
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.metrics import RequestTrace
-from serve_app.model.types import ModelInfo, PromptAudio, ReplicaStatus, SynthesisRequest
+from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
+from serve_app.tenants import Principal
 from serve_app.voices import Voice, VoiceStore
 
 logger = logging.getLogger("ray.serve")
@@ -55,14 +56,21 @@ def model_errors() -> Iterator[None]:
 class SynthesisService:
     """The ingress's access to the model deployments, by model name."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
+    def __init__(self, models: dict[str, DeploymentHandle], config: AppConfig) -> None:
         self._handles = models
-        self._status_board = status_board
         self.default_model = config.default
         self._limits = config.limits
+        self._audio_bounds = AudioBounds(
+            max_seconds=config.limits.max_prompt_audio_seconds,
+            max_channels=config.limits.max_prompt_audio_channels,
+            max_sample_rate=config.limits.max_prompt_audio_sample_rate,
+            max_samples=config.limits.prompt_audio_sample_budget,
+            timeout_s=config.limits.prompt_audio_decode_timeout_s,
+        )
         self._infos: dict[str, ModelInfo] = {}
         self._full_until: dict[str, float] = {}  # monotonic time, by model
-        self.voices = VoiceStore(config.voices_dir)
+        self.voices = VoiceStore(config.voices_dir, config.access.quotas)
+        self.voices.recover()
 
     @property
     def model_names(self) -> list[str]:
@@ -94,13 +102,6 @@ class SynthesisService:
             self._infos[model] = await self._retrying_refusals(model, self._handles[model].info.remote)
         return self._infos[model]
 
-    async def replica_reports(self, timeout_s: float) -> list[tuple[ModelInfo, ReplicaStatus]]:
-        """What every live model replica last reported to the status board (never blocked by full replicas)."""
-        try:
-            return await asyncio.wait_for(self._status_board.reports.remote(), timeout_s)
-        except Exception as exc:  # whatever keeps the board from answering, it is not the client's
-            raise Unavailable(f"the status board did not answer ({type(exc).__name__}); retry shortly") from exc
-
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
             raise PayloadTooLarge(
@@ -108,15 +109,21 @@ class SynthesisService:
             )
 
     async def from_form(
-        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace
+        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace, caller: Principal
     ) -> tuple[SynthesisRequest, Output]:
         """What a /api/tts* form asks for (its uploads already read): the synthesis, and how to encode it."""
         model = self.resolve(form.model)
         output = await self.output(form.format, form.sample_rate, model, trace, form.speed)
-        return await self._request_from_form(form, prompt_audio, reference_audio, trace, model), output
+        return await self._request_from_form(form, prompt_audio, reference_audio, trace, model, caller), output
 
     async def _request_from_form(
-        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace, model: str
+        self,
+        form: TTSStreamForm,
+        prompt_audio: bytes,
+        reference_audio: bytes,
+        trace: RequestTrace,
+        model: str,
+        caller: Principal,
     ) -> SynthesisRequest:
         self.check_text_length(form.text, "text")
         # the fields only VoxCPM2 models take (a 400 naming the first given on the others)
@@ -125,7 +132,7 @@ class SynthesisService:
         )
         prompt = await self.recording(prompt_audio, model, "prompt_audio", form.prompt_text)
         reference = await self.recording(reference_audio, model, "reference_audio")
-        voice = await self.voice(form.voice_id, "voice_id") if form.voice_id else None
+        voice = await self.voice(form.voice_id, "voice_id", caller) if form.voice_id else None
         if voice is not None and (prompt is not None or reference is not None):
             field = "prompt_audio" if prompt is not None else "reference_audio"
             raise InvalidField(f"give either voice_id or {field}, not both", "voice_id")
@@ -147,8 +154,9 @@ class SynthesisService:
             given[0],
         )
 
-    async def voice(self, id_or_name: str, field: str) -> Voice:
-        return await asyncio.to_thread(self.voices.find, id_or_name, field)
+    async def voice(self, id_or_name: str, field: str, caller: Principal) -> Voice:
+        """A saved voice the caller may use, by id or name (another tenant's is a 404, as an absent one)."""
+        return await asyncio.to_thread(self.voices.find, id_or_name, field, caller)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -158,7 +166,7 @@ class SynthesisService:
         """An uploaded recording as mono float32 at its own rate, within the configured limits."""
         if not data:
             raise InvalidField(f"{field} is required", field)
-        return await asyncio.to_thread(decode_mono, data, self._limits.max_prompt_audio_seconds, field)
+        return await decode_upload(data, self._audio_bounds, field)
 
     async def recording(self, data: bytes, model: str, field: str, text: str | None = None) -> PromptAudio | None:
         """An uploaded prompt or reference recording (its bytes) at the model's prompt rate; none when not sent."""
@@ -167,10 +175,8 @@ class SynthesisService:
                 raise InvalidField(f"prompt_text was given without {field}", field)
             return None
         info = await self.model_info(model)
-        samples = await asyncio.to_thread(
-            decode_reference, data, info.prompt_sample_rate, self._limits.max_prompt_audio_seconds, field
-        )
-        return PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=text)
+        samples, rate = await decode_upload(data, self._audio_bounds, field, info.prompt_sample_rate)
+        return PromptAudio(samples=samples, sample_rate=rate, text=text)
 
     async def output(
         self, fmt: AudioFormat, requested_rate: int | None, model: str, trace: RequestTrace, speed: float = 1.0

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
-from serve_app.ingress.dependencies import request_trace, synthesis_service
+from serve_app.ingress.dependencies import caller, request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
@@ -16,6 +16,7 @@ from serve_app.ingress.schemas import TTSForm, TTSStreamForm
 from serve_app.ingress.synthesis import Output, SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
+from serve_app.tenants import Principal
 
 UPLOADS = ("prompt_audio", "reference_audio")  # read before the service sees the form
 
@@ -36,8 +37,9 @@ async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
+    who: Annotated[Principal, Depends(caller)],
 ) -> StreamingResponse:
-    return await streaming_response(service, *await _parsed(form, service, trace))
+    return await streaming_response(service, *await _parsed(form, service, trace, who))
 
 
 @router.post(
@@ -51,12 +53,13 @@ async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],
     service: Annotated[SynthesisService, Depends(synthesis_service)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
+    who: Annotated[Principal, Depends(caller)],
 ) -> Response:
-    return await whole_response(service, *await _parsed(form, service, trace))
+    return await whole_response(service, *await _parsed(form, service, trace, who))
 
 
 async def _parsed(
-    form: TTSStreamForm, service: SynthesisService, trace: RequestTrace
+    form: TTSStreamForm, service: SynthesisService, trace: RequestTrace, who: Principal
 ) -> tuple[SynthesisRequest, Output]:
     uploads = [await read_upload(getattr(form, field), service.max_upload_bytes, field) for field in UPLOADS]
-    return await service.from_form(form, *uploads, trace)
+    return await service.from_form(form, *uploads, trace, who)

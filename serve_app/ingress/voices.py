@@ -1,4 +1,5 @@
-"""Saved voices: ``POST /api/voices``, ``GET /api/voices``, ``GET`` and ``DELETE /api/voices/{id}``."""
+"""Saved voices: ``POST /api/voices``, ``GET /api/voices``, ``GET`` and ``DELETE /api/voices/{id}``, each for
+the caller's tenant (``serve_app/voices.py``: what a tenant sees, what admins share)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from serve_app.errors import InvalidField
-from serve_app.ingress.dependencies import request_trace, synthesis_service
+from serve_app.ingress.dependencies import caller, request_trace, synthesis_service
 from serve_app.ingress.errors import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload
@@ -16,10 +17,12 @@ from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS
 from serve_app.ingress.synthesis import SynthesisService
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
+from serve_app.tenants import Principal
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
 
 Service = Annotated[SynthesisService, Depends(synthesis_service)]
+Caller = Annotated[Principal, Depends(caller)]
 # What a designed voice's sample says when the form gives no text: long enough for a voice to settle.
 DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I can read anything you like, clearly and naturally."
 DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatever the model
@@ -29,11 +32,12 @@ DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatev
     "",
     status_code=201,
     summary="Save a voice: a recording and its transcript, or one designed from a description (VoxCPM2)",
-    responses=documented_errors(400, 413, 415, 503),
+    responses=documented_errors(400, 403, 409, 413, 415, 503, 507),
     dependencies=[Depends(form_body)],
 )
 async def create(
     service: Service,
+    who: Caller,
     trace: Annotated[RequestTrace, Depends(request_trace)],
     name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
     audio: Annotated[
@@ -68,7 +72,7 @@ async def create(
     if description is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        return await _designed(service, trace, name.strip(), description.strip(), text, model)
+        return await _designed(service, who, trace, name.strip(), description.strip(), text, model)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
     if text is None or not text.strip():
@@ -78,12 +82,18 @@ async def create(
     if reference_audio is not None:
         data = await read_upload(reference_audio, service.max_upload_bytes, "reference_audio")
         reference = await service.reference(data, "reference_audio")
-    voice = await asyncio.to_thread(service.voices.create, name.strip(), text.strip(), samples, rate, reference)
+    voice = await asyncio.to_thread(service.voices.create, who, name.strip(), text.strip(), samples, rate, reference)
     return voice.public()
 
 
 async def _designed(
-    service: SynthesisService, trace: RequestTrace, name: str, description: str, text: str | None, model: str | None
+    service: SynthesisService,
+    who: Principal,
+    trace: RequestTrace,
+    name: str,
+    description: str,
+    text: str | None,
+    model: str | None,
 ) -> dict:
     """A sample spoken from the description, saved as the voice's recording with it."""
     model = service.resolve(model)
@@ -95,22 +105,27 @@ async def _designed(
     request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)
     samples = await service.synthesize(request, model)
     voice = await asyncio.to_thread(
-        service.voices.create, name, sample_text, samples, info.sample_rate, None, description
+        service.voices.create, who, name, sample_text, samples, info.sample_rate, None, description
     )
     return voice.public()
 
 
-@router.get("", summary="List saved voices (kind: recording or designed, with its description)")
-async def list_voices(service: Service) -> dict:
-    return {"voices": [voice.public() for voice in await asyncio.to_thread(service.voices.list)]}
+@router.get("", summary="List the voices the caller may use: its tenant's and the shared ones (admins: all)")
+async def list_voices(service: Service, who: Caller) -> dict:
+    return {"voices": [voice.public() for voice in await asyncio.to_thread(service.voices.list, who)]}
 
 
 @router.get("/{voice_id}", summary="Describe a saved voice")
-async def get(voice_id: str, service: Service) -> dict:
-    return (await asyncio.to_thread(service.voices.get, voice_id)).public()
+async def get(voice_id: str, service: Service, who: Caller) -> dict:
+    return (await asyncio.to_thread(service.voices.get, voice_id, who)).public()
 
 
-@router.delete("/{voice_id}", status_code=204, summary="Delete a saved voice")
-async def delete(voice_id: str, service: Service) -> Response:
-    await asyncio.to_thread(service.voices.delete, voice_id)
+@router.delete(
+    "/{voice_id}",
+    status_code=204,
+    summary="Delete a saved voice (a shared one: admins only)",
+    responses=documented_errors(403),
+)
+async def delete(voice_id: str, service: Service, who: Caller) -> Response:
+    await asyncio.to_thread(service.voices.delete, voice_id, who)
     return Response(status_code=204)

@@ -38,7 +38,7 @@ from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm, reserve_kernel_cache
 from serve_app.text import split_sentences
 from serve_app.voices import Voice, VoiceStore
-from serve_app.weights import Weights
+from serve_app.weights import Weights, public_source
 from serve_app.weights import resolve as resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class VoxCPMRuntime:
         self.v2 = type(self.model).__name__ == "VoxCPM2Model"
         self.info = ModelInfo(
             name=config.name,
-            source=weights.source if weights else config.source,
+            source=public_source(weights.source if weights else config.source),
             architecture="voxcpm2" if self.v2 else "voxcpm",
             sample_rate=int(self.model.sample_rate),
             prompt_sample_rate=int(getattr(self.model, "_encode_sample_rate", self.model.sample_rate)),
