@@ -47,6 +47,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=cache,target=/root/.cache/pip \
     rm /tmp/requirements.txt
 
 COPY README.md /app/
+COPY --chmod=755 docker/entrypoint.sh /usr/local/bin/voxcpm-serve-entrypoint
 COPY serve_app /app/serve_app
 COPY configs /app/configs
 RUN --mount=type=secret,id=pip_cert \
@@ -56,6 +57,8 @@ RUN --mount=type=secret,id=pip_cert \
     rm -rf /app/build /app/*.egg-info
 
 # Weights (the Hugging Face cache, or a synthetic checkpoint) and saved voices outlive the container.
+# No key is ever set here (ENV or ARG would live in the image's history): keys come at run time, from
+# VOXCPM_SERVE_API_KEYS / VOXCPM_SERVE_ADMIN_KEYS, or from a Kubernetes secret.
 ENV HF_HOME=/models/huggingface \
     VOXCPM_SERVE_CONFIG=/app/${CONFIG} \
     RAY_USAGE_STATS_ENABLED=0 \
@@ -70,5 +73,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
 # `serve run` shuts Serve down cleanly on SIGINT (KeyboardInterrupt) and exits 0; on SIGTERM it would
 # die at once. Give `docker stop` a grace period that covers the deployments' graceful shutdown.
 STOPSIGNAL SIGINT
-ENTRYPOINT ["tini", "--"]
+# docker/entrypoint.sh refuses to start without API keys unless anonymous access is asked for
+# (VOXCPM_SERVE_ALLOW_ANONYMOUS=true), then execs the command. KubeRay replaces the entrypoint with its
+# own `ray start` command; there the manifest's required key secret guards the same thing.
+ENTRYPOINT ["tini", "--", "/usr/local/bin/voxcpm-serve-entrypoint"]
 CMD ["sh", "-c", "exec serve run \"$VOXCPM_SERVE_CONFIG\""]

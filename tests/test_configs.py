@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,10 @@ from serve_app.config import AppConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 KUBERAY = CONFIG_DIR / "kuberay-rayservice.yaml"
-DOCKERFILE = CONFIG_DIR.parent / "Dockerfile"
+ROOT = CONFIG_DIR.parent
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+RAY_POD_LABEL = {"ray.io/is-ray-node": "yes"}  # KubeRay's labelPod (common/pod.go) puts it on every Ray pod
 CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path != KUBERAY)  # Serve configs
 
 
@@ -115,11 +122,113 @@ class TestImage:
         default = re.search(r"^ARG CONFIG=(\S+)$", DOCKERFILE.read_text(), re.M)
         assert (CONFIG_DIR.parent / default[1]).is_file()
 
+    def test_entrypoint_checks_the_keys_then_runs_the_command_under_tini(self) -> None:
+        """tini stays PID 1 (it reaps Ray's orphans and passes SIGINT on); the check runs between it and CMD.
+        The script must be in the build context (.dockerignore lets only named paths in) and executable."""
+        dockerfile = DOCKERFILE.read_text()
+        entrypoint = re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+        path = "/usr/local/bin/voxcpm-serve-entrypoint"
+        assert json.loads(entrypoint[1]) == ["tini", "--", path]
+        assert re.search(rf"^COPY --chmod=755 docker/entrypoint\.sh {re.escape(path)}$", dockerfile, re.M)
+        ignored = (ROOT / ".dockerignore").read_text().splitlines()
+        assert ignored.index("!docker/entrypoint.sh") > ignored.index("*")
+        assert os.access(ENTRYPOINT, os.X_OK)
 
-class TestKubeRay:
-    """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and holds to what KubeRay's controller does
-    with it (ray-project/kuberay, ray-operator/controllers/ray/: rayservice_controller.go, common/pod.go,
-    common/service.go; samples in ray-operator/config/samples/ray-service.*.yaml)."""
+    def test_no_key_is_baked_into_the_image(self) -> None:
+        """ENV and ARG values stay in the image's config and history for anyone who pulls it."""
+        for line in DOCKERFILE.read_text().splitlines():
+            if re.match(r"\s*(ENV|ARG)\b", line) or line.startswith(" "):
+                assert not re.search(r"VOXCPM_SERVE_(API_KEYS|ADMIN_KEYS|ALLOW_ANONYMOUS)", line), line
+
+    def test_compose_files_require_the_keys(self) -> None:
+        """compose.yaml publishes the port beyond loopback: `${VAR:?message}` makes compose refuse to start
+        when the variable is unset or empty (Compose specification, interpolation), before the image's own
+        check; neither file asks for anonymous access."""
+        required = re.compile(r"^\$\{VOXCPM_SERVE_API_KEYS:\?[^$}]+\}$")
+        base = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["voxcpm"]
+        assert base["ports"] and required.match(base["environment"]["VOXCPM_SERVE_API_KEYS"])
+        for name in ("compose.yaml", "compose.gpu.yaml"):
+            for service in yaml.safe_load((ROOT / name).read_text())["services"].values():
+                environment = service.get("environment", {})
+                assert "VOXCPM_SERVE_ALLOW_ANONYMOUS" not in environment, name
+                if "VOXCPM_SERVE_API_KEYS" in environment:
+                    assert required.match(environment["VOXCPM_SERVE_API_KEYS"]), name
+
+
+SHELLS = [shell for shell in ("sh", "bash") if shutil.which(shell)]  # dash is /bin/sh on Debian
+
+
+def entrypoint(shell: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """docker/entrypoint.sh with only the given variables (and this Python first on PATH, with the package, as
+    the image's), running a command that prints its arguments."""
+    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]), **env}
+    command = [shell, str(ENTRYPOINT), "printf", "%s|", "started", "two words"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+class TestEntrypoint:
+    """docker/entrypoint.sh, the image's check before `serve run` (``python -m serve_app.tenants``, the rule the
+    ingress applies): without keys, only anonymous access asked for starts the service."""
+
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {},
+            {"VOXCPM_SERVE_API_KEYS": ""},
+            {"VOXCPM_SERVE_API_KEYS": " , ,", "VOXCPM_SERVE_ADMIN_KEYS": " "},  # blank entries are no keys
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": "false"},
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": ""},
+        ],
+        ids=["nothing", "empty", "blank-entries", "anonymous-false", "anonymous-empty"],
+    )
+    def test_refuses_without_keys(self, shell: str, env: dict[str, str]) -> None:
+        result = entrypoint(shell, env)
+        assert result.returncode == 78, result  # EX_CONFIG
+        assert "started" not in result.stdout
+        assert "VOXCPM_SERVE_API_KEYS" in result.stderr and "VOXCPM_SERVE_ALLOW_ANONYMOUS=true" in result.stderr
+
+    @pytest.mark.parametrize(
+        "env",
+        [
+            {"VOXCPM_SERVE_API_KEYS": "k1"},
+            {"VOXCPM_SERVE_API_KEYS": "acme=k1, k2"},
+            {"VOXCPM_SERVE_ADMIN_KEYS": "admin=k3"},
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": "true"},
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": " TRUE "},
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": "1"},
+            {"VOXCPM_SERVE_ALLOW_ANONYMOUS": "yes"},
+        ],
+        ids=["key", "tenant-keys", "admin-key", "anonymous", "anonymous-caps", "anonymous-1", "anonymous-yes"],
+    )
+    def test_runs_the_command_with_keys_or_anonymous_asked_for(self, shell: str, env: dict[str, str]) -> None:
+        result = entrypoint(shell, env)
+        assert result.returncode == 0, result
+        assert result.stdout == "started|two words|"  # exec "$@": the arguments verbatim
+
+    def test_keys_or_anonymous_in_the_serve_config_count(self, shell: str, tmp_path: Path) -> None:
+        """args.access.api_keys / admin_keys / allow_anonymous in $VOXCPM_SERVE_CONFIG are what the service
+        reads too; the image's own configs hold none, so without variables they refuse."""
+        config = yaml.safe_load((CONFIG_DIR / "container.yaml").read_text())
+        access = config["applications"][0]["args"].setdefault("access", {})
+        cases = [({}, 78), ({"api_keys": ["k1"]}, 0), ({"admin_keys": ["a=k2"]}, 0), ({"allow_anonymous": True}, 0)]
+        cases += [({"api_keys": [" "]}, 78), ({"allow_anonymous": False}, 78)]
+        path = tmp_path / "config.yaml"
+        for extra, code in cases:
+            access.clear()
+            access.update(extra)
+            path.write_text(yaml.safe_dump(config))
+            result = entrypoint(shell, {"VOXCPM_SERVE_CONFIG": str(path)})
+            assert result.returncode == code, (extra, result)
+        for name in ("prod.yaml", "container.yaml"):  # what the GPU and the CPU image serve
+            result = entrypoint(shell, {"VOXCPM_SERVE_CONFIG": str(CONFIG_DIR / name)})
+            assert result.returncode == 78, (name, result)
+        missing = entrypoint(shell, {"VOXCPM_SERVE_CONFIG": str(tmp_path / "absent.yaml")})
+        assert missing.returncode == 78
+
+
+class KubeRayManifest:
+    """The manifest's documents, parsed once per test class, and ways into them."""
 
     @pytest.fixture(scope="class")
     def documents(self) -> list[dict]:
@@ -143,6 +252,12 @@ class TestKubeRay:
     def head(service: dict) -> dict:
         (head,) = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"]
         return head
+
+
+class TestKubeRay(KubeRayManifest):
+    """configs/kuberay-rayservice.yaml embeds configs/prod.yaml and holds to what KubeRay's controller does
+    with it (ray-project/kuberay, ray-operator/controllers/ray/: rayservice_controller.go, common/pod.go,
+    common/service.go; samples in ray-operator/config/samples/ray-service.*.yaml)."""
 
     def test_embedded_serve_config_is_prod_yaml(self, service: dict, prod: dict) -> None:
         embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -243,6 +358,196 @@ class TestKubeRay:
     def test_head_mounts_the_voices_the_ingress_saves(self, service: dict) -> None:
         voices = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["voices_dir"]
         assert voices in {mount["mountPath"] for mount in self.head(service)["volumeMounts"]}
+
+
+class TestKubeRaySecurity(KubeRayManifest):
+    """Who may command the cluster: Ray's token, a NetworkPolicy, unprivileged containers, required keys.
+    KubeRay 1.5.1 (ray-project/kuberay, tag v1.5.1): apis/ray/v1/raycluster_types.go (AuthOptions),
+    controllers/ray/raycluster_controller.go (reconcileAuthSecret), common/pod.go (configureTokenAuth,
+    BuildAutoscalerContainer, mergeAutoscalerOverrides, labelPod, the wait-gcs-ready init container),
+    common/service.go (BuildServiceForHeadPod), utils/util.go (FetchHeadServiceURL,
+    GetRayDashboardClientFunc), utils/validation.go; Ray 2.60 (ray/dashboard/http_server_head.py)."""
+
+    @pytest.fixture(scope="class")
+    def policy(self, documents: list[dict]) -> dict:
+        (policy,) = [doc for doc in documents if doc["kind"] == "NetworkPolicy"]
+        return policy
+
+    @staticmethod
+    def cluster(service: dict) -> dict:
+        return service["spec"]["rayClusterConfig"]
+
+    @classmethod
+    def containers(cls, service: dict) -> list[dict]:
+        """Every container the pods run: ours, plus the autoscaler sidecar KubeRay builds from
+        autoscalerOptions (BuildAutoscalerContainer + mergeAutoscalerOverrides: it takes nothing from
+        the pod template). The workers' wait-gcs-ready init container copies the Ray container's
+        securityContext and has fixed requests and limits (DefaultWorkerPodTemplate)."""
+        ours = [c for g in cls.groups(service) for c in g["template"]["spec"]["containers"]]
+        autoscaler = {"name": "autoscaler", **cls.cluster(service)["autoscalerOptions"]}
+        assert cls.cluster(service)["enableInTreeAutoscaling"] is True  # so the sidecar exists
+        return [*ours, autoscaler]
+
+    @staticmethod
+    def port(container: dict, name: str) -> int:
+        (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+        return port
+
+    def test_ray_token_authentication_is_on(self, service: dict) -> None:
+        """authOptions.mode: token makes KubeRay create a Secret per RayCluster (key auth_token) and set
+        RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from it in the Ray, autoscaler and wait-gcs-ready
+        containers; the operator's dashboard client sends it (GetRayDashboardClientFunc). Ray 2.60's
+        dashboard then answers 401 without the token, except its health checks. KubeRay refuses token mode
+        below Ray 2.52 (ValidateRayClusterSpec); authOptions first appeared in KubeRay 1.5.1's CRD, which
+        the header must ask for (an older CRD would prune the field and run Ray without authentication)."""
+        cluster = self.cluster(service)
+        assert cluster["authOptions"] == {"mode": "token"}
+        assert tuple(int(part) for part in cluster["rayVersion"].split(".")) >= (2, 52, 0)
+        claimed = re.search(r"KubeRay operator >= (\d+)\.(\d+)\.(\d+)", KUBERAY.read_text())
+        assert claimed and tuple(int(part) for part in claimed.groups()) >= (1, 5, 1)
+
+    def test_every_container_is_unprivileged(self, service: dict) -> None:
+        """Pod Security Standards' "restricted" profile, per container: non-root with the image's numeric
+        uid (the Dockerfile's `ray`, 1000: a name cannot be checked by the kubelet), no privilege
+        escalation (no_new_privs: Ray's image gives `ray` passwordless sudo), every capability dropped,
+        the runtime's default seccomp profile. The autoscaler sidecar gets its own only from
+        autoscalerOptions.securityContext (mergeAutoscalerOverrides)."""
+        uid = re.search(r"useradd [^;]*--uid (\d+)", DOCKERFILE.read_text())
+        assert re.search(r"^USER ray$", DOCKERFILE.read_text(), re.M) and uid
+        for container in self.containers(service):
+            context = container.get("securityContext", {})
+            assert context.get("runAsNonRoot") is True, container["name"]
+            assert context.get("runAsUser") == int(uid[1]), container["name"]
+            assert context.get("allowPrivilegeEscalation") is False, container["name"]
+            assert context.get("privileged") in (None, False), container["name"]
+            assert context.get("capabilities") == {"drop": ["ALL"]}, container["name"]
+            assert context.get("seccompProfile") == {"type": "RuntimeDefault"}, container["name"]
+        for group in self.groups(service):
+            pod = group["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["fsGroup"] == int(uid[1])  # writes the claims' roots
+            assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+    def test_workers_carry_no_kubernetes_credentials(self, service: dict) -> None:
+        """Only the head's autoscaler calls the Kubernetes API (KubeRay binds it a service account); code
+        running on a GPU worker gets no token to call it with."""
+        for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            assert group["template"]["spec"]["automountServiceAccountToken"] is False
+
+    def test_every_container_has_requests_and_limits(self, service: dict) -> None:
+        """Without limits a job on a Ray node can starve its neighbours; KubeRay also derives Ray's CPU and
+        memory from the Ray container's (common/pod.go generateRayStartCommand)."""
+        for container in self.containers(service):
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), (container["name"], kind)
+
+    def test_the_api_key_secret_is_required(self, service: dict) -> None:
+        """A missing secret keeps the pod from starting (CreateContainerConfigError) instead of starting a
+        service without keys; `optional: true` would run it keyless. Keys come only from secrets, never a
+        literal in the manifest. The admin keys may be absent: the API keys alone close the service."""
+        for group in self.groups(service):
+            for container in group["template"]["spec"]["containers"]:
+                env = {item["name"]: item for item in container.get("env", [])}
+                api = env["VOXCPM_SERVE_API_KEYS"]
+                assert "value" not in api and api["valueFrom"]["secretKeyRef"].get("optional", False) is False
+                for name in ("VOXCPM_SERVE_API_KEYS", "VOXCPM_SERVE_ADMIN_KEYS"):
+                    assert "value" not in env.get(name, {}), name
+                    assert name not in env or "secretKeyRef" in env[name]["valueFrom"], name
+                assert "VOXCPM_SERVE_ALLOW_ANONYMOUS" not in env, container["name"]
+
+    def test_nothing_publishes_the_dashboard(self, documents: list[dict], service: dict) -> None:
+        """The head Service is headless ClusterIP unless headGroupSpec.serviceType says otherwise, and it
+        carries every port of the head container, the dashboard's included (BuildServiceForHeadPod);
+        enableIngress makes KubeRay create an Ingress to the dashboard (reconcileIngress). None of these,
+        no headService or serveService of ours, and no other object exposing anything: operators reach
+        the dashboard with kubectl port-forward."""
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+        assert not head.get("enableIngress")
+        assert "headService" not in head and "serveService" not in service["spec"]
+        kinds = {doc["kind"] for doc in documents}
+        assert kinds <= {"RayService", "PersistentVolumeClaim", "NetworkPolicy"}, kinds
+
+    def test_the_policy_selects_every_ray_pod_of_the_service(self, service: dict, policy: dict) -> None:
+        """A pod no policy selects accepts everything. The selector must match the head and every worker
+        group of every cluster generation (an upgrade creates a RayCluster with a new name, so
+        ray.io/cluster cannot be used): KubeRay keeps the template's labels on the pods, except the
+        ray.io/node-type, group and cluster it sets itself, and adds ray.io/is-ray-node: yes (labelPod).
+        Ingress only: the pods need the hub, DNS and the Kubernetes API outbound."""
+        selector = policy["spec"]["podSelector"]
+        assert set(selector) == {"matchLabels"}
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        kuberay_owned = {"ray.io/node-type", "ray.io/group", "ray.io/cluster", "ray.io/identifier"}
+        for group in self.groups(service):
+            labels = group["template"].get("metadata", {}).get("labels", {})
+            assert not kuberay_owned & set(labels)
+            assert selector["matchLabels"].items() <= {**labels, **RAY_POD_LABEL}.items()
+
+    @staticmethod
+    def allows(policy: dict, port: int, pod_labels: dict, namespace: str | None) -> bool:
+        """NetworkPolicy ingress semantics (Kubernetes networking/v1 types.go): a connection is allowed
+        when some rule's peers (empty or missing: all sources) and ports (empty or missing: all ports) both
+        match. namespace None is the policy's own; a peer with only a podSelector means that namespace."""
+
+        def selects(selector: dict, labels: dict) -> bool:
+            assert set(selector) <= {"matchLabels"}, selector  # matchExpressions are not evaluated here
+            return selector.get("matchLabels", {}).items() <= labels.items()
+
+        def peer_matches(peer: dict) -> bool:
+            assert "ipBlock" not in peer, peer  # address ranges would open the ports to anything there
+            if "namespaceSelector" in peer:
+                ns_labels = {"kubernetes.io/metadata.name": namespace or "the-services-namespace"}
+                in_namespace = selects(peer["namespaceSelector"], ns_labels)
+            else:
+                in_namespace = namespace is None
+            return in_namespace and selects(peer.get("podSelector", {}), pod_labels)
+
+        for rule in policy["spec"].get("ingress", []):
+            peers_ok = not rule.get("from") or any(peer_matches(peer) for peer in rule["from"])
+            ports = rule.get("ports")
+            ports_ok = not ports or any(p.get("protocol", "TCP") == "TCP" and p["port"] == port for p in ports)
+            if peers_ok and ports_ok:
+                return True
+        return False
+
+    def test_who_reaches_which_port(self, service: dict, policy: dict, prod: dict) -> None:
+        """The Serve port from anywhere; the dashboard (and Jobs API) only from the KubeRay operator's pods,
+        whose RayService controller calls the head Service's port named `dashboard` (FetchHeadServiceURL
+        with DashboardPortName) and the head pod's Serve port (updateHeadPodServeLabel); the metrics port
+        only from the monitoring namespace; GCS, the client port, the dashboard agent and every other Ray
+        port only between the Ray pods. Namespaces are matched by kubernetes.io/metadata.name, the label
+        the API server sets on every namespace."""
+        head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+        container = self.head(service)
+        serve, dashboard = self.port(container, "serve"), self.port(container, "dashboard")
+        metrics = int(head["rayStartParams"]["metrics-export-port"])
+        assert serve == prod["http_options"]["port"] and metrics == self.port(container, "metrics")
+        gcs, client, agent, worker = self.port(container, "gcs"), 10001, 52365, 10002  # Ray's defaults
+        rules = policy["spec"]["ingress"]
+        (operator_peer,) = [r["from"][0] for r in rules if r.get("ports") == [{"protocol": "TCP", "port": dashboard}]]
+        (monitoring_peer,) = [r["from"][0] for r in rules if r.get("ports") == [{"protocol": "TCP", "port": metrics}]]
+        operator_ns = operator_peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        monitoring_ns = monitoring_peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        ray_pod = policy["spec"]["podSelector"]["matchLabels"]
+        # The operator pod's labels: helm-chart/kuberay-operator (templates/deployment.yaml, _helpers.tpl)
+        # and the kustomize install (ray-operator/config/manager/manager.yaml).
+        helm = {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"}
+        kustomize = {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/component": "kuberay-operator"}
+        sources = {  # name: (pod labels, namespace, ports it may reach)
+            "anyone": ({"app": "curl"}, "elsewhere", {serve}),
+            "a pod beside the service": ({"app": "curl"}, None, {serve}),
+            "the KubeRay operator (helm)": (helm, operator_ns, {serve, dashboard}),
+            "the KubeRay operator (kustomize)": (kustomize, operator_ns, {serve, dashboard}),
+            "an operator-labelled pod elsewhere": (helm, "elsewhere", {serve}),
+            "another pod in the operator's namespace": ({"app": "job"}, operator_ns, {serve}),
+            "Prometheus": ({"app.kubernetes.io/name": "prometheus"}, monitoring_ns, {serve, metrics}),
+            "a Ray pod": (ray_pod, None, {serve, dashboard, metrics, gcs, client, agent, worker}),
+            "a Ray pod of another service": ({**RAY_POD_LABEL, "ray.io/cluster": "other"}, None, {serve}),
+        }
+        for name, (labels, namespace, reachable) in sources.items():
+            for port in (serve, dashboard, metrics, gcs, client, agent, worker):
+                assert self.allows(policy, port, labels, namespace) == (port in reachable), (name, port)
 
 
 def test_grafana_dashboard_charts_only_metrics_we_export() -> None:
