@@ -10,7 +10,7 @@ TEST_DEPS := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint bench soak cluster image image-cpu docker-smoke system-deps browser clean
+.PHONY: serve test lint docs configs bench soak cluster image image-cpu docker-smoke system-deps browser clean
 
 serve: $(SERVICE_DEPS)
 	$(BIN)/serve run configs/local.yaml
@@ -21,6 +21,14 @@ test: $(TEST_DEPS) browser lint
 lint: $(TEST_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# docs/configuration.md from serve_app/config.py (a test checks it is current).
+docs: $(SERVICE_DEPS)
+	$(BIN)/python docs/configuration.py > docs/configuration.md.tmp && mv docs/configuration.md.tmp docs/configuration.md
+
+# configs/container.yaml from local.yaml, the KubeRay manifest's serveConfigV2 from prod.yaml (a test checks both).
+configs: $(SERVICE_DEPS)
+	$(BIN)/python configs/generate.py
 
 # The CPU benchmark suite (a few minutes); results, tables and charts land in benchmarks/results/.
 bench: $(TEST_DEPS)
@@ -72,8 +80,10 @@ image-cpu:
 		-t $(IMAGE):$(VERSION)-cpu .
 
 # Builds the CPU image, runs it, speaks through it and stops it (many minutes: not part of `make test`).
-docker-smoke: $(INSTALLED)
-	$(BIN)/python docker/smoke.py
+# Needs Docker with BuildKit; where public base images cannot be pulled, build one first (docker/local-base.sh)
+# and pass it: make docker-smoke CPU_BASE_IMAGE=voxcpm-serve-base:bookworm
+docker-smoke: $(SERVICE_DEPS)
+	$(BIN)/python docker/smoke.py --base-image $(CPU_BASE_IMAGE) --docker $(DOCKER)
 
 # FFmpeg's shared libraries decode VoxCPM 1.x prompt audio (torchaudio -> torchcodec); curl runs the
 # seed's examples; venv support is a separate package on Debian.

@@ -50,7 +50,7 @@ from common import (
 )
 
 from serve_app.config import ModelConfig
-from serve_app.model.engine import load_engine
+from serve_app.model.engine_factory import load_engine
 
 ENGINES = ("voxcpm", "batched")
 CPU_COLUMNS = ("VoxCPMModel", "TTSIngress", "ProxyActor", "clients")  # processes whose CPU an HTTP run reports

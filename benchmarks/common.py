@@ -310,7 +310,7 @@ def synthetic_checkpoint(preset: str, out: Path, dtype: str | None = None) -> Pa
     """``synthetic.build`` on a thread that then ends, taking its OpenMP pool with it: torch work left on
     the main thread would slow the engine's own thread, as nothing in a served replica does
     (serve_app/model/engine.py, benchmarks/model_thread.py)."""
-    from serve_app import synthetic
+    from serve_app.model import synthetic
 
     with ThreadPoolExecutor(max_workers=1) as builder:
         return builder.submit(synthetic.build, preset, out, dtype=dtype).result()

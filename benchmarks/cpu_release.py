@@ -19,7 +19,7 @@ from pathlib import Path
 from common import synthetic_checkpoint
 
 from serve_app.config import ModelConfig
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 
 TEXT = "Hello, this is a test of the speech service."

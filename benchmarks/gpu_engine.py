@@ -10,7 +10,7 @@ concurrency 1 and GPU memory; then K engine processes sharing the GPU (what frac
     PYTHONPATH=. python benchmarks/gpu_engine.py --device cpu --presets tiny-voxcpm1.5 --repeat 3 --share 1,2  # smoke
 
 Synthetic weights never stop on their own, so each utterance runs to voxcpm's length cap:
-a known, repeatable amount of work (see serve_app/synthetic.py).
+a known, repeatable amount of work (see serve_app/model/synthetic.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model import synthetic
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 
 TEXT = "你好，这是VoxCPM流式语音合成测试。"

@@ -28,7 +28,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, voxcpm, torchcodec._core, serve_app.model.batched.engine; print(torch.__version__)" || exit 1
+python3 -c "import torch, voxcpm, torchcodec._core, serve_app.model.batched.batch_engine; print(torch.__version__)" || exit 1
 
 bench() {  # name seconds script args...
   local name=$1 limit=$2 script=$3

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from common import SEED_SENTENCE, save, synthetic_checkpoint, table
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
+from serve_app.model import synthetic
 from serve_app.model.engine import joined
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
 

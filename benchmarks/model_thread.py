@@ -49,7 +49,7 @@ def _gemm_us_on_a_new_thread() -> float:
 
 def _one_stream(checkpoint: Path) -> dict[str, float]:
     from serve_app.config import ModelConfig
-    from serve_app.model.engine import load_engine
+    from serve_app.model.engine_factory import load_engine
     from serve_app.model.types import SynthesisRequest
 
     engine = load_engine(ModelConfig(source=str(checkpoint), device="cpu", optimize=False, engine="batched"))

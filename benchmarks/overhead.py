@@ -39,7 +39,7 @@ from common import (
 
 from serve_app.config import ModelConfig
 from serve_app.model.engine import joined
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 
 CHECKPOINT = REPO / "checkpoints" / "tiny-voxcpm1.5"

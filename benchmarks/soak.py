@@ -102,7 +102,7 @@ def sample(done: int, started: float) -> dict:
             point[f"{role}_fds"] = process.num_fds()
     # The replicas' own temp files: reference prompts voxcpm reads from disk, deleted after each use.
     # (Uploads Starlette spools to disk are unlinked at creation: they show as open descriptors.)
-    prompt_dirs = list(Path(tempfile.gettempdir()).glob(f"voxcpm-prompts-{processes['model'].pid}-*"))
+    prompt_dirs = list(Path(tempfile.gettempdir()).glob(f"voxcpm-denoise-{processes['model'].pid}-*"))
     point["prompt_temp_files"] = sum(1 for directory in prompt_dirs for _ in directory.iterdir())
     return point
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from common import SEED_SENTENCE, save, table
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model import synthetic
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 
 

@@ -37,9 +37,10 @@ from typing import Any
 from common import engine_timings, png, save, synthetic_checkpoint, table
 
 from serve_app.config import ModelConfig
-from serve_app.model.batched import engine as batched_engine
-from serve_app.model.batched import step_runner
-from serve_app.model.engine import load_engine
+from serve_app.model.batched import batch_engine as batched_engine
+from serve_app.model.batched import layers, postprocess
+from serve_app.model.batched import runner as batched_runner
+from serve_app.model.engine_factory import load_engine
 from serve_app.model.types import SynthesisRequest
 
 # (class, method, phase name); the LM step is named by the model it runs (base or residual)
@@ -47,9 +48,9 @@ PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_start", "request start"),
     (batched_engine.BatchedEngine, "_prefilled", "prefill"),
     (batched_engine.BatchedEngine, "_step", "step, whole"),
-    (step_runner.StepRunner, "_diffuse", "diffusion"),
-    (step_runner.StepRunner, "_lm_step", "LM step"),
-    (batched_engine.BatchedEngine, "_decode_streams", "VAE decode"),
+    (layers.BatchedVoxCPM, "diffuse", "diffusion"),
+    (layers.BatchedVoxCPM, "lm_step", "LM step"),
+    (postprocess.Postprocessor, "decode_streams", "VAE decode"),
 )
 STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode")
 INFERENCE_TIMESTEPS = SynthesisRequest.inference_timesteps  # the engine captures its graphs for it
@@ -150,7 +151,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
         tensor.normal_()
     inputs.cfg.fill_(2.0)
     inputs.positions.fill_(100)  # both write the same keys and values at position 100 of slots 0..rows-1
-    groups, span = {timesteps: list(range(rows))}, step_runner.GRAPH_SPAN_STEP
+    groups, span = {timesteps: list(range(rows))}, batched_runner.GRAPH_SPAN_STEP
 
     def timed(run: Callable[[], Any]) -> float:
         times = []
@@ -164,7 +165,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
         return statistics.median(times)
 
     with torch.inference_mode():
-        eager = runner._compute(inputs, groups, span).first(rows)
+        eager = runner.compute(inputs, groups, span).first(rows)
         replayed = runner.graphs.run(inputs, rows, span)
         same = all(
             torch.equal(getattr(eager, name), getattr(replayed, name))
@@ -172,7 +173,7 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
         )
         return {
             "rows": rows,
-            "eager_ms": timed(lambda: runner._compute(inputs, groups, span)),
+            "eager_ms": timed(lambda: runner.compute(inputs, groups, span)),
             "graph_ms": timed(lambda: runner.graphs.run(inputs, rows, span)),
             "same_bits": same,
         }

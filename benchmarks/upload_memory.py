@@ -29,7 +29,7 @@ import requests
 import yaml
 from common import LOCAL_CONFIG, REPO, local_service, png, save, table
 
-from serve_app.audio.reference import BLOCK_FRAMES
+from serve_app.audio.decode import BLOCK_FRAMES
 from serve_app.config import LimitsConfig
 
 sys.path.insert(0, str(REPO))  # the crafted uploads are the tests' own

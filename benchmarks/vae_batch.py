@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from common import save, table
 
-from serve_app import synthetic
+from serve_app.model import synthetic
 from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm
 
 ROWS = {"tiny-voxcpm1.5": (1, 8, 32), "tiny-voxcpm2": (1, 8, 32), "voxcpm1.5": (1, 8), "voxcpm2": (1, 8)}

@@ -17,9 +17,9 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
-from serve_app.ingress.app import TTSIngress
+from serve_app.ingress.server import TTSIngress
 from serve_app.model.deployment import VoxCPMDeployment
-from serve_app.status_board import StatusBoard
+from serve_app.model.status_board import StatusBoard
 
 
 def build_app(args: AppConfig) -> Application:

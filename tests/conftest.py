@@ -23,7 +23,7 @@ import requests
 import soundfile as sf
 import yaml
 
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

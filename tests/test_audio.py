@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.audio import wav
-from serve_app.audio.reference import AudioBounds, decode_reference
+from serve_app.audio.decode import AudioBounds, decode_reference
 from serve_app.errors import InvalidField, UnsupportedMedia
 
 # LimitsConfig's defaults: 60 s, 8 channels, 192 kHz, 60 s at 48 kHz stereo, 10 s to decode.

@@ -21,20 +21,20 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
-from serve_app.model.batched import step_runner
-from serve_app.model.batched.engine import BatchedEngine
+from serve_app.model import synthetic
+from serve_app.model.batched import layers
+from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
 from serve_app.model.coalescing import coalesced
 from serve_app.model.cuda_graphs import PaddedGraphs
 from serve_app.model.engine import joined
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 from tests.conftest import ADMIN
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
@@ -219,18 +219,18 @@ def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(e
         batch.append(runtime.model_inputs(next(runtime.utterance(request)), request))
     per_request = runner.prefill(batch, [0, 1, 2])
     caches = runner.base_kv.cache.clone(), runner.residual_kv.cache.clone()
-    monkeypatch.setattr(step_runner, "varlen_attn", stand_in)
-    monkeypatch.setattr(runner, "_varlen_prefill", True)
+    monkeypatch.setattr(layers, "varlen_attn", stand_in)
+    monkeypatch.setattr(runner, "varlen_prefill", True)
     packed = runner.prefill(batch, [0, 1, 2])
     for one, other in zip(per_request, packed, strict=True):
         assert one.length == other.length and torch.equal(one.lm_hidden, other.lm_hidden)
         assert torch.equal(one.residual_hidden, other.residual_hidden)
     assert torch.equal(caches[0], runner.base_kv.cache) and torch.equal(caches[1], runner.residual_kv.cache)
-    assert runner._varlen_agrees()
-    monkeypatch.setattr(step_runner, "varlen_attn", functools.partial(stand_in, causal=False))
-    assert not runner._varlen_agrees()
-    monkeypatch.setattr(step_runner, "varlen_attn", failing)
-    assert not runner._varlen_agrees()
+    assert runner.varlen_agrees()
+    monkeypatch.setattr(layers, "varlen_attn", functools.partial(stand_in, causal=False))
+    assert not runner.varlen_agrees()
+    monkeypatch.setattr(layers, "varlen_attn", failing)
+    assert not runner.varlen_agrees()
 
 
 def test_graphs_are_captured_for_a_few_batch_sizes_and_a_call_takes_the_smallest_that_holds_it() -> None:

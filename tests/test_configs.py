@@ -88,6 +88,14 @@ def test_container_config_is_local_yaml_in_a_container() -> None:
     assert container == local
 
 
+def test_derived_configs_are_generated_from_their_sources() -> None:
+    """container.yaml from local.yaml, the KubeRay manifest's serveConfigV2 from prod.yaml (`make configs`)."""
+    result = subprocess.run(
+        [sys.executable, str(CONFIG_DIR / "generate.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_unknown_args_are_refused() -> None:
     with pytest.raises(ValueError, match="extra"):
         AppConfig.model_validate({"model": {"sourec": "typo"}})
@@ -168,7 +176,7 @@ def entrypoint(shell: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 @pytest.mark.parametrize("shell", SHELLS)
 class TestEntrypoint:
-    """docker/entrypoint.sh, the image's check before `serve run` (``python -m serve_app.tenants``, the rule the
+    """docker/entrypoint.sh, the image's check before `serve run` (``python -m serve_app.ingress.auth``, the rule the
     ingress applies): without keys, only anonymous access asked for starts the service."""
 
     @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.model.batched.engine import BatchedEngine
-from serve_app.model.batched.step_runner import StepInputs, StepOutput
+from serve_app.model import synthetic
+from serve_app.model.batched.batch_engine import BatchedEngine
+from serve_app.model.batched.layers import StepInputs, StepOutput
 from serve_app.model.types import SynthesisRequest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -70,7 +70,7 @@ def test_a_replayed_graph_gives_the_eager_steps_bits(engine: BatchedEngine, rows
     size = next(size for size in runner.graphs.sizes if size >= rows)
     inputs = _inputs(engine, size)
     with torch.inference_mode():  # both write the same keys and values
-        eager = runner._compute(inputs, {TIMESTEPS: list(range(size))}, 1024).first(size)
+        eager = runner.compute(inputs, {TIMESTEPS: list(range(size))}, 1024).first(size)
     replayed = _replayed(engine, inputs)
     for name in ("latents", "stop", "lm_hidden", "residual_hidden"):
         assert torch.equal(getattr(eager, name), getattr(replayed, name)), name
@@ -90,7 +90,7 @@ def test_the_packed_prefill_attends_per_request_in_one_call(engine: BatchedEngin
     """Three requests of different lengths prefilled together: the variable-length call per layer against a
     call per request (the CPU path) — the same up to the rounding of another kernel's summation order."""
     runner, runtime = engine._runner, engine.runtime
-    assert runner._varlen_prefill
+    assert runner.varlen_prefill
     texts = ["短句。", "A longer sentence with a few more tokens in it.", "第三个请求的文本稍微长一点。"]
     batch = []
     for text in texts:
@@ -98,11 +98,11 @@ def test_the_packed_prefill_attends_per_request_in_one_call(engine: BatchedEngin
         batch.append(runtime.model_inputs(next(runtime.utterance(request)), request))
     slots = [0, 1, 2]
     varlen = runner.prefill(batch, slots)
-    runner._varlen_prefill = False
+    runner.varlen_prefill = False
     try:
         per_request = runner.prefill(batch, slots)
     finally:
-        runner._varlen_prefill = True
+        runner.varlen_prefill = True
     for fast, slow in zip(varlen, per_request, strict=True):
         assert fast.length == slow.length
         torch.testing.assert_close(fast.lm_hidden, slow.lm_hidden, rtol=0.05, atol=0.05)

@@ -18,10 +18,10 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve_app.audio.reference import decode_mono
+from serve_app.audio.decode import decode_mono
 from serve_app.errors import ServiceError
-from serve_app.ingress.app import create_app
-from serve_app.text import split_sentences
+from serve_app.ingress.server import create_app
+from serve_app.text.sentences import split_sentences
 from tests.test_audio import BOUNDS
 
 # Generation lengths a fuzzed request may ask for: the synthetic model runs to max_len, so larger

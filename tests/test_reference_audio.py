@@ -23,8 +23,8 @@ import pytest
 import requests
 import soundfile as sf
 
-from serve_app.audio import reference
-from serve_app.audio.reference import BLOCK_FRAMES, MonoBuffer, decode_mono, decode_upload
+from serve_app.audio import decode
+from serve_app.audio.decode import BLOCK_FRAMES, MonoBuffer, decode_mono, decode_upload
 from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge, ServiceError
 from tests.conftest import error_of
 from tests.test_audio import BOUNDS, encoded
@@ -238,7 +238,7 @@ def test_a_cancelled_upload_stops_its_decoding_thread(monkeypatch: pytest.Monkey
             outcome.append(exc)
             raise
 
-    monkeypatch.setattr(reference, "decode_mono", watched)
+    monkeypatch.setattr(decode, "decode_mono", watched)
 
     async def leave_midway() -> None:
         task = asyncio.create_task(decode_upload(data, BOUNDS, FIELD))

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
+from serve_app.model import synthetic
 from serve_app.model.engine import joined
-from serve_app.model.reference import ReferenceEngine
-from serve_app.model.runtime import PromptCache
+from serve_app.model.prompts import PromptCache
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 from tests.conftest import ADMIN, TINY_V2_STEP_FRAMES, TINY_V15_STEP_FRAMES
 
 CASES = [
@@ -81,7 +81,7 @@ def test_cloning(engine: ReferenceEngine) -> None:
 def test_cli_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     subprocess.run(
-        [sys.executable, "-m", "serve_app.synthetic", "--preset", "tiny-voxcpm1.5", "--out", str(out)],
+        [sys.executable, "-m", "serve_app.model.synthetic", "--preset", "tiny-voxcpm1.5", "--out", str(out)],
         check=True,
         capture_output=True,
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +25,12 @@ from websockets.sync.client import connect
 
 from serve_app.config import ADMIN_KEYS_ENV, ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig, TenantQuotas
 from serve_app.errors import Conflict, Forbidden, NotFound, QuotaExceeded
+from serve_app.ingress.auth import Keyring, parse_key
 from serve_app.ingress.edge import build_chain, is_loopback
-from serve_app.tenants import Keyring, Principal, parse_key
-from serve_app.voices import VoiceStore
+from serve_app.store.tenants import Principal
+from serve_app.store.voice_store import VoiceStore
 from tests.conftest import ADMIN, Service, error_of, extra_app, openai_error_of
+from tests.test_cli import CLI, run
 
 ALICE_1, ALICE_2, BOB, CAROL, ADMIN_KEY = "alice-key-1", "alice-key-2", "bob-key-1", "carol-key-1", "admin-key-1"
 DAVE = "dave-key-1"  # a tenant of its own for the quota
@@ -178,6 +182,21 @@ def test_per_key_cap_on_sockets(tenants_url: str) -> None:
         assert speak(tenants_url, BOB).status_code == 200  # sockets and requests are capped apart
     with connect(ws_url, additional_headers=bearer(BOB), open_timeout=30):  # freed when it closed
         pass
+
+
+def test_the_command_line_sends_its_key(tenants_url: str, reference_wav: Path, tmp_path: Path) -> None:
+    refused = run(tenants_url, "voices", "list")
+    assert refused.returncode == 4 and "HTTP 401" in refused.stderr
+    added = run(tenants_url, "--api-key", CAROL, "voices", "add", "cli", str(reference_wav), "--text", "参考")
+    assert added.returncode == 0, added.stderr
+    said = subprocess.run(
+        [CLI, "--url", tenants_url, "say", "你好", "--voice", "cli", "--max-len", "2", "-o", str(tmp_path / "a.wav")],
+        env={**os.environ, "VOXCPM_SERVE_API_KEY": CAROL},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert said.returncode == 0, said.stderr
 
 
 def test_without_keys_only_loopback_clients_are_served(url: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.text import MAX_SENTENCE_CHARS, MIN_SENTENCE_CHARS, split_sentences
+from serve_app.text.sentences import MAX_SENTENCE_CHARS, MIN_SENTENCE_CHARS, split_sentences
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from serve_app import text_stream
-from serve_app.text_stream import ABBREVIATIONS, SentenceBuffer, _spoken
+from serve_app.text import stream as text_stream
+from serve_app.text.stream import ABBREVIATIONS, SentenceBuffer, _spoken
 
 
 def fed(tokens: list[str], max_wait_s: float = 10.0) -> tuple[list[str], SentenceBuffer]:

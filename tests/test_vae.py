@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app import synthetic
+from serve_app.model import synthetic
 from serve_app.model.vae import StreamingVAEDecoder, _pointwise_step, fuse_weight_norm
 
 STEPS = 12

@@ -21,8 +21,8 @@ import requests
 import soundfile as sf
 
 from serve_app.errors import Conflict, NotFound
-from serve_app.tenants import Principal
-from serve_app.voices import STALE_STAGING_S, VoiceStore
+from serve_app.store.tenants import Principal
+from serve_app.store.voice_store import STALE_STAGING_S, VoiceStore
 from tests.conftest import (
     ADMIN,
     REPO,
@@ -187,10 +187,10 @@ def test_a_full_disk_is_a_507_that_leaves_nothing(tmp_path: Path) -> None:
     script = f"""
 import json, resource, signal, numpy as np
 from serve_app.errors import InsufficientStorage
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 from serve_app.errors import Conflict, NotFound
-from serve_app.tenants import Principal
-from serve_app.voices import STALE_STAGING_S, VoiceStore
+from serve_app.store.tenants import Principal
+from serve_app.store.voice_store import STALE_STAGING_S, VoiceStore
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 noise = np.random.default_rng(0).uniform(-1, 1, 48000).astype(np.float32)

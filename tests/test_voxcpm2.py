@@ -19,11 +19,11 @@ import soundfile as sf
 
 from serve_app.config import ModelConfig
 from serve_app.errors import ServiceError
-from serve_app.model.batched.engine import BatchedEngine
+from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.engine import joined
-from serve_app.model.reference import ReferenceEngine
+from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 from tests.conftest import ADMIN, TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
 from tests.test_batched_engine import FLOAT32_TOLERANCE
 from tests.test_cli import run
@@ -142,11 +142,11 @@ def test_description_styles_an_isolated_reference(v2: ReferenceEngine) -> None:
 
 def test_reference_with_a_continuation_prompt_is_ref_continuation_keyed_on_both(v2: ReferenceEngine) -> None:
     reference = _recording(v2, None, tone=7.0)
-    misses = v2.runtime.prompts.misses
+    misses = v2.prompt_lookups()[1]
     for transcript in ("第一段", "第一段", "第二段"):
         request = SynthesisRequest(text="继续。", reference=reference, prompt=_recording(v2, transcript), max_len=5)
         assert _spoken(v2, request) == [("继续。", "ref_continuation")]
-    assert v2.runtime.prompts.misses == misses + 2  # the same pair once; another prompt with it: encoded again
+    assert v2.prompt_lookups()[1] == misses + 2  # the same pair once; another prompt with it: encoded again
 
 
 def test_a_saved_voice_with_a_description_becomes_an_isolated_reference(

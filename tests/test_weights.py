@@ -1,4 +1,4 @@
-"""Which weights a replica loads (serve_app/weights.py), decided without the network: an unreachable hub falls
+"""Which weights a replica loads (serve_app/model/weights.py), decided without the network: an unreachable hub falls
 back to the synthetic checkpoint fast and says so; a local directory or a cached release is served as real."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
-from serve_app.weights import HUB_PROBE_TIMEOUT_S, resolve
+from serve_app.model import synthetic
+from serve_app.model.weights import HUB_PROBE_TIMEOUT_S, resolve
 from tests.conftest import REPORT_WAIT_S, Service, extra_app, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def resolved_in_a_fresh_process(tmp_path: Path, endpoint: str, **model: object) 
     script = (
         "import dataclasses, json, sys\n"
         "from serve_app.config import ModelConfig\n"
-        "from serve_app.weights import resolve\n"
+        "from serve_app.model.weights import resolve\n"
         f"print(json.dumps(dataclasses.asdict(resolve(ModelConfig.model_validate_json({config!r})))))\n"
     )
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO)}
@@ -142,7 +142,7 @@ def test_download_progress_is_drawn_a_line_at_a_time_even_with_tqdm_disabled() -
     """Replica stderr reaches the console a line at a time, and the configs set TQDM_DISABLE (read by tqdm as
     it is imported) to keep voxcpm's per-generation bar out: the download's bar is drawn all the same."""
     script = (
-        "from serve_app import weights\n"
+        "from serve_app.model import weights\n"
         "weights.PROGRESS_EVERY_S = 0.0\n"
         "bar = weights._LineProgress(total=3_000_000, unit='B', unit_scale=True, desc='Downloading bytes')\n"
         "for _ in range(3): bar.update(1_000_000)\n"

@@ -20,7 +20,16 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import LOCAL_CONFIG, TINY_V15_STEP_FRAMES, Service, extra_app, in_flight, wait_until
+from tests.conftest import (
+    LOCAL_CONFIG,
+    TINY_V2_STEP_FRAMES,
+    TINY_V15_STEP_FRAMES,
+    V2_MODEL,
+    Service,
+    extra_app,
+    in_flight,
+    wait_until,
+)
 
 KEY = "ws-test-key"
 STEPS = 3  # generation steps per sentence: the tiny model always runs to max_len
@@ -174,6 +183,26 @@ class TestProtocol:
             after, _ = events_until(ws, "done")
             assert all(e.get("context_id", "b") == "b" for e in after), after
             assert wait_until(lambda: in_flight(url) == 0, 15)
+
+
+class TestVoiceDesign:
+    """init.instructions: a VoxCPM2 model designs (or styles) the voice from them, and every sentence of a
+    context keeps the one voice; a model that cannot take them refuses them, naming the field."""
+
+    def test_a_voxcpm2_model_speaks_a_described_voice(self, service: Service) -> None:
+        with open_ws(ws_url(service.multi_url), key=None, model=V2_MODEL, instructions="a calm, deep voice") as ws:
+            ws.send(json.dumps({"type": "text", "text": "第一句话。第二句话。"}))
+            ws.send(json.dumps({"type": "end"}))
+            events, frames = events_until(ws, "done")
+        assert [e["text"] for e in events if e["type"] == "segment"] == ["第一句话。", "第二句话。"]
+        assert sum(map(len, frames)) == events[-1]["total_samples"] * 2 == 2 * 2 * STEPS * TINY_V2_STEP_FRAMES
+
+    def test_other_models_refuse_instructions(self, plain: str) -> None:
+        ws = dial(plain)
+        ws.send(json.dumps({"type": "init", "instructions": "a calm voice"}))
+        code, events = closed_with(ws)
+        assert code == 4400
+        assert (events[-1]["code"], events[-1]["field"], events[-1]["fatal"]) == ("bad_request", "instructions", True)
 
 
 class TestRefusals:

@@ -19,11 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.config import API_KEYS_ENV
 from serve_app.errors import Unavailable
+from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import route_path
 from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import ModelInfo
-from serve_app.tenants import Keyring
 
 logger = logging.getLogger("ray.serve")
 

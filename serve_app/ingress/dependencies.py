@@ -10,16 +10,22 @@ from starlette.requests import HTTPConnection
 
 from serve_app.config import AppConfig
 from serve_app.errors import Unauthorized
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
-from serve_app.ingress.synthesis import SynthesisService
+from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
 
-def synthesis_service() -> SynthesisService:
-    """The service held by this replica's TTSIngress instance (Serve pickles the FastAPI app by value,
-    so state set on a module-level app object would not be the one serving requests)."""
-    return serve.get_replica_context().servable_object.synthesis
+def model_client() -> ModelClient:
+    """The model deployments' client held by this replica's TTSIngress instance (Serve pickles the FastAPI
+    app by value, so state set on a module-level app object would not be the one serving requests)."""
+    return serve.get_replica_context().servable_object.models
+
+
+def request_builder() -> RequestBuilder:
+    """What turns this replica's requests into model requests (with the voice store it reads)."""
+    return serve.get_replica_context().servable_object.requests
 
 
 def replica_reports() -> ReplicaReports:

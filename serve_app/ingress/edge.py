@@ -32,8 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app import metrics
 from serve_app.config import ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
-from serve_app.ingress.errors import count_error, route_path, service_error_response
-from serve_app.tenants import Keyring, Principal, anonymous
+from serve_app.ingress.auth import Keyring, anonymous
+from serve_app.ingress.error_responses import count_error, route_path, service_error_response
+from serve_app.store.tenants import Principal
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -74,7 +75,7 @@ class EdgeMiddleware:
             return
         if self._chain is None:
             ingress = serve.get_replica_context().servable_object
-            self._chain = build_chain(self.app, ingress.config, ingress.keyring, ingress.synthesis.every_model_full)
+            self._chain = build_chain(self.app, ingress.config, ingress.keyring, ingress.models.every_model_full)
         await self._chain(scope, receive, send)
 
 

@@ -1,4 +1,5 @@
-"""What the HTTP routes add around the transport-free synthesis service: uploads in, responses out."""
+"""What the HTTP routes add around the transport-free request building and model client: uploads in,
+responses out."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from fastapi import UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.errors import InvalidField, PayloadTooLarge
-from serve_app.ingress.synthesis import Output, SynthesisService
+from serve_app.ingress import audio_output
+from serve_app.ingress.audio_output import Output
+from serve_app.ingress.model_client import ModelClient
 from serve_app.model.types import SynthesisRequest
 
 
@@ -22,11 +25,12 @@ async def read_upload(upload: UploadFile | None, limit: int, field: str) -> byte
     return data
 
 
-async def streaming_response(service: SynthesisService, request: SynthesisRequest, output: Output) -> StreamingResponse:
+async def streaming_response(models: ModelClient, request: SynthesisRequest, output: Output) -> StreamingResponse:
     """Audio whose first bytes leave as soon as the first chunk exists."""
-    audio = await service.encoded_stream(request, output)
+    audio = await audio_output.encoded_stream(models, request, output)
     return StreamingResponse(audio, media_type=output.media_type, headers=output.headers())
 
 
-async def whole_response(service: SynthesisService, request: SynthesisRequest, output: Output) -> Response:
-    return Response(await service.whole(request, output), media_type=output.media_type, headers=output.headers())
+async def whole_response(models: ModelClient, request: SynthesisRequest, output: Output) -> Response:
+    body = await audio_output.whole(models, request, output)
+    return Response(body, media_type=output.media_type, headers=output.headers())

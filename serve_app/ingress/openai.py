@@ -28,19 +28,23 @@ from pydantic import BaseModel, Field, field_validator
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.config import AppConfig, OpenAIRouteConfig
 from serve_app.errors import NotFound
-from serve_app.ingress.dependencies import app_config, caller, request_trace, synthesis_service
-from serve_app.ingress.errors import documented_errors
+from serve_app.ingress import audio_output
+from serve_app.ingress.dependencies import app_config, caller, model_client, request_builder, request_trace
+from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.http_audio import streaming_response
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
-from serve_app.ingress.synthesis import SynthesisService
+from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
+from serve_app.model import capabilities
 from serve_app.model.types import ModelInfo, SynthesisRequest
-from serve_app.tenants import Principal
-from serve_app.voices import Voice
+from serve_app.store.tenants import Principal
+from serve_app.store.voice_store import Voice
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=documented_errors(401, 429, 503, openai=True))
 
-Service = Annotated[SynthesisService, Depends(synthesis_service)]
+Models = Annotated[ModelClient, Depends(model_client)]
+Requests = Annotated[RequestBuilder, Depends(request_builder)]
 
 # OpenAI's speech model ids, each also with a dated suffix (gpt-4o-mini-tts-2025-12-15): all name the
 # default model, so that clients keep their own default.
@@ -71,9 +75,9 @@ def is_openai_model(name: str) -> bool:
     return any(name == family or name.startswith(family + "-") for family in OPENAI_MODELS)
 
 
-def served_model(name: str, service: SynthesisService) -> str:
+def served_model(name: str, models: ModelClient) -> str:
     """The served model a request's ``model`` names: its own name first, then OpenAI's ids as the default."""
-    return service.resolve(None if name not in service.model_names and is_openai_model(name) else name)
+    return models.resolve(None if name not in models.model_names and is_openai_model(name) else name)
 
 
 class VoiceRef(BaseModel):
@@ -118,28 +122,29 @@ class SpeechRequest(VoxCPMKnobs):
         return self.voice if isinstance(self.voice, str) else self.voice.id
 
 
-async def _voice(name: str, service: SynthesisService, config: OpenAIRouteConfig, who: Principal) -> Voice | None:
+async def _voice(name: str, requests: RequestBuilder, config: OpenAIRouteConfig, who: Principal) -> Voice | None:
     """The saved voice to speak with: a mapped OpenAI name's (a shared voice: no tenant can change what a
     configured name speaks with), none for an unmapped one (the model's default), else the caller's by name."""
     key = name.strip().casefold()
     if key in config.voices:
         try:
-            return await asyncio.to_thread(service.voices.find_shared, config.voices[key], "voice")
+            return await asyncio.to_thread(requests.voices.find_shared, config.voices[key], "voice")
         except NotFound:
             raise NotFound(
                 f"voice {name!r} is mapped to the shared voice {config.voices[key]!r}, which does not exist", "voice"
             ) from None
-    return None if key in OPENAI_VOICES else await service.voice(name, "voice", who)
+    return None if key in OPENAI_VOICES else await requests.voice(name, "voice", who)
 
 
 async def _instructions(
-    body: SpeechRequest, info: ModelInfo, strict: bool, service: SynthesisService
+    body: SpeechRequest, info: ModelInfo, strict: bool, models: ModelClient
 ) -> tuple[str | None, list[str]]:
     """The instructions the model gets, and the fields ignored because it cannot follow them."""
-    if body.instructions is None or info.architecture == "voxcpm2":
+    fields = {"instructions": body.instructions}
+    if capabilities.unsupported(info, fields) is None:
         return body.instructions, []
     if strict:
-        await service.require_voxcpm2(info.name, {"instructions": body.instructions})
+        await models.require(info.name, fields)
     return None, ["instructions"]
 
 
@@ -161,22 +166,24 @@ async def _instructions(
 )
 async def speech(
     body: SpeechRequest,
-    service: Service,
+    models: Models,
+    requests: Requests,
     config: Annotated[AppConfig, Depends(app_config)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
 ) -> StreamingResponse:
-    model = served_model(body.model, service)
-    service.check_text_length(body.input, "input")
+    model = served_model(body.model, models)
+    requests.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
-    output = await service.output(body.response_format, body.sample_rate or default_rate, model, trace, body.speed)
-    instructions, ignored = await _instructions(body, output.model, config.openai.strict, service)
-    voice = await _voice(body.voice_name, service, config.openai, who)
+    rate = body.sample_rate or default_rate
+    output = await audio_output.output(models, body.response_format, rate, model, trace, body.speed)
+    instructions, ignored = await _instructions(body, output.model, config.openai.strict, models)
+    voice = await _voice(body.voice_name, requests, config.openai, who)
     request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
     if body.stream_format == "audio":
-        response = await streaming_response(service, request, output)
+        response = await streaming_response(models, request, output)
     else:
-        audio = await service.encoded_stream(request, output)
+        audio = await audio_output.encoded_stream(models, request, output)
         response = StreamingResponse(
             _events(audio, len(body.input)), media_type="text/event-stream", headers=output.headers()
         )
@@ -199,8 +206,8 @@ async def _events(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterato
 
 
 @router.get("/models", summary="The models this service speaks with")
-async def models(service: Service) -> dict:
-    return {"object": "list", "data": [_model_entry(await service.model_info(name)) for name in service.model_names]}
+async def list_models(models: Models) -> dict:
+    return {"object": "list", "data": [_model_entry(await models.model_info(name)) for name in models.model_names]}
 
 
 @router.get(
@@ -208,25 +215,25 @@ async def models(service: Service) -> dict:
     summary="One model (OpenAI's ids name the default one)",
     responses=documented_errors(404, 422, openai=True),
 )
-async def model(model_id: str, service: Service) -> dict:
-    entry = _model_entry(await service.model_info(served_model(model_id, service)))
+async def model(model_id: str, models: Models) -> dict:
+    entry = _model_entry(await models.model_info(served_model(model_id, models)))
     return entry if entry["id"] == model_id else {**entry, "id": model_id, "alias_of": entry["id"]}
 
 
 @router.get("/audio/models", summary="Speech models, as Open WebUI and Kokoro-FastAPI list them")
-async def audio_models(service: Service) -> dict:
-    served = [{"id": name, "name": name} for name in service.model_names]
-    aliases = [{"id": alias, "name": f"{alias} (= {service.default_model})"} for alias in OPENAI_MODELS]
+async def audio_models(models: Models) -> dict:
+    served = [{"id": name, "name": name} for name in models.model_names]
+    aliases = [{"id": alias, "name": f"{alias} (= {models.default_model})"} for alias in OPENAI_MODELS]
     return {"models": served + aliases}
 
 
 @router.get("/audio/voices", summary="OpenAI's voice names (with what each speaks with) and the saved voices")
 async def audio_voices(
-    service: Service, config: Annotated[AppConfig, Depends(app_config)], who: Annotated[Principal, Depends(caller)]
+    requests: Requests, config: Annotated[AppConfig, Depends(app_config)], who: Annotated[Principal, Depends(caller)]
 ) -> dict:
     """Kokoro-FastAPI's shape, ``{"voices": [{"id", "name"}, ...]}``, which Open WebUI reads to fill its
     voice menu; each entry also says what it is."""
-    saved = await asyncio.to_thread(service.voices.list, who)
+    saved = await asyncio.to_thread(requests.voices.list, who)
     shared = [v for v in saved if v.owner is None]
     # what a mapped name speaks with: a shared voice by id, or by name in any case (the most recent of a name
     # wins, as in VoiceStore.find_shared)
@@ -258,5 +265,6 @@ def _model_entry(info: ModelInfo) -> dict:
         "owned_by": "voxcpm-serve",
         "architecture": info.architecture,
         "sample_rate": info.sample_rate,
-        "synthetic": info.synthetic,  # random weights: speaks noise (serve_app/weights.py)
+        "synthetic": info.synthetic,  # random weights: speaks noise (serve_app/model/weights.py)
+        "capabilities": list(info.capabilities),  # what beyond plain speech it takes (instructions, ...)
     }

@@ -16,8 +16,8 @@ from collections.abc import Collection
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.errors import Unavailable
+from serve_app.model.status_board import PUBLISH_PERIOD_S
 from serve_app.model.types import ModelInfo, ReplicaStatus
-from serve_app.status_board import PUBLISH_PERIOD_S
 
 POLL_PERIOD_S = PUBLISH_PERIOD_S  # replicas report once a period: asking more often learns nothing
 # While a model has no report yet (its replicas are starting), a probe asks again at most this often rather

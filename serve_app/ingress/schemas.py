@@ -6,6 +6,7 @@ Both endpoints take multipart/form-data or application/x-www-form-urlencoded, as
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Annotated, Any
 
@@ -14,8 +15,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.stretch import MAX_SPEED, MIN_SPEED
+from serve_app.model.types import SynthesisRequest
 
 MAX_LEN_LIMIT = 4096
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(SynthesisRequest)}  # defined once, there
 # Form fields about the answer's encoding rather than the synthesis itself.
 OUTPUT_FIELDS = frozenset({"format", "sample_rate", "speed"})
 SPEED_DESCRIPTION = (
@@ -35,11 +38,11 @@ INSTRUCTIONS_DESCRIPTION = (
 
 # C0/C1 control characters other than tab and line breaks: invisible, unspeakable, and a way to
 # smuggle terminal escapes into logs.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _speakable(text: str) -> str:
-    text = _CONTROL_CHARACTERS.sub("", text)
+    text = CONTROL_CHARACTERS.sub("", text)
     if not text.strip():
         raise ValueError("must not be empty or only whitespace")
     return text
@@ -53,13 +56,22 @@ class VoxCPMKnobs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cfg_value: float = Field(2.0, ge=1.0, le=5.0, description="Guidance strength.")
-    inference_timesteps: int = Field(5, ge=1, le=100, description="Diffusion steps per audio patch.")
-    min_len: int = Field(2, ge=1, le=MAX_LEN_LIMIT, description="Minimum length, in generation steps.")
-    max_len: int = Field(
-        4096, ge=1, le=MAX_LEN_LIMIT, description="Maximum length, in generation steps for the whole text (>= min_len)."
+    cfg_value: float = Field(DEFAULTS["cfg_value"], ge=1.0, le=5.0, description="Guidance strength.")
+    inference_timesteps: int = Field(
+        DEFAULTS["inference_timesteps"], ge=1, le=100, description="Diffusion steps per audio patch."
     )
-    normalize: bool = Field(False, description="Normalize numbers, dates and symbols in the text first.")
+    min_len: int = Field(
+        DEFAULTS["min_len"], ge=1, le=MAX_LEN_LIMIT, description="Minimum length, in generation steps."
+    )
+    max_len: int = Field(
+        DEFAULTS["max_len"],
+        ge=1,
+        le=MAX_LEN_LIMIT,
+        description="Maximum length, in generation steps for the whole text (>= min_len).",
+    )
+    normalize: bool = Field(
+        DEFAULTS["normalize"], description="Normalize numbers, dates and symbols in the text first."
+    )
 
     @field_validator("max_len")
     @classmethod
@@ -100,7 +112,7 @@ class TTSStreamForm(VoxCPMKnobs):
     voice_id: str | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )
-    denoise: bool = Field(False, description="Denoise the reference audio (needs the denoiser loaded).")
+    denoise: bool = Field(DEFAULTS["denoise"], description="Denoise the reference audio (needs the denoiser loaded).")
     format: AudioFormat = Field(
         AudioFormat.WAV,
         description="Output format: wav (streamed with an unknown-length header), pcm (raw s16le), flac, mp3, "
@@ -114,15 +126,20 @@ class TTSStreamForm(VoxCPMKnobs):
     @field_validator("prompt_text", "instructions")
     @classmethod
     def _blank_is_absent(cls, text: str | None) -> str | None:
-        text = _CONTROL_CHARACTERS.sub("", text or "")
+        text = CONTROL_CHARACTERS.sub("", text or "")
         return text.strip() if text.strip() else None
 
 
 class TTSForm(TTSStreamForm):
     """Fields of ``POST /api/tts``: the streaming ones plus voxcpm's bad-case retry."""
 
-    retry_badcase: bool = Field(True, description="Regenerate when the audio is implausibly long for the text.")
-    retry_badcase_max_times: int = Field(3, ge=1, le=10)
+    retry_badcase: bool = Field(
+        DEFAULTS["retry_badcase"], description="Regenerate when the audio is implausibly long for the text."
+    )
+    retry_badcase_max_times: int = Field(DEFAULTS["retry_badcase_max_times"], ge=1, le=10)
     retry_badcase_ratio_threshold: float = Field(
-        6.0, gt=0.0, le=100.0, description="Audio/text length ratio that counts as a bad case."
+        DEFAULTS["retry_badcase_ratio_threshold"],
+        gt=0.0,
+        le=100.0,
+        description="Audio/text length ratio that counts as a bad case.",
     )

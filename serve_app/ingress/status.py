@@ -13,53 +13,53 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from serve_app.errors import Unavailable
-from serve_app.ingress.dependencies import caller, replica_reports, synthesis_service
+from serve_app.ingress.dependencies import caller, model_client, replica_reports
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
-from serve_app.ingress.synthesis import SynthesisService
 from serve_app.model.types import ModelInfo
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
 router = APIRouter(tags=["status"])
 
-Service = Annotated[SynthesisService, Depends(synthesis_service)]
+Models = Annotated[ModelClient, Depends(model_client)]
 Reports = Annotated[ReplicaReports, Depends(replica_reports)]
 
 
 @router.get("/health", summary="Liveness and model state")
-async def health(service: Service, reports: Reports) -> JSONResponse:
+async def health(models: Models, reports: Reports) -> JSONResponse:
     """Ready when every model has a replica that reported to the status board in the last few seconds
     (a replica's reports go on while all its request slots are taken: a full service is ready)."""
     try:
-        by_model = await _reports_by_model(service, reports)
+        by_model = await _reports_by_model(models, reports)
     except Unavailable as exc:
         return JSONResponse({"status": "unavailable", "detail": exc.message}, 503)
-    models = [_model_health(name, infos) for name, infos in by_model.items()]
-    ready = all(model["replicas_running"] for model in models)
-    body = {"status": "ok" if ready else "unavailable", "default_model": service.default_model, "models": models}
+    states = [_model_health(name, infos) for name, infos in by_model.items()]
+    ready = all(state["replicas_running"] for state in states)
+    body = {"status": "ok" if ready else "unavailable", "default_model": models.default_model, "models": states}
     return JSONResponse(body, 200 if ready else 503)
 
 
 @router.get("/ready", summary="Readiness for probes: 200 once every model has a warmed replica, else 503")
-async def ready(service: Service, reports: Reports) -> JSONResponse:
+async def ready(models: Models, reports: Reports) -> JSONResponse:
     """For Kubernetes Deployments' readiness probes, ``docker run``'s health check and load balancers:
     traffic may come once every configured model can take it. Not for a KubeRay head pod, which KubeRay
     needs Ready before it deploys the application at all (configs/kuberay-rayservice.yaml)."""
     try:
-        by_model = await _reports_by_model(service, reports)
+        by_model = await _reports_by_model(models, reports)
     except Unavailable as exc:
-        waiting, detail = service.model_names, exc.message
+        waiting, detail = models.model_names, exc.message
     else:
         waiting = [name for name, infos in by_model.items() if not infos]
         detail = "no replica of these models has loaded and warmed up yet"
     if waiting:
         return JSONResponse({"status": "not_ready", "models_not_ready": waiting, "detail": detail}, 503)
-    return JSONResponse({"status": "ready", "models": service.model_names}, 200)
+    return JSONResponse({"status": "ready", "models": models.model_names}, 200)
 
 
-async def _reports_by_model(service: SynthesisService, reports: ReplicaReports) -> dict[str, list[ModelInfo]]:
+async def _reports_by_model(models: ModelClient, reports: ReplicaReports) -> dict[str, list[ModelInfo]]:
     """Each configured model's live replicas, as their reports to the status board describe them."""
-    latest = await reports.latest(service.model_names)
-    return {name: [info for info, _ in latest if info.name == name] for name in service.model_names}
+    latest = await reports.latest(models.model_names)
+    return {name: [info for info, _ in latest if info.name == name] for name in models.model_names}
 
 
 def _model_health(name: str, infos: list[ModelInfo]) -> dict[str, Any]:

@@ -8,18 +8,22 @@ from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
-from serve_app.ingress.dependencies import caller, request_trace, synthesis_service
-from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.audio_output import Output
+from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
+from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm
-from serve_app.ingress.synthesis import Output, SynthesisService
+from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
-UPLOADS = ("prompt_audio", "reference_audio")  # read before the service sees the form
+UPLOADS = ("prompt_audio", "reference_audio")  # read before the form is built into a request
 
+Models = Annotated[ModelClient, Depends(model_client)]
+Requests = Annotated[RequestBuilder, Depends(request_builder)]
 router = APIRouter(tags=["tts"], responses=documented_errors(400, 401, 404, 413, 415, 422, 429, 503))
 _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()}}
 
@@ -35,11 +39,12 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
 )
 async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
-    service: Annotated[SynthesisService, Depends(synthesis_service)],
+    models: Models,
+    requests: Requests,
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
 ) -> StreamingResponse:
-    return await streaming_response(service, *await _parsed(form, service, trace, who))
+    return await streaming_response(models, *await _parsed(form, requests, trace, who))
 
 
 @router.post(
@@ -51,15 +56,16 @@ async def tts_stream(
 )
 async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],
-    service: Annotated[SynthesisService, Depends(synthesis_service)],
+    models: Models,
+    requests: Requests,
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
 ) -> Response:
-    return await whole_response(service, *await _parsed(form, service, trace, who))
+    return await whole_response(models, *await _parsed(form, requests, trace, who))
 
 
 async def _parsed(
-    form: TTSStreamForm, service: SynthesisService, trace: RequestTrace, who: Principal
+    form: TTSStreamForm, requests: RequestBuilder, trace: RequestTrace, who: Principal
 ) -> tuple[SynthesisRequest, Output]:
-    uploads = [await read_upload(getattr(form, field), service.max_upload_bytes, field) for field in UPLOADS]
-    return await service.from_form(form, *uploads, trace, who)
+    uploads = [await read_upload(getattr(form, field), requests.max_upload_bytes, field) for field in UPLOADS]
+    return await requests.from_form(form, *uploads, trace, who)

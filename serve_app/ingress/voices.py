@@ -1,5 +1,5 @@
 """Saved voices: ``POST /api/voices``, ``GET /api/voices``, ``GET`` and ``DELETE /api/voices/{id}``, each for
-the caller's tenant (``serve_app/voices.py``: what a tenant sees, what admins share)."""
+the caller's tenant (``serve_app/store/voice_store.py``: what a tenant sees, what admins share)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from serve_app.errors import InvalidField
-from serve_app.ingress.dependencies import caller, request_trace, synthesis_service
-from serve_app.ingress.errors import documented_errors
+from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
+from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS
-from serve_app.ingress.synthesis import SynthesisService
+from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
 router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_errors(401, 404, 422, 429))
 
-Service = Annotated[SynthesisService, Depends(synthesis_service)]
+Models = Annotated[ModelClient, Depends(model_client)]
+Requests = Annotated[RequestBuilder, Depends(request_builder)]
 Caller = Annotated[Principal, Depends(caller)]
 # What a designed voice's sample says when the form gives no text: long enough for a voice to settle.
 DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I can read anything you like, clearly and naturally."
@@ -36,7 +38,8 @@ DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatev
     dependencies=[Depends(form_body)],
 )
 async def create(
-    service: Service,
+    models: Models,
+    requests: Requests,
     who: Caller,
     trace: Annotated[RequestTrace, Depends(request_trace)],
     name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
@@ -72,22 +75,23 @@ async def create(
     if description is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        return await _designed(service, who, trace, name.strip(), description.strip(), text, model)
+        return await _designed(models, requests, who, trace, name.strip(), description.strip(), text, model)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
     if text is None or not text.strip():
         raise InvalidField("text (what audio says) is required with audio", "text")
-    samples, rate = await service.reference(await read_upload(audio, service.max_upload_bytes, "audio"), "audio")
+    samples, rate = await requests.reference(await read_upload(audio, requests.max_upload_bytes, "audio"), "audio")
     reference = None
     if reference_audio is not None:
-        data = await read_upload(reference_audio, service.max_upload_bytes, "reference_audio")
-        reference = await service.reference(data, "reference_audio")
-    voice = await asyncio.to_thread(service.voices.create, who, name.strip(), text.strip(), samples, rate, reference)
+        data = await read_upload(reference_audio, requests.max_upload_bytes, "reference_audio")
+        reference = await requests.reference(data, "reference_audio")
+    voice = await asyncio.to_thread(requests.voices.create, who, name.strip(), text.strip(), samples, rate, reference)
     return voice.public()
 
 
 async def _designed(
-    service: SynthesisService,
+    models: ModelClient,
+    requests: RequestBuilder,
     who: Principal,
     trace: RequestTrace,
     name: str,
@@ -96,28 +100,28 @@ async def _designed(
     model: str | None,
 ) -> dict:
     """A sample spoken from the description, saved as the voice's recording with it."""
-    model = service.resolve(model)
-    await service.require_voxcpm2(model, {"description": description})
-    info = await service.model_info(model)
+    model = models.resolve(model)
+    await models.require(model, {"description": description})
+    info = await models.model_info(model)
     sample_text = (text or "").strip() or DESIGN_SAMPLE_TEXT
-    service.check_text_length(sample_text, "text")
+    requests.check_text_length(sample_text, "text")
     trace.model = model
     request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)
-    samples = await service.synthesize(request, model)
+    samples = await models.synthesize(request, model)
     voice = await asyncio.to_thread(
-        service.voices.create, who, name, sample_text, samples, info.sample_rate, None, description
+        requests.voices.create, who, name, sample_text, samples, info.sample_rate, None, description
     )
     return voice.public()
 
 
 @router.get("", summary="List the voices the caller may use: its tenant's and the shared ones (admins: all)")
-async def list_voices(service: Service, who: Caller) -> dict:
-    return {"voices": [voice.public() for voice in await asyncio.to_thread(service.voices.list, who)]}
+async def list_voices(requests: Requests, who: Caller) -> dict:
+    return {"voices": [voice.public() for voice in await asyncio.to_thread(requests.voices.list, who)]}
 
 
 @router.get("/{voice_id}", summary="Describe a saved voice")
-async def get(voice_id: str, service: Service, who: Caller) -> dict:
-    return (await asyncio.to_thread(service.voices.get, voice_id, who)).public()
+async def get(voice_id: str, requests: Requests, who: Caller) -> dict:
+    return (await asyncio.to_thread(requests.voices.get, voice_id, who)).public()
 
 
 @router.delete(
@@ -126,6 +130,6 @@ async def get(voice_id: str, service: Service, who: Caller) -> dict:
     summary="Delete a saved voice (a shared one: admins only)",
     responses=documented_errors(403),
 )
-async def delete(voice_id: str, service: Service, who: Caller) -> Response:
-    await asyncio.to_thread(service.voices.delete, voice_id, who)
+async def delete(voice_id: str, requests: Requests, who: Caller) -> Response:
+    await asyncio.to_thread(requests.voices.delete, voice_id, who)
     return Response(status_code=204)

@@ -3,7 +3,7 @@
 One socket is one conversation. Its text goes into a :class:`SentenceBuffer` per context (at most
 ``max_contexts`` open at once, each forgotten once done, cancelled or failed: a client could otherwise
 open one per message and make every message cost them all); each complete sentence becomes one
-streaming call to the model deployment through the same :class:`SynthesisService` as the HTTP routes
+streaming call to the model deployment through the same model client as the HTTP routes
 (admission, load shedding, batching and metrics apply alike), spoken in order by one speaker task, so
 binary frames always belong to the last ``segment`` announced. The edge middleware has checked the
 key, rate and capacity before this runs.
@@ -33,17 +33,20 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from serve_app import metrics
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
-from serve_app.audio.reference import resample
 from serve_app.config import AppConfig, WebSocketConfig
 from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, SessionTimeout, StreamFailed
-from serve_app.ingress.dependencies import app_config, caller, synthesis_service
+from serve_app.ingress import audio_output
+from serve_app.ingress.audio_output import Output
+from serve_app.ingress.dependencies import app_config, caller, model_client, request_builder
 from serve_app.ingress.edge import KEY_SUBPROTOCOL
-from serve_app.ingress.synthesis import Output, SynthesisService
+from serve_app.ingress.model_client import ModelClient
+from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.ingress.ws_messages import Cancel, Close, End, Flush, Init, Text, parse
 from serve_app.metrics import RequestTrace
+from serve_app.model.plan import own_voice
 from serve_app.model.types import PromptAudio, SynthesisRequest
-from serve_app.text_stream import SentenceBuffer
-from serve_app.voices import Voice
+from serve_app.store.voice_store import Voice
+from serve_app.text.stream import SentenceBuffer
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,7 +77,7 @@ class Context:
 
     id: str
     buffer: SentenceBuffer
-    anchor: PromptAudio | None = None  # the first sentence's audio, the prompt of the rest
+    anchor: PromptAudio | None = None  # the first sentence's audio, the prompt of the rest (plan.own_voice)
     samples: int = 0  # sent, at the output rate
     segments: int = 0
     queued_chars: int = 0  # cut into sentences, waiting for the speaker
@@ -89,7 +92,7 @@ class Settings:
 
     output: Output
     voice: Voice | None
-    knobs: dict[str, Any]
+    knobs: dict[str, Any]  # every sentence's request fields: voxcpm's settings and the instructions
     max_wait_s: float
 
 
@@ -110,16 +113,20 @@ class Speaker:
 @router.websocket(ROUTE)
 async def tts_ws(
     websocket: WebSocket,
-    service: Annotated[SynthesisService, Depends(synthesis_service)],
+    models: Annotated[ModelClient, Depends(model_client)],
+    requests: Annotated[RequestBuilder, Depends(request_builder)],
     config: Annotated[AppConfig, Depends(app_config)],
 ) -> None:
-    await Conversation(websocket, service, config.websocket).run()
+    await Conversation(websocket, models, requests, config.websocket).run()
 
 
 class Conversation:
-    def __init__(self, websocket: WebSocket, service: SynthesisService, limits: WebSocketConfig) -> None:
+    def __init__(
+        self, websocket: WebSocket, models: ModelClient, requests: RequestBuilder, limits: WebSocketConfig
+    ) -> None:
         self.ws = websocket
-        self.service = service
+        self.models = models
+        self.requests = requests
         self.limits = limits
         self.id = websocket.headers.get("x-request-id") or uuid.uuid4().hex
         self.contexts: dict[str, Context] = {}
@@ -208,14 +215,14 @@ class Conversation:
 
     async def _init(self, init: Init) -> None:
         try:
-            if init.instructions and init.instructions.strip():
-                raise BadRequest("instructions are not supported by VoxCPM", "instructions")
-            model = self.service.resolve(init.model)
-            voice = await self.service.voice(init.voice_id, "voice_id", caller(self.ws)) if init.voice_id else None
-            output = await self.service.output(AudioFormat.PCM, init.sample_rate, model, self._trace())
+            model = self.models.resolve(init.model)
+            instructions = (init.instructions or "").strip() or None
+            await self.models.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
+            voice = await self.requests.voice(init.voice_id, "voice_id", caller(self.ws)) if init.voice_id else None
+            output = await audio_output.output(self.models, AudioFormat.PCM, init.sample_rate, model, self._trace())
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
-        self.settings = Settings(output, voice, init.knobs(), init.max_wait_ms / 1000)
+        self.settings = Settings(output, voice, {**init.knobs(), "instructions": instructions}, init.max_wait_ms / 1000)
         await self._send(
             type="ready",
             sample_rate=output.sample_rate,
@@ -371,7 +378,7 @@ class Conversation:
             text=sentence, prompt=context.anchor, voice=self.settings.voice, **trace.ids, **self.settings.knobs
         )
         try:
-            chunks = await self.service.chunks(request, output)
+            chunks = await audio_output.chunks(self.models, request, output)
         except ServiceError as exc:
             metrics.ingress().failed(trace, exc.code)
             self._drop(context)
@@ -391,9 +398,7 @@ class Conversation:
             return
         await self._send(type="segment_end", context_id=context.id, index=index, end_sample=context.samples)
         if context.anchor is None and self.settings.voice is None and len(audio):
-            info = output.model
-            samples = resample(audio, info.sample_rate, info.prompt_sample_rate)
-            context.anchor = PromptAudio(samples=samples, sample_rate=info.prompt_sample_rate, text=sentence)
+            context.anchor = own_voice(audio, output.model, sentence, self.settings.knobs["instructions"])
 
     def _drop(self, context: Context) -> None:
         """A context the service could not speak: the ``error`` sent for it ends it."""

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from serve_app.errors import BadRequest
-from serve_app.ingress.schemas import _CONTROL_CHARACTERS, VoxCPMKnobs
+from serve_app.ingress.schemas import CONTROL_CHARACTERS, INSTRUCTIONS_DESCRIPTION, MAX_INSTRUCTIONS_CHARS, VoxCPMKnobs
 
 DEFAULT_CONTEXT = "0"
 ContextId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -20,7 +20,7 @@ class Init(VoxCPMKnobs):
     voice_id: str | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
     model: str | None = None
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (default: the model's).")
-    instructions: str | None = None
+    instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
     max_wait_ms: int = Field(500, ge=0, le=10000, description="Speak buffered words after this long without a stop.")
 
 
@@ -36,7 +36,7 @@ class Text(_Message):
     @field_validator("text")
     @classmethod
     def _printable(cls, text: str) -> str:
-        return _CONTROL_CHARACTERS.sub("", text)
+        return CONTROL_CHARACTERS.sub("", text)
 
 
 class Flush(_Message):

@@ -22,13 +22,15 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import gpu, metrics
+from serve_app import metrics
 from serve_app.config import ModelConfig
+from serve_app.model import gpu
 from serve_app.model.coalescing import coalesced
-from serve_app.model.engine import Engine, joined, load_engine
+from serve_app.model.engine import Engine, joined
+from serve_app.model.engine_factory import load_engine
+from serve_app.model.status_board import PUBLISH_PERIOD_S
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
-from serve_app.status_board import PUBLISH_PERIOD_S
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,8 +1,8 @@
-"""The engine interface the model deployment drives, and the choice of engine per model (``engine:``).
+"""The engine interface the model deployment drives (``engine_factory.py`` chooses one per model, ``engine:``).
 
 Two engines stand behind it, chosen in each model's config:
 
-- ``voxcpm`` (``reference.py``): voxcpm's own generation loop, one request at a time (one ``VoxCPM``
+- ``voxcpm`` (``reference_engine.py``): voxcpm's own generation loop, one request at a time (one ``VoxCPM``
   instance keeps one static KV cache); the others wait for its thread, in arrival order.
 - ``batched`` (``batched/``): many requests stepped together over voxcpm's modules and weights, each
   in a KV slot of its own, joining and leaving between steps; each request's audio is the audio the
@@ -27,9 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from serve_app.config import ModelConfig
 from serve_app.model.types import ModelInfo, SynthesisRequest
-from serve_app.voices import VoiceStore
 
 if TYPE_CHECKING:
     from serve_app.model.runtime import VoxCPMRuntime
@@ -77,21 +75,10 @@ class RuntimeEngine:
         return self._generation(request, started, streaming=False)
 
     def prompt_lookups(self) -> tuple[int, int]:
-        return self.runtime.prompts.hits, self.runtime.prompts.misses
+        return self.runtime.prompts.cache.hits, self.runtime.prompts.cache.misses
 
     def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
         raise NotImplementedError
-
-
-def load_engine(config: ModelConfig, voices: VoiceStore | None = None) -> Engine:
-    """The engine ``config.engine`` names, loaded and warmed up as the config says."""
-    if config.engine == "batched":
-        from serve_app.model.batched.engine import BatchedEngine
-
-        return BatchedEngine.load(config, voices)
-    from serve_app.model.reference import ReferenceEngine
-
-    return ReferenceEngine.load(config, voices)
 
 
 def joined(pieces: Iterable[np.ndarray]) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve_app.voices import Voice
+from serve_app.store.voice_store import Voice
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,8 @@ class ModelInfo:
     device: str
     denoiser: bool
     engine: str = "voxcpm"  # which engine generates: "voxcpm" (the reference) or "batched"
-    synthetic: bool = False  # random weights (serve_app/weights.py): speaks noise
-
-    @property
-    def clones_from_audio_alone(self) -> bool:
-        """VoxCPM2 takes a reference without transcript; VoxCPM 0.5B/1.5 need the transcript."""
-        return self.architecture == "voxcpm2"
+    synthetic: bool = False  # random weights (serve_app/model/weights.py): speaks noise
+    capabilities: tuple[str, ...] = ()  # what beyond plain speech it can do (serve_app/model/capabilities.py)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from serve_app.audio.seams import Crossfader
-from serve_app.model.batched.step_runner import Row
+from serve_app.model.batched.runner import Row
 from serve_app.model.engine import Started
-from serve_app.model.runtime import ModelInputs, Sentence, Utterance
+from serve_app.model.inputs import ModelInputs
+from serve_app.model.plan import Sentence, Utterance
 from serve_app.model.types import SynthesisRequest
 
 

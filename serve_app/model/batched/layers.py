@@ -1,29 +1,24 @@
-"""The model's work in the batched engine: a request's prefill alone, then decode steps for the whole batch.
-
-Written over voxcpm's own modules and weights, following its ``_inference`` line by line, with what a
-batch needs and voxcpm's batch-of-one code does not do (see ../shared/notes/batching-facts.md):
+"""voxcpm's forward pass over several requests at once: its layer math, written over its own modules and
+weights, following its ``_inference`` line by line, with what a batch needs that voxcpm's batch-of-one code
+does not do. ``runner.py`` decides which requests go through it and keeps their state between steps.
 
 - **Prefill** of the requests that join together runs packed: their tokens one after another in one
   sequence, without padding, so that every token-wise module (projections, norms, MLPs, the local
   encoder) runs once for all of them, and attention runs per request over its own tokens, exactly as
   voxcpm runs it (padding several prompts to one length is not exact): on CPU one call per request, on a
   GPU one variable-length flash-attention call for all of them (``varlen_attn``, the kernel voxcpm's own
-  causal attention runs there, over each request's tokens alone; checked at start), so a burst's prefill
-  launches O(layers) kernels, not O(requests x layers). Each request's keys and values then go into its
-  KV slot.
+  causal attention runs there, over each request's tokens alone), so a burst's prefill launches O(layers)
+  kernels, not O(requests x layers).
 - **LM steps** write each row's key and value at the row's own position and attend over the slots'
-  filled part with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row), with
-  rotary embeddings shaped per row.
-- **Diffusion** draws each row's noise from the request's own generator, scales each row's guidance by
-  its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product rounds), and runs the rows that
-  share ``inference_timesteps`` together, conditional then unconditional rows, as voxcpm's CFG does.
-- **Stop decisions** are per row; the caller retires a row that stops before the next step.
-- **No waiting for the GPU inside a step**: the few host lists a step needs (positions, ``cfg_value``s, a
-  group's rows) go to the device without a blocking copy, and the stop decisions stay there until the
-  caller has launched the VAE, so the host keeps launching kernels while the GPU runs the earlier ones.
-- **A step is its inputs' function**: each step gathers what it reads (``StepInputs``: the rows' carried
-  states, their noise drawn from their own generators, guidance scales, positions) and then computes
-  from those tensors alone, so on a GPU it can be replayed from a CUDA graph (``use_graphs``).
+  filled part with a per-row mask (``MiniCPMAttention.forward_step`` writes one position into every row),
+  with rotary embeddings shaped per row. Masked attention gives the same bits whatever the length of the
+  buffer it runs over; slicing the keys instead does not.
+- **Diffusion** draws each row's noise from the request's own generator (before the step: ``StepInputs``),
+  scales each row's guidance by its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product
+  rounds), and runs the rows that share ``inference_timesteps`` together, conditional then unconditional
+  rows, as voxcpm's CFG does.
+- **A step is its inputs' function** (device work only, no host values read back), so on a GPU it can be
+  replayed from a CUDA graph.
 
 In bfloat16 (the real checkpoints' dtype) every module here gives the same bits at every batch size on
 CPU, so a request's latents are the reference engine's bit for bit whatever else is in the batch.
@@ -31,10 +26,7 @@ CPU, so a request's latents are the reference engine's bit for bit whatever else
 
 from __future__ import annotations
 
-import itertools
-import logging
 import math
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,42 +37,12 @@ from torch.nn.attention.varlen import varlen_attn
 from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
 from serve_app.model.batched.kv_slots import KVSlots
-from serve_app.model.cuda_graphs import PaddedGraphs
-from serve_app.model.runtime import ModelInputs
+from serve_app.model.inputs import ModelInputs
 from serve_app.model.transfer import to_device
-
-logger = logging.getLogger(__name__)
 
 SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
 USE_CFG_ZERO_STAR = True
-# Masked attention gives the same bits whatever the length of the buffer it runs over (../shared/notes/
-# batching-facts.md), so a step attends over the slots' filled part, rounded up to a multiple of this.
-ATTENDED_POSITIONS_STEP = 256
-GRAPH_SPAN_STEP = 1024  # the same for the CUDA graphs of the step, whose span is part of their shapes
-
-
-@dataclass
-class Prefilled:
-    """A request's state after its prefill (its keys and values already in its KV slots): what its first
-    decode step starts from."""
-
-    length: int  # positions filled: the first decode step writes here
-    lm_hidden: torch.Tensor  # (1, hidden)
-    residual_hidden: torch.Tensor  # (1, hidden)
-    condition: torch.Tensor  # (1, patch_size, latent_dim): the last input patch
-
-
-@dataclass
-class Row:
-    """One request's part of a decode step."""
-
-    lm_hidden: torch.Tensor
-    residual_hidden: torch.Tensor
-    condition: torch.Tensor
-    position: int
-    inference_timesteps: int
-    cfg_value: float
-    generator: torch.Generator
+LayerCache = tuple[torch.Tensor, torch.Tensor]  # one layer's packed keys and values, (1, kv_heads, tokens, head_dim)
 
 
 @dataclass
@@ -116,60 +78,28 @@ class StepOutput:
         )
 
 
-class StepRunner:
-    def __init__(self, model: Any, slots: int, kv_length: int) -> None:
+@dataclass
+class Prefill:
+    """What a packed prefill computed: the requests' hidden states, packed as their tokens are, and per layer
+    of both LMs their packed keys and values (for their KV slots)."""
+
+    lm_hidden: torch.Tensor  # (1, tokens, hidden)
+    residual_hidden: torch.Tensor
+    base_caches: list[LayerCache]
+    residual_caches: list[LayerCache]
+
+
+class BatchedVoxCPM:
+    """One voxcpm model's math for a batch of requests."""
+
+    def __init__(self, model: Any) -> None:
         self.model = model
         self.v2 = type(model).__name__ == "VoxCPM2Model"
-        dtype = next(model.base_lm.parameters()).dtype
-        device = torch.device(model.device)
-        self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
-        self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
-        self.kv_length = kv_length
-        self.slots = slots
-        # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer, and checked here
-        half = dtype in (torch.float16, torch.bfloat16)
-        self._varlen_prefill = device.type == "cuda" and half and torch.cuda.get_device_capability(device) >= (8, 0)
-        self._varlen_prefill = self._varlen_prefill and self._varlen_agrees()
-        self.graphs: PaddedGraphs[StepInputs, StepOutput] | None = None
-        self._graph_timesteps = 0
 
-    def use_graphs(self, timesteps: int, capture: bool) -> None:
-        """Replay the decode steps whose rows all use ``timesteps`` from CUDA graphs (``../cuda_graphs.py``)
-        captured now, per batch size and per 1,024 positions of attended span; on CPU (``capture`` False) the
-        same buffers and padding computed eagerly, which is how the tests check them. Each row's noise is
-        drawn from its own generator before the replay (a graph would replay one draw); other steps (rows
-        with another ``inference_timesteps``) run eagerly."""
-        ends = range(GRAPH_SPAN_STEP, self.kv_length + GRAPH_SPAN_STEP, GRAPH_SPAN_STEP)
-        spans = sorted({min(self.kv_length, end) for end in ends})
-
-        def compute(inputs: StepInputs, span: int) -> StepOutput:
-            return self._compute(inputs, {timesteps: list(range(inputs.positions.shape[0]))}, span)
-
-        self.graphs = PaddedGraphs("decode step", compute, self._blank, self.slots, spans, capture)
-        self._graph_timesteps = timesteps
-
-    @torch.inference_mode()
-    def _varlen_agrees(self) -> bool:
-        """Whether the variable-length call runs on this GPU and attends as one call per request does: checked
-        once, on the first layer's attention with two requests of random states."""
-        attention, lengths, cache = self.model.base_lm.layers[0].self_attn, [5, 11], self.base_kv.cache
-        hidden = cache.new_empty(1, sum(lengths), self.model.base_lm.config.hidden_size).normal_()
-        starts = to_device([0, *itertools.accumulate(lengths)], cache.device, torch.int32)
-        try:
-            packed, _ = self._packed_attention(attention, hidden, None, lengths, starts)
-        except RuntimeError:
-            logger.warning("variable-length attention unavailable: prefills attend per request", exc_info=True)
-            return False
-        per_request, _ = self._packed_attention(attention, hidden, None, lengths, None)
-        agrees = torch.allclose(packed, per_request, rtol=0.02, atol=0.02)
-        if not agrees:
-            logger.warning("variable-length attention disagrees with one call per request: prefills attend per request")
-        return agrees
-
-    @torch.inference_mode()
-    def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
-        """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together, their
-        keys and values written into their slots once all of it is computed."""
+    def prefill(self, batch: list[ModelInputs], starts: torch.Tensor | None) -> Prefill:
+        """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together;
+        ``starts``: where each request starts in the packed sequence (and where the last ends) for one
+        variable-length attention call per layer, else None for one call per request."""
         model = self.model
         lengths = [inputs.text.shape[1] for inputs in batch]
         feat, feat_mask, text, text_mask = (
@@ -182,88 +112,30 @@ class StepRunner:
         text_embed = model.base_lm.embed_tokens(text) * scale_emb
         feat_mask, text_mask = feat_mask.unsqueeze(-1), text_mask.unsqueeze(-1)
         combined = text_mask * text_embed + feat_mask * feat_embed
-        enc_outputs, base_kv = self._lm_prefill(model.base_lm, combined, lengths)
+        enc_outputs, base_caches = self.lm_prefill(model.base_lm, combined, lengths, starts)
         enc_outputs = model.fsq_layer(enc_outputs) * feat_mask + enc_outputs * text_mask
         residual_input = self._residual_input(enc_outputs, feat_mask * feat_embed)
-        residual_outputs, residual_kv = self._lm_prefill(model.residual_lm, residual_input, lengths)
-        self.base_kv.fill(slots, lengths, base_kv)
-        self.residual_kv.fill(slots, lengths, residual_kv)
-        ends = itertools.accumulate(lengths)
-        return [
-            Prefilled(
-                length=length,
-                lm_hidden=enc_outputs[:, end - 1, :],
-                residual_hidden=residual_outputs[:, end - 1, :],
-                condition=inputs.feat[:, -1, ...],
-            )
-            for inputs, length, end in zip(batch, lengths, ends, strict=True)
-        ]
+        residual_outputs, residual_caches = self.lm_prefill(model.residual_lm, residual_input, lengths, starts)
+        return Prefill(enc_outputs, residual_outputs, base_caches, residual_caches)
 
-    def move(self, source: int, target: int) -> None:
-        self.base_kv.move(source, target)
-        self.residual_kv.move(source, target)
-
-    @torch.inference_mode()
-    def step(self, rows: list[Row]) -> StepOutput:
-        """One generation step for rows 0..n-1 of the slots (one loop iteration of voxcpm's ``_inference``)."""
-        inputs = self._inputs(rows)
-        written = [row.position for row in rows]
-        self.base_kv.writing(written)
-        self.residual_kv.writing(written)
-        filled = max(written) + 1
-        groups: dict[int, list[int]] = defaultdict(list)
-        for index, row in enumerate(rows):
-            groups[row.inference_timesteps].append(index)
-        if self.graphs is not None and groups.keys() == {self._graph_timesteps}:
-            if (replayed := self.graphs.run(inputs, len(rows), self._span(filled, GRAPH_SPAN_STEP))) is not None:
-                return replayed
-        return self._compute(inputs, groups, self._span(filled, ATTENDED_POSITIONS_STEP))
-
-    def _span(self, filled: int, step: int) -> int:
-        """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
-        return min(self.kv_length, -(-filled // step) * step)
-
-    def _inputs(self, rows: list[Row]) -> StepInputs:
-        """What the step reads, gathered from the rows: their noise drawn now, each from its own generator."""
-        model, device, dtype = self.model, self.base_kv.cache.device, self.base_kv.cache.dtype
-        shape = (1, model.feat_decoder.in_channels, model.patch_size)
-        return StepInputs(
-            lm_hidden=torch.cat([row.lm_hidden for row in rows]),
-            residual_hidden=torch.cat([row.residual_hidden for row in rows]),
-            condition=torch.cat([row.condition for row in rows]),
-            noise=torch.cat([torch.randn(shape, generator=row.generator, device=device, dtype=dtype) for row in rows]),
-            cfg=to_device([row.cfg_value for row in rows], device, torch.float32).view(-1, 1, 1),
-            positions=to_device([row.position for row in rows], device),
-        )
-
-    def _blank(self, rows: int) -> StepInputs:
-        """Zeroed inputs for ``rows`` rows: a graph's static buffers."""
-        model, cache = self.model, self.base_kv.cache
-        hidden, latent_dim, patch_size = model.base_lm.config.hidden_size, model.feat_dim, model.patch_size
-        return StepInputs(
-            lm_hidden=cache.new_zeros(rows, hidden),
-            residual_hidden=cache.new_zeros(rows, hidden),
-            condition=cache.new_zeros(rows, patch_size, latent_dim),
-            noise=cache.new_zeros(rows, model.feat_decoder.in_channels, patch_size),
-            cfg=cache.new_zeros(rows, 1, 1, dtype=torch.float32),
-            positions=cache.new_zeros(rows, dtype=torch.int64),
-        )
-
-    def _compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int) -> StepOutput:
-        """The step from its inputs (device work only, no host values read back: capturable), rows grouped by
-        ``inference_timesteps``, attending over the slots' first ``span`` positions."""
+    def step(
+        self, inputs: StepInputs, groups: dict[int, list[int]], kv: tuple[KVSlots, KVSlots], span: int
+    ) -> StepOutput:
+        """One generation step (one loop iteration of voxcpm's ``_inference``) from its inputs, rows grouped by
+        ``inference_timesteps``, attending over the first ``span`` positions of the base and residual LMs'
+        KV slots ``kv``, where it writes each row's new key and value."""
         model = self.model
         mu = self._dit_input(model.lm_to_dit_proj(inputs.lm_hidden), model.res_to_dit_proj(inputs.residual_hidden))
         # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
         # as in voxcpm (the local encoder's numerics depend on that memory layout)
         condition = inputs.condition.transpose(1, 2).contiguous()
         if len(groups) == 1:  # the usual case: every row shares inference_timesteps, no gather and scatter
-            latents = self._diffuse(mu, condition, inputs.noise, inputs.cfg, next(iter(groups)))
+            latents = self.diffuse(mu, condition, inputs.noise, inputs.cfg, next(iter(groups)))
         else:
             latents = torch.empty_like(condition)
             for timesteps, indices in groups.items():
                 chosen = to_device(indices, mu.device)
-                latents[chosen] = self._diffuse(
+                latents[chosen] = self.diffuse(
                     mu[chosen], condition[chosen], inputs.noise[chosen], inputs.cfg[chosen], timesteps
                 )
         patches = latents.transpose(1, 2)
@@ -272,9 +144,9 @@ class StepRunner:
         embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
         stop = model.stop_head(model.stop_actn(model.stop_proj(inputs.lm_hidden))).argmax(dim=-1)
         positions = inputs.positions
-        new_lm_hidden = model.fsq_layer(self._lm_step(model.base_lm, self.base_kv, positions, span, embed))
+        new_lm_hidden = model.fsq_layer(self.lm_step(model.base_lm, kv[0], positions, span, embed))
         residual_input = self._residual_input(new_lm_hidden, embed)
-        new_residual = self._lm_step(model.residual_lm, self.residual_kv, positions, span, residual_input)
+        new_residual = self.lm_step(model.residual_lm, kv[1], positions, span, residual_input)
         return StepOutput(patches, latents, stop == 1, new_lm_hidden, new_residual)
 
     def _dit_input(self, from_lm: torch.Tensor, from_residual: torch.Tensor) -> torch.Tensor:
@@ -285,7 +157,7 @@ class StepRunner:
             return self.model.fusion_concat_proj(torch.cat((lm_hidden, feat_embed), dim=-1))
         return lm_hidden + feat_embed
 
-    def _diffuse(
+    def diffuse(
         self, mu: torch.Tensor, cond: torch.Tensor, x: torch.Tensor, cfg: torch.Tensor, timesteps: int
     ) -> torch.Tensor:
         """voxcpm's ``UnifiedCFM.forward`` and ``solve_euler`` over rows that share ``timesteps``, from each row's
@@ -315,27 +187,24 @@ class StepRunner:
                 dt = t - t_span[step + 1]
         return x
 
-    def _lm_prefill(
-        self, lm: Any, hidden: torch.Tensor, lengths: list[int]
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def lm_prefill(
+        self, lm: Any, hidden: torch.Tensor, lengths: list[int], starts: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
         """``MiniCPMModel.forward`` (causal) over requests packed in one sequence: (hidden states, per layer
         the packed keys and values, (1, kv_heads, tokens, head_dim))."""
         rotary = None
         if lm.rope_emb is not None:  # each request's positions start at 0
             rotary = lm.rope_emb(torch.cat([torch.arange(length, device=hidden.device) for length in lengths]))
-        caches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        starts = None  # where each request starts in the packed sequence, and where the last ends
-        if self._varlen_prefill:
-            starts = to_device([0, *itertools.accumulate(lengths)], hidden.device, torch.int32)
+        caches: list[LayerCache] = []
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
-            attended, cache = self._packed_attention(attention, normed, rotary, lengths, starts)
+            attended, cache = self.packed_attention(attention, normed, rotary, lengths, starts)
             caches.append(cache)
             return attended
 
         return _layers(lm, hidden, attend), caches
 
-    def _lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, span: int, hidden: torch.Tensor) -> torch.Tensor:
+    def lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, span: int, hidden: torch.Tensor) -> torch.Tensor:
         """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot, attending
         over the first ``span`` positions of the slots with a per-row mask."""
         rows = hidden.shape[0]
@@ -352,13 +221,13 @@ class StepRunner:
         return _layers(lm, hidden, attend)
 
     @staticmethod
-    def _packed_attention(
+    def packed_attention(
         attention: Any,
         hidden: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         lengths: list[int],
         starts: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, LayerCache]:
         """``MiniCPMAttention.forward`` (causal) per request of a packed sequence: projections over all of it,
         attention over each request's own tokens, with the tensors laid out as voxcpm lays them out (one call
         per request), or in one variable-length call given the requests' ``starts``. Returns the output and

@@ -10,11 +10,13 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.ingress import console, forms, openai, playground, status, tts, voices, ws
+from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import EdgeMiddleware
-from serve_app.ingress.errors import install_error_handlers
+from serve_app.ingress.error_responses import install_error_handlers
+from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
-from serve_app.ingress.synthesis import SynthesisService
-from serve_app.tenants import Keyring
+from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.store.voice_store import VoiceStore
 
 DESCRIPTION = """
 Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray Serve.
@@ -56,7 +58,10 @@ class TTSIngress:
         self.keyring = Keyring(config.access)  # the keys and their tenants, from the config and the environment
         console.announce_access(self.keyring)
         forms.strict_utf8_forms()  # here, in the replica's process: the app itself arrives pickled by value
-        self.synthesis = SynthesisService(models, config)
+        self.models = ModelClient(models, config.default, config.limits.overload_retries)
+        voices = VoiceStore(config.voices_dir, config.access.quotas)
+        voices.recover()  # what a crash of any replica left in the shared store
+        self.requests = RequestBuilder(self.models, voices, config.limits)
         self.reports = ReplicaReports(status_board)
-        announcing = console.announce_when_ready(self.reports, self.synthesis.model_names)
+        announcing = console.announce_when_ready(self.reports, self.models.model_names)
         self._announcing = asyncio.get_running_loop().create_task(announcing)

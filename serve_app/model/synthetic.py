@@ -9,7 +9,7 @@ steps, so it is biased to always say "continue": generation then runs to voxcpm'
 length cap, ``min(6 * text_tokens + 10, max_len)`` steps, which makes the length of a
 sentence predictable (a few seconds for the ``tiny`` presets) while ``max_len`` still rules.
 
-    python -m serve_app.synthetic --preset tiny-voxcpm1.5 --out checkpoints/tiny-voxcpm1.5
+    python -m serve_app.model.synthetic --preset tiny-voxcpm1.5 --out checkpoints/tiny-voxcpm1.5
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serve_app.config import SyntheticPreset
 
 # Characters the synthetic tokenizer knows; anything else maps to <unk>. The ids voxcpm
 # hard-codes (101-104: audio/ref start and end) fall inside this vocabulary.
@@ -80,7 +82,7 @@ def _tiny(architecture: str, patch_size: int, vae: dict[str, Any]) -> Preset:
 _MINICPM4_LOCAL = dict(local_hidden=1024, local_layers=4, local_heads=16, local_ffn=4096, vocab_size=73448)
 _MINICPM4_05B = dict(lm_hidden=1024, lm_layers=24, lm_heads=16, lm_kv_heads=2, lm_ffn=4096, **_MINICPM4_LOCAL)
 
-PRESETS: dict[str, Preset] = {
+PRESETS: dict[SyntheticPreset, Preset] = {
     # 44.1 kHz like VoxCPM1.5; 735-sample hop, 2 latents per step: 33 ms of audio per step.
     "tiny-voxcpm1.5": _tiny(
         "voxcpm",
@@ -227,7 +229,7 @@ def _model_classes(architecture: str) -> tuple[Any, Any, Any]:
     return VoxCPMModel, VoxCPMConfig, AudioVAE
 
 
-def audio_vae(preset_name: str) -> Any:
+def audio_vae(preset_name: SyntheticPreset) -> Any:
     """The preset's VAE alone, with random weights in float32 (as checkpoints ship it): for timing a release's
     decode without building the whole model."""
     preset = PRESETS[preset_name]
@@ -235,7 +237,7 @@ def audio_vae(preset_name: str) -> Any:
     return vae_cls(config=config_cls.model_validate(_config(preset, 100, "float32")).audio_vae_config)
 
 
-def instantiate(preset_name: str, directory: Path, dtype: str | None = None) -> tuple[dict[str, Any], Any]:
+def instantiate(preset_name: SyntheticPreset, directory: Path, dtype: str | None = None) -> tuple[dict[str, Any], Any]:
     """The preset's config and voxcpm model with random weights, its tokenizer written into ``directory``
     (under ``torch.device("meta")`` it costs no memory: how the tests check every preset's dimensions)."""
     from transformers import LlamaTokenizerFast
@@ -248,7 +250,9 @@ def instantiate(preset_name: str, directory: Path, dtype: str | None = None) -> 
     return config, model_cls(parsed, LlamaTokenizerFast.from_pretrained(str(directory)), vae, device="cpu")
 
 
-def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dtype: str | None = None) -> Path:
+def build(
+    preset_name: SyntheticPreset, out: Path, seed: int = 0, overwrite: bool = True, dtype: str | None = None
+) -> Path:
     """Write a loadable checkpoint directory for ``preset_name`` at ``out``.
 
     The files are written beside ``out`` and moved into place in one rename, so a replica that
@@ -278,7 +282,8 @@ def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dt
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(staging / "audiovae.safetensors"))
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         (staging / "SYNTHETIC.md").write_text(
-            f"Synthetic checkpoint `{preset_name}` (random weights, seed {seed}) written by serve_app.synthetic.\n"
+            f"Synthetic checkpoint `{preset_name}` (random weights, seed {seed}) written by "
+            "serve_app.model.synthetic.\n"
             "It speaks noise. Its stop head always continues, so utterances run to voxcpm's length cap.\n"
         )
         if overwrite and out.exists():
@@ -292,7 +297,7 @@ def build(preset_name: str, out: Path, seed: int = 0, overwrite: bool = True, dt
     return out
 
 
-def ensure(preset_name: str, out: Path) -> Path:
+def ensure(preset_name: SyntheticPreset, out: Path) -> Path:
     """Build the checkpoint unless a complete one is already at ``out``."""
     if not (Path(out) / "model.safetensors").exists():
         build(preset_name, out, overwrite=False)  # another replica may win the race: that is fine

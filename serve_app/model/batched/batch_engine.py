@@ -1,15 +1,15 @@
 """The batched engine: many requests generating together on one model instance (continuous batching).
 
-One loop thread owns the model (it loads it, too). Between steps it takes in new requests and
-cancellations, admits newcomers into free KV slots and prefills them together, packed (``scheduler.py``,
-``kv_slots.py``), with whatever else arrived meanwhile, then runs one
-decode step for every running request together (``step_runner.py``) and decodes the streams' new
-patches through the VAE, each request with its own causal-conv state (``../vae.py``; a non-streaming
-request's patches a few at a time). A request leaves between
-steps when its text is spoken, its ``max_len`` is reached, or it is cancelled (its consumer closed,
-the client disconnected); what one request does (a bad prompt, a cancel, a failure of its own) never
-touches the others. Long text, voices, prompts and checks are the runtime's, as in the reference
-engine, so a request's audio is the one the reference engine gives it alone.
+One loop thread owns the model (it loads it, too). Each turn of the loop is nano-vllm's ``step``:
+schedule, run, post-process. Between steps it takes in new requests and cancellations, admits newcomers
+into free KV slots (``scheduler.py``) and prefills them together, packed, with whatever else arrived
+meanwhile (``runner.py``, ``kv_slots.py``); then it runs one decode step for every running request
+together (``runner.py``, the math in ``layers.py``) and hands each request its part of the output
+(``postprocess.py``: the streams' audio through the VAE, each with its own causal-conv state, sentence
+ends, retry_badcase). A request leaves between steps when its text is spoken, its ``max_len`` is reached,
+or it is cancelled (its consumer closed, the client disconnected); what one request does (a bad prompt, a
+cancel, a failure of its own) never touches the others. Long text, voices, prompts and checks are the
+runtime's, as in the reference engine, so a request's audio is the one the reference engine gives it alone.
 
 Many async callers, one loop thread: each request has a queue its chunks go into
 (``loop.call_soon_threadsafe``), and closing its iterator cancels it by identity. Output is not
@@ -36,25 +36,21 @@ import torch
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
+from serve_app.model.batched.postprocess import GENERATING, NON_STREAMING_DECODE_PATCHES, Postprocessor
+from serve_app.model.batched.runner import Prefilled, StepRunner
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
-from serve_app.model.batched.step_runner import Prefilled, StepRunner
 from serve_app.model.engine import RuntimeEngine, Started, joined
-from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime
-from serve_app.model.transfer import to_device
+from serve_app.model.plan import Sentence
+from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.types import SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger(__name__)
 
 _END = object()  # a request's last item
 _STOP = object()  # the loop thread's last command
-# A non-streaming sentence's patches go through the VAE this many at a time (and the rest at its end),
-# not one call per step: nobody hears them before the sentence is complete, and one call for 16 patches
-# costs about what one call for one costs where the decoder is bound by its kernels' fixed cost (small
-# models, CPU). The same causal state carries over between calls, so the audio does not change.
-NON_STREAMING_DECODE_PATCHES = 16
 
 
 class BatchedEngine(RuntimeEngine):
@@ -64,6 +60,7 @@ class BatchedEngine(RuntimeEngine):
         length = config.kv_cache_length or runtime.model.config.max_length
         self._runner = StepRunner(runtime.model, config.max_batch_size, length)
         self._decoder = runtime.decoder(config.max_batch_size)
+        self._post = Postprocessor(runtime, self._decoder)
         self._scheduler = Scheduler(config.max_batch_size)
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
@@ -77,7 +74,7 @@ class BatchedEngine(RuntimeEngine):
         engine = loaded.result()
         if config.warmup:
             engine.generate(engine.runtime.warmup_request(), streaming=True)
-            engine.runtime.prompts.clear()
+            engine.runtime.prompts.cache.clear()
         logger.info(
             "loaded %s: batches of up to %d, KV slots of %d positions (%.1f MiB)",
             engine.info,
@@ -262,7 +259,7 @@ class BatchedEngine(RuntimeEngine):
         streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
             output = self._runner.step(rows)
-            chunks = self._decode_streams(output.latents, streams, len(running))  # launched before any wait
+            chunks = self._post.decode_streams(output.latents, streams, len(running))  # launched before any wait
             stop = output.stop.tolist()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
@@ -275,68 +272,12 @@ class BatchedEngine(RuntimeEngine):
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
             chunk, latent = chunks.get(index), output.latents[index]
-            self._guarded(sequence, self._emit, sequence, chunk, latent, stop[index])
+            self._guarded(sequence, self._postprocess, sequence, chunk, latent, stop[index])
 
-    def _emit(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
-        """The step's result for one request: a stream's audio chunk goes out, a non-streaming sentence keeps
-        its latent patch for the VAE."""
-        ended = sequence.finished_sentence(stop)
-        if chunk is not None:
-            sequence.pieces.append(chunk)
-            self._deliver(sequence, chunk, may_end=ended)
-        else:
-            sequence.latents.append(latent)
-        sequence.step += 1
-        if not ended:
-            if len(sequence.latents) >= NON_STREAMING_DECODE_PATCHES:
-                self._decode_latents(sequence)
-            return
-        if not sequence.streaming and self._retry_badcase(sequence):
-            self._next_sentence(sequence, sequence.sentence)
-            return
-        self._decode_latents(sequence)
-        audio = joined(sequence.pieces)
-        if not sequence.streaming:
-            self._deliver(sequence, audio)
-        try:
-            following = sequence.plan.send(Spoken(audio, sequence.step))  # type: ignore[union-attr]
-        except StopIteration:
-            following = None
-        if following is not None:
-            sequence.crossfade.next_segment()
-            sequence.attempts = 0
-        self._next_sentence(sequence, following)
-
-    def _decode_streams(self, latents: torch.Tensor, streams: list[int], rows: int) -> dict[int, np.ndarray]:
-        """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
-        if not streams:
-            return {}
-        if len(streams) == rows:
-            audio = self._decoder.decode_batch(latents)
-        else:
-            audio = self._decoder.decode(latents[to_device(streams, latents.device)], streams)
-        return dict(zip(streams, audio.cpu().numpy(), strict=True))
-
-    def _decode_latents(self, sequence: Sequence) -> None:
-        """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""
-        if sequence.latents:
-            latents = torch.cat(sequence.latents, dim=-1).unsqueeze(0)
-            sequence.pieces.append(self._decoder.decode(latents, [sequence.slot])[0].cpu().numpy())
-            sequence.latents = []
-
-    def _retry_badcase(self, sequence: Sequence) -> bool:
-        """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""
-        request, inputs = sequence.request, sequence.inputs
-        if not request.retry_badcase or sequence.attempts >= request.retry_badcase_max_times:
-            return False
-        # voxcpm 1.x counts the prompt patches its VAE decode starts from; VoxCPM2 counts the generated ones
-        patches = sequence.step + (0 if self.runtime.v2 else inputs.context_patches)  # type: ignore[union-attr]
-        return patches >= self.runtime.text_tokens(sequence.sentence.text) * request.retry_badcase_ratio_threshold  # type: ignore[union-attr]
-
-    def _deliver(self, sequence: Sequence, audio: np.ndarray, may_end: bool = True) -> None:
-        """Audio to the consumer; only a sentence's last piece keeps the crossfade's overlap back."""
-        if len(playable := sequence.crossfade.feed(audio, may_end)):
-            sequence.deliver(playable)
+    def _postprocess(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
+        following = self._post.emit(sequence, chunk, latent, stop)
+        if following is not GENERATING:
+            self._next_sentence(sequence, following)
 
     def _finish(self, sequence: Sequence) -> None:
         if len(tail := sequence.crossfade.flush()):

@@ -47,7 +47,7 @@ import soundfile as sf
 
 from serve_app.config import TenantQuotas
 from serve_app.errors import Conflict, Forbidden, InsufficientStorage, NotFound, QuotaExceeded
-from serve_app.tenants import Principal
+from serve_app.store.tenants import Principal
 
 logger = logging.getLogger("ray.serve")
 

@@ -22,7 +22,16 @@ from typing import Any, BinaryIO
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from serve_app.cli import EXIT_REFUSED, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Progress, _pcm_player
+from serve_app.cli.common import (
+    EXIT_REFUSED,
+    EXIT_SERVER,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    Progress,
+    auth,
+    pcm_player,
+)
 
 READ_BYTES = 4096
 INIT_FIELDS = ("model", "voice_id", "sample_rate", "cfg_value", "inference_timesteps", "max_len")
@@ -39,7 +48,7 @@ def say_ws(args: argparse.Namespace) -> None:
         ready = _event(ws)
         rate = ready["sample_rate"]
         write = _sink(stack, output, rate)
-        player = stack.enter_context(_pcm_player(rate)) if args.play else None
+        player = stack.enter_context(pcm_player(rate)) if args.play else None
         threading.Thread(target=_send_text, args=(ws, args.text), daemon=True).start()
         progress = Progress(args.quiet)
         for audio in _audio(ws):
@@ -54,10 +63,8 @@ def say_ws(args: argparse.Namespace) -> None:
 @contextlib.contextmanager
 def _connected(args: argparse.Namespace) -> Iterator[ClientConnection]:
     url = args.url.replace("http", "ws", 1).rstrip("/") + "/api/tts/ws"
-    key = os.environ.get("VOXCPM_SERVE_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else None
     try:
-        ws = connect(url, additional_headers=headers, open_timeout=args.timeout, max_size=None)
+        ws = connect(url, additional_headers=auth(args), open_timeout=args.timeout, max_size=None)
     except InvalidStatus as refused:
         status, message = refused.response.status_code, _message(refused.response.body)
         raise CliError(f"HTTP {status}: {message}", EXIT_REFUSED) from None

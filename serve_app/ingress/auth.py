@@ -14,25 +14,15 @@ import os
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from serve_app.config import ADMIN_KEYS_ENV, ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig
+from serve_app.store.tenants import Principal
 
 TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ANONYMOUS = "anonymous"  # the one tenant of a deployment without keys
-
-
-@dataclass(frozen=True)
-class Principal:
-    """One authenticated caller: its tenant, whether it is an admin, and an id for per-key counting that
-    never contains the key itself."""
-
-    tenant: str
-    admin: bool
-    key_id: str
 
 
 def anonymous(address: str) -> Principal:
@@ -95,7 +85,7 @@ could use the service and its saved voices.
 
 
 def main(argv: list[str]) -> int:
-    """The image's start-up check (docker/entrypoint.sh, ``python -m serve_app.tenants [SERVE_CONFIG]``): a
+    """The image's start-up check (docker/entrypoint.sh, ``python -m serve_app.ingress.auth [SERVE_CONFIG]``): a
     container's port is reachable beyond loopback, so it refuses to start an application without keys unless
     anonymous access is asked for; read exactly as the ingress reads them (:class:`Keyring`)."""
     accesses = [AccessConfig()]

@@ -32,8 +32,8 @@ from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from serve_app import synthetic
 from serve_app.config import ModelConfig
+from serve_app.model import synthetic
 
 logger = logging.getLogger("ray.serve")
 

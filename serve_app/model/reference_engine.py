@@ -20,10 +20,12 @@ import torch
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.model.engine import RuntimeEngine, Started, joined
-from serve_app.model.runtime import Sentence, Spoken, VoxCPMRuntime, latents
+from serve_app.model.inputs import latents
+from serve_app.model.plan import Sentence, Spoken
+from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import SynthesisRequest
-from serve_app.voices import VoiceStore
+from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class ReferenceEngine(RuntimeEngine):
         engine = executor.submit(lambda: cls(VoxCPMRuntime.load(config, voices), executor)).result()
         if config.warmup:
             executor.submit(lambda: joined(engine.generate(engine.runtime.warmup_request(), streaming=True))).result()
-            engine.runtime.prompts.clear()
+            engine.runtime.prompts.cache.clear()
         logger.info("loaded %s", engine.info)
         return engine
 

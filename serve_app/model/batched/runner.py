@@ -1,0 +1,185 @@
+"""The batched engine's runner: which rows a step computes and what it keeps between steps.
+
+It owns the requests' KV slots (``kv_slots.py``), gathers a step's inputs from the rows (each row's noise
+drawn from its request's own generator), runs the step from a CUDA graph where one was captured for its
+batch size (``../cuda_graphs.py``) or eagerly, and writes a prefill's keys and values into the joining
+requests' slots. The math itself is ``layers.py``'s.
+
+No waiting for the GPU inside a step: the few host lists a step needs (positions, ``cfg_value``s, a group's
+rows) go to the device without a blocking copy (``../transfer.py``), and the stop decisions stay there
+until the caller has launched the VAE, so the host keeps launching kernels while the GPU runs the earlier
+ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from serve_app.model.batched.kv_slots import KVSlots
+from serve_app.model.batched.layers import BatchedVoxCPM, StepInputs, StepOutput
+from serve_app.model.cuda_graphs import PaddedGraphs
+from serve_app.model.inputs import ModelInputs
+from serve_app.model.transfer import to_device
+
+logger = logging.getLogger(__name__)
+
+# A step attends over the slots' filled part, rounded up to a multiple of this (masked attention gives the
+# same bits whatever the length of the buffer it runs over).
+ATTENDED_POSITIONS_STEP = 256
+GRAPH_SPAN_STEP = 1024  # the same for the CUDA graphs of the step, whose span is part of their shapes
+
+
+@dataclass
+class Prefilled:
+    """A request's state after its prefill (its keys and values already in its KV slots): what its first
+    decode step starts from."""
+
+    length: int  # positions filled: the first decode step writes here
+    lm_hidden: torch.Tensor  # (1, hidden)
+    residual_hidden: torch.Tensor  # (1, hidden)
+    condition: torch.Tensor  # (1, patch_size, latent_dim): the last input patch
+
+
+@dataclass
+class Row:
+    """One request's part of a decode step."""
+
+    lm_hidden: torch.Tensor
+    residual_hidden: torch.Tensor
+    condition: torch.Tensor
+    position: int
+    inference_timesteps: int
+    cfg_value: float
+    generator: torch.Generator
+
+
+class StepRunner:
+    def __init__(self, model: Any, slots: int, kv_length: int) -> None:
+        self.model = model
+        self.layers = BatchedVoxCPM(model)
+        dtype = next(model.base_lm.parameters()).dtype
+        device = torch.device(model.device)
+        self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
+        self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
+        self.kv_length = kv_length
+        self.slots = slots
+        # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer, and checked here
+        half = dtype in (torch.float16, torch.bfloat16)
+        self.varlen_prefill = device.type == "cuda" and half and torch.cuda.get_device_capability(device) >= (8, 0)
+        self.varlen_prefill = self.varlen_prefill and self.varlen_agrees()
+        self.graphs: PaddedGraphs[StepInputs, StepOutput] | None = None
+        self._graph_timesteps = 0
+
+    def use_graphs(self, timesteps: int, capture: bool) -> None:
+        """Replay the decode steps whose rows all use ``timesteps`` from CUDA graphs (``../cuda_graphs.py``)
+        captured now, per batch size and per 1,024 positions of attended span; on CPU (``capture`` False) the
+        same buffers and padding computed eagerly, which is how the tests check them. Each row's noise is
+        drawn from its own generator before the replay (a graph would replay one draw); other steps (rows
+        with another ``inference_timesteps``) run eagerly."""
+        ends = range(GRAPH_SPAN_STEP, self.kv_length + GRAPH_SPAN_STEP, GRAPH_SPAN_STEP)
+        spans = sorted({min(self.kv_length, end) for end in ends})
+
+        def compute(inputs: StepInputs, span: int) -> StepOutput:
+            return self.compute(inputs, {timesteps: list(range(inputs.positions.shape[0]))}, span)
+
+        self.graphs = PaddedGraphs("decode step", compute, self._blank, self.slots, spans, capture)
+        self._graph_timesteps = timesteps
+
+    @torch.inference_mode()
+    def varlen_agrees(self) -> bool:
+        """Whether the variable-length call runs on this GPU and attends as one call per request does: checked
+        once, on the first layer's attention with two requests of random states."""
+        attention, lengths, cache = self.model.base_lm.layers[0].self_attn, [5, 11], self.base_kv.cache
+        hidden = cache.new_empty(1, sum(lengths), self.model.base_lm.config.hidden_size).normal_()
+        starts = to_device([0, *itertools.accumulate(lengths)], cache.device, torch.int32)
+        try:
+            packed, _ = self.layers.packed_attention(attention, hidden, None, lengths, starts)
+        except RuntimeError:
+            logger.warning("variable-length attention unavailable: prefills attend per request", exc_info=True)
+            return False
+        per_request, _ = self.layers.packed_attention(attention, hidden, None, lengths, None)
+        agrees = torch.allclose(packed, per_request, rtol=0.02, atol=0.02)
+        if not agrees:
+            logger.warning("variable-length attention disagrees with one call per request: prefills attend per request")
+        return agrees
+
+    @torch.inference_mode()
+    def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
+        """voxcpm's prefill of each request, the requests packed together, their keys and values written into
+        their slots once all of it is computed."""
+        lengths = [inputs.text.shape[1] for inputs in batch]
+        starts = None  # where each request starts in the packed sequence, and where the last ends
+        if self.varlen_prefill:
+            starts = to_device([0, *itertools.accumulate(lengths)], self.base_kv.cache.device, torch.int32)
+        computed = self.layers.prefill(batch, starts)
+        self.base_kv.fill(slots, lengths, computed.base_caches)
+        self.residual_kv.fill(slots, lengths, computed.residual_caches)
+        ends = itertools.accumulate(lengths)
+        return [
+            Prefilled(
+                length=length,
+                lm_hidden=computed.lm_hidden[:, end - 1, :],
+                residual_hidden=computed.residual_hidden[:, end - 1, :],
+                condition=inputs.feat[:, -1, ...],
+            )
+            for inputs, length, end in zip(batch, lengths, ends, strict=True)
+        ]
+
+    def move(self, source: int, target: int) -> None:
+        self.base_kv.move(source, target)
+        self.residual_kv.move(source, target)
+
+    @torch.inference_mode()
+    def step(self, rows: list[Row]) -> StepOutput:
+        """One generation step for rows 0..n-1 of the slots (one loop iteration of voxcpm's ``_inference``)."""
+        inputs = self._inputs(rows)
+        written = [row.position for row in rows]
+        self.base_kv.writing(written)
+        self.residual_kv.writing(written)
+        filled = max(written) + 1
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, row in enumerate(rows):
+            groups[row.inference_timesteps].append(index)
+        if self.graphs is not None and groups.keys() == {self._graph_timesteps}:
+            if (replayed := self.graphs.run(inputs, len(rows), self._span(filled, GRAPH_SPAN_STEP))) is not None:
+                return replayed
+        return self.compute(inputs, groups, self._span(filled, ATTENDED_POSITIONS_STEP))
+
+    def _span(self, filled: int, step: int) -> int:
+        """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
+        return min(self.kv_length, -(-filled // step) * step)
+
+    def _inputs(self, rows: list[Row]) -> StepInputs:
+        """What the step reads, gathered from the rows: their noise drawn now, each from its own generator."""
+        model, device, dtype = self.model, self.base_kv.cache.device, self.base_kv.cache.dtype
+        shape = (1, model.feat_decoder.in_channels, model.patch_size)
+        return StepInputs(
+            lm_hidden=torch.cat([row.lm_hidden for row in rows]),
+            residual_hidden=torch.cat([row.residual_hidden for row in rows]),
+            condition=torch.cat([row.condition for row in rows]),
+            noise=torch.cat([torch.randn(shape, generator=row.generator, device=device, dtype=dtype) for row in rows]),
+            cfg=to_device([row.cfg_value for row in rows], device, torch.float32).view(-1, 1, 1),
+            positions=to_device([row.position for row in rows], device),
+        )
+
+    def _blank(self, rows: int) -> StepInputs:
+        """Zeroed inputs for ``rows`` rows: a graph's static buffers."""
+        model, cache = self.model, self.base_kv.cache
+        hidden, latent_dim, patch_size = model.base_lm.config.hidden_size, model.feat_dim, model.patch_size
+        return StepInputs(
+            lm_hidden=cache.new_zeros(rows, hidden),
+            residual_hidden=cache.new_zeros(rows, hidden),
+            condition=cache.new_zeros(rows, patch_size, latent_dim),
+            noise=cache.new_zeros(rows, model.feat_decoder.in_channels, patch_size),
+            cfg=cache.new_zeros(rows, 1, 1, dtype=torch.float32),
+            positions=cache.new_zeros(rows, dtype=torch.int64),
+        )
+
+    def compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int) -> StepOutput:
+        return self.layers.step(inputs, groups, (self.base_kv, self.residual_kv), span)
