@@ -5,7 +5,7 @@ GPUs (`ray start --num-gpus`, started through ray.cluster_utils like a second `r
 prod.yaml's `num_gpus: 1` model replicas can only be placed there; they run on its CPU with a
 tiny synthetic checkpoint (CUDA is not really there, and the engine sees that).
 
-    --check      placement and one stream through the graph, printed as JSON (tests/test_multinode.py)
+    --check      placement and one stream through the graph, printed as JSON (tests/service/test_multinode.py)
     (default)    also drive a ramp of load and record replicas from min to max and back down,
                  saved with a plot under benchmarks/results/cluster_autoscaling.*
 

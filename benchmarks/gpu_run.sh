@@ -43,8 +43,8 @@ case "${1:-1}" in
 1)  # first the CUDA-only paths' tests (graphs replay the eager step's bits; the one-call prefill), then
   # streams per GPU with the decode step replayed from CUDA graphs (the default), in two passes so that the
   # second shows each batch size warm; then one pass with eager steps, for the ratio within this session
-  echo "=== tests/test_cuda.py ($(date +%T))"
-  timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -30
+  echo "=== tests/model/test_cuda.py ($(date +%T))"
+  timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/model/test_cuda.py 2>&1 | tail -30
   bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   bench batching_gpu_voxcpm1.5_eager 110 batching.py --mode engine --preset voxcpm1.5 --engines batched \

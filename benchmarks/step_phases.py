@@ -99,7 +99,7 @@ def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[st
     whole = 1e3 * statistics.mean(clock.seconds["step, whole"])
     return {
         "streams": streams,
-        "graphs": engine._runner.graphs is not None,
+        "graphs": engine.runner.graphs is not None,
         "wall_s": wall,
         "steps": steps,
         "step_ms": whole,
@@ -145,8 +145,8 @@ def graph_probe(engine: Any, rows: int) -> dict[str, Any]:
     (inputs copied in, outputs copied out, as the engine steps), and whether both give the same bits."""
     import torch
 
-    runner, timesteps = engine._runner, INFERENCE_TIMESTEPS
-    inputs = runner._blank(rows)
+    runner, timesteps = engine.runner, INFERENCE_TIMESTEPS
+    inputs = runner.blank(rows)
     for tensor in (inputs.lm_hidden, inputs.residual_hidden, inputs.condition, inputs.noise):
         tensor.normal_()
     inputs.cfg.fill_(2.0)
@@ -301,7 +301,7 @@ def main() -> None:
             print({key: value for key, value in rows[-1].items() if key != "prefill_ms"}, flush=True)
         if args.graph_probe:
             engine._capture_graphs()
-        if args.graph_probe and engine._runner.graphs is None:
+        if args.graph_probe and engine.runner.graphs is None:
             print("the decode step's CUDA graphs could not be captured (the log above says why)", flush=True)
         elif args.graph_probe:
             for streams in dict.fromkeys(levels):

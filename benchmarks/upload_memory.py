@@ -1,6 +1,6 @@
 """Reference uploads: what each one costs the ingress in memory and time, against the bound it is under.
 
-Each crafted upload (made as tests/test_reference_audio.py makes them) is sent as prompt_audio to
+Each crafted upload (made as tests/audio/test_decode.py makes them) is sent as prompt_audio to
 /api/tts/stream of the local service, `--repeat` times after one unrecorded round. Per request:
 the status, the time to the answer's status line, and the ingress replica's peak RSS increase: its
 process's peak is reset (`echo 5 > /proc/PID/clear_refs`), the answer read whole, then VmHWM less
@@ -33,7 +33,7 @@ from serve_app.audio.decode import BLOCK_FRAMES
 from serve_app.config import LimitsConfig
 
 sys.path.insert(0, str(REPO))  # the crafted uploads are the tests' own
-from tests.test_reference_audio import BOMB_RATE, bomb, matroska_pcm, streamed, wav_claiming, written
+from tests.audio.test_decode import BOMB_RATE, bomb, matroska_pcm, streamed, wav_claiming, written
 
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}  # glibc's default, kept from moving
 FFMPEG_PROBE_BYTES = 5_000_000  # what FFmpeg reads ahead to find the streams (its default probesize)

@@ -32,7 +32,7 @@ def measure(preset: str, rows: tuple[int, ...], repeat: int) -> list[dict[str, A
     fuse_weight_norm(vae)
     patch = torch.randn(max(rows), vae.latent_dim, synthetic.PRESETS[preset].patch_size) * 0.5
     decoders = {way: StreamingVAEDecoder(vae, max(rows)) for way in WAYS}
-    decoders["oneDNN"]._pointwise = []  # PyTorch's own choice of kernel for the 1x1 convolutions
+    decoders["oneDNN"].pointwise = []  # PyTorch's own choice of kernel for the 1x1 convolutions
     repeat = repeat if preset.startswith("tiny") else max(3, repeat // 10)
     results = []
     for count in rows:

@@ -3,12 +3,13 @@
     .venv/bin/python docker/smoke.py                    (make docker-smoke; many minutes, not in `make test`)
     .venv/bin/python docker/smoke.py --base-image voxcpm-serve-base:bookworm --docker /usr/bin/docker
 
-Builds the CPU image (`make image-cpu`), starts it as a user would (published port, named volumes for the
-model cache and the voices, an API key from the environment), waits for Docker's health check on /ready,
-then checks: /ready and /health answer without a key, speech needs one, a voice saves onto the voices
-volume, a chunked stream in that voice and a whole /api/tts file each decode to the same length with
-soundfile and with ffprobe, `docker logs` has the ingress's line for each request id we sent and no
-traceback, and `docker stop` ends the container within its grace period with exit code 0. Exits 1 when
+Builds the CPU image (`make image-cpu`), checks that it refuses to start without API keys, starts it as a
+user would (published port, named volumes for the model cache and the voices, an API key from the
+environment), waits for Docker's health check on /ready, then checks: /ready and /health answer without a
+key, speech needs one, a voice saves onto the voices volume, a chunked stream in that voice and a whole
+/api/tts file each decode to the same length with soundfile and with ffprobe, `docker logs` has the
+ingress's line for each request id we sent and no traceback, and `docker stop` ends the container within
+its grace period with exit code 0. Exits 1 when
 a check fails. Results: benchmarks/results/docker_smoke.json, .md and .log (the container's output).
 """
 
@@ -129,6 +130,17 @@ def speak(base: str) -> dict[str, Any]:
     return checks
 
 
+def without_keys(docker: str, image: str) -> dict[str, Any]:
+    """The image run as `docker run IMAGE` with no key and no anonymous access asked for: it must not serve."""
+    started = time.monotonic()
+    refused = sh(docker, "run", "--rm", image, check=False)
+    return {
+        "exit_code": refused.returncode,
+        "says_how": "VOXCPM_SERVE_API_KEYS" in refused.stderr and "VOXCPM_SERVE_ALLOW_ANONYMOUS" in refused.stderr,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def stop(docker: str, grace_s: int) -> dict[str, Any]:
     started = time.monotonic()
     sh(docker, "stop", "--time", str(grace_s), NAME)
@@ -163,6 +175,7 @@ def main() -> None:
 
     image, build_s = build(docker, args.base_image)
     size = int(sh(docker, "image", "inspect", "--format", "{{.Size}}", image).stdout)
+    refused = without_keys(docker, image)
     sh(docker, "rm", "--force", NAME, check=False)
     sh(docker, "volume", "rm", f"{NAME}-models", f"{NAME}-voices", check=False)
     sh(
@@ -197,6 +210,7 @@ def main() -> None:
         "base_image": args.base_image,
         "build_s": round(build_s, 1),
         "image_size_gb": round(size / 1e9, 2),
+        "without_keys": refused,
         "ready_s": round(ready_s, 1),
         "health_states": health_states,
         **checks,
@@ -222,6 +236,7 @@ def main() -> None:
 def failures(r: dict[str, Any]) -> list[str]:
     """What the smoke run expects, as the failures it saw."""
     expected = {
+        "no start without keys": r["without_keys"]["exit_code"] == 78 and r["without_keys"]["says_how"],
         "/ready and /health open": r["ready_without_key"] == r["health_without_key"] == 200,
         "speech needs the key": r["speech_without_key"] == 401,
         "a voice is saved": r["voice_saved"] == 201,
@@ -248,7 +263,10 @@ def audio(entry: dict[str, Any]) -> str:
 
 
 def report(r: dict[str, Any]) -> str:
-    logs, stopped = r["logs"], r["stop"]
+    logs, stopped, keyless = r["logs"], r["stop"], r["without_keys"]
+    refused = (
+        f"exit code {keyless['exit_code']} after {keyless['seconds']} s; says how to set keys: {keyless['says_how']}"
+    )
     return f"""# Container smoke run (docker/smoke.py)
 
 Image `{r["image"]}` on `{r["base_image"]}`: built in {r["build_s"]} s, {r["image_size_gb"]} GB.
@@ -256,6 +274,7 @@ Docker's health check (GET /ready) went {" -> ".join(r["health_states"])} after 
 
 | check | seen |
 |---|---|
+| `docker run` without keys | {refused} |
 | /ready, /health without a key | {r["ready_without_key"]}, {r["health_without_key"]} |
 | /api/tts without a key | {r["speech_without_key"]} |
 | POST /api/voices (onto the voices volume) | {r["voice_saved"]} |

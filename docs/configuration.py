@@ -49,22 +49,24 @@ def doc(model: type[BaseModel]) -> str:
     return "\n".join(line.replace("``", "`") for line in text.splitlines())
 
 
+# pydantic's bounds, as the page states them: (kind, its attribute, how it reads)
+_BOUNDS = (
+    (annotated_types.Gt, "gt", "> {}"),
+    (annotated_types.Ge, "ge", "≥ {}"),
+    (annotated_types.Lt, "lt", "< {}"),
+    (annotated_types.Le, "le", "≤ {}"),
+    (annotated_types.MinLen, "min_length", "at least {} long"),
+    (annotated_types.MaxLen, "max_length", "at most {} long"),
+)
+
+
 def constraints(metadata: list[Any]) -> list[str]:
-    out = []
-    for item in metadata:
-        if isinstance(item, annotated_types.Gt):
-            out.append(f"> {item.gt}")
-        elif isinstance(item, annotated_types.Ge):
-            out.append(f"≥ {item.ge}")
-        elif isinstance(item, annotated_types.Lt):
-            out.append(f"< {item.lt}")
-        elif isinstance(item, annotated_types.Le):
-            out.append(f"≤ {item.le}")
-        elif isinstance(item, annotated_types.MinLen):
-            out.append(f"at least {item.min_length} long")
-        elif isinstance(item, annotated_types.MaxLen):
-            out.append(f"at most {item.max_length} long")
-    return out
+    return [
+        form.format(getattr(item, attribute))
+        for item in metadata
+        for kind, attribute, form in _BOUNDS
+        if isinstance(item, kind)
+    ]
 
 
 _NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}

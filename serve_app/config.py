@@ -92,7 +92,7 @@ class ModelConfig(_Strict):
         "graphs captured at start (for batch sizes 1, 2, 4, 8 and every 16; the step's per 1,024 positions of KV "
         "span): a step's thousands of small kernels launched at once instead of one by one. Costs seconds at "
         "start; steps with a non-default inference_timesteps run eagerly. Off until it has run on a GPU "
-        "(tests/test_cuda.py, benchmarks/gpu_run.sh): it is tested on CPU only, where nothing is captured.",
+        "(tests/model/test_cuda.py, benchmarks/gpu_run.sh): it is tested on CPU only, where nothing is captured.",
     )
     stream_coalesce_lead_s: float = Field(
         0.0,

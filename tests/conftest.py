@@ -9,21 +9,35 @@ architectures and model routing go through the real stack.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import os
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import av
 import numpy as np
 import pytest
 import requests
 import soundfile as sf
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from serve_app.audio.codecs import AudioFormat
+from serve_app.audio.decode import AudioBounds
+from serve_app.config import ModelConfig, SyntheticPreset
+from serve_app.model import synthetic
+from serve_app.model.engine import Engine
+from serve_app.model.engine_factory import load_engine
 from serve_app.store.tenants import Principal
+from serve_app.store.voice_store import VoiceStore
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -62,6 +76,46 @@ class Service:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(checkpoints: Path) -> Callable[..., Path]:
+    """A synthetic checkpoint of a preset (and dtype, default: the preset's), written once per session."""
+
+    def checkpoint(preset: SyntheticPreset, dtype: str | None = None) -> Path:
+        directory = checkpoints / f"unit-{preset}-{dtype or 'preset-dtype'}"
+        if not (directory / "model.safetensors").exists():
+            synthetic.build(preset, directory, dtype=dtype)
+        return directory
+
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Callable[..., Engine]]:
+    """The one way tests build engines in-process: ``synthetic_engine(preset, engine="voxcpm", dtype=None,
+    voices=None, **model_settings)`` loads a synthetic checkpoint of ``preset`` on CPU, as a model replica
+    would (``engine_factory.load_engine``), without a warm-up unless asked. Closed at the session's end."""
+    loaded: list[Engine] = []
+
+    def load(
+        preset: SyntheticPreset,
+        engine: str = "voxcpm",
+        dtype: str | None = None,
+        voices: VoiceStore | None = None,
+        **settings: Any,
+    ) -> Engine:
+        source = str(synthetic_checkpoint(preset, dtype))
+        options = {"warmup": False, **settings}
+        config = ModelConfig(
+            name=preset, source=source, synthetic_preset=preset, device="cpu", optimize=False, engine=engine, **options
+        )
+        loaded.append(load_engine(config, voices))
+        return loaded[-1]
+
+    yield load
+    for engine in loaded:
+        engine.close()
 
 
 @pytest.fixture(scope="session")
@@ -206,3 +260,67 @@ def openai_error_of(response: requests.Response) -> dict:
     assert set(error) == {"message", "type", "param", "code", "field"}, body
     assert error["param"] == error["field"], body
     return error
+
+
+# --- helpers shared by the test modules ---
+
+
+def decode(body: bytes, fmt: AudioFormat, rate: int) -> tuple[int, float]:
+    """(sample rate, seconds) as FFmpeg's decoders read them; raw PCM has no header to read."""
+    if fmt is AudioFormat.PCM:
+        return rate, len(body) / 2 / rate
+    with av.open(io.BytesIO(body)) as container:
+        frames = list(container.decode(audio=0))
+    return frames[0].sample_rate, sum(f.samples for f in frames) / frames[0].sample_rate
+
+
+# LimitsConfig's defaults: 60 s, 8 channels, 192 kHz, 60 s at 48 kHz stereo, 10 s to decode.
+BOUNDS = AudioBounds(max_seconds=60, max_channels=8, max_sample_rate=192_000, max_samples=5_760_000, timeout_s=10)
+
+
+def within(seconds: float) -> AudioBounds:
+    return dataclasses.replace(BOUNDS, max_seconds=seconds)
+
+
+def encoded(samples: np.ndarray, rate: int, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, **kwargs)
+    return buffer.getvalue()
+
+
+def save_voice(url: str, reference: Path, name: str | None = None, text: str = "参考音频的文本") -> dict:
+    """A voice saved over HTTP; without a name, one no other voice has (a name is unique in its tenant)."""
+    name = name or f"narrator {uuid.uuid4().hex[:8]}"
+    with open(reference, "rb") as audio:
+        response = requests.post(f"{url}/api/voices", data={"name": name, "text": text}, files={"audio": audio})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def prompt_cache(url: str) -> tuple[int, int]:
+    replica = replica_status(url)
+    return replica["prompt_cache_hits"], replica["prompt_cache_misses"]
+
+
+CLI = str(Path(sys.executable).with_name("voxcpm-serve"))
+
+
+def run(url: str, *args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, "--url", url, *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+FLOAT32_TOLERANCE = 1e-3  # largest sample difference seen in float32 was ~2e-4 (see README)
+
+
+def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample on the endpoint, by sample name: [(labels, value)]."""
+    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(value for got, value in samples.get(name, []) if all(got.get(k) == v for k, v in labels.items()))

@@ -16,8 +16,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import from_config_file
 from serve_app.config import AppConfig
+from tests.conftest import REPO
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = REPO / "configs"
 KUBERAY = CONFIG_DIR / "kuberay-rayservice.yaml"
 ROOT = CONFIG_DIR.parent
 DOCKERFILE = ROOT / "Dockerfile"

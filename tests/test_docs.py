@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
+ROOT = REPO
 GENERATOR = ROOT / "docs" / "configuration.py"
 CONFIGURATION_PAGE = ROOT / "docs" / "configuration.md"
 README = ROOT / "README.md"
@@ -93,3 +95,15 @@ def test_relative_links_resolve(page: Path) -> None:
 def test_link_finder() -> None:
     text = "[a](docs/api.md#x) ![p](img.png) [w](https://x.y) [s](#top) `[c](code.md)`\n```\n[f](fenced.md)\n```\n"
     assert relative_links(text) == ["docs/api.md#x", "img.png"]
+
+
+# A repository path in a code span: a file under one of the project's folders, as the docs name them.
+_PATH_IN_CODE = re.compile(r"`((?:serve_app|tests|benchmarks|configs|docker|docs)/[\w./-]+\.(?:py|sh|yaml|md|json))`")
+
+
+@pytest.mark.parametrize("page", linked_pages(), ids=lambda page: str(page.relative_to(ROOT)))
+def test_files_the_docs_name_exist(page: Path) -> None:
+    """A page that names `tests/...py` or `serve_app/...py` names a file that is there (modules move)."""
+    named = _PATH_IN_CODE.findall(page.read_text())
+    missing = sorted({path for path in named if not (ROOT / path).exists() and "*" not in path})
+    assert not missing, missing

@@ -122,6 +122,11 @@ class MonoBuffer:
     def __len__(self) -> int:
         return self._size
 
+    @property
+    def capacity(self) -> int:
+        """Samples the buffer holds room for."""
+        return len(self._data)
+
     def append(self, block: np.ndarray) -> None:
         end = self._size + len(block)
         if end > len(self._data):

@@ -68,6 +68,11 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
         if capture:
             logger.info("captured %d CUDA graphs of the %s (batch sizes %s)", len(self._graphs), name, self.sizes)
 
+    @property
+    def captured(self) -> int:
+        """Graphs held (each batch size and key)."""
+        return len(self._graphs)
+
     def run(self, inputs: Inputs, rows: int, key: Any) -> Outputs | None:
         """The work over ``inputs``' ``rows`` rows from a graph, or None where none holds it (the caller computes
         it eagerly)."""

@@ -38,7 +38,7 @@ class ReferenceEngine(RuntimeEngine):
         self.runtime = runtime
         self.info = runtime.info
         self._executor = executor
-        self._decoder = runtime.decoder(1)
+        self.decoder = runtime.decoder(1)
 
     @classmethod
     def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> ReferenceEngine:
@@ -102,9 +102,9 @@ class ReferenceEngine(RuntimeEngine):
             return
         model = self.runtime.model
         inputs = self.runtime.model_inputs(sentence, request)
-        self._decoder.reset(_SLOT)
+        self.decoder.reset(_SLOT)
         if (context := inputs.context()) is not None:
-            self._decoder.decode(context, _SLOT)  # the state the prompt leaves; its audio is not ours
+            self.decoder.decode(context, _SLOT)  # the state the prompt leaves; its audio is not ours
         steps = model._inference(
             inputs.text,
             inputs.text_mask,
@@ -118,7 +118,7 @@ class ReferenceEngine(RuntimeEngine):
         )
         try:
             for output in steps:  # (window, patches so far[, context]); the newest patch is the step's
-                yield self._decoder.decode(latents(output[1][-1]), _SLOT)[0].cpu().numpy()
+                yield self.decoder.decode(latents(output[1][-1]), _SLOT)[0].cpu().numpy()
         finally:
             steps.close()
 

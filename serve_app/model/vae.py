@@ -20,7 +20,7 @@ On CUDA the per-step decode of a batch of streams can be replayed from CUDA grap
 decode step is: ``cuda_graphs.py``); its padding rows advance the states of slots no request holds, which
 a joining request resets.
 
-On CPU the pointwise (1x1) convolutions of a batch run as one GEMM per row (``_pointwise_step``), as
+On CPU the pointwise (1x1) convolutions of a batch run as one GEMM per row (``pointwise_step``), as
 PyTorch runs them for a single row: for more than one row it hands them to oneDNN, whose fixed cost per
 call (~0.1 ms) made an 8-row decode on the tiny model 6.9 ms instead of 5.7. Each row gets the bits a
 batch of one gives it, faster (``benchmarks/results/vae_batch.md``).
@@ -86,7 +86,7 @@ class StreamingVAEDecoder:
                 state = torch.zeros(slots, module.in_channels, context, dtype=torch.float32, device=device)
                 self._layers.append((module, context, trim, state))
         cpu = device.type == "cpu"
-        self._pointwise = [module for module in vae.decoder.modules() if _is_pointwise(module)] if cpu else []
+        self.pointwise = [module for module in vae.decoder.modules() if _is_pointwise(module)] if cpu else []
         self.graphs: PaddedGraphs[_Latents, _Audio] | None = None
         self._graph_frames = 0
         # VoxCPM2's VAE is conditioned on its output rate, which its decode would otherwise copy to the device
@@ -168,12 +168,12 @@ class StreamingVAEDecoder:
         (The modules are voxcpm's own, shared with its non-streaming decode: patched only while we decode.)"""
         for module, context, trim, state in self._layers:
             module.forward = functools.partial(_causal_step, module, context, trim, state, slots)
-        for module in self._pointwise:
-            module.forward = functools.partial(_pointwise_step, module)
+        for module in self.pointwise:
+            module.forward = functools.partial(pointwise_step, module)
         try:
             yield
         finally:
-            for module in [*(layer[0] for layer in self._layers), *self._pointwise]:
+            for module in [*(layer[0] for layer in self._layers), *self.pointwise]:
                 del module.forward  # back to the class's forward
 
 
@@ -200,7 +200,7 @@ def _is_pointwise(module: nn.Module) -> bool:
     )
 
 
-def _pointwise_step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pointwise_step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution on CPU through PyTorch's own convolution (im2col and one GEMM per row), the kernel it
     picks for a single row, whatever the rows."""
     weight = module.weight.unsqueeze(2)

@@ -62,7 +62,7 @@ class SentenceBuffer:
         if text.strip(_PERIOD_RUN):  # anything but more of a period's run may end a sentence
             position = undecided
             while (end := _next_end(self._text, start, position)) is not None:
-                if sentence := _spoken(self._text[start:end]):
+                if sentence := spoken(self._text[start:end]):
                     sentences.append(sentence)
                 start = position = end
             if start:  # what is left came with this piece
@@ -78,7 +78,7 @@ class SentenceBuffer:
     def flush(self) -> str | None:
         """Everything buffered, as one last sentence (None when there is nothing to speak)."""
         text, self._text, self._since, self._undecided = self._text, "", None, 0
-        return _spoken(text)
+        return spoken(text)
 
     def deadline(self) -> float | None:
         """When :meth:`overdue` may cut a sentence short (monotonic time), if text is waiting."""
@@ -108,7 +108,7 @@ class SentenceBuffer:
         head, self._text = self._text[:cut], self._text[cut:]
         self._undecided -= cut  # a cut never falls inside the trailing period run: it follows a space or mark
         self._since = time.monotonic() if self._text.strip() else None
-        return _spoken(head)
+        return spoken(head)
 
 
 def _next_end(text: str, start: int, position: int) -> int | None:
@@ -156,7 +156,7 @@ def _enough(text: str) -> bool:
     return len(text.split()) >= MIN_WAIT_WORDS or len(_CJK.findall(text)) >= MIN_WAIT_CJK_CHARS
 
 
-def _spoken(text: str) -> str | None:
+def spoken(text: str) -> str | None:
     """A piece as it is spoken: without the closing quotes or spaces it starts with; None if blank."""
     text = _LEADING_CLOSERS.sub("", text).strip()
     return text or None

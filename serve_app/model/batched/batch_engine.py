@@ -58,10 +58,10 @@ class BatchedEngine(RuntimeEngine):
         self.runtime = runtime
         self.info = runtime.info
         length = config.kv_cache_length or runtime.model.config.max_length
-        self._runner = StepRunner(runtime.model, config.max_batch_size, length)
-        self._decoder = runtime.decoder(config.max_batch_size)
-        self._post = Postprocessor(runtime, self._decoder)
-        self._scheduler = Scheduler(config.max_batch_size)
+        self.runner = StepRunner(runtime.model, config.max_batch_size, length)
+        self.decoder = runtime.decoder(config.max_batch_size)
+        self._post = Postprocessor(runtime, self.decoder)
+        self.scheduler = Scheduler(config.max_batch_size)
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
         self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
@@ -79,8 +79,8 @@ class BatchedEngine(RuntimeEngine):
             "loaded %s: batches of up to %d, KV slots of %d positions (%.1f MiB)",
             engine.info,
             config.max_batch_size,
-            engine._runner.kv_length,
-            (engine._runner.base_kv.bytes + engine._runner.residual_kv.bytes) / 2**20,
+            engine.runner.kv_length,
+            (engine.runner.base_kv.bytes + engine.runner.residual_kv.bytes) / 2**20,
         )
         return engine
 
@@ -135,8 +135,8 @@ class BatchedEngine(RuntimeEngine):
         try:
             engine = cls(VoxCPMRuntime.load(config, voices), config)
             if config.warmup:
-                engine._decoder.warm_up(engine.runtime.model.patch_size, NON_STREAMING_DECODE_PATCHES)
-            if config.cuda_graphs and engine._runner.base_kv.cache.is_cuda:
+                engine.decoder.warm_up(engine.runtime.model.patch_size, NON_STREAMING_DECODE_PATCHES)
+            if config.cuda_graphs and engine.runner.base_kv.cache.is_cuda:
                 engine._capture_graphs()
         except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
             loaded.set_exception(exc)
@@ -148,8 +148,8 @@ class BatchedEngine(RuntimeEngine):
         """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode;
         each eager if its capture fails."""
         parts: tuple[tuple[StepRunner | StreamingVAEDecoder, int], ...] = (
-            (self._runner, SynthesisRequest.inference_timesteps),
-            (self._decoder, self.runtime.model.patch_size),
+            (self.runner, SynthesisRequest.inference_timesteps),
+            (self.decoder, self.runtime.model.patch_size),
         )
         for part, shape in parts:
             try:
@@ -161,13 +161,13 @@ class BatchedEngine(RuntimeEngine):
     def _loop(self) -> None:
         while True:
             try:
-                if not self._take_commands(block=not self._scheduler) or not self._join():
+                if not self._take_commands(block=not self.scheduler) or not self._join():
                     return
-                if self._scheduler.running:
+                if self.scheduler.running:
                     self._step()
             except Exception as exc:  # the loop must outlive anything: fail what it holds, go on
                 logger.exception("batched engine loop failed")
-                for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
+                for sequence in [*self.scheduler.waiting, *self.scheduler.running]:
                     self._fail(sequence, exc)
 
     def _join(self) -> bool:
@@ -175,7 +175,7 @@ class BatchedEngine(RuntimeEngine):
         meanwhile and do the same until none is admitted, then prefill them all in one pass: a burst that
         arrives over a few milliseconds starts in one step with one prefill, not one per arrival (bounded
         by the free slots). False once the engine closes."""
-        while admitted := self._scheduler.admit():
+        while admitted := self.scheduler.admit():
             for sequence in admitted:
                 self._guarded(sequence, self._start, sequence)
             if not self._take_commands(block=False):
@@ -192,12 +192,12 @@ class BatchedEngine(RuntimeEngine):
                 return True
             block = False
             if command is _STOP:
-                for sequence in [*self._scheduler.waiting, *self._scheduler.running]:
+                for sequence in [*self.scheduler.waiting, *self.scheduler.running]:
                     self._fail(sequence, RuntimeError("the model replica is shutting down"))
                 return False
             action, sequence = command  # type: ignore[misc]
             if action == "add" and not sequence.cancelled:
-                self._scheduler.add(sequence)
+                self.scheduler.add(sequence)
             elif action == "cancel" and sequence.status is not Status.FINISHED:
                 self._retire(sequence)
 
@@ -214,7 +214,7 @@ class BatchedEngine(RuntimeEngine):
         sequence.sentence = sentence
         sequence.attempts += 1
         inputs = self.runtime.model_inputs(sentence, sequence.request)
-        room = self._runner.kv_length - inputs.text.shape[1]  # positions left in the slot for generated steps
+        room = self.runner.kv_length - inputs.text.shape[1]  # positions left in the slot for generated steps
         if room <= 0:
             raise InvalidField("the text and its prompt are longer than a KV slot holds (kv_cache_length)", "text")
         sequence.inputs = dataclasses.replace(inputs, max_len=min(inputs.max_len, room))
@@ -240,25 +240,25 @@ class BatchedEngine(RuntimeEngine):
     def _prefilled(self, sequences: list[Sequence]) -> list[Prefilled]:
         """The sequences' sentences prefilled together into their KV slots, their slots' VAE state cleared."""
         slots = [sequence.slot for sequence in sequences]
-        prefilled = self._runner.prefill([sequence.inputs for sequence in sequences], slots)  # type: ignore[misc]
-        self._decoder.reset(slots)
+        prefilled = self.runner.prefill([sequence.inputs for sequence in sequences], slots)  # type: ignore[misc]
+        self.decoder.reset(slots)
         return prefilled
 
     def _place(self, sequence: Sequence, prefilled: Prefilled) -> None:
         """The prefilled sentence's state (its KV slot and VAE state are ready): its first step comes next."""
         if (context := sequence.inputs.context()) is not None:  # type: ignore[union-attr]
-            self._decoder.decode(context, [sequence.slot])
+            self.decoder.decode(context, [sequence.slot])
         sequence.step, sequence.position = 0, prefilled.length
         sequence.lm_hidden, sequence.residual_hidden = prefilled.lm_hidden, prefilled.residual_hidden
         sequence.condition = prefilled.condition
         sequence.pieces, sequence.latents = [], []
 
     def _step(self) -> None:
-        running = list(self._scheduler.running)
+        running = list(self.scheduler.running)
         rows = [sequence.row() for sequence in running]
         streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
-            output = self._runner.step(rows)
+            output = self.runner.step(rows)
             chunks = self._post.decode_streams(output.latents, streams, len(running))  # launched before any wait
             stop = output.stop.tolist()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
@@ -290,10 +290,10 @@ class BatchedEngine(RuntimeEngine):
         self._retire(sequence)
 
     def _retire(self, sequence: Sequence) -> None:
-        moved = self._scheduler.retire(sequence)
+        moved = self.scheduler.retire(sequence)
         if moved is not None:
-            self._runner.move(*moved)
-            self._decoder.move(*moved)
+            self.runner.move(*moved)
+            self.decoder.move(*moved)
         if sequence.plan is not None:
             sequence.plan.close()
 

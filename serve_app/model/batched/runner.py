@@ -88,7 +88,7 @@ class StepRunner:
         def compute(inputs: StepInputs, span: int) -> StepOutput:
             return self.compute(inputs, {timesteps: list(range(inputs.positions.shape[0]))}, span)
 
-        self.graphs = PaddedGraphs("decode step", compute, self._blank, self.slots, spans, capture)
+        self.graphs = PaddedGraphs("decode step", compute, self.blank, self.slots, spans, capture)
         self._graph_timesteps = timesteps
 
     @torch.inference_mode()
@@ -147,11 +147,11 @@ class StepRunner:
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
         if self.graphs is not None and groups.keys() == {self._graph_timesteps}:
-            if (replayed := self.graphs.run(inputs, len(rows), self._span(filled, GRAPH_SPAN_STEP))) is not None:
+            if (replayed := self.graphs.run(inputs, len(rows), self.span(filled, GRAPH_SPAN_STEP))) is not None:
                 return replayed
-        return self.compute(inputs, groups, self._span(filled, ATTENDED_POSITIONS_STEP))
+        return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP))
 
-    def _span(self, filled: int, step: int) -> int:
+    def span(self, filled: int, step: int) -> int:
         """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
         return min(self.kv_length, -(-filled // step) * step)
 
@@ -168,7 +168,7 @@ class StepRunner:
             positions=to_device([row.position for row in rows], device),
         )
 
-    def _blank(self, rows: int) -> StepInputs:
+    def blank(self, rows: int) -> StepInputs:
         """Zeroed inputs for ``rows`` rows: a graph's static buffers."""
         model, cache = self.model, self.base_kv.cache
         hidden, latent_dim, patch_size = model.base_lm.config.hidden_size, model.feat_dim, model.patch_size

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from serve_app.audio.codecs import AudioFormat
-from tests.conftest import TINY_V15_STEP_FRAMES, Service
-from tests.test_codecs import decode
-
-CLI = str(Path(sys.executable).with_name("voxcpm-serve"))
-
-
-def run(url: str, *args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "--url", url, *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=120)
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, decode, run
 
 
 def test_say_writes_a_whole_wav(url: str, tmp_path: Path) -> None:

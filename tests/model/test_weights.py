@@ -18,9 +18,8 @@ import requests
 from serve_app.config import ModelConfig
 from serve_app.model import synthetic
 from serve_app.model.weights import HUB_PROBE_TIMEOUT_S, resolve
-from tests.conftest import REPORT_WAIT_S, Service, extra_app, wait_until
+from tests.conftest import REPO, REPORT_WAIT_S, Service, extra_app, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 RELEASE = "openbmb/VoxCPM-0.5B"
 
 

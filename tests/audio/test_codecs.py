@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
+from tests.conftest import decode
 
 RATE = 44100
 CHUNK = 1470  # one tiny-model step
-
-
-def decode(body: bytes, fmt: AudioFormat, rate: int) -> tuple[int, float]:
-    """(sample rate, seconds) as FFmpeg's decoders read them; raw PCM has no header to read."""
-    if fmt is AudioFormat.PCM:
-        return rate, len(body) / 2 / rate
-    with av.open(io.BytesIO(body)) as container:
-        frames = list(container.decode(audio=0))
-    return frames[0].sample_rate, sum(f.samples for f in frames) / frames[0].sample_rate
 
 
 def chunks(n: int = 30) -> list[np.ndarray]:

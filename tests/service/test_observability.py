@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 import soundfile as sf
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import METRICS_PORT, REPORT_WAIT_S, Service, extra_app, wait_until
+from tests.conftest import REPORT_WAIT_S, Service, extra_app, scrape, total, wait_until
 
 MODEL = "metrics-probe"  # this module's own model name: no other test adds to its series
 
@@ -23,20 +22,6 @@ MODEL = "metrics-probe"  # this module's own model name: no other test adds to i
 def probe_url(service: Service, checkpoints: Path) -> Iterator[str]:
     with extra_app(service, checkpoints, "metrics", name=MODEL) as url:
         yield url
-
-
-def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Every sample on the endpoint, by sample name: [(labels, value)]."""
-    text = requests.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    return sum(value for got, value in samples.get(name, []) if all(got.get(k) == v for k, v in labels.items()))
 
 
 def audio_seconds(response: requests.Response) -> float:

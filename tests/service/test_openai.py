@@ -15,9 +15,17 @@ from openai import BadRequestError, NotFoundError, OpenAI
 
 from serve_app.audio.codecs import AudioFormat
 from serve_app.ingress.openai import OPENAI_MODELS, OPENAI_VOICES
-from tests.conftest import TINY_V15_STEP_FRAMES, V2_MODEL, Service, error_of, extra_app, openai_error_of
-from tests.test_codecs import decode
-from tests.test_voices import prompt_cache, save_voice
+from tests.conftest import (
+    TINY_V15_STEP_FRAMES,
+    V2_MODEL,
+    Service,
+    decode,
+    error_of,
+    extra_app,
+    openai_error_of,
+    prompt_cache,
+    save_voice,
+)
 
 TEXT = "你好，这是流式语音合成。" * 10
 SHORT = {"model": "tts-1", "voice": "alloy", "input": "你好", "response_format": "pcm", "max_len": 3}

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from serve_app.model import synthetic
-from serve_app.model.vae import StreamingVAEDecoder, _pointwise_step, fuse_weight_norm
+from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm, pointwise_step
 
 STEPS = 12
 
 
 @pytest.fixture(scope="module", params=["tiny-voxcpm1.5", "tiny-voxcpm2"])
-def vae(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+def vae(request: pytest.FixtureRequest, synthetic_checkpoint: Callable[..., Path]) -> torch.nn.Module:
     from voxcpm import VoxCPM
 
-    checkpoint = synthetic.build(request.param, Path(tmp_path_factory.mktemp("vae")) / request.param)
+    checkpoint = synthetic_checkpoint(request.param)
     tts = VoxCPM.from_pretrained(str(checkpoint), load_denoiser=False, optimize=False, device="cpu")
     return tts.tts_model.audio_vae
 
@@ -67,9 +67,9 @@ def test_pointwise_convolutions_give_each_row_the_bits_of_a_row_alone(vae: torch
     """In a batch, the 1x1 convolutions run as PyTorch runs them for one row (not through oneDNN): each row's
     output is what it would be alone, and at one row it is the module's own output."""
     decoder = StreamingVAEDecoder(vae, slots=4)
-    assert decoder._pointwise, "the VAE has 1x1 convolutions"
-    for module in decoder._pointwise:
+    assert decoder.pointwise, "the VAE has 1x1 convolutions"
+    for module in decoder.pointwise:
         rows = torch.randn(5, module.in_channels, 9)
-        batched = _pointwise_step(module, rows)
-        assert torch.equal(batched[2:3], _pointwise_step(module, rows[2:3]))
-        assert torch.equal(_pointwise_step(module, rows[:1]), module(rows[:1]))
+        batched = pointwise_step(module, rows)
+        assert torch.equal(batched[2:3], pointwise_step(module, rows[2:3]))
+        assert torch.equal(pointwise_step(module, rows[:1]), module(rows[:1]))

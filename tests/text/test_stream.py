@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from serve_app.text import stream as text_stream
-from serve_app.text.stream import ABBREVIATIONS, SentenceBuffer, _spoken
+from serve_app.text.stream import ABBREVIATIONS, SentenceBuffer, spoken
 
 
 def fed(tokens: list[str], max_wait_s: float = 10.0) -> tuple[list[str], SentenceBuffer]:
@@ -98,7 +98,7 @@ class FullRescan(SentenceBuffer):
         sentences = []
         while (cut := self._first_end()) is not None:
             head, self._text = self._text[:cut], self._text[cut:]
-            if sentence := _spoken(head):
+            if sentence := spoken(head):
                 sentences.append(sentence)
         if not self._text.strip():
             self._since = None

@@ -19,8 +19,7 @@ from livekit.plugins import openai as livekit_openai
 from openai import AsyncOpenAI
 
 from serve_app.audio.codecs import AudioFormat
-from tests.conftest import TINY_V15_STEP_FRAMES
-from tests.test_codecs import decode
+from tests.conftest import TINY_V15_STEP_FRAMES, decode
 
 TEXT = "你好，这是流式语音合成。"
 MAX_LEN = 8  # generation steps: every answer below is this many steps of the tiny model

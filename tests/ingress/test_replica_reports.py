@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import ray
 
 from serve_app.errors import Unavailable
-from serve_app.ingress import replica_reports, status
+from serve_app.ingress import replica_reports
 from serve_app.ingress.replica_reports import ReplicaReports
 
 
@@ -93,10 +92,3 @@ def test_a_board_that_stops_answering_makes_the_probes_unavailable(monkeypatch: 
         reports.close()
 
     asyncio.run(scenario())
-
-
-def test_node_addresses_are_for_admins(monkeypatch: pytest.MonkeyPatch) -> None:
-    node = {"NodeID": "n1", "NodeManagerAddress": "10.0.0.7", "Alive": True, "Resources": {"GPU": 2.0}}
-    monkeypatch.setattr(ray, "nodes", lambda: [node])
-    assert status.gpu_nodes({"n1"}, with_addresses=True)[0]["address"] == "10.0.0.7"
-    assert "address" not in status.gpu_nodes({"n1"}, with_addresses=False)[0]

@@ -46,7 +46,7 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def _inputs(engine: BatchedEngine, rows: int) -> StepInputs:
-    inputs = engine._runner._blank(rows)
+    inputs = engine.runner.blank(rows)
     for tensor in (inputs.lm_hidden, inputs.residual_hidden, inputs.condition, inputs.noise):
         tensor.normal_()
     inputs.cfg.fill_(2.0)
@@ -57,7 +57,7 @@ def _inputs(engine: BatchedEngine, rows: int) -> StepInputs:
 def _replayed(engine: BatchedEngine, inputs: StepInputs) -> StepOutput:
     rows = inputs.positions.shape[0]
     with torch.inference_mode():
-        output = engine._runner.graphs.run(inputs, rows, engine._runner._span(int(inputs.positions.max()) + 1, 1024))
+        output = engine.runner.graphs.run(inputs, rows, engine.runner.span(int(inputs.positions.max()) + 1, 1024))
     assert output is not None
     return output
 
@@ -65,7 +65,7 @@ def _replayed(engine: BatchedEngine, inputs: StepInputs) -> StepOutput:
 @pytest.mark.parametrize("rows", [1, 3, 8])
 def test_a_replayed_graph_gives_the_eager_steps_bits(engine: BatchedEngine, rows: int) -> None:
     """At the graph's own batch size (padding changes the kernels' row count, and on a GPU their rounding)."""
-    runner = engine._runner
+    runner = engine.runner
     assert runner.graphs is not None and runner.graphs.sizes == [1, 2, 4, 8]
     size = next(size for size in runner.graphs.sizes if size >= rows)
     inputs = _inputs(engine, size)
@@ -89,7 +89,7 @@ def test_padding_rows_leave_the_real_rows_alone(engine: BatchedEngine) -> None:
 def test_the_packed_prefill_attends_per_request_in_one_call(engine: BatchedEngine) -> None:
     """Three requests of different lengths prefilled together: the variable-length call per layer against a
     call per request (the CPU path) — the same up to the rounding of another kernel's summation order."""
-    runner, runtime = engine._runner, engine.runtime
+    runner, runtime = engine.runner, engine.runtime
     assert runner.varlen_prefill
     texts = ["短句。", "A longer sentence with a few more tokens in it.", "第三个请求的文本稍微长一点。"]
     batch = []
@@ -126,5 +126,5 @@ def test_a_batch_stepping_from_graphs_streams_every_request(engine: BatchedEngin
         thread.join()
     for audio in results:
         assert audio is not None and audio.size > 0 and np.isfinite(audio).all()
-    assert engine._decoder.graphs is not None
+    assert engine.decoder.graphs is not None
     assert np.array_equal(engine.generate(requests[0], streaming=True), engine.generate(requests[0], streaming=True))

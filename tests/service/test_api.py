@@ -18,13 +18,13 @@ from tests.conftest import (
     TINY_V15_STEP_FRAMES,
     V2_MODEL,
     Service,
+    decode,
     error_of,
     extra_app,
     in_flight,
     replica_status,
     wait_until,
 )
-from tests.test_codecs import decode
 
 LONG_TEXT = "这是一个很长的句子，用来测试流式合成。" * 40  # thousands of steps: tens of seconds on CPU
 

@@ -1,7 +1,6 @@
-"""Uploaded reference audio stays bounded in memory and time, whatever its header says.
-
-Every crafted file is made here (soundfile or PyAV), nothing binary is committed;
-benchmarks/upload_memory.py sends the same ones through the service.
+"""Uploaded reference audio decoded within its bounds: formats, mixing down, resampling, audio bombs, headers
+that lie, many tiny frames, deadlines, cancellation; the bomb refused by the real service at no cost to the
+ingress.
 """
 
 from __future__ import annotations
@@ -24,12 +23,62 @@ import requests
 import soundfile as sf
 
 from serve_app.audio import decode
-from serve_app.audio.decode import BLOCK_FRAMES, MonoBuffer, decode_mono, decode_upload
-from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge, ServiceError
-from tests.conftest import error_of
-from tests.test_audio import BOUNDS, encoded
+from serve_app.audio.decode import BLOCK_FRAMES, MonoBuffer, decode_mono, decode_reference, decode_upload
+from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge, ServiceError, UnsupportedMedia
+from tests.conftest import BOUNDS, encoded, error_of, within
+
+
+def test_reference_is_mixed_down_and_resampled() -> None:
+    stereo = np.stack([np.ones(48000) * 0.5, np.zeros(48000)], axis=1)
+    mono = decode_reference(encoded(stereo, 48000, format="WAV"), 16000, within(10), "prompt_audio")
+    assert mono.dtype == np.float32 and mono.ndim == 1
+    assert abs(len(mono) - 16000) <= 1
+    assert np.allclose(mono[2000:-2000], 0.25, atol=1e-2)
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG"])
+def test_reference_in_other_containers(fmt: str) -> None:
+    data = encoded(np.zeros(16000), 16000, format=fmt)
+    assert len(decode_reference(data, 16000, within(10), "prompt_audio")) == 16000
+
+
+def test_reference_too_long_is_refused_before_decoding() -> None:
+    with pytest.raises(InvalidField, match="limit is 1 s"):
+        decode_reference(encoded(np.zeros(32000), 16000, format="WAV"), 16000, within(1), "prompt_audio")
+
+
+def test_reference_that_is_not_audio() -> None:
+    with pytest.raises(UnsupportedMedia) as raised:
+        decode_reference(b"%PDF-1.7 definitely not audio", 16000, within(10), "prompt_audio")
+    assert raised.value.field == "prompt_audio"
+    assert "BytesIO" not in raised.value.message
+
+
+def test_reference_without_samples() -> None:
+    with pytest.raises(InvalidField, match="no samples"):
+        decode_reference(encoded(np.zeros(0), 16000, format="WAV"), 16000, within(10), "prompt_audio")
+
+
+def test_browser_recordings_decode_through_ffmpeg() -> None:
+    """MediaRecorder's WebM/Opus is no libsndfile format: FFmpeg (PyAV) takes over."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.full((1, 48000), 0.25, np.float32), format="flt", layout="mono")
+        frame.sample_rate = 48000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    mono = decode_reference(buffer.getvalue(), 16000, within(10), "prompt_audio")
+    assert abs(len(mono) - 16000) < 400
+    with pytest.raises(InvalidField, match=r"limit is 0\.5 s"):
+        decode_reference(buffer.getvalue(), 16000, within(0.5), "prompt_audio")
+
 
 FIELD = "prompt_audio"
+
+
 BOMB_RATE = 655_340  # FLAC's highest rate is 655,350 Hz
 
 
@@ -186,7 +235,7 @@ def test_the_mono_buffer_grows_geometrically() -> None:
     buffer, capacities = MonoBuffer(0, limit=1_000_000), set()
     for k in range(20_000):
         buffer.append(np.full(1, k, np.float32))
-        capacities.add(len(buffer._data))
+        capacities.add(buffer.capacity)
     assert len(capacities) <= 16
     assert np.array_equal(buffer.samples(), np.arange(20_000, dtype=np.float32))
 
@@ -195,7 +244,7 @@ def test_the_mono_buffer_never_exceeds_its_limit() -> None:
     buffer = MonoBuffer(0, limit=1000)
     for _ in range(10):
         buffer.append(np.zeros(100, np.float32))
-        assert len(buffer._data) <= 1000
+        assert buffer.capacity <= 1000
 
 
 @pytest.mark.parametrize("data", [written(16000, 16000, 1, "WAV"), matroska_pcm(100)], ids=["libsndfile", "ffmpeg"])

@@ -8,7 +8,7 @@ it (``build_final_text``: the description in parentheses first) and the prompt c
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,15 @@ import pytest
 import requests
 import soundfile as sf
 
-from serve_app.config import ModelConfig
 from serve_app.errors import ServiceError
 from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.engine import joined
 from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.store.voice_store import VoiceStore
-from tests.conftest import ADMIN, TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of
-from tests.test_batched_engine import FLOAT32_TOLERANCE
-from tests.test_cli import run
+from tests.conftest import ADMIN, FLOAT32_TOLERANCE, TINY_V2_STEP_FRAMES, V2_MODEL, Service, error_of, run
 
 TWO_SENTENCES = "这是第一个句子。这是第二个句子。"
-
-
-def _load(checkpoints: Path, preset: str, voices: VoiceStore) -> ReferenceEngine:
-    config = ModelConfig(
-        name=preset, source=str(checkpoints / f"unit-{preset}"), synthetic_preset=preset, device="cpu", optimize=False
-    )
-    return ReferenceEngine.load(config, voices)
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +34,13 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> VoiceStore:
 
 
 @pytest.fixture(scope="module")
-def v2(checkpoints: Path, voices: VoiceStore) -> Iterator[ReferenceEngine]:
-    engine = _load(checkpoints, "tiny-voxcpm2", voices)
-    yield engine
-    engine.close()
+def v2(synthetic_engine: Callable[..., Any], voices: VoiceStore) -> Any:
+    return synthetic_engine("tiny-voxcpm2", voices=voices)
 
 
 @pytest.fixture(scope="module")
-def v15(checkpoints: Path, voices: VoiceStore) -> Iterator[ReferenceEngine]:
-    engine = _load(checkpoints, "tiny-voxcpm1.5", voices)
-    yield engine
-    engine.close()
+def v15(synthetic_engine: Callable[..., Any], voices: VoiceStore) -> Any:
+    return synthetic_engine("tiny-voxcpm1.5", voices=voices)
 
 
 class Spy:
@@ -110,13 +96,12 @@ def test_every_sentence_keeps_the_description_and_the_first_sentence_is_an_isola
     ]
 
 
-def test_the_batched_engine_gets_the_same_inputs_and_audio(v2: ReferenceEngine, checkpoints: Path) -> None:
+def test_the_batched_engine_gets_the_same_inputs_and_audio(
+    v2: ReferenceEngine, synthetic_engine: Callable[..., Any]
+) -> None:
     """Descriptions and prompt modes live in the runtime both engines share: the batched engine speaks the
     same sentences with the same prompts, to the audio of the reference engine (float32: within tolerance)."""
-    config = ModelConfig(
-        source=str(checkpoints / "unit-tiny-voxcpm2"), device="cpu", optimize=False, warmup=False, engine="batched"
-    )
-    batched = BatchedEngine.load(config)
+    batched = synthetic_engine("tiny-voxcpm2", "batched")
     try:
         request = SynthesisRequest(text=TWO_SENTENCES, instructions="温暖的女声", max_len=200, seed=7)
         want_calls, want = _spoken_audio(v2, request)

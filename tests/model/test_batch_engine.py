@@ -14,16 +14,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
-from serve_app.model import synthetic
 from serve_app.model.batched import layers
 from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
@@ -35,10 +33,9 @@ from serve_app.model.engine import joined
 from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.store.voice_store import VoiceStore
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, FLOAT32_TOLERANCE
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
-FLOAT32_TOLERANCE = 1e-3  # largest sample difference seen in float32 was ~2e-4 (see README)
 DECODE_ROUNDING = 1e-5  # a sentence decoded patch by patch against voxcpm's whole-sentence decode
 
 
@@ -56,13 +53,13 @@ def _requests(prompt_rate: int) -> list[SynthesisRequest]:
 
 
 @pytest.fixture(scope="module", params=PRESETS)
-def engines(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    preset = request.param
-    checkpoint = synthetic.build(preset, tmp_path_factory.mktemp("bf16") / preset, dtype="bfloat16")
-    common = dict(source=str(checkpoint), device="cpu", optimize=False, warmup=False, batch_invariant=True)
+def engines(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, synthetic_engine: Callable[..., Any]
+) -> Iterator[tuple]:
     voices = VoiceStore(tmp_path_factory.mktemp("voices"))
-    reference = ReferenceEngine.load(ModelConfig(**common), voices)
-    batched = BatchedEngine.load(ModelConfig(**common, engine="batched", max_batch_size=4, kv_cache_length=512), voices)
+    common = dict(dtype="bfloat16", voices=voices, batch_invariant=True)
+    reference = synthetic_engine(request.param, **common)
+    batched = synthetic_engine(request.param, "batched", max_batch_size=4, kv_cache_length=512, **common)
     yield reference, batched, voices
     batched.close()
     reference.close()
@@ -116,14 +113,14 @@ def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: t
     chosen = _requests(reference.info.prompt_sample_rate)
     requests = [chosen[0], chosen[1], chosen[4], chosen[5]]
     expected = [_alone(reference, request) for request in requests]
-    held, sizes, prefill = threading.Event(), [], batched._runner.prefill
+    held, sizes, prefill = threading.Event(), [], batched.runner.prefill
 
     def holding(batch: list, slots: list) -> list:
         sizes.append(len(batch))
         held.wait(timeout=30)
         return prefill(batch, slots)
 
-    monkeypatch.setattr(batched._runner, "prefill", holding)
+    monkeypatch.setattr(batched.runner, "prefill", holding)
     results: list[np.ndarray | None] = [None] * len(requests)
 
     def run(index: int) -> None:
@@ -154,7 +151,7 @@ def test_steps_as_cuda_graphs_run_them_give_the_reference_audio_bit_for_bit(engi
     reference, batched, _ = engines
     requests = _requests(reference.info.prompt_sample_rate)
     expected = [_alone(reference, request) for request in requests]
-    runner, decoder = batched._runner, batched._decoder
+    runner, decoder = batched.runner, batched.decoder
     monkeypatch.setattr(runner, "graphs", None)  # restored after the test
     monkeypatch.setattr(decoder, "graphs", None)
     runner.use_graphs(SynthesisRequest.inference_timesteps, capture=False)
@@ -193,10 +190,10 @@ def test_the_gpu_prefill_hands_the_packed_requests_to_one_variable_length_call(e
     """On a GPU the packed prefill's attention is one ``varlen_attn`` call per layer (CUDA only: flash
     attention). Here a stand-in with its contract (packed (tokens, heads, dim) tensors, int32 offsets, the
     longest length, causal) attends per request: the prefill gives the per-request path's bits, KV slots
-    included, so the packing around the call is right (the kernel itself: tests/test_cuda.py). The check a
+    included, so the packing around the call is right (the kernel itself: tests/model/test_cuda.py). The check a
     runner makes at start takes such a kernel, and refuses one that fails or attends otherwise."""
     _, batched, _ = engines
-    runner, runtime = batched._runner, batched.runtime
+    runner, runtime = batched.runner, batched.runtime
 
     def stand_in(*tensors_and_starts: torch.Tensor, window_size: tuple[int, int], causal: bool = True) -> torch.Tensor:
         query, key, value, starts, key_starts, longest, key_longest = tensors_and_starts
@@ -250,7 +247,7 @@ def test_graphs_are_captured_for_a_few_batch_sizes_and_a_call_takes_the_smallest
         return Rows(inputs.values * key)
 
     graphs = PaddedGraphs("test", compute, lambda rows: Rows(torch.full((rows,), 9.0)), 96, [1, 2], capture=False)
-    assert graphs.sizes == [1, 2, 4, 8, 16, 32, 48, 64, 80, 96] and len(graphs._graphs) == 10 * 2
+    assert graphs.sizes == [1, 2, 4, 8, 16, 32, 48, 64, 80, 96] and graphs.captured == 10 * 2
     assert PaddedGraphs("test", compute, lambda rows: Rows(torch.zeros(rows)), 20, [1], capture=False).sizes == [
         *(1, 2, 4, 8, 16, 20)
     ]
@@ -356,18 +353,16 @@ def _idle(engine: BatchedEngine) -> bool:
     """No request left in a slot or the queue (the loop thread retires them between steps)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if not engine._scheduler:
+        if not engine.scheduler:
             return True
         time.sleep(0.01)
     return False
 
 
-def test_float32_matches_within_tolerance(tmp_path: Path) -> None:
+def test_float32_matches_within_tolerance(synthetic_engine: Callable[..., Any]) -> None:
     """float32 matrix products are not batch-invariant on CPU (1e-7 per product): the drift stays small."""
-    checkpoint = synthetic.build("tiny-voxcpm1.5", tmp_path / "f32")
-    common = dict(source=str(checkpoint), device="cpu", optimize=False, warmup=False)
-    reference = ReferenceEngine.load(ModelConfig(**common))
-    batched = BatchedEngine.load(ModelConfig(**common, engine="batched", max_batch_size=4, kv_cache_length=512))
+    reference = synthetic_engine("tiny-voxcpm1.5")  # the tiny presets' own dtype: float32
+    batched = synthetic_engine("tiny-voxcpm1.5", "batched", max_batch_size=4, kv_cache_length=512)
     try:
         requests = _requests(reference.info.prompt_sample_rate)[:4]
         expected = [_alone(reference, request) for request in requests]

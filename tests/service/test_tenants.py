@@ -1,14 +1,11 @@
-"""Tenants: keys and the tenants they belong to, admins and shared voices, quotas, failed authentications,
-per-key caps, and a deployment without keys serving loopback clients only; through the real stack, and
-the voice store's rules on their own.
-
-Client addresses other than loopback come through Serve's proxy as they would from a reverse proxy on the
-same machine: its uvicorn takes ``X-Forwarded-For`` from loopback connections (and only from those).
+"""Tenants through the real stack: keys and the tenants they belong to, admins and shared voices, quotas,
+failed authentications, per-key caps, the command line's key, and a deployment without keys serving loopback
+clients only. Client addresses other than loopback come through Serve's proxy as from a reverse proxy on the
+same machine: its uvicorn takes X-Forwarded-For from loopback connections only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -16,25 +13,23 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-from starlette.types import Message, Receive, Scope, Send
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from serve_app.config import ADMIN_KEYS_ENV, ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig, TenantQuotas
-from serve_app.errors import Conflict, Forbidden, NotFound, QuotaExceeded
-from serve_app.ingress.auth import Keyring, parse_key
-from serve_app.ingress.edge import build_chain, is_loopback
-from serve_app.store.tenants import Principal
-from serve_app.store.voice_store import VoiceStore
-from tests.conftest import ADMIN, Service, error_of, extra_app, openai_error_of
-from tests.test_cli import CLI, run
+from serve_app.config import API_KEYS_ENV
+from tests.conftest import CLI, Service, error_of, extra_app, openai_error_of, run
 
 ALICE_1, ALICE_2, BOB, CAROL, ADMIN_KEY = "alice-key-1", "alice-key-2", "bob-key-1", "carol-key-1", "admin-key-1"
+
+
 DAVE = "dave-key-1"  # a tenant of its own for the quota
+
+
 QUOTA = 2  # voices per tenant in the test deployment
+
+
 SHARED = "house narrator"  # the shared voice `alloy` is mapped to
 
 
@@ -209,168 +204,3 @@ def test_without_keys_only_loopback_clients_are_served(url: str) -> None:
     # probes answer everyone; loopback clients are served as before
     assert requests.get(f"{url}/health", headers=remote("203.0.113.9")).status_code == 200
     assert requests.get(f"{url}/api/voices").status_code == 200
-
-
-# --- the edge and the keys, in-process -------------------------------------------------------------
-
-
-def test_key_forms() -> None:
-    assert parse_key("alice=s3cret", admin=False)[1].tenant == "alice"
-    key, caller = parse_key("c2VjcmV0IGtleQ==", admin=False)  # base64 padding is part of a bare key
-    assert key == b"c2VjcmV0IGtleQ==" and caller.tenant.startswith("key-")
-    assert parse_key("k", admin=True)[1].admin
-    assert "s3cret" not in parse_key("alice=s3cret", admin=False)[1].key_id
-
-
-def test_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(API_KEYS_ENV, " a=one , two ,")
-    monkeypatch.setenv(ADMIN_KEYS_ENV, "ops=three")
-    keyring = Keyring(AccessConfig())
-    assert keyring.principal("one") == Principal("a", False, parse_key("a=one", False)[1].key_id)
-    assert keyring.principal("two") is not None and keyring.principal("three").admin  # type: ignore[union-attr]
-    assert keyring.principal("one ") is None and keyring.principal("") is None
-    assert not Keyring(AccessConfig()).allow_anonymous
-    monkeypatch.setenv(ALLOW_ANONYMOUS_ENV, "true")
-    assert Keyring(AccessConfig()).allow_anonymous
-
-
-@pytest.mark.parametrize(
-    ("address", "loopback"),
-    [
-        ("127.0.0.1", True),
-        ("127.8.9.10", True),
-        ("::1", True),
-        ("::ffff:127.0.0.1", True),
-        ("10.0.0.1", False),
-        ("192.0.2.2", False),
-        ("::ffff:10.0.0.1", False),
-        ("unknown", False),
-        ("", False),
-    ],
-)
-def test_loopback_addresses(address: str, loopback: bool) -> None:
-    assert is_loopback(address) is loopback
-
-
-def edge_answer(access: dict, client: str, path: str = "/api/voices") -> int:
-    """The status the edge gives a GET from ``client`` (an app behind it answers 200)."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    config = AppConfig.model_validate({"access": access})
-    chain = build_chain(app, config, Keyring(config.access), lambda: False)
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": (client, 5000)}
-    asyncio.run(chain(scope, receive, send))  # type: ignore[arg-type]
-    return sent[0]["status"]
-
-
-def test_per_key_cap_on_requests_holds_until_the_answer_ends() -> None:
-    release = asyncio.Event()
-
-    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await release.wait()  # a stream still sending
-        await send({"type": "http.response.body", "body": b""})
-
-    config = AppConfig.model_validate({"access": {"api_keys": ["a=one", "two"], "max_requests_per_key": 1}})
-    chain = build_chain(slow_app, config, Keyring(config.access), lambda: False)
-
-    async def post(key: str, path: str = "/api/tts/stream") -> int:
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return {"type": "http.request", "body": b""}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        headers = [(b"authorization", f"Bearer {key}".encode())]
-        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "client": ("10.0.0.1", 1)}
-        await chain(scope, receive, send)  # type: ignore[arg-type]
-        return sent[0]["status"]
-
-    async def scenario() -> list[int]:
-        held = asyncio.create_task(post("one"))
-        await asyncio.sleep(0.01)  # inside the app, answering
-        refused = await post("one")  # refused at the edge, without waiting
-        other_key, other_route = asyncio.create_task(post("two")), asyncio.create_task(post("one", "/api/voices"))
-        await asyncio.sleep(0.01)
-        release.set()
-        return [await held, refused, await other_key, await other_route, await post("one")]
-
-    assert asyncio.run(scenario()) == [200, 429, 200, 200, 200]
-
-
-def test_anonymous_access_must_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    for env in (API_KEYS_ENV, ADMIN_KEYS_ENV, ALLOW_ANONYMOUS_ENV):
-        monkeypatch.delenv(env, raising=False)
-    assert edge_answer({}, "127.0.0.1") == 200
-    assert edge_answer({}, "10.1.2.3") == 401
-    assert edge_answer({}, "10.1.2.3", "/ready") == 200
-    assert edge_answer({"allow_anonymous": True}, "10.1.2.3") == 200
-    monkeypatch.setenv(ALLOW_ANONYMOUS_ENV, "1")
-    assert edge_answer({}, "10.1.2.3") == 200
-
-
-# --- the store's rules, in-process -----------------------------------------------------------------
-
-ALICE = Principal("alice", False, "key:a")
-BOBBY = Principal("bob", False, "key:b")
-SECOND = np.zeros(16000, dtype=np.float32)
-
-
-def test_store_scopes_voices_by_tenant(tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path, TenantQuotas(voices=2, voice_bytes=None))
-    mine = store.create(ALICE, "mine", "t", SECOND, 16000)
-    shared = store.create(ADMIN, "house", "t", SECOND, 16000)
-    assert mine.owner == "alice" and shared.owner is None
-    assert [v.name for v in store.list(BOBBY)] == ["house"]
-    assert {v.name for v in store.list(ALICE)} == {"mine", "house"}
-    with pytest.raises(NotFound):
-        store.get(mine.voice_id, BOBBY)
-    with pytest.raises(NotFound):
-        store.find("mine", "voice_id", BOBBY)
-    with pytest.raises(NotFound):
-        store.delete(mine.voice_id, BOBBY)
-    with pytest.raises(Forbidden):
-        store.delete(shared.voice_id, ALICE)
-    with pytest.raises(Conflict):
-        store.create(ALICE, "MINE", "t", SECOND, 16000)
-    # a tenant's own voice of a shared voice's name is its own by name; the configured map never sees it
-    own_house = store.create(ALICE, "house", "t", SECOND, 16000)
-    assert store.find("house", "voice", ALICE) == own_house
-    assert store.find_shared("house", "voice") == shared
-    with pytest.raises(NotFound):
-        store.find_shared(own_house.voice_id, "voice")
-    with pytest.raises(QuotaExceeded) as quota:
-        store.create(ALICE, "third", "t", SECOND, 16000)
-    assert quota.value.field == "quotas.voices"
-    store.create(ADMIN, "admins have no quota", "t", SECOND, 16000)
-
-
-def test_voices_saved_before_tenants_are_shared(tmp_path: Path) -> None:
-    voice = VoiceStore(tmp_path).create(ADMIN, "old", "t", SECOND, 16000)
-    meta = tmp_path / voice.voice_id / "voice.json"
-    written = json.loads(meta.read_text())
-    meta.write_text(json.dumps({k: v for k, v in written.items() if k not in ("owner", "bytes")}))
-    assert [v.name for v in VoiceStore(tmp_path).list(ALICE)] == ["old"]
-
-
-def test_byte_quota(tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path, TenantQuotas(voices=None, voice_bytes=20_000))
-    store.create(ALICE, "small", "t", np.zeros(1600, dtype=np.float32), 16000)
-    with pytest.raises(QuotaExceeded) as quota:
-        store.create(ALICE, "noise", "t", np.random.default_rng(0).uniform(-1, 1, 16000).astype(np.float32), 16000)
-    assert quota.value.field == "quotas.voice_bytes"
-    assert [v.name for v in store.list(ALICE)] == ["small"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".incoming-")]

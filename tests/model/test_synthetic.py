@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from serve_app.config import ModelConfig
 from serve_app.errors import NotFound
 from serve_app.model import synthetic
 from serve_app.model.engine import joined
@@ -26,12 +27,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
-def engine(request: pytest.FixtureRequest, checkpoints: Path) -> ReferenceEngine:
-    preset = request.param[0]
-    config = ModelConfig(
-        name=preset, source=str(checkpoints / f"unit-{preset}"), synthetic_preset=preset, device="cpu", optimize=False
-    )
-    loaded = ReferenceEngine.load(config)
+def engine(request: pytest.FixtureRequest, synthetic_engine: Callable[..., Any]) -> ReferenceEngine:
+    loaded = synthetic_engine(request.param[0], warmup=True)
     loaded.case = request.param  # type: ignore[attr-defined]
     return loaded
 
@@ -128,17 +125,10 @@ def test_prompt_cache_keeps_the_most_recently_used() -> None:
     assert (cache.hits, cache.misses) == (2, 1)
 
 
-def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, checkpoints: Path) -> None:
+def test_a_voice_deleted_under_a_request_is_not_found(tmp_path: Path, synthetic_engine: Callable[..., Any]) -> None:
     store = VoiceStore(tmp_path / "voices")
     voice = store.create(ADMIN, "gone", "参考", np.zeros(16000, dtype=np.float32), 16000)
-    config = ModelConfig(
-        source=str(checkpoints / "unit-tiny-voxcpm1.5"),
-        synthetic_preset="tiny-voxcpm1.5",
-        device="cpu",
-        optimize=False,
-        warmup=False,
-    )
-    engine = ReferenceEngine.load(config, store)
+    engine = synthetic_engine("tiny-voxcpm1.5", voices=store)
     store.delete(voice.voice_id, ADMIN)
     with pytest.raises(NotFound) as raised:
         list(engine.generate(SynthesisRequest(text="你好", voice=voice, max_len=3), streaming=True))

@@ -22,6 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import (
     LOCAL_CONFIG,
+    REPO,
     TINY_V2_STEP_FRAMES,
     TINY_V15_STEP_FRAMES,
     V2_MODEL,
@@ -437,7 +438,7 @@ class TestResources:
         assert sent / 44100 <= 4 + LIMITS["max_audio_ahead_s"] + 2 * sentence_s + 1
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("configs/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/*.yaml")), ids=lambda p: p.name)
 def test_configs_let_conversations_end_on_their_own_terms(path: Path) -> None:
     """Serve's proxy cuts a socket request_timeout_s after it opened, and each socket holds one of the
     ingress replica's max_ongoing_requests: a conversation must end (4408) before the first, and the
@@ -480,7 +481,7 @@ class TestCli:
 
 def test_conversations_are_in_the_metrics(plain: str) -> None:
     """Each sentence is measured like an HTTP stream (route /api/tts/ws), and open sockets are counted."""
-    from tests.test_observability import scrape, total
+    from tests.conftest import scrape, total
 
     route = {"route": "/api/tts/ws", "application": "voxcpm"}
     before = total(scrape(), "ray_voxcpm_audio_seconds_total", **route)

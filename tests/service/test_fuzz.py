@@ -22,7 +22,7 @@ from serve_app.audio.decode import decode_mono
 from serve_app.errors import ServiceError
 from serve_app.ingress.server import create_app
 from serve_app.text.sentences import split_sentences
-from tests.test_audio import BOUNDS
+from tests.conftest import BOUNDS
 
 # Generation lengths a fuzzed request may ask for: the synthetic model runs to max_len, so larger
 # values would only make the suite slow, not the test stronger (ranges are checked before this).
