@@ -176,8 +176,8 @@ def extra_app(
     from serve_app.app import from_config_file
 
     args = {"voices_dir": str(checkpoints.parent / "voices"), **(args_overrides or {})}
-    source = str(checkpoints / "tiny-voxcpm1.5")
-    app, _ = from_config_file(LOCAL_CONFIG, 0, deployments, args, source=source, **model)
+    model = {"source": str(checkpoints / "tiny-voxcpm1.5"), **model}
+    app, _ = from_config_file(LOCAL_CONFIG, 0, deployments, args, **model)
     serve.run(app, name=app_name, route_prefix=f"/{app_name}")
     try:
         yield f"{service.url}/{app_name}"

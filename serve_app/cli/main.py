@@ -71,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     speak.add_argument("--cfg-value", type=float)
     speak.add_argument("--inference-timesteps", type=int)
     speak.add_argument("--max-len", type=int)
+    speak.add_argument("--seed", type=int, help="the same seed and text give the same audio")
     speak.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     speak.add_argument(
         "--ws",

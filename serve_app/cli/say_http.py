@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import requests
 
-from serve_app.cli.common import EXIT_SERVER, CliError, Progress, auth, call, pcm_player
+from serve_app.cli.common import EXIT_SERVER, SETTINGS, CliError, Progress, auth, call, pcm_player
 from serve_app.cli.say_ws import say_ws
 
 WAV_HEADER_BYTES = 44
@@ -24,7 +24,7 @@ def say(args: argparse.Namespace) -> None:
     text = sys.stdin.read() if args.text == "-" else args.text
     fmt = "wav" if args.play else args.format
     form: dict[str, Any] = {"text": text, "format": fmt}
-    for name in ("model", "voice_id", "sample_rate", "cfg_value", "inference_timesteps", "max_len", "prompt_text"):
+    for name in (*SETTINGS, "prompt_text"):
         if getattr(args, name) is not None:
             form[name] = getattr(args, name)
     output = args.output or (None if args.play else f"speech.{args.format}")

@@ -27,6 +27,7 @@ from serve_app.cli.common import (
     EXIT_SERVER,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    SETTINGS,
     CliError,
     Progress,
     auth,
@@ -34,13 +35,12 @@ from serve_app.cli.common import (
 )
 
 READ_BYTES = 4096
-INIT_FIELDS = ("model", "voice_id", "sample_rate", "cfg_value", "inference_timesteps", "max_len")
 
 
 def say_ws(args: argparse.Namespace) -> None:
     if args.reference or args.format != "wav":
         raise CliError("--ws speaks with --voice or the first sentence's voice, into WAV or --play", EXIT_USAGE)
-    settings = {name: getattr(args, name) for name in INIT_FIELDS if getattr(args, name) is not None}
+    settings = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
     init: dict[str, Any] = {"type": "init", **settings}
     output = args.output or (None if args.play else "speech.wav")
     with _connected(args) as ws, contextlib.ExitStack() as stack:

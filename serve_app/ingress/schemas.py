@@ -18,6 +18,7 @@ from serve_app.audio.stretch import MAX_SPEED, MIN_SPEED
 from serve_app.model.types import SynthesisRequest
 
 MAX_LEN_LIMIT = 4096
+MAX_SEED = 2**63 - 1  # what a torch.Generator takes
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(SynthesisRequest)}  # defined once, there
 # Form fields about the answer's encoding rather than the synthesis itself.
 OUTPUT_FIELDS = frozenset({"format", "sample_rate", "speed"})
@@ -71,6 +72,14 @@ class VoxCPMKnobs(BaseModel):
     )
     normalize: bool = Field(
         DEFAULTS["normalize"], description="Normalize numbers, dates and symbols in the text first."
+    )
+    seed: int | None = Field(
+        DEFAULTS["seed"],
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the diffusion noise: the same request with the same seed gives the same audio, alone or "
+        "in any batch (bit for bit where the engine is exact: batch_invariant with a bfloat16 model; otherwise "
+        "within its tolerance). None (default): a new seed each time.",
     )
 
     @field_validator("max_len")

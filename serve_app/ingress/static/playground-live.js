@@ -13,6 +13,7 @@ function liveUrl() {
 function liveInit() {
   const init = { type: "init", model: $("model").value, max_wait_ms: 600 };
   for (const name of KNOBS) if ($(name).value) init[name] = Number($(name).value);
+  if ($("seed").value !== "") init.seed = Number($("seed").value);
   if ($("voice").value) init.voice_id = $("voice").value;
   return init;
 }

@@ -123,6 +123,7 @@ function requestForm() {
   form.append("model", $("model").value);
   for (const name of KNOBS) form.append(name, $(name).value);
   form.append("normalize", $("normalize").checked ? "true" : "false");
+  if ($("seed").value !== "") form.append("seed", $("seed").value); // the same seed and text: the same audio
   const reference = $("reference").files[0] || recorded;
   if ($("voice").value) {
     form.append("voice_id", $("voice").value);
