@@ -145,7 +145,7 @@ def run_clients(count: int, client: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-async def _timed_stream(engine: Any, request: Any) -> StreamTiming:
+async def timed_stream(engine: Any, request: Any) -> StreamTiming:
     """One stream's chunk arrivals. The engines hand over host arrays, so a chunk's arrival is its time: no
     device synchronisation here, which on a GPU would also wait for the batch's next step."""
     started = time.perf_counter()
@@ -166,7 +166,7 @@ def engine_timings(engine: Any, streams: int, inference_timesteps: int) -> tuple
 
     async def run() -> tuple[list[StreamTiming], float]:
         started = time.perf_counter()
-        timings = await asyncio.gather(*(_timed_stream(engine, request) for _ in range(streams)))
+        timings = await asyncio.gather(*(timed_stream(engine, request) for _ in range(streams)))
         return list(timings), time.perf_counter() - started
 
     return asyncio.run(run())
@@ -193,6 +193,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
     return {
         "median": statistics.median(ordered),
+        "p90": pct(90),
         "p95": pct(95),
         "p99": pct(99),
         "min": ordered[0],

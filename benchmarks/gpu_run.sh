@@ -10,9 +10,10 @@
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 limits==5.8.0 \
 #     Deprecated==1.3.1 audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 torchcodec==0.17.0 \
 #     pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
-# Run from the repository root, in two calls of at most 10 minutes each (one machine start each):
-#   bash benchmarks/gpu_run.sh 1    # VoxCPM1.5: streams per GPU with and without CUDA graphs, phases (~8 min)
-#   bash benchmarks/gpu_run.sh 2    # VoxCPM2; two engines per GPU; kernels loaded eagerly (~8 min)
+# Run from the repository root: `first` in at most 8 minutes, `more` in at most 10, most important first, each part saving its
+# results as it ends (a lent GPU's budget is 15 minutes, the machine's start included):
+#   bash benchmarks/gpu_run.sh        # the CUDA paths' tests, VoxCPM2 under load as the peers measure it, ...
+#   bash benchmarks/gpu_run.sh more   # what did not fit: a VAE call per patch, VoxCPM1.5 bursts, two engines per GPU
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
@@ -39,31 +40,31 @@ bench() {  # name seconds script args...
   echo "=== $name exit ${PIPESTATUS[0]} ($(date +%T))"
   [ "$OUT" = benchmarks/results ] || cp "benchmarks/results/$name.json" "benchmarks/results/$name.md" "$OUT"/
 }
-case "${1:-1}" in
-1)  # first the CUDA-only paths' tests (graphs replay the eager step's bits; the one-call prefill), then
-  # streams per GPU with the decode step replayed from CUDA graphs (the default), in two passes so that the
-  # second shows each batch size warm; then one pass with eager steps, for the ratio within this session
+case "${1:-first}" in
+first)
+  # 1. the CUDA-only paths' tests: graphs replay the eager step's bits, padding rows, the one-call prefill
   echo "=== tests/model/test_cuda.py ($(date +%T))"
   timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/model/test_cuda.py 2>&1 | tail -30
+  # 2. VoxCPM2 in closed loop at nano-vllm-voxcpm's concurrencies (its author's RTX 4090 table), CUDA graphs on
+  bench serving_load_gpu_voxcpm2 180 serving_load.py --mode engine --preset voxcpm2 --no-open-loop \
+    --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64
+  # 3. the same with each newcomer's first step alone (first_step_alone), and open loop at shares of capacity
+  bench serving_load_gpu_voxcpm2_first_step_alone 120 serving_load.py --mode engine --preset voxcpm2 \
+    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --first-step-alone
+  # 4. where a step's time goes, the whole step eager vs its graph (and whether the bits match)
+  bench step_phases_voxcpm2_cuda 100 step_phases.py --preset voxcpm2 --levels 1,16,64 --graph-probe
+  ;;
+more)
+  # a VAE call per patch (decode_patches 1, the captured graph at every step) against the default grouping
+  bench serving_load_gpu_voxcpm2_decode_patches_1 120 serving_load.py --mode engine --preset voxcpm2 \
+    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --decode-patches 1
   bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   bench batching_gpu_voxcpm1.5_eager 110 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --no-cuda-graphs
-  # where an eager step's time goes, the whole step eager vs its graph (and whether the bits match), the
-  # phases again stepping from graphs, and what still makes the host wait for the GPU inside a step
-  bench step_phases_voxcpm1.5_cuda 170 step_phases.py --preset voxcpm1.5 --levels 1,16,64 --graph-probe \
-    --sync-census
-  ;;
-2)
-  bench batching_gpu_voxcpm2 220 batching.py --mode engine --preset voxcpm2 --engines batched \
-    --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   # replicas per GPU: the same streams split between two engine processes sharing the GPU (each its own host
   # thread launching kernels) against one engine with them all
   bench batching_gpu_voxcpm1.5_2_instances 150 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 8,16,32,64,96 --max-batch-size 48 --instances 2
-  # every CUDA kernel loaded at start instead of at its first use (CUDA's default is lazy): whether first
-  # audio at a batch size's first use is paying for kernel loading
-  (export CUDA_MODULE_LOADING=EAGER; bench batching_gpu_voxcpm1.5_eager_modules 110 batching.py --mode engine \
-    --preset voxcpm1.5 --engines batched --levels 1,8,16,32,64,96 --max-batch-size 96)
   ;;
 esac

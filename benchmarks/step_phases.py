@@ -50,9 +50,10 @@ PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_step", "step, whole"),
     (layers.BatchedVoxCPM, "diffuse", "diffusion"),
     (layers.BatchedVoxCPM, "lm_step", "LM step"),
-    (postprocess.Postprocessor, "decode_streams", "VAE decode"),
+    (postprocess.Postprocessor, "decode_singles", "VAE decode"),
+    (postprocess.Postprocessor, "decode_group", "VAE decode, grouped"),
 )
-STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode")
+STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode", "VAE decode, grouped")
 INFERENCE_TIMESTEPS = SynthesisRequest.inference_timesteps  # the engine captures its graphs for it
 
 

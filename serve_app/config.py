@@ -75,6 +75,16 @@ class ModelConfig(_Strict):
         description="engine: batched — requests generating together (one KV slot each); more wait in the "
         "replica's queue (the deployment's max_ongoing_requests bounds it) and join as slots free.",
     )
+    first_step_alone: bool = Field(
+        False,
+        description="engine: batched — a request that joins a running batch at most half full, with nobody waiting "
+        "for a slot, gets its first patch (its first audio) from a step of its own right after its prefill, instead "
+        "of from the batch's next step: its first audio does not wait for a whole step of the batch, and the "
+        "others' next chunk waits for that small step. Off by default: on a CPU it moved first audio within the "
+        "noise (benchmarks/README.md: Serving under load); on a GPU, where a step costs nearly the same at any "
+        "batch size, it is yet to be measured. Requests are admitted, and prefilled together, before every step "
+        "either way (in arrival order, while slots are free), so running decodes never starve a newcomer.",
+    )
     batch_invariant: bool = Field(
         False,
         description="Compute with kernels whose result for a request does not depend on the batch size (on CPU: "
@@ -93,6 +103,19 @@ class ModelConfig(_Strict):
         "span): a step's thousands of small kernels launched at once instead of one by one. Costs seconds at "
         "start; steps with a non-default inference_timesteps run eagerly. Off until it has run on a GPU "
         "(tests/model/test_cuda.py, benchmarks/gpu_run.sh): it is tested on CPU only, where nothing is captured.",
+    )
+    decode_patches: int = Field(
+        16,
+        ge=1,
+        le=64,
+        description="The most latent patches of one request decoded in one VAE call. A stream's first patch goes "
+        "alone (first audio unchanged); after that each call takes as many new patches as a quarter of those the "
+        "stream has sent allows (1, 2, 4, ... up to this), so a stream whose steps take under 0.8x the audio they "
+        "make never runs dry (within float32 rounding, ~4e-7, of patch-by-patch decoding). With more than 4 "
+        "streams in a batched step, where one call for all of them costs less, they decode a patch per step "
+        "together (not with batch_invariant). Non-streaming sentences decode this many at a time. On the tiny "
+        "models a stream costs about what the same audio unstreamed does (docs/engines.md: Incremental VAE "
+        "decode). 1: every patch in a call of its own.",
     )
     stream_coalesce_lead_s: float = Field(
         0.0,

@@ -47,7 +47,8 @@ class Engine(Protocol):
     info: ModelInfo
 
     def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
-        """Chunks as they are generated (one generation step each, sentences crossfaded)."""
+        """Chunks as they are decoded (a step's patch, then a few steps' at a time: ``decode_grouping.py``;
+        sentences crossfaded)."""
         ...
 
     def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
@@ -62,8 +63,8 @@ class Engine(Protocol):
 
 
 class RuntimeEngine:
-    """What both engines share over their runtime: ``stream`` and ``sentences`` are one generation, with
-    or without a chunk per step, and the prompt cache's counts are the runtime's."""
+    """What both engines share over their runtime: ``stream`` and ``sentences`` are one generation, sent as
+    it is decoded or a sentence at a time, and the prompt cache's counts are the runtime's."""
 
     runtime: VoxCPMRuntime
     info: ModelInfo

@@ -2,9 +2,10 @@
 
 A ``VoxCPM`` instance keeps one static KV cache, so generations run one after another on a single
 worker thread, in arrival order, while the replica's event loop stays free (``thread_stream.py``:
-cancellation between chunks, bounded buffering). Streams decode each step's new patch with the
-incremental VAE decoder (``vae.py``) instead of voxcpm's windowed re-decode (VoxCPM 1.x) or its
-decoder that patches the shared modules (VoxCPM2); the non-streaming path is voxcpm's own, with
+cancellation between chunks, bounded buffering). Streams decode their new patches with the
+incremental VAE decoder (``vae.py``), a few at a time once the listener has audio in hand
+(``decode_grouping.py``), instead of voxcpm's windowed re-decode (VoxCPM 1.x) or its decoder that
+patches the shared modules (VoxCPM2); the non-streaming path is voxcpm's own, with
 ``retry_badcase``. This is the engine the batched one is measured against.
 """
 
@@ -19,6 +20,7 @@ import torch
 
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
+from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.inputs import latents
 from serve_app.model.plan import Sentence, Spoken
@@ -79,25 +81,27 @@ class ReferenceEngine(RuntimeEngine):
         if request.seed is not None:
             torch.manual_seed(request.seed)  # voxcpm draws its noise from the global generator
         plan = self.runtime.utterance(request)
+        grouping = self.runtime.decode_grouping(streaming)
         try:
             sentence = next(plan, None)
             while sentence is not None:
                 pieces: list[np.ndarray] = []
-                for piece in self._sentence(sentence, request, streaming):
+                for piece in self._sentence(sentence, request, grouping):
                     pieces.append(piece)
                     yield piece
                 audio = joined(pieces)
-                steps = len(pieces) if streaming else round(len(audio) / self.runtime.step_samples)
                 try:
-                    sentence = plan.send(Spoken(audio, steps))
+                    sentence = plan.send(Spoken(audio, round(len(audio) / self.runtime.step_samples)))
                 except StopIteration:
                     return
                 yield None
         finally:
             plan.close()
 
-    def _sentence(self, sentence: Sentence, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
-        if not streaming:
+    def _sentence(
+        self, sentence: Sentence, request: SynthesisRequest, grouping: DecodeGrouping
+    ) -> Iterator[np.ndarray]:
+        if not grouping.streaming:
             yield self._whole(sentence, request)
             return
         model = self.runtime.model
@@ -116,11 +120,22 @@ class ReferenceEngine(RuntimeEngine):
             cfg_value=inputs.cfg_value,
             streaming=True,
         )
+        pending: list[torch.Tensor] = []
         try:
             for output in steps:  # (window, patches so far[, context]); the newest patch is the step's
-                yield self.decoder.decode(latents(output[1][-1]), _SLOT)[0].cpu().numpy()
+                pending.append(latents(output[1][-1]))
+                if grouping.due(len(pending)):
+                    yield self._decoded(pending, grouping)
+                    pending = []
+            if pending:
+                yield self._decoded(pending, grouping)
         finally:
             steps.close()
+
+    def _decoded(self, pending: list[torch.Tensor], grouping: DecodeGrouping) -> np.ndarray:
+        """The stream's pending patches through the VAE in one call, continuing its state."""
+        grouping.decoded(len(pending))
+        return self.decoder.decode(torch.cat(pending, dim=-1), _SLOT)[0].cpu().numpy()
 
     def _whole(self, sentence: Sentence, request: SynthesisRequest) -> np.ndarray:
         """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase."""

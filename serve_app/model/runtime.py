@@ -21,6 +21,7 @@ import torch
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest
 from serve_app.model import capabilities, inputs, plan
+from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.plan import Sentence, Utterance
 from serve_app.model.prompts import PromptEncoder
@@ -66,7 +67,8 @@ class VoxCPMRuntime:
             capabilities=capabilities.BY_ARCHITECTURE[architecture],
         )
         self.prompts = PromptEncoder(self.model, self.info, tts.denoiser, voices, config.prompt_cache_size)
-        self._batch_invariant = config.batch_invariant
+        self.batch_invariant = config.batch_invariant
+        self._decode_patches = config.decode_patches
         # Samples per generation step at the output rate, and the crossfade between sentences.
         decode_hop = getattr(self.model, "_decode_chunk_size", self.model.chunk_size)
         self.step_samples = int(self.model.patch_size * decode_hop)
@@ -103,7 +105,11 @@ class VoxCPMRuntime:
         return SynthesisRequest(text=WARMUP_TEXT, prompt=silence, max_len=8, retry_badcase=False)
 
     def decoder(self, slots: int) -> StreamingVAEDecoder:
-        return StreamingVAEDecoder(self.model.audio_vae, slots, self._batch_invariant)
+        return StreamingVAEDecoder(self.model.audio_vae, slots, self.batch_invariant)
+
+    def decode_grouping(self, streaming: bool) -> DecodeGrouping:
+        """A request's count of patches through the VAE, and how many its next call takes."""
+        return DecodeGrouping(self._decode_patches, streaming)
 
     def utterance(self, request: SynthesisRequest) -> Utterance:
         """The request's plan (``plan.py``), checked against what this model can do. A designed voice brings

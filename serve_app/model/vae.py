@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,18 +111,19 @@ class StreamingVAEDecoder:
         self.graphs = PaddedGraphs("VAE decode", compute, blank, self._slots, [frames], capture)
         self._graph_frames = frames
 
-    def warm_up(self, frames: int, longest: int = 1) -> None:
-        """Decode silence (``frames`` latent frames) once at every row count, and ``longest`` times as many frames
-        in one row, then forget it. The first decode of a new shape builds the convolutions' kernels for it
-        (oneDNN on CPU: about 12 ms on the tiny model), which would otherwise delay the first audio of the
-        requests that make the batch that size. (Shorter multi-patch calls, a sentence's last patches, build
-        theirs once when they first come: a few dozen kernels each, within the cache's headroom.)"""
+    def warm_up(self, frames: int, groups: Sequence[int] = ()) -> None:
+        """Decode silence (``frames`` latent frames) once at every row count, and each of ``groups`` times as
+        many frames in one row, then forget it. The first decode of a new shape builds the convolutions'
+        kernels for it (oneDNN on CPU: about 12 ms on the tiny model), which would otherwise delay the first
+        audio of the requests that make the batch that size. (Other multi-patch calls, a sentence's last
+        patches, build theirs once when they first come: a few dozen kernels each, within the cache's
+        headroom.)"""
         device = next(self._vae.parameters()).device
-        silence = torch.zeros(self._slots, self._vae.latent_dim, frames * longest, device=device)
+        silence = torch.zeros(self._slots, self._vae.latent_dim, frames * max([1, *groups]), device=device)
         for rows in range(1, 2 if self._row_by_row else self._slots + 1):
             self.decode(silence[:rows, :, :frames], list(range(rows)))
-        if longest > 1:
-            self.decode(silence[:1], [0])
+        for group in groups:
+            self.decode(silence[:1, :, : frames * group], [0])
         self.reset(list(range(self._slots)))
 
     def reset(self, slots: list[int]) -> None:

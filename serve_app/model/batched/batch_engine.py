@@ -5,11 +5,12 @@ schedule, run, post-process. Between steps it takes in new requests and cancella
 into free KV slots (``scheduler.py``) and prefills them together, packed, with whatever else arrived
 meanwhile (``runner.py``, ``kv_slots.py``); then it runs one decode step for every running request
 together (``runner.py``, the math in ``layers.py``) and hands each request its part of the output
-(``postprocess.py``: the streams' audio through the VAE, each with its own causal-conv state, sentence
-ends, retry_badcase). A request leaves between steps when its text is spoken, its ``max_len`` is reached,
-or it is cancelled (its consumer closed, the client disconnected); what one request does (a bad prompt, a
-cancel, a failure of its own) never touches the others. Long text, voices, prompts and checks are the
-runtime's, as in the reference engine, so a request's audio is the one the reference engine gives it alone.
+(``postprocess.py``: its patches through the VAE a few at a time, ``decode_grouping.py``, each request
+with its own causal-conv state; sentence ends, retry_badcase). A request leaves between steps when its
+text is spoken, its ``max_len`` is reached, or it is cancelled (its consumer closed, the client
+disconnected); what one request does (a bad prompt, a cancel, a failure of its own) never touches the
+others. Long text, voices, prompts and checks are the runtime's, as in the reference engine, so a
+request's audio is the one the reference engine gives it alone.
 
 Many async callers, one loop thread: each request has a queue its chunks go into
 (``loop.call_soon_threadsafe``), and closing its iterator cancels it by identity. Output is not
@@ -36,10 +37,11 @@ import torch
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
-from serve_app.model.batched.postprocess import GENERATING, NON_STREAMING_DECODE_PATCHES, Postprocessor
+from serve_app.model.batched.postprocess import GENERATING, Postprocessor
 from serve_app.model.batched.runner import Prefilled, StepRunner
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
+from serve_app.model.decode_grouping import group_sizes
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
@@ -60,10 +62,11 @@ class BatchedEngine(RuntimeEngine):
         length = config.kv_cache_length or runtime.model.config.max_length
         self.runner = StepRunner(runtime.model, config.max_batch_size, length)
         self.decoder = runtime.decoder(config.max_batch_size)
-        self._post = Postprocessor(runtime, self.decoder)
+        self.postprocessor = Postprocessor(runtime, self.decoder)
         self.scheduler = Scheduler(config.max_batch_size)
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
+        self._first_step_alone = config.first_step_alone
         self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
 
     @classmethod
@@ -127,7 +130,8 @@ class BatchedEngine(RuntimeEngine):
     ) -> Sequence:
         generator = torch.Generator(device=self.runtime.model.device)
         generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
-        return Sequence(request, streaming, started, deliver, Crossfader(self.runtime.seam_samples), generator)
+        crossfade, grouping = Crossfader(self.runtime.seam_samples), self.runtime.decode_grouping(streaming)
+        return Sequence(request, started, deliver, crossfade, generator, grouping)
 
     # -- the loop thread -------------------------------------------------------------------------
     @classmethod
@@ -135,7 +139,7 @@ class BatchedEngine(RuntimeEngine):
         try:
             engine = cls(VoxCPMRuntime.load(config, voices), config)
             if config.warmup:
-                engine.decoder.warm_up(engine.runtime.model.patch_size, NON_STREAMING_DECODE_PATCHES)
+                engine.decoder.warm_up(engine.runtime.model.patch_size, group_sizes(config.decode_patches))
             if config.cuda_graphs and engine.runner.base_kv.cache.is_cuda:
                 engine._capture_graphs()
         except BaseException as exc:  # noqa: BLE001 - raised by load() in the caller's thread
@@ -161,8 +165,10 @@ class BatchedEngine(RuntimeEngine):
     def _loop(self) -> None:
         while True:
             try:
-                if not self._take_commands(block=not self.scheduler) or not self._join():
+                if not self._take_commands(block=not self.scheduler) or (joined := self._join()) is None:
                     return
+                if self._first_step_alone:
+                    self._first_steps(joined)
                 if self.scheduler.running:
                     self._step()
             except Exception as exc:  # the loop must outlive anything: fail what it holds, go on
@@ -170,18 +176,34 @@ class BatchedEngine(RuntimeEngine):
                 for sequence in [*self.scheduler.waiting, *self.scheduler.running]:
                     self._fail(sequence, exc)
 
-    def _join(self) -> bool:
+    def _join(self) -> list[Sequence] | None:
         """Admit waiting requests into free slots and prepare them, take in the requests that arrived
         meanwhile and do the same until none is admitted, then prefill them all in one pass: a burst that
         arrives over a few milliseconds starts in one step with one prefill, not one per arrival (bounded
-        by the free slots). False once the engine closes."""
+        by the free slots). The requests admitted; None once the engine closes."""
+        joined: list[Sequence] = []
         while admitted := self.scheduler.admit():
             for sequence in admitted:
                 self._guarded(sequence, self._start, sequence)
+            joined += admitted
             if not self._take_commands(block=False):
-                return False
+                return None
         self._prefill()
-        return True
+        return joined
+
+    def _first_steps(self, joined: list[Sequence]) -> None:
+        """The first step of requests that just joined a running batch, on their own (``first_step_alone``):
+        they hold the batch's last slots, so the step is over those slots only. Where they are the whole batch,
+        or a cancellation meanwhile moved one out of the end, the batch's next step is theirs."""
+        running = self.scheduler.running
+        if len(running) > self.scheduler.max_batch_size // 2 or self.scheduler.waiting:
+            return  # a busy batch: the extra step's cost would take the capacity the newcomers wait for
+        placed = [sequence for sequence in joined if sequence.lm_hidden is not None]  # prefilled
+        fresh = [sequence for sequence in placed if sequence.status is Status.RUNNING]
+        first = len(running) - len(fresh)
+        if fresh and first > 0 and sorted(sequence.slot for sequence in fresh) == list(range(first, len(running))):
+            self._step(running[first:], first)
+            self._prefill()  # a sentence that ended in that step starts before the batch's step
 
     def _take_commands(self, block: bool) -> bool:
         """Add and cancel requests as asked since the last step; False once the engine closes."""
@@ -253,13 +275,14 @@ class BatchedEngine(RuntimeEngine):
         sequence.condition = prefilled.condition
         sequence.pieces, sequence.latents = [], []
 
-    def _step(self) -> None:
-        running = list(self.scheduler.running)
+    def _step(self, sequences: list[Sequence] | None = None, first: int = 0) -> None:
+        """One decode step for the batch (or for ``sequences``, which hold slots ``first``..). The requests whose
+        audio is a patch per call get it before the grouped calls run (``postprocess.py``)."""
+        running = list(self.scheduler.running if sequences is None else sequences)
         rows = [sequence.row() for sequence in running]
-        streams = [index for index, sequence in enumerate(running) if sequence.streaming]
         try:
-            output = self.runner.step(rows)
-            chunks = self._post.decode_streams(output.latents, streams, len(running))  # launched before any wait
+            output = self.runner.step(rows, first)
+            pieces, grouped = self.postprocessor.decode(running, output.latents, first)  # before any wait
             stop = output.stop.tolist()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
@@ -271,11 +294,17 @@ class BatchedEngine(RuntimeEngine):
             sequence.residual_hidden = output.residual_hidden[index : index + 1]
             sequence.condition = output.patches[index : index + 1]
             sequence.position += 1
-            chunk, latent = chunks.get(index), output.latents[index]
-            self._guarded(sequence, self._postprocess, sequence, chunk, latent, stop[index])
+            if index not in grouped:
+                self._guarded(sequence, self._postprocess, sequence, pieces.get(index), stop[index])
+        for index, size in grouped.items():
+            sequence = running[index]
+            self._guarded(sequence, self._postprocess_group, sequence, size, stop[index])
 
-    def _postprocess(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> None:
-        following = self._post.emit(sequence, chunk, latent, stop)
+    def _postprocess_group(self, sequence: Sequence, size: int | None, stop: bool) -> None:
+        self._postprocess(sequence, self.postprocessor.decode_group(sequence, size), stop)
+
+    def _postprocess(self, sequence: Sequence, piece: np.ndarray | None, stop: bool) -> None:
+        following = self.postprocessor.emit(sequence, piece, stop)
         if following is not GENERATING:
             self._next_sentence(sequence, following)
 

@@ -32,10 +32,11 @@ class KVSlots:
     def bytes(self) -> int:
         return self.cache.numel() * self.cache.element_size()
 
-    def layer(self, index: int, rows: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one layer for the first ``rows`` slots and ``span`` positions:
+    def layer(self, index: int, rows: int, span: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer for ``rows`` slots from ``first`` and ``span`` positions:
         (rows, kv_heads, span, head_dim) views."""
-        return self.cache[index, 0, :rows, :, :span], self.cache[index, 1, :rows, :, :span]
+        slots = slice(first, first + rows)
+        return self.cache[index, 0, slots, :, :span], self.cache[index, 1, slots, :, :span]
 
     def fill(self, slots: list[int], lengths: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The prefills of requests packed one after another (per layer their keys and values, (1, kv_heads,
@@ -52,10 +53,10 @@ class KVSlots:
             self.cache[index, 0][rows, :, positions] = keys[0].transpose(0, 1)
             self.cache[index, 1][rows, :, positions] = values[0].transpose(0, 1)
 
-    def writing(self, positions: list[int]) -> None:
-        """Slots 0..n-1 are about to be written at these positions (called before the write, so that a step
+    def writing(self, positions: list[int], first: int = 0) -> None:
+        """Slots ``first``.. are about to be written at these positions (called before the write, so that a step
         that fails halfway leaves nothing unaccounted for)."""
-        for slot, position in enumerate(positions):
+        for slot, position in enumerate(positions, start=first):
             self._written[slot] = max(self._written[slot], position + 1)
 
     def move(self, source: int, target: int) -> None:

@@ -119,11 +119,11 @@ class BatchedVoxCPM:
         return Prefill(enc_outputs, residual_outputs, base_caches, residual_caches)
 
     def step(
-        self, inputs: StepInputs, groups: dict[int, list[int]], kv: tuple[KVSlots, KVSlots], span: int
+        self, inputs: StepInputs, groups: dict[int, list[int]], kv: tuple[KVSlots, KVSlots], span: int, first: int = 0
     ) -> StepOutput:
         """One generation step (one loop iteration of voxcpm's ``_inference``) from its inputs, rows grouped by
         ``inference_timesteps``, attending over the first ``span`` positions of the base and residual LMs'
-        KV slots ``kv``, where it writes each row's new key and value."""
+        KV slots ``kv`` (row i in slot ``first + i``), where it writes each row's new key and value."""
         model = self.model
         mu = self._dit_input(model.lm_to_dit_proj(inputs.lm_hidden), model.res_to_dit_proj(inputs.residual_hidden))
         # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
@@ -144,9 +144,9 @@ class BatchedVoxCPM:
         embed = model.enc_to_lm_proj(model.feat_encoder(patches.unsqueeze(1)).contiguous())[:, 0, :]
         stop = model.stop_head(model.stop_actn(model.stop_proj(inputs.lm_hidden))).argmax(dim=-1)
         positions = inputs.positions
-        new_lm_hidden = model.fsq_layer(self.lm_step(model.base_lm, kv[0], positions, span, embed))
+        new_lm_hidden = model.fsq_layer(self.lm_step(model.base_lm, kv[0], positions, span, embed, first))
         residual_input = self._residual_input(new_lm_hidden, embed)
-        new_residual = self.lm_step(model.residual_lm, kv[1], positions, span, residual_input)
+        new_residual = self.lm_step(model.residual_lm, kv[1], positions, span, residual_input, first)
         return StepOutput(patches, latents, stop == 1, new_lm_hidden, new_residual)
 
     def _dit_input(self, from_lm: torch.Tensor, from_residual: torch.Tensor) -> torch.Tensor:
@@ -204,9 +204,11 @@ class BatchedVoxCPM:
 
         return _layers(lm, hidden, attend), caches
 
-    def lm_step(self, lm: Any, kv: KVSlots, positions: torch.Tensor, span: int, hidden: torch.Tensor) -> torch.Tensor:
-        """``MiniCPMModel.forward_step`` for rows 0..n-1, each at its own position in its own slot, attending
-        over the first ``span`` positions of the slots with a per-row mask."""
+    def lm_step(
+        self, lm: Any, kv: KVSlots, positions: torch.Tensor, span: int, hidden: torch.Tensor, first: int = 0
+    ) -> torch.Tensor:
+        """``MiniCPMModel.forward_step`` for rows 0..n-1 in slots ``first``.., each at its own position in its own
+        slot, attending over the first ``span`` positions of the slots with a per-row mask."""
         rows = hidden.shape[0]
         rotary = None
         if lm.rope_emb is not None:
@@ -216,7 +218,8 @@ class BatchedVoxCPM:
         every_row = torch.arange(rows, device=hidden.device)
 
         def attend(index: int, attention: Any, normed: torch.Tensor) -> torch.Tensor:
-            return self._attention(attention, normed, rotary, (every_row, positions), kv.layer(index, rows, span), mask)
+            cache = kv.layer(index, rows, span, first)
+            return self._attention(attention, normed, rotary, (every_row, positions), cache, mask)
 
         return _layers(lm, hidden, attend)
 

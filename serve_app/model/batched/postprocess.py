@@ -1,9 +1,11 @@
-"""What a decode step's output becomes for each request (nano-vllm's post-processing): a stream's new patch
-decoded through the VAE and sent, a non-streaming sentence's patches kept and decoded a few at a time, and
-at a sentence's end voxcpm's retry_badcase or the plan's next sentence.
+"""What a decode step's output becomes for each request (nano-vllm's post-processing): its new patch
+through the VAE when its next call is due (``../decode_grouping.py``: a stream's first patch alone, then
+a few at a time; a non-streaming sentence's many at a time), a stream's audio sent, and at a sentence's
+end what is left decoded, voxcpm's retry_badcase, or the plan's next sentence.
 
-Every request's VAE state is its own (``../vae.py``: one causal-conv state per slot), so the streams of a
-step are decoded together; a sentence's last piece keeps the crossfade's overlap back for the next one.
+Every request's VAE state is its own (``../vae.py``: one causal-conv state per slot), so the requests
+of a step whose calls take one patch are decoded together; a sentence's last piece keeps the
+crossfade's overlap back for the next one.
 """
 
 from __future__ import annotations
@@ -14,17 +16,13 @@ import numpy as np
 import torch
 
 from serve_app.model.batched.sequence import Sequence
+from serve_app.model.decode_grouping import GROUPED_STREAMS
 from serve_app.model.engine import joined
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.transfer import to_device
 from serve_app.model.vae import StreamingVAEDecoder
 
-# A non-streaming sentence's patches go through the VAE this many at a time (and the rest at its end),
-# not one call per step: nobody hears them before the sentence is complete, and one call for 16 patches
-# costs about what one call for one costs where the decoder is bound by its kernels' fixed cost (small
-# models, CPU). The same causal state carries over between calls, so the audio does not change.
-NON_STREAMING_DECODE_PATCHES = 16
 GENERATING: Any = object()  # what ``emit`` returns while the sentence goes on
 
 
@@ -33,24 +31,65 @@ class Postprocessor:
         self.runtime = runtime
         self.decoder = decoder
 
-    def emit(self, sequence: Sequence, chunk: np.ndarray | None, latent: torch.Tensor, stop: bool) -> Sentence | None:
-        """The step's result for one request: a stream's audio chunk goes out, a non-streaming sentence keeps
-        its latent patch for the VAE. Returns ``GENERATING`` while the sentence goes on, else the sentence to
-        generate next (the same one again for retry_badcase), or None when the utterance is spoken."""
-        ended = sequence.finished_sentence(stop)
-        if chunk is not None:
-            sequence.pieces.append(chunk)
-            self.deliver(sequence, chunk, may_end=ended)
+    def decode(
+        self, running: list[Sequence], latents: torch.Tensor, first: int = 0
+    ) -> tuple[dict[int, np.ndarray], dict[int, int | None]]:
+        """Each request's new patch (row i is slot ``first + i``) joins those it holds. The calls of one patch
+        run now, together (from a CUDA graph where they are the whole batch): their audio by row. Returns it
+        with the rows whose longer call is due, and its size (None: the row's next group), for
+        ``decode_group`` once the others' audio is out: a call of its own per row, so that the decoder meets
+        one shape per group size (built at warm-up). In a busy step every stream decodes what it holds and
+        its new patch now (``decode_grouping.GROUPED_STREAMS``).
+
+        (Sending newcomers' first patches before the others' call took a VAE call's time off first audio
+        but put it between a newcomer's first and second chunks, when its listener holds one patch: over
+        HTTP at 16 clients 40 of 96 streams ran dry, against none.)"""
+        streams = sum(sequence.streaming for sequence in running)
+        busy = streams > GROUPED_STREAMS and not self.runtime.batch_invariant
+        singles: list[int] = []
+        grouped: dict[int, int | None] = {}
+        for row, sequence in enumerate(running):
+            if sequence.latents or (sequence.grouping.group() > 1 and not (busy and sequence.streaming)):
+                sequence.latents.append(latents[row])
+                if busy and sequence.streaming:
+                    grouped[row] = len(sequence.latents)
+                elif sequence.grouping.due(len(sequence.latents)):
+                    grouped[row] = None
+            else:
+                singles.append(row)
+        return self.decode_singles(running, latents, singles, first), grouped
+
+    def decode_singles(
+        self, running: list[Sequence], latents: torch.Tensor, rows: list[int], first: int = 0
+    ) -> dict[int, np.ndarray]:
+        """The new patch of each of ``rows`` through the VAE in one call: audio by row."""
+        if not rows:
+            return {}
+        if len(rows) == len(running) and first == 0:
+            decoded = self.decoder.decode_batch(latents)
         else:
-            sequence.latents.append(latent)
+            chosen = latents if len(rows) == len(running) else latents[to_device(rows, latents.device)]
+            decoded = self.decoder.decode(chosen, [first + row for row in rows])
+        audio = {}
+        for row, samples in zip(rows, decoded.cpu().numpy(), strict=True):
+            running[row].grouping.decoded(1)
+            audio[row] = samples
+        return audio
+
+    def emit(self, sequence: Sequence, piece: np.ndarray | None, stop: bool) -> Sentence | None:
+        """The step's result for one request: ``piece``, what ``decode`` decoded of it this step, if anything.
+        Returns ``GENERATING`` while the sentence goes on, else the sentence to generate next (the same one
+        again for retry_badcase), or None when the utterance is spoken."""
+        ended = sequence.finished_sentence(stop)
+        if piece is not None:
+            self._decoded(sequence, piece, last=ended and not sequence.latents)
         sequence.step += 1
         if not ended:
-            if len(sequence.latents) >= NON_STREAMING_DECODE_PATCHES:
-                self._decode_latents(sequence)
             return GENERATING
         if not sequence.streaming and self._retry_badcase(sequence):
             return sequence.sentence
-        self._decode_latents(sequence)
+        if sequence.latents:  # fewer than a group
+            self._decoded(sequence, self.decode_group(sequence), last=True)
         audio = joined(sequence.pieces)
         if not sequence.streaming:
             self.deliver(sequence, audio)
@@ -63,22 +102,20 @@ class Postprocessor:
             sequence.attempts = 0
         return following
 
-    def decode_streams(self, latents: torch.Tensor, streams: list[int], rows: int) -> dict[int, np.ndarray]:
-        """The streaming rows' new patches through the VAE together, by row (a row's slot is its index)."""
-        if not streams:
-            return {}
-        if len(streams) == rows:
-            audio = self.decoder.decode_batch(latents)
-        else:
-            audio = self.decoder.decode(latents[to_device(streams, latents.device)], streams)
-        return dict(zip(streams, audio.cpu().numpy(), strict=True))
+    def decode_group(self, sequence: Sequence, size: int | None = None) -> np.ndarray:
+        """The request's next ``size`` held patches (default: its next group, or all it holds if fewer) through
+        the VAE in one call, continuing its slot's state."""
+        size = size or sequence.grouping.group()
+        patches, sequence.latents = sequence.latents[:size], sequence.latents[size:]
+        sequence.grouping.decoded(len(patches))
+        return self.decoder.decode(torch.cat(patches, dim=-1).unsqueeze(0), [sequence.slot])[0].cpu().numpy()
 
-    def _decode_latents(self, sequence: Sequence) -> None:
-        """A non-streaming sentence's patches so far, through the VAE in one call, continuing its slot's state."""
-        if sequence.latents:
-            latents = torch.cat(sequence.latents, dim=-1).unsqueeze(0)
-            sequence.pieces.append(self.decoder.decode(latents, [sequence.slot])[0].cpu().numpy())
-            sequence.latents = []
+    def _decoded(self, sequence: Sequence, piece: np.ndarray, last: bool) -> None:
+        """A decoded piece of the sentence: kept, and sent at once if the request streams (only the
+        sentence's last piece may keep the crossfade's overlap back)."""
+        sequence.pieces.append(piece)
+        if sequence.streaming:
+            self.deliver(sequence, piece, may_end=last)
 
     def _retry_badcase(self, sequence: Sequence) -> bool:
         """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""

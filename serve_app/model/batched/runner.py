@@ -136,20 +136,21 @@ class StepRunner:
         self.residual_kv.move(source, target)
 
     @torch.inference_mode()
-    def step(self, rows: list[Row]) -> StepOutput:
-        """One generation step for rows 0..n-1 of the slots (one loop iteration of voxcpm's ``_inference``)."""
+    def step(self, rows: list[Row], first: int = 0) -> StepOutput:
+        """One generation step for the rows in slots ``first``.. (one loop iteration of voxcpm's ``_inference``):
+        the whole batch from slot 0, or the requests that just joined it, at its end."""
         inputs = self._inputs(rows)
         written = [row.position for row in rows]
-        self.base_kv.writing(written)
-        self.residual_kv.writing(written)
+        self.base_kv.writing(written, first)
+        self.residual_kv.writing(written, first)
         filled = max(written) + 1
         groups: dict[int, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
-        if self.graphs is not None and groups.keys() == {self._graph_timesteps}:
+        if self.graphs is not None and first == 0 and groups.keys() == {self._graph_timesteps}:
             if (replayed := self.graphs.run(inputs, len(rows), self.span(filled, GRAPH_SPAN_STEP))) is not None:
                 return replayed
-        return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP))
+        return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP), first)
 
     def span(self, filled: int, step: int) -> int:
         """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
@@ -181,5 +182,5 @@ class StepRunner:
             positions=cache.new_zeros(rows, dtype=torch.int64),
         )
 
-    def compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int) -> StepOutput:
-        return self.layers.step(inputs, groups, (self.base_kv, self.residual_kv), span)
+    def compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int, first: int = 0) -> StepOutput:
+        return self.layers.step(inputs, groups, (self.base_kv, self.residual_kv), span, first)

@@ -17,6 +17,7 @@ import torch
 
 from serve_app.audio.seams import Crossfader
 from serve_app.model.batched.runner import Row
+from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import Started
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.plan import Sentence, Utterance
@@ -32,11 +33,11 @@ class Status(enum.Enum):
 @dataclass(eq=False)
 class Sequence:
     request: SynthesisRequest
-    streaming: bool  # a chunk per step, or each sentence once complete
     started: Started
     deliver: Callable[[object], None]  # hands a chunk, an exception or END to the consumer (thread-safe)
     crossfade: Crossfader
     generator: torch.Generator  # this request's diffusion noise, as voxcpm's global generator would give it
+    grouping: DecodeGrouping  # streamed or not, and how many patches its next VAE call takes
     status: Status = Status.WAITING
     cancelled: bool = False
     slot: int = -1
@@ -51,7 +52,12 @@ class Sequence:
     residual_hidden: torch.Tensor | None = None
     condition: torch.Tensor | None = None  # the previous patch: the diffusion's prefix condition
     pieces: list[np.ndarray] = field(default_factory=list)  # the current sentence's audio
-    latents: list[torch.Tensor] = field(default_factory=list)  # non-streaming: patches not yet through the VAE
+    latents: list[torch.Tensor] = field(default_factory=list)  # patches not yet through the VAE
+
+    @property
+    def streaming(self) -> bool:
+        """Audio as it is decoded, or each sentence once complete."""
+        return self.grouping.streaming
 
     def row(self) -> Row:
         """Its part of the next decode step."""
