@@ -1,9 +1,8 @@
 """How many of a request's latent patches go through the VAE in one call: the rule both engines follow.
 
-A VAE call on a few patches costs about what a call on one costs where the decoder is bound by its
-kernels' fixed cost (small models, a CPU, a GPU launching kernels one by one): on the tiny models 16
-patches in one call cost 1/6 of 16 calls (``benchmarks/results/stream_decode.md``). Decoding a stream
-one patch per step made it cost about 1.5x the same audio unstreamed.
+Much of a VAE call's cost is fixed where the decoder is bound by its kernels' fixed cost (small models,
+a CPU, a GPU launching kernels one by one): decoding a stream one patch per call made it cost x1.6-1.9
+the same audio unstreamed on the tiny models, grouping x1.02-1.2 (``benchmarks/results/stream_decode.md``).
 
 So a stream's first patch goes through the VAE alone (first audio is unchanged), and after that each
 call takes as many new patches as a quarter of those the stream has already sent allows: a power of two
