@@ -56,5 +56,5 @@ class DecodeGrouping:
 def group_sizes(max_patches: int) -> list[int]:
     """The sizes of the calls that take more than one patch, but for a sentence's last: the shapes a
     decoder warms up."""
-    sizes = [size for size in (2**power for power in range(1, max_patches.bit_length())) if size < max_patches]
-    return [*sizes, max_patches] if max_patches > 1 else []
+    powers = [2**power for power in range(1, (max_patches - 1).bit_length())]  # those below max_patches
+    return [*powers, max_patches] if max_patches > 1 else []

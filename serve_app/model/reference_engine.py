@@ -135,7 +135,7 @@ class ReferenceEngine(RuntimeEngine):
     def _decoded(self, pending: list[torch.Tensor], grouping: DecodeGrouping) -> np.ndarray:
         """The stream's pending patches through the VAE in one call, continuing its state."""
         grouping.decoded(len(pending))
-        return self.decoder.decode(torch.cat(pending, dim=-1), _SLOT)[0].cpu().numpy()
+        return self.decoder.decode_patches(pending, _SLOT[0])
 
     def _whole(self, sentence: Sentence, request: SynthesisRequest) -> np.ndarray:
         """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase."""

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,6 +144,11 @@ class StreamingVAEDecoder:
         latents = latents.to(torch.float32)
         # the slots go to the device once, not at each convolution (serve_app/model/transfer.py)
         return self._decode_rows(latents, to_device(slots, latents.device))
+
+    def decode_patches(self, patches: list[torch.Tensor], slot: int) -> np.ndarray:
+        """One request's consecutive patches (each (1, latent_dim, frames)) in one call, continuing its slot:
+        its samples on the host."""
+        return self.decode(torch.cat(patches, dim=-1), [slot])[0].cpu().numpy()
 
     @torch.inference_mode()
     def decode_batch(self, latents: torch.Tensor) -> torch.Tensor:

@@ -474,13 +474,17 @@ def test_a_step_decodes_single_patches_together_and_hands_back_due_groups() -> N
         calls.append(list(slots))
         return torch.zeros(latents.shape[0], 4)
 
-    decoder = SimpleNamespace(decode=decode, decode_batch=lambda latents: decode(latents, list(range(len(latents)))))
+    decoder = SimpleNamespace(
+        decode=decode,
+        decode_batch=lambda latents: decode(latents, list(range(len(latents)))),
+        decode_patches=lambda patches, slot: decode(torch.cat(patches, dim=-1), [slot])[0].numpy(),
+    )
     post = Postprocessor(SimpleNamespace(batch_invariant=False), decoder)  # type: ignore[arg-type]
 
     def stream(slot: int, sent: int, held: int) -> Sequence:
         sequence = _sequence(f"s{slot}")
         sequence.slot, sequence.grouping.sent = slot, sent
-        sequence.latents = [torch.zeros(2, 1)] * held
+        sequence.latents = [torch.zeros(1, 2, 1)] * held
         return sequence
 
     running = [stream(0, sent=3, held=0), stream(1, sent=0, held=0), stream(2, sent=8, held=1)]

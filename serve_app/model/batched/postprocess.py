@@ -49,14 +49,15 @@ class Postprocessor:
         singles: list[int] = []
         grouped: dict[int, int | None] = {}
         for row, sequence in enumerate(running):
-            if sequence.latents or (sequence.grouping.group() > 1 and not (busy and sequence.streaming)):
-                sequence.latents.append(latents[row])
-                if busy and sequence.streaming:
-                    grouped[row] = len(sequence.latents)
-                elif sequence.grouping.due(len(sequence.latents)):
-                    grouped[row] = None
-            else:
+            flush = busy and sequence.streaming  # what it holds now, then a patch per step
+            if not sequence.latents and (flush or sequence.grouping.group() == 1):
                 singles.append(row)
+                continue
+            sequence.latents.append(latents[row : row + 1])
+            if flush:
+                grouped[row] = len(sequence.latents)
+            elif sequence.grouping.due(len(sequence.latents)):
+                grouped[row] = None
         return self.decode_singles(running, latents, singles, first), grouped
 
     def decode_singles(
@@ -108,7 +109,7 @@ class Postprocessor:
         size = size or sequence.grouping.group()
         patches, sequence.latents = sequence.latents[:size], sequence.latents[size:]
         sequence.grouping.decoded(len(patches))
-        return self.decoder.decode(torch.cat(patches, dim=-1).unsqueeze(0), [sequence.slot])[0].cpu().numpy()
+        return self.decoder.decode_patches(patches, sequence.slot)
 
     def _decoded(self, sequence: Sequence, piece: np.ndarray, last: bool) -> None:
         """A decoded piece of the sentence: kept, and sent at once if the request streams (only the
