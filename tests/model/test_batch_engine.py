@@ -75,15 +75,23 @@ def _alone(reference: ReferenceEngine, request: SynthesisRequest) -> np.ndarray:
 
 
 def _together(
-    batched: BatchedEngine, requests: list[SynthesisRequest], stagger_s: float, streaming: list[bool] | None = None
+    batched: BatchedEngine,
+    requests: list[SynthesisRequest],
+    stagger_s: float,
+    streaming: list[bool] | None = None,
+    gate: tuple[int, threading.Event] | None = None,
 ) -> list[np.ndarray]:
     """Each request from its own thread, the i-th joining ``i * stagger_s`` after the first (streamed, or
-    as the non-streaming API asks where ``streaming`` says so)."""
+    as the non-streaming API asks where ``streaming`` says so); with ``gate`` (n, event), those from the
+    n-th on join once the event is set instead."""
     results: list[np.ndarray | BaseException | None] = [None] * len(requests)
     modes = streaming or [True] * len(requests)
 
     def run(index: int) -> None:
-        time.sleep(index * stagger_s)
+        if gate is not None and index >= gate[0]:
+            assert gate[1].wait(timeout=30)
+        else:
+            time.sleep(index * stagger_s)
         try:
             results[index] = batched.generate(requests[index], streaming=modes[index])
         except BaseException as exc:  # noqa: BLE001 - compared by the test
@@ -394,18 +402,27 @@ def test_float32_matches_within_tolerance(
     reference = synthetic_engine("tiny-voxcpm1.5")  # the tiny presets' own dtype: float32
     batched = synthetic_engine("tiny-voxcpm1.5", "batched", max_batch_size=6, kv_cache_length=512)
     flushed: list[int] = []  # held patches decoded at once because the batch grew busy
-    decode_group = batched.postprocessor.decode_group
+    holding = threading.Event()  # a stream in calls of 8 holds its first: it will hold for 6 more steps
+    decode, decode_group = batched.postprocessor.decode, batched.postprocessor.decode_group
+
+    def watched(running: list[Sequence], latents: torch.Tensor, first: int = 0) -> tuple:
+        decoded = decode(running, latents, first)
+        if any(sequence.grouping.group() == 8 and len(sequence.latents) == 1 for sequence in running):
+            holding.set()
+        return decoded
 
     def recorded(sequence: Sequence, size: int | None = None) -> np.ndarray:
         if size is not None:
             flushed.append(size)
         return decode_group(sequence, size)
 
+    monkeypatch.setattr(batched.postprocessor, "decode", watched)
     monkeypatch.setattr(batched.postprocessor, "decode_group", recorded)
     try:
-        requests = _requests(reference.info.prompt_sample_rate)
+        # four streams, then two more while one of them holds patches: five make the batch busy
+        requests = [dataclasses.replace(r, max_len=200) for r in _requests(reference.info.prompt_sample_rate)]
         expected = [_alone(reference, request) for request in requests]
-        for want, got in zip(expected, _together(batched, requests, 0.1), strict=True):
+        for want, got in zip(expected, _together(batched, requests, 0.02, gate=(4, holding)), strict=True):
             assert got.shape == want.shape
             assert np.abs(got - want).max() < FLOAT32_TOLERANCE
         assert any(size > 1 for size in flushed)
