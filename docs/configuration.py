@@ -97,9 +97,11 @@ def field_type(info: FieldInfo) -> str:
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:
-    """The model a field holds (itself, or a list of it)."""
+    """The model a field holds (itself, a list of it, or it or null)."""
     if typing.get_origin(annotation) is list:
         annotation = typing.get_args(annotation)[0]
+    if type(None) in typing.get_args(annotation):
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -179,6 +181,8 @@ def table(model: type[BaseModel], path: str) -> list[str]:
         if inner is not None:
             target = f"{path}.{SINGULAR.get(name, name)}"
             kind = "list of sections" if typing.get_origin(info.annotation) is list else "section"
+            if type(None) in typing.get_args(info.annotation):
+                kind = "section, or null"
             if name in SINGULAR:
                 kind = "section, or a list of sections"
             if name in SINGULAR:

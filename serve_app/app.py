@@ -33,7 +33,7 @@ def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]]
     board = StatusBoard.options(**options.get("StatusBoard", {})).bind()
     models = {
         model.name: VoxCPMDeployment.options(name=model.deployment_name, **options.get(model.deployment_name, {})).bind(
-            model, args.voices_dir, board
+            model, args.voices_dir, board, args.adapters_dir
         )
         for model in args.models
     }

@@ -24,6 +24,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LoRAShape(_Strict):
+    """The one LoRA shape a model's adapters have (voxcpm fixes it when it builds the model): what its trainer
+    writes by default (rank 32, alpha 16, on the LMs' and the local DiT's attention projections)."""
+
+    r: PositiveInt = Field(32, description="The adapters' rank (voxcpm's LoRAConfig.r).")
+    alpha: float = Field(16.0, gt=0, description="Their alpha: the low-rank update is scaled by alpha / r.")
+    enable_lm: bool = Field(True, description="On the base and residual LMs' q/k/v/o projections.")
+    enable_dit: bool = Field(True, description="On the local DiT's q/k/v/o projections.")
+    enable_proj: bool = Field(False, description="On the projections between the modules (voxcpm's enable_proj).")
+
+
 class ModelConfig(_Strict):
     """One VoxCPM model and how its replicas load it (how many requests they hold: the deployment's
     ``max_ongoing_requests`` and ``max_queued_requests`` in the config's ``deployments:``)."""
@@ -117,6 +128,24 @@ class ModelConfig(_Strict):
         "models a stream costs about what the same audio unstreamed does (docs/engines.md: Incremental VAE "
         "decode). 1: every patch in a call of its own.",
     )
+    lora: LoRAShape | None = Field(
+        LoRAShape(),
+        description="The LoRA shape of the adapters this model serves (docs/adapters.md); null: no adapters, and "
+        "none of the (small) cost their layers add to the reference engine's requests.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapters declared here, by name: a voxcpm lora_weights.safetensors (or .ckpt) file, or the "
+        "directory its trainer wrote it in, on every replica's disk. Loaded and checked at start, shared with "
+        "every tenant, listed by GET /api/adapters; they cannot be deleted through the API.",
+        examples=[{"narrator": "/models/lora/narrator/lora_weights.safetensors"}],
+    )
+    max_resident_adapters: PositiveInt = Field(
+        8,
+        description="Uploaded adapters a replica keeps loaded (least recently used dropped; the declared ones stay): "
+        "a request whose adapter is not loaded reads it first (docs/adapters.md: what that costs). Adapters in "
+        "use stay loaded until their requests end.",
+    )
     stream_coalesce_lead_s: float = Field(
         0.0,
         ge=0,
@@ -158,6 +187,11 @@ class LimitsConfig(_Strict):
     prompt_audio_decode_timeout_s: float = Field(
         10.0, gt=0, description="The longest one reference recording may take to decode: past it, 413."
     )
+    max_adapter_bytes: PositiveInt = Field(
+        320 * 1024 * 1024,
+        description="An uploaded LoRA adapter's weights file (POST /api/adapters): 413 naming `weights`. The "
+        "default holds a VoxCPM2 adapter of rank 64 in float32.",
+    )
     overload_retries: int = Field(
         1,
         ge=0,
@@ -179,11 +213,15 @@ class LimitsConfig(_Strict):
 
 
 class TenantQuotas(_Strict):
-    """What one tenant may keep (admins are not counted: their voices are the shared ones)."""
+    """What one tenant may keep (admins are not counted: theirs are the shared ones)."""
 
     voices: PositiveInt | None = Field(100, description="Saved voices per tenant; past it a create is a 403.")
     voice_bytes: PositiveInt | None = Field(
         512 * 1024 * 1024, description="Bytes of saved recordings per tenant; past it a create is a 403."
+    )
+    adapters: PositiveInt | None = Field(20, description="Uploaded adapters per tenant; past it an upload is a 403.")
+    adapter_bytes: PositiveInt | None = Field(
+        2 * 1024**3, description="Bytes of uploaded adapter weights per tenant; past it an upload is a 403."
     )
 
 
@@ -320,6 +358,10 @@ class AppConfig(_Strict):
     access: AccessConfig = AccessConfig()
     openai: OpenAIRouteConfig = OpenAIRouteConfig()
     websocket: WebSocketConfig = WebSocketConfig()
+    adapters_dir: str = Field(
+        "adapters",
+        description="Where uploaded LoRA adapters live; like voices_dir, every ingress and model replica must see it.",
+    )
     voices_dir: str = Field(
         "voices",
         description="Where saved voices live (relative paths: the replica's working directory). Every ingress "

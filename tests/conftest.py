@@ -36,6 +36,7 @@ from serve_app.config import ModelConfig, SyntheticPreset
 from serve_app.model import synthetic
 from serve_app.model.engine import Engine
 from serve_app.model.engine_factory import load_engine
+from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import VoiceStore
 
@@ -103,6 +104,7 @@ def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Call
         engine: str = "voxcpm",
         dtype: str | None = None,
         voices: VoiceStore | None = None,
+        adapters: AdapterStore | None = None,
         **settings: Any,
     ) -> Engine:
         source = str(synthetic_checkpoint(preset, dtype))
@@ -110,7 +112,7 @@ def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Call
         config = ModelConfig(
             name=preset, source=source, synthetic_preset=preset, device="cpu", optimize=False, engine=engine, **options
         )
-        loaded.append(load_engine(config, voices))
+        loaded.append(load_engine(config, voices, adapters))
         return loaded[-1]
 
     yield load
@@ -137,7 +139,8 @@ def service(checkpoints: Path) -> Iterator[Service]:
         _system_config={"metrics_report_interval_ms": 1000},  # scrapes see new samples within a second
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    voices = {"voices_dir": str(checkpoints.parent / "voices")}  # one store, shared by both apps
+    # one store of each, shared by both apps
+    voices = {"voices_dir": str(checkpoints.parent / "voices"), "adapters_dir": str(checkpoints.parent / "adapters")}
     app, _ = from_config_file(LOCAL_CONFIG, args_overrides=voices, source=str(checkpoints / "tiny-voxcpm1.5"))
     serve.run(app, name="voxcpm", route_prefix="/")
     multi_app, _ = from_config_file(
@@ -175,7 +178,8 @@ def extra_app(
 
     from serve_app.app import from_config_file
 
-    args = {"voices_dir": str(checkpoints.parent / "voices"), **(args_overrides or {})}
+    stores = {"voices_dir": str(checkpoints.parent / "voices"), "adapters_dir": str(checkpoints.parent / "adapters")}
+    args = {**stores, **(args_overrides or {})}
     model = {"source": str(checkpoints / "tiny-voxcpm1.5"), **model}
     app, _ = from_config_file(LOCAL_CONFIG, 0, deployments, args, **model)
     serve.run(app, name=app_name, route_prefix=f"/{app_name}")

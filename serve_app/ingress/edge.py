@@ -41,6 +41,9 @@ PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redir
 PUBLIC_PREFIXES = ("/playground/",)
 # Routes that need a model slot: refused here, before their forms are parsed, while every model is full.
 SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech", "/api/tts/ws"})
+# The one route whose body may pass the reference-audio cap: an adapter upload (max_adapter_bytes).
+ADAPTER_UPLOADS = "/api/adapters"
+FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file
 # Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol's suffix.
 KEY_SUBPROTOCOL = "bearer."
 
@@ -80,7 +83,8 @@ class EdgeMiddleware:
 
 
 def build_chain(app: ASGIApp, config: AppConfig, keyring: Keyring, full: Callable[[], bool]) -> ASGIApp:
-    guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full)
+    larger = {ADAPTER_UPLOADS: config.limits.max_adapter_bytes + FORM_OVERHEAD_BYTES}
+    guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full, larger)
     guarded = SocketGuard(guard, config.websocket.max_connections)
     if not config.access.cors_allow_origins:
         return guarded
@@ -97,12 +101,19 @@ class Guard:
     """Refuses, with the contract's JSON errors, what must not reach a route; names the caller of what may."""
 
     def __init__(
-        self, app: ASGIApp, access: AccessConfig, keyring: Keyring, max_body_bytes: int, full: Callable[[], bool]
+        self,
+        app: ASGIApp,
+        access: AccessConfig,
+        keyring: Keyring,
+        max_body_bytes: int,
+        full: Callable[[], bool],
+        larger_bodies: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self._full = full
         self._keyring = keyring
         self._max_body = max_body_bytes
+        self._larger_bodies = larger_bodies or {}  # POST path -> its own body cap
         self._rate = limits.parse_many(access.rate_limit) if access.rate_limit else []
         self._failed_rate = limits.parse_many(access.failed_auth_rate_limit) if access.failed_auth_rate_limit else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -110,14 +121,18 @@ class Guard:
         self._holding: Counter[tuple[str, str]] = Counter()  # (scope type, key id) -> requests in progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        body_limit = self._max_body
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            body_limit = self._larger_bodies.get(path, self._max_body)
         try:
-            caller = self._check(scope)
+            caller = self._check(scope, path, body_limit)
             slot = self._slot(scope, caller)
         except ServiceError as exc:
             await refuse(exc, scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
-        receive = self._capped(receive) if scope["type"] == "http" else receive
+        receive = self._capped(receive, body_limit) if scope["type"] == "http" else receive
         if slot is None:
             await self.app(scope, receive, send)
             return
@@ -129,12 +144,11 @@ class Guard:
             if not self._holding[slot]:
                 del self._holding[slot]
 
-    def _check(self, scope: Scope) -> Principal | None:
+    def _check(self, scope: Scope, path: str, body_limit: int) -> Principal | None:
         headers = Headers(scope=scope)
         for name in SERVE_CONTROL_HEADERS:
             if name in headers:
                 raise BadRequest(f"the {name} header is not accepted here", name)
-        path = route_path(scope)
         caller = None
         if path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES):
             caller = self._authenticate(headers, scope)
@@ -143,8 +157,8 @@ class Guard:
         if length is not None:
             if not length.isdigit():
                 raise BadRequest("Content-Length is not a number", "content-length")
-            if int(length) > self._max_body:
-                raise PayloadTooLarge(f"the request body is larger than {self._max_body} bytes", "body")
+            if int(length) > body_limit:
+                raise PayloadTooLarge(f"the request body is larger than {body_limit} bytes", "body")
         if opens_synthesis(scope) and self._full():
             raise Overloaded()
         return caller
@@ -183,7 +197,7 @@ class Guard:
                 reset = self._limiter.get_window_stats(item, client).reset_time
                 raise RateLimited(f"rate limit {item} exceeded", retry_after_s=max(1, math.ceil(reset - time.time())))
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _capped(self, receive: Receive, limit: int) -> Receive:
         """``receive`` that refuses bodies past the cap and reports a client gone as a disconnect."""
         received = 0
 
@@ -195,8 +209,8 @@ class Guard:
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self._max_body:
-                    raise BodyTooLarge(self._max_body)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         return capped_receive

@@ -118,6 +118,16 @@ class ModelClient:
         info = await self.model_info(model)
         return self._traced(info, trace, speed, first, chunks)
 
+    async def check_adapter(self, model: str, path: str) -> None:
+        """A 400 naming ``weights`` unless the file at ``path`` (on the storage every replica sees) is an adapter
+        of ``model``'s LoRA shape: a model replica, which has the LoRA layers, checks it."""
+
+        async def call() -> None:
+            with model_errors():
+                await self._handles[model].check_adapter.remote(path)
+
+        await self._retrying_refusals(model, call)
+
     async def synthesize(self, request: SynthesisRequest, model: str) -> np.ndarray:
         """The whole utterance at the model's output rate."""
         handle = self._handles[model]

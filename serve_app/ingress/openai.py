@@ -179,7 +179,10 @@ async def speech(
     output = await audio_output.output(models, body.response_format, rate, model, trace, body.speed)
     instructions, ignored = await _instructions(body, output.model, config.openai.strict, models)
     voice = await _voice(body.voice_name, requests, config.openai, who)
-    request = SynthesisRequest(text=body.input, voice=voice, instructions=instructions, **trace.ids, **body.knobs())
+    adapter = await requests.adapter(None, voice, model, who)
+    request = SynthesisRequest(
+        text=body.input, voice=voice, adapter=adapter, instructions=instructions, **trace.ids, **body.knobs()
+    )
     if body.stream_format == "audio":
         response = await streaming_response(models, request, output)
     else:
@@ -267,4 +270,5 @@ def _model_entry(info: ModelInfo) -> dict:
         "sample_rate": info.sample_rate,
         "synthetic": info.synthetic,  # random weights: speaks noise (serve_app/model/weights.py)
         "capabilities": list(info.capabilities),  # what beyond plain speech it takes (instructions, ...)
+        "lora": info.lora,  # the LoRA shape of the adapters it serves (POST /api/adapters); None: none
     }

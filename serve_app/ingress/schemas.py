@@ -121,6 +121,11 @@ class TTSStreamForm(VoxCPMKnobs):
     voice_id: str | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )
+    adapter: str | None = Field(
+        None,
+        description="A LoRA adapter of the model (POST /api/adapters, or declared in its config), by id or name; "
+        "default: the voice's, if it carries one, else the base model.",
+    )
     denoise: bool = Field(DEFAULTS["denoise"], description="Denoise the reference audio (needs the denoiser loaded).")
     format: AudioFormat = Field(
         AudioFormat.WAV,

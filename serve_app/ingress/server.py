@@ -9,13 +9,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.ingress import console, forms, openai, playground, status, tts, voices, ws
+from serve_app.ingress import adapters, console, forms, openai, playground, status, tts, voices, ws
 from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.error_responses import install_error_handlers
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.store.adapter_store import AdapterStore, declared
 from serve_app.store.voice_store import VoiceStore
 
 DESCRIPTION = """
@@ -36,6 +37,7 @@ def create_app() -> FastAPI:
     app.include_router(openai.router)
     app.include_router(ws.router)
     app.include_router(voices.router)
+    app.include_router(adapters.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.assets, name="playground")
     app.include_router(status.router)
@@ -60,8 +62,10 @@ class TTSIngress:
         forms.strict_utf8_forms()  # here, in the replica's process: the app itself arrives pickled by value
         self.models = ModelClient(models, config.default, config.limits.overload_retries)
         voices = VoiceStore(config.voices_dir, config.access.quotas)
-        voices.recover()  # what a crash of any replica left in the shared store
-        self.requests = RequestBuilder(self.models, voices, config.limits)
+        adapter_store = AdapterStore(config.adapters_dir, config.access.quotas, declared(config))
+        voices.recover()  # what a crash of any replica left in the shared stores
+        adapter_store.recover()
+        self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
         self.reports = ReplicaReports(status_board)
         announcing = console.announce_when_ready(self.reports, self.models.model_names)
         self._announcing = asyncio.get_running_loop().create_task(announcing)

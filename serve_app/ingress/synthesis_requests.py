@@ -1,6 +1,6 @@
 """Request building: what a client sent (a form, a JSON body, a WebSocket ``init``) as the model request it
 stands for, once, for every route. The text's length, the uploads decoded within their bounds, a saved
-voice the caller may use, and the fields a model cannot take (``model/capabilities.py``)."""
+voice and adapter the caller may use, and the fields a model cannot take (``model/capabilities.py``)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,23 @@ import numpy as np
 
 from serve_app.audio.decode import AudioBounds, decode_upload
 from serve_app.config import LimitsConfig
-from serve_app.errors import InvalidField, PayloadTooLarge
+from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
 from serve_app.ingress import audio_output
 from serve_app.ingress.audio_output import Output
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.store.adapter_store import Adapter, AdapterStore
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import Voice, VoiceStore
 
 
 class RequestBuilder:
-    def __init__(self, client: ModelClient, voices: VoiceStore, limits: LimitsConfig) -> None:
+    def __init__(self, client: ModelClient, voices: VoiceStore, adapters: AdapterStore, limits: LimitsConfig) -> None:
         self._client = client
         self.voices = voices
+        self.adapters = adapters
         self._limits = limits
         self._audio_bounds = AudioBounds(
             max_seconds=limits.max_prompt_audio_seconds,
@@ -37,6 +39,10 @@ class RequestBuilder:
     @property
     def max_upload_bytes(self) -> int:
         return self._limits.max_prompt_audio_bytes
+
+    @property
+    def max_adapter_bytes(self) -> int:
+        return self._limits.max_adapter_bytes
 
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
@@ -60,8 +66,34 @@ class RequestBuilder:
         if voice is not None and (prompt is not None or reference is not None):
             field = "prompt_audio" if prompt is not None else "reference_audio"
             raise InvalidField(f"give either voice_id or {field}, not both", "voice_id")
-        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model"})  # the rest are voxcpm's names
-        return SynthesisRequest(prompt=prompt, reference=reference, voice=voice, **trace.ids, **knobs), output
+        adapter = await self.adapter(form.adapter, voice, model, caller)
+        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter"})  # voxcpm's names
+        voices = {"prompt": prompt, "reference": reference, "voice": voice, "adapter": adapter}
+        return SynthesisRequest(**voices, **trace.ids, **knobs), output
+
+    async def adapter(
+        self, id_or_name: str | None, voice: Voice | None, model: str, caller: Principal
+    ) -> Adapter | None:
+        """The LoRA adapter a request asks for (``adapter``, by id or name), else the one its saved voice
+        carries; one of another model than the request's is a 400 naming the field that brought it."""
+        if id_or_name:
+            field, found = "adapter", await asyncio.to_thread(self.adapters.find, id_or_name, "adapter", caller)
+        elif voice is not None and voice.adapter_id:
+            field, found = "voice", await asyncio.to_thread(self._voice_adapter, voice, caller)
+        else:
+            return None
+        if found.model != model:
+            raise BadRequest(
+                f"{field} brings adapter {found.name!r} of model {found.model!r}; this request is for {model!r}", field
+            )
+        return found
+
+    def _voice_adapter(self, voice: Voice, caller: Principal) -> Adapter:
+        assert voice.adapter_id is not None
+        try:
+            return self.adapters.get(voice.adapter_id, caller)
+        except NotFound:
+            raise BadRequest(f"voice {voice.name!r} carries an adapter that was deleted", "voice") from None
 
     async def voice(self, id_or_name: str, field: str, caller: Principal) -> Voice:
         """A saved voice the caller may use, by id or name (another tenant's is a 404, as an absent one)."""

@@ -71,11 +71,21 @@ async def create(
     model: Annotated[
         str | None, Form(description="With description: the VoxCPM2 model that designs it (default: the default).")
     ] = None,
+    adapter: Annotated[
+        str | None,
+        Form(
+            description="A LoRA adapter (id or name) that requests naming this voice speak with, unless they name one."
+        ),
+    ] = None,
 ) -> dict:
+    adapter_id = None
+    if adapter:
+        adapter_id = (await asyncio.to_thread(requests.adapters.find, adapter, "adapter", who)).adapter_id
     if description is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        return await _designed(models, requests, who, trace, name.strip(), description.strip(), text, model)
+        sample = name.strip(), description.strip(), text, model, adapter_id
+        return await _designed(models, requests, who, trace, *sample)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
     if text is None or not text.strip():
@@ -85,7 +95,9 @@ async def create(
     if reference_audio is not None:
         data = await read_upload(reference_audio, requests.max_upload_bytes, "reference_audio")
         reference = await requests.reference(data, "reference_audio")
-    voice = await asyncio.to_thread(requests.voices.create, who, name.strip(), text.strip(), samples, rate, reference)
+    voice = await asyncio.to_thread(
+        requests.voices.create, who, name.strip(), text.strip(), samples, rate, reference, None, adapter_id
+    )
     return voice.public()
 
 
@@ -98,6 +110,7 @@ async def _designed(
     description: str,
     text: str | None,
     model: str | None,
+    adapter_id: str | None,
 ) -> dict:
     """A sample spoken from the description, saved as the voice's recording with it."""
     model = models.resolve(model)
@@ -109,7 +122,7 @@ async def _designed(
     request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)
     samples = await models.synthesize(request, model)
     voice = await asyncio.to_thread(
-        requests.voices.create, who, name, sample_text, samples, info.sample_rate, None, description
+        requests.voices.create, who, name, sample_text, samples, info.sample_rate, None, description, adapter_id
     )
     return voice.public()
 

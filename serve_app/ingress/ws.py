@@ -92,7 +92,7 @@ class Settings:
 
     output: Output
     voice: Voice | None
-    knobs: dict[str, Any]  # every sentence's request fields: voxcpm's settings and the instructions
+    knobs: dict[str, Any]  # every sentence's request fields: voxcpm's settings, the instructions, the adapter
     max_wait_s: float
 
 
@@ -219,10 +219,12 @@ class Conversation:
             instructions = (init.instructions or "").strip() or None
             await self.models.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
             voice = await self.requests.voice(init.voice_id, "voice_id", caller(self.ws)) if init.voice_id else None
+            adapter = await self.requests.adapter(init.adapter, voice, model, caller(self.ws))
             output = await audio_output.output(self.models, AudioFormat.PCM, init.sample_rate, model, self._trace())
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
-        self.settings = Settings(output, voice, {**init.knobs(), "instructions": instructions}, init.max_wait_ms / 1000)
+        knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
+        self.settings = Settings(output, voice, knobs, init.max_wait_ms / 1000)
         await self._send(
             type="ready",
             sample_rate=output.sample_rate,

@@ -18,6 +18,7 @@ class Init(VoxCPMKnobs):
 
     type: Literal["init"]
     voice_id: str | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
+    adapter: str | None = Field(None, description="A LoRA adapter of the model, by id or name (default: the voice's).")
     model: str | None = None
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (default: the model's).")
     instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)

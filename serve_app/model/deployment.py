@@ -30,6 +30,7 @@ from serve_app.model.engine import Engine, joined
 from serve_app.model.engine_factory import load_engine
 from serve_app.model.status_board import PUBLISH_PERIOD_S
 from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
+from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger("ray.serve")
@@ -41,9 +42,11 @@ MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together 
 
 @serve.deployment(name="VoxCPMModel", max_ongoing_requests=5, max_queued_requests=4, graceful_shutdown_timeout_s=60)
 class VoxCPMDeployment:
-    def __init__(self, config: ModelConfig, voices_dir: str, status_board: DeploymentHandle) -> None:
+    def __init__(
+        self, config: ModelConfig, voices_dir: str, status_board: DeploymentHandle, adapters_dir: str = "adapters"
+    ) -> None:
         self._config = config
-        self._engine: Engine = load_engine(config, VoiceStore(voices_dir))
+        self._engine: Engine = load_engine(config, VoiceStore(voices_dir), AdapterStore(adapters_dir))
         self._in_flight = 0
         self._metrics = metrics.model()
         self._prompt_lookups = self._engine.prompt_lookups()  # (hits, misses) last counted in the metrics
@@ -73,6 +76,10 @@ class VoxCPMDeployment:
 
     async def info(self) -> ModelInfo:
         return self._engine.info
+
+    async def check_adapter(self, path: str) -> None:
+        """A staged adapter upload checked against this model's LoRA layers (``model/adapters.py``)."""
+        await asyncio.to_thread(self._engine.check_adapter, path)
 
     async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them; with

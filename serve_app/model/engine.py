@@ -23,10 +23,12 @@ call at every parallel region. Measured on 2 cores (``benchmarks/model_thread.py
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from serve_app.model.adapters import read_weights
 from serve_app.model.types import ModelInfo, SynthesisRequest
 
 if TYPE_CHECKING:
@@ -59,6 +61,11 @@ class Engine(Protocol):
         """Prompt-cache (hits, misses) since the engine was loaded (warm-up excluded)."""
         ...
 
+    def check_adapter(self, path: str) -> None:
+        """Raises a 400 naming ``weights`` unless the file at ``path`` is an adapter of this model's shape (any
+        thread: it reads the file, and runs no torch kernels)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -77,6 +84,10 @@ class RuntimeEngine:
 
     def prompt_lookups(self) -> tuple[int, int]:
         return self.runtime.prompts.cache.hits, self.runtime.prompts.cache.misses
+
+    def check_adapter(self, path: str) -> None:
+        expected = self.runtime.adapters.expected if self.runtime.adapters is not None else {}
+        read_weights(Path(path), expected)
 
     def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
         raise NotImplementedError

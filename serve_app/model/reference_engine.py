@@ -6,7 +6,8 @@ cancellation between chunks, bounded buffering). Streams decode their new patche
 incremental VAE decoder (``vae.py``), a few at a time once the listener has audio in hand
 (``decode_grouping.py``), instead of voxcpm's windowed re-decode (VoxCPM 1.x) or its decoder that
 patches the shared modules (VoxCPM2); the non-streaming path is voxcpm's own, with
-``retry_badcase``. This is the engine the batched one is measured against.
+``retry_badcase``. A request's LoRA adapter is copied into voxcpm's own LoRA layers before it runs.
+This is the engine the batched one is measured against.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
+from serve_app.model.adapters import VoxCPMLoRA
 from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.inputs import latents
@@ -27,6 +29,7 @@ from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import SynthesisRequest
+from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -41,12 +44,15 @@ class ReferenceEngine(RuntimeEngine):
         self.info = runtime.info
         self._executor = executor
         self.decoder = runtime.decoder(1)
+        self.lora = VoxCPMLoRA(runtime.model) if runtime.adapters is not None else None
 
     @classmethod
-    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> ReferenceEngine:
+    def load(
+        cls, config: ModelConfig, voices: VoiceStore | None = None, adapters: AdapterStore | None = None
+    ) -> ReferenceEngine:
         """Loaded and warmed up on the generation thread, where its generations will run (``engine.py``)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
-        engine = executor.submit(lambda: cls(VoxCPMRuntime.load(config, voices), executor)).result()
+        engine = executor.submit(lambda: cls(VoxCPMRuntime.load(config, voices, adapters), executor)).result()
         if config.warmup:
             executor.submit(lambda: joined(engine.generate(engine.runtime.warmup_request(), streaming=True))).result()
             engine.runtime.prompts.cache.clear()
@@ -78,6 +84,8 @@ class ReferenceEngine(RuntimeEngine):
 
     def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | None]:
         """Each sentence's audio in turn, None between sentences."""
+        if self.lora is not None:
+            self.lora.use(self.runtime.adapter(request))
         if request.seed is not None:
             torch.manual_seed(request.seed)  # voxcpm draws its noise from the global generator
         plan = self.runtime.utterance(request)

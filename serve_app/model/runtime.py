@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ import torch
 
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest
-from serve_app.model import capabilities, inputs, plan
+from serve_app.model import adapters, capabilities, inputs, plan
+from serve_app.model.adapters import AdapterCache, LoadedAdapter
 from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.plan import Sentence, Utterance
@@ -29,6 +31,7 @@ from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm, reserve_kernel_cache
 from serve_app.model.weights import Weights, public_source
 from serve_app.model.weights import resolve as resolve_weights
+from serve_app.store.adapter_store import AdapterStore, declared_id
 from serve_app.store.voice_store import VoiceStore
 from serve_app.text.sentences import split_sentences
 
@@ -41,7 +44,12 @@ class VoxCPMRuntime:
     """One ``voxcpm.VoxCPM`` instance, its facts and its encoded prompts."""
 
     def __init__(
-        self, tts: Any, config: ModelConfig, voices: VoiceStore | None = None, weights: Weights | None = None
+        self,
+        tts: Any,
+        config: ModelConfig,
+        voices: VoiceStore | None = None,
+        weights: Weights | None = None,
+        adapter_store: AdapterStore | None = None,
     ) -> None:
         self.tts = tts
         self.model = tts.tts_model
@@ -65,6 +73,7 @@ class VoxCPMRuntime:
             engine=config.engine,
             synthetic=weights.synthetic if weights else False,
             capabilities=capabilities.BY_ARCHITECTURE[architecture],
+            lora=config.lora.model_dump() if config.lora else None,
         )
         self.prompts = PromptEncoder(self.model, self.info, tts.denoiser, voices, config.prompt_cache_size)
         self.batch_invariant = config.batch_invariant
@@ -73,9 +82,40 @@ class VoxCPMRuntime:
         decode_hop = getattr(self.model, "_decode_chunk_size", self.model.chunk_size)
         self.step_samples = int(self.model.patch_size * decode_hop)
         self.seam_samples = int(SEAM_SECONDS * self.info.sample_rate)
+        self._adapter_store = adapter_store
+        self.adapters = self._adapter_cache(config) if config.lora else None
+
+    def _adapter_cache(self, config: ModelConfig) -> AdapterCache:
+        """The adapters this replica keeps, checked against the LoRA layers voxcpm built; the declared ones read."""
+        assert config.lora is not None
+        from voxcpm.modules.layers.lora import LoRALinear
+
+        layer = next(module for module in self.model.modules() if isinstance(module, LoRALinear))
+        declared = {declared_id(config.name, name): Path(path) for name, path in config.adapters.items()}
+        cache = AdapterCache(
+            config.lora, adapters.layout(self.model), layer.scaling.dtype, config.max_resident_adapters, declared
+        )
+        cache.pin_declared()
+        return cache
+
+    def adapter(self, request: SynthesisRequest) -> LoadedAdapter | None:
+        """The request's adapter's weights (read unless loaded: any thread), None for the base model."""
+        wanted = request.adapter
+        if wanted is None:
+            return None
+        if self.adapters is None:
+            raise BadRequest(f"model {self.info.name!r} serves no adapters (its `lora:` is null)", "adapter")
+        if wanted.model != self.info.name:
+            raise BadRequest(
+                f"adapter {wanted.name!r} belongs to model {wanted.model!r}, not {self.info.name!r}", "adapter"
+            )
+        path = Path(wanted.file) if self._adapter_store is None else self._adapter_store.weights_path(wanted)
+        return self.adapters.get(wanted, path)
 
     @classmethod
-    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> VoxCPMRuntime:
+    def load(
+        cls, config: ModelConfig, voices: VoiceStore | None = None, adapter_store: AdapterStore | None = None
+    ) -> VoxCPMRuntime:
         from voxcpm import VoxCPM
 
         if config.batch_invariant:
@@ -91,8 +131,9 @@ class VoxCPMRuntime:
             cache_dir=config.cache_dir,
             optimize=config.optimize and config.engine == "voxcpm",  # the batched engine has its own graphs
             device=None if config.device == "auto" else config.device,
+            lora_config=adapters.lora_config(config.lora) if config.lora else None,
         )
-        return cls(tts, config, voices, weights)
+        return cls(tts, config, voices, weights, adapter_store)
 
     def close(self) -> None:
         self.prompts.close()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve_app.store.adapter_store import Adapter
 from serve_app.store.voice_store import Voice
 
 
@@ -39,6 +40,7 @@ class SynthesisRequest:
     retry_badcase_ratio_threshold: float = 6.0
     seed: int | None = None  # of the diffusion noise: the same seed, text and settings give the same audio
     instructions: str | None = None  # a description of the voice or style; VoxCPM2 models only
+    adapter: Adapter | None = None  # a LoRA adapter of this model (model/adapters.py); None: the base model
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ModelInfo:
     engine: str = "voxcpm"  # which engine generates: "voxcpm" (the reference) or "batched"
     synthetic: bool = False  # random weights (serve_app/model/weights.py): speaks noise
     capabilities: tuple[str, ...] = ()  # what beyond plain speech it can do (serve_app/model/capabilities.py)
+    lora: dict | None = None  # the LoRA shape of the adapters it serves (config `lora:`); None: none
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+from serve_app.errors import Conflict, QuotaExceeded
+
+# A tenant's quota on one kind of record: (config field, most records), (config field, most bytes).
+Quota = tuple[tuple[str, int | None], tuple[str, int | None]]
 
 
 @dataclass(frozen=True)
@@ -13,3 +20,37 @@ class Principal:
     tenant: str
     admin: bool
     key_id: str
+
+
+class Owned(Protocol):
+    """A stored record as ownership sees it (a voice, an adapter)."""
+
+    name: str
+    owner: str | None  # the tenant that saved it; None: shared (an admin's)
+    bytes: int
+
+
+def visible_to(record: Owned, caller: Principal) -> bool:
+    """A tenant sees its own records and the shared ones; an admin sees all."""
+    return caller.admin or record.owner is None or record.owner == caller.tenant
+
+
+def admit(record: Owned, existing: Iterable[Owned], caller: Principal, what: str, quota: Quota) -> None:
+    """A new record's name once per tenant (once among the shared ones), and the tenant's quotas (count,
+    bytes; ``quota`` names them as the config does): refused with 409 or 403 naming why. Admins are not
+    counted: their records are the shared ones."""
+    ours = [other for other in existing if other.owner == record.owner]
+    if any(other.name.casefold() == record.name.casefold() for other in ours):
+        raise Conflict(f"a {what} named {record.name!r} exists already; delete it or choose another name", "name")
+    if caller.admin:
+        return
+    (count_field, most), (bytes_field, most_bytes) = quota
+    used = sum(other.bytes for other in ours)
+    if most is not None and len(ours) + 1 > most:
+        raise QuotaExceeded(f"a tenant keeps at most {most} {what}s", count_field)
+    if most_bytes is not None and used + record.bytes > most_bytes:
+        raise QuotaExceeded(
+            f"this {what} ({record.bytes} bytes) would take the tenant past its {most_bytes} bytes of saved "
+            f"{what}s ({used} used)",
+            bytes_field,
+        )

@@ -149,10 +149,10 @@ def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: t
     expected = [_alone(reference, request) for request in requests]
     held, sizes, prefill = threading.Event(), [], batched.runner.prefill
 
-    def holding(batch: list, slots: list) -> list:
+    def holding(batch: list, slots: list, adapters: list) -> list:
         sizes.append(len(batch))
         held.wait(timeout=30)
-        return prefill(batch, slots)
+        return prefill(batch, slots, adapters)
 
     monkeypatch.setattr(batched.runner, "prefill", holding)
     results: list[np.ndarray | None] = [None] * len(requests)

@@ -37,6 +37,7 @@ import torch
 from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
+from serve_app.model.adapters import LoadedAdapter
 from serve_app.model.batched.postprocess import GENERATING, Postprocessor
 from serve_app.model.batched.runner import Prefilled, StepRunner
 from serve_app.model.batched.scheduler import Scheduler
@@ -47,6 +48,7 @@ from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.types import SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder
+from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -70,10 +72,13 @@ class BatchedEngine(RuntimeEngine):
         self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
 
     @classmethod
-    def load(cls, config: ModelConfig, voices: VoiceStore | None = None) -> BatchedEngine:
+    def load(
+        cls, config: ModelConfig, voices: VoiceStore | None = None, adapters: AdapterStore | None = None
+    ) -> BatchedEngine:
         """Loaded on the loop thread, which then runs the batch: one thread does all the torch work (``engine.py``)."""
         loaded: Future[BatchedEngine] = Future()
-        threading.Thread(target=cls._run, args=(config, voices, loaded), name="voxcpm-batch", daemon=True).start()
+        arguments = (config, voices, adapters, loaded)
+        threading.Thread(target=cls._run, args=arguments, name="voxcpm-batch", daemon=True).start()
         engine = loaded.result()
         if config.warmup:
             engine.generate(engine.runtime.warmup_request(), streaming=True)
@@ -102,7 +107,8 @@ class BatchedEngine(RuntimeEngine):
             if item is _END or isinstance(item, BaseException):
                 done.set()
 
-        self._inbox.put(("add", self._sequence(request, lambda: None, deliver, streaming)))
+        adapter = self.runtime.adapter(request)
+        self._inbox.put(("add", self._sequence(request, lambda: None, deliver, streaming, adapter)))
         done.wait()
         if isinstance(out[-1], BaseException):
             raise out[-1]
@@ -114,7 +120,8 @@ class BatchedEngine(RuntimeEngine):
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
-        sequence = self._sequence(request, started, deliver, streaming)
+        adapter = await asyncio.to_thread(self.runtime.adapter, request)  # a file read, off the loop thread
+        sequence = self._sequence(request, started, deliver, streaming, adapter)
         self._inbox.put(("add", sequence))
         try:
             while (item := await items.get()) is not _END:
@@ -126,18 +133,29 @@ class BatchedEngine(RuntimeEngine):
             self._inbox.put(("cancel", sequence))
 
     def _sequence(
-        self, request: SynthesisRequest, started: Started, deliver: Callable[[object], Any], streaming: bool
+        self,
+        request: SynthesisRequest,
+        started: Started,
+        deliver: Callable[[object], Any],
+        streaming: bool,
+        adapter: LoadedAdapter | None,
     ) -> Sequence:
         generator = torch.Generator(device=self.runtime.model.device)
         generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
         crossfade, grouping = Crossfader(self.runtime.seam_samples), self.runtime.decode_grouping(streaming)
-        return Sequence(request, started, deliver, crossfade, generator, grouping)
+        return Sequence(request, started, deliver, crossfade, generator, grouping, adapter)
 
     # -- the loop thread -------------------------------------------------------------------------
     @classmethod
-    def _run(cls, config: ModelConfig, voices: VoiceStore | None, loaded: Future[BatchedEngine]) -> None:
+    def _run(
+        cls,
+        config: ModelConfig,
+        voices: VoiceStore | None,
+        adapters: AdapterStore | None,
+        loaded: Future[BatchedEngine],
+    ) -> None:
         try:
-            engine = cls(VoxCPMRuntime.load(config, voices), config)
+            engine = cls(VoxCPMRuntime.load(config, voices, adapters), config)
             if config.warmup:
                 engine.decoder.warm_up(engine.runtime.model.patch_size, group_sizes(config.decode_patches))
             if config.cuda_graphs and engine.runner.base_kv.cache.is_cuda:
@@ -262,7 +280,8 @@ class BatchedEngine(RuntimeEngine):
     def _prefilled(self, sequences: list[Sequence]) -> list[Prefilled]:
         """The sequences' sentences prefilled together into their KV slots, their slots' VAE state cleared."""
         slots = [sequence.slot for sequence in sequences]
-        prefilled = self.runner.prefill([sequence.inputs for sequence in sequences], slots)  # type: ignore[misc]
+        batch = [sequence.inputs for sequence in sequences]
+        prefilled = self.runner.prefill(batch, slots, [sequence.adapter for sequence in sequences])  # type: ignore[arg-type]
         self.decoder.reset(slots)
         return prefilled
 

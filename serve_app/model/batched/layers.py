@@ -17,6 +17,8 @@ does not do. ``runner.py`` decides which requests go through it and keeps their 
   scales each row's guidance by its own ``cfg_value`` (in float32, rounded as voxcpm's scalar product
   rounds), and runs the rows that share ``inference_timesteps`` together, conditional then unconditional
   rows, as voxcpm's CFG does.
+- **LoRA adapters** are each row's own (``lora.py``): the routing says which rows (a prefill's tokens, the
+  diffusion's conditional and unconditional halves) take which adapter.
 - **A step is its inputs' function** (device work only, no host values read back), so on a GPU it can be
   replayed from a CUDA graph.
 
@@ -26,8 +28,9 @@ CPU, so a request's latents are the reference engine's bit for bit whatever else
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +39,16 @@ from torch.nn import functional
 from torch.nn.attention.varlen import varlen_attn
 from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
 
+from serve_app.model.adapters import LoadedAdapter
 from serve_app.model.batched.kv_slots import KVSlots
+from serve_app.model.batched.lora import AdapterRouting
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.transfer import to_device
 
 SWAY_SAMPLING_COEF = 1.0  # voxcpm's UnifiedCFM.forward defaults, which its _inference keeps
 USE_CFG_ZERO_STAR = True
 LayerCache = tuple[torch.Tensor, torch.Tensor]  # one layer's packed keys and values, (1, kv_heads, tokens, head_dim)
+Adapters = Sequence[LoadedAdapter | None] | None  # each request's (row's) adapter; None: all the base model
 
 
 @dataclass
@@ -92,16 +98,29 @@ class Prefill:
 class BatchedVoxCPM:
     """One voxcpm model's math for a batch of requests."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, routing: AdapterRouting | None = None) -> None:
         self.model = model
         self.v2 = type(model).__name__ == "VoxCPM2Model"
+        self.routing = routing  # the model's LoRA layers' (``lora.py``), when it serves adapters
 
-    def prefill(self, batch: list[ModelInputs], starts: torch.Tensor | None) -> Prefill:
+    @contextlib.contextmanager
+    def _adapters(self, adapters: Adapters, dim: int = 0, lengths: list[int] | None = None) -> Iterator[None]:
+        if self.routing is None or adapters is None:
+            yield
+            return
+        with self.routing.rows(adapters, dim, lengths):
+            yield
+
+    def prefill(self, batch: list[ModelInputs], starts: torch.Tensor | None, adapters: Adapters = None) -> Prefill:
         """voxcpm's prefill (``_inference`` before its loop) of each request, the requests packed together;
         ``starts``: where each request starts in the packed sequence (and where the last ends) for one
         variable-length attention call per layer, else None for one call per request."""
-        model = self.model
         lengths = [inputs.text.shape[1] for inputs in batch]
+        with self._adapters(adapters, dim=1, lengths=lengths):
+            return self._prefill(batch, lengths, starts)
+
+    def _prefill(self, batch: list[ModelInputs], lengths: list[int], starts: torch.Tensor | None) -> Prefill:
+        model = self.model
         feat, feat_mask, text, text_mask = (
             torch.cat([getattr(inputs, name) for inputs in batch], dim=1)
             for name in ("feat", "feat_mask", "text", "text_mask")
@@ -119,24 +138,44 @@ class BatchedVoxCPM:
         return Prefill(enc_outputs, residual_outputs, base_caches, residual_caches)
 
     def step(
-        self, inputs: StepInputs, groups: dict[int, list[int]], kv: tuple[KVSlots, KVSlots], span: int, first: int = 0
+        self,
+        inputs: StepInputs,
+        groups: dict[int, list[int]],
+        kv: tuple[KVSlots, KVSlots],
+        span: int,
+        first: int = 0,
+        adapters: Adapters = None,
     ) -> StepOutput:
         """One generation step (one loop iteration of voxcpm's ``_inference``) from its inputs, rows grouped by
         ``inference_timesteps``, attending over the first ``span`` positions of the base and residual LMs'
-        KV slots ``kv`` (row i in slot ``first + i``), where it writes each row's new key and value."""
+        KV slots ``kv`` (row i in slot ``first + i``), where it writes each row's new key and value; row i
+        with ``adapters[i]``."""
+        with self._adapters(adapters):
+            return self._step(inputs, groups, kv, span, first, adapters)
+
+    def _step(
+        self,
+        inputs: StepInputs,
+        groups: dict[int, list[int]],
+        kv: tuple[KVSlots, KVSlots],
+        span: int,
+        first: int,
+        adapters: Adapters,
+    ) -> StepOutput:
         model = self.model
         mu = self._dit_input(model.lm_to_dit_proj(inputs.lm_hidden), model.res_to_dit_proj(inputs.residual_hidden))
         # (rows, latent_dim, patch_size) as the diffusion leaves it; the patches are its transposed view,
         # as in voxcpm (the local encoder's numerics depend on that memory layout)
         condition = inputs.condition.transpose(1, 2).contiguous()
         if len(groups) == 1:  # the usual case: every row shares inference_timesteps, no gather and scatter
-            latents = self.diffuse(mu, condition, inputs.noise, inputs.cfg, next(iter(groups)))
+            latents = self.diffuse(mu, condition, inputs.noise, inputs.cfg, next(iter(groups)), adapters)
         else:
             latents = torch.empty_like(condition)
             for timesteps, indices in groups.items():
                 chosen = to_device(indices, mu.device)
+                own = None if adapters is None else [adapters[index] for index in indices]
                 latents[chosen] = self.diffuse(
-                    mu[chosen], condition[chosen], inputs.noise[chosen], inputs.cfg[chosen], timesteps
+                    mu[chosen], condition[chosen], inputs.noise[chosen], inputs.cfg[chosen], timesteps, own
                 )
         patches = latents.transpose(1, 2)
         # The encoder's output is a strided view of its rows; for one row (voxcpm's case) that is contiguous,
@@ -158,10 +197,22 @@ class BatchedVoxCPM:
         return lm_hidden + feat_embed
 
     def diffuse(
-        self, mu: torch.Tensor, cond: torch.Tensor, x: torch.Tensor, cfg: torch.Tensor, timesteps: int
+        self,
+        mu: torch.Tensor,
+        cond: torch.Tensor,
+        x: torch.Tensor,
+        cfg: torch.Tensor,
+        timesteps: int,
+        adapters: Adapters = None,
     ) -> torch.Tensor:
         """voxcpm's ``UnifiedCFM.forward`` and ``solve_euler`` over rows that share ``timesteps``, from each row's
-        noise ``x``, guidance scaled by each row's ``cfg`` (its ``cfg_value``)."""
+        noise ``x``, guidance scaled by each row's ``cfg`` (its ``cfg_value``), with each row's adapter."""
+        with self._adapters(None if adapters is None else [*adapters, *adapters]):  # conditional, unconditional
+            return self._diffuse(mu, cond, x, cfg, timesteps)
+
+    def _diffuse(
+        self, mu: torch.Tensor, cond: torch.Tensor, x: torch.Tensor, cfg: torch.Tensor, timesteps: int
+    ) -> torch.Tensor:
         cfm = self.model.feat_decoder
         b = mu.shape[0]
         t_span = torch.linspace(1, 0, timesteps + 1, device=mu.device, dtype=mu.dtype)

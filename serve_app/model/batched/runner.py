@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from serve_app.model.adapters import LoadedAdapter
+from serve_app.model.batched import lora
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.layers import BatchedVoxCPM, StepInputs, StepOutput
 from serve_app.model.cuda_graphs import PaddedGraphs
@@ -57,14 +59,16 @@ class Row:
     inference_timesteps: int
     cfg_value: float
     generator: torch.Generator
+    adapter: LoadedAdapter | None = None
 
 
 class StepRunner:
     def __init__(self, model: Any, slots: int, kv_length: int) -> None:
         self.model = model
-        self.layers = BatchedVoxCPM(model)
         dtype = next(model.base_lm.parameters()).dtype
         device = torch.device(model.device)
+        routing = lora.AdapterRouting(device)
+        self.layers = BatchedVoxCPM(model, routing if lora.install(model, routing) else None)
         self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
         self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
         self.kv_length = kv_length
@@ -110,14 +114,16 @@ class StepRunner:
         return agrees
 
     @torch.inference_mode()
-    def prefill(self, batch: list[ModelInputs], slots: list[int]) -> list[Prefilled]:
-        """voxcpm's prefill of each request, the requests packed together, their keys and values written into
-        their slots once all of it is computed."""
+    def prefill(
+        self, batch: list[ModelInputs], slots: list[int], adapters: list[LoadedAdapter | None] | None = None
+    ) -> list[Prefilled]:
+        """voxcpm's prefill of each request (with its adapter), the requests packed together, their keys and
+        values written into their slots once all of it is computed."""
         lengths = [inputs.text.shape[1] for inputs in batch]
         starts = None  # where each request starts in the packed sequence, and where the last ends
         if self.varlen_prefill:
             starts = to_device([0, *itertools.accumulate(lengths)], self.base_kv.cache.device, torch.int32)
-        computed = self.layers.prefill(batch, starts)
+        computed = self.layers.prefill(batch, starts, adapters)
         self.base_kv.fill(slots, lengths, computed.base_caches)
         self.residual_kv.fill(slots, lengths, computed.residual_caches)
         ends = itertools.accumulate(lengths)
@@ -138,7 +144,8 @@ class StepRunner:
     @torch.inference_mode()
     def step(self, rows: list[Row], first: int = 0) -> StepOutput:
         """One generation step for the rows in slots ``first``.. (one loop iteration of voxcpm's ``_inference``):
-        the whole batch from slot 0, or the requests that just joined it, at its end."""
+        the whole batch from slot 0, or the requests that just joined it, at its end. Steps with adapters run
+        eagerly (a graph replays the base model's)."""
         inputs = self._inputs(rows)
         written = [row.position for row in rows]
         self.base_kv.writing(written, first)
@@ -147,10 +154,12 @@ class StepRunner:
         groups: dict[int, list[int]] = defaultdict(list)
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
-        if self.graphs is not None and first == 0 and groups.keys() == {self._graph_timesteps}:
+        adapters = [row.adapter for row in rows]
+        base = not lora.AdapterRouting.any(adapters)
+        if self.graphs is not None and first == 0 and base and groups.keys() == {self._graph_timesteps}:
             if (replayed := self.graphs.run(inputs, len(rows), self.span(filled, GRAPH_SPAN_STEP))) is not None:
                 return replayed
-        return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP), first)
+        return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP), first, adapters)
 
     def span(self, filled: int, step: int) -> int:
         """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
@@ -182,5 +191,12 @@ class StepRunner:
             positions=cache.new_zeros(rows, dtype=torch.int64),
         )
 
-    def compute(self, inputs: StepInputs, groups: dict[int, list[int]], span: int, first: int = 0) -> StepOutput:
-        return self.layers.step(inputs, groups, (self.base_kv, self.residual_kv), span, first)
+    def compute(
+        self,
+        inputs: StepInputs,
+        groups: dict[int, list[int]],
+        span: int,
+        first: int = 0,
+        adapters: list[LoadedAdapter | None] | None = None,
+    ) -> StepOutput:
+        return self.layers.step(inputs, groups, (self.base_kv, self.residual_kv), span, first, adapters)

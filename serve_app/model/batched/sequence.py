@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from serve_app.audio.seams import Crossfader
+from serve_app.model.adapters import LoadedAdapter
 from serve_app.model.batched.runner import Row
 from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import Started
@@ -38,6 +39,7 @@ class Sequence:
     crossfade: Crossfader
     generator: torch.Generator  # this request's diffusion noise, as voxcpm's global generator would give it
     grouping: DecodeGrouping  # streamed or not, and how many patches its next VAE call takes
+    adapter: LoadedAdapter | None = None  # its LoRA adapter's weights; None: the base model
     status: Status = Status.WAITING
     cancelled: bool = False
     slot: int = -1
@@ -72,6 +74,7 @@ class Sequence:
             inputs.inference_timesteps,
             inputs.cfg_value,
             self.generator,
+            self.adapter,
         )
 
     def finished_sentence(self, stop: bool) -> bool:
