@@ -188,9 +188,9 @@ class LimitsConfig(_Strict):
         10.0, gt=0, description="The longest one reference recording may take to decode: past it, 413."
     )
     max_adapter_bytes: PositiveInt = Field(
-        320 * 1024 * 1024,
+        160 * 1024 * 1024,
         description="An uploaded LoRA adapter's weights file (POST /api/adapters): 413 naming `weights`. The "
-        "default holds a VoxCPM2 adapter of rank 64 in float32.",
+        "default holds a VoxCPM2 adapter of rank 64 in float32 (121 MiB; rank 32: 61 MiB; VoxCPM1.5: 28 and 56).",
     )
     overload_retries: int = Field(
         1,

@@ -12,7 +12,7 @@ import requests
 
 EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_SERVER, EXIT_PLAYBACK = 2, 3, 4, 5, 6
 # `say`'s options that are request fields of the same name, over HTTP and in the WebSocket's init
-SETTINGS = ("model", "voice_id", "sample_rate", "cfg_value", "inference_timesteps", "max_len", "seed")
+SETTINGS = ("model", "voice_id", "adapter", "sample_rate", "cfg_value", "inference_timesteps", "max_len", "seed")
 
 
 def auth(args: argparse.Namespace) -> dict[str, str]:

@@ -8,6 +8,9 @@
     voxcpm-serve voices add guide --description "a calm, warm female voice" --model voxcpm2
     voxcpm-serve voices list
     voxcpm-serve voices rm VOICE_ID
+    voxcpm-serve adapters add my-voice lora_weights.safetensors     (a LoRA adapter from voxcpm's trainer)
+    voxcpm-serve say "Fine-tuned." --adapter my-voice -o tuned.wav
+    voxcpm-serve adapters list
     voxcpm-serve health
 
 The server is ``--url``, else $VOXCPM_SERVE_URL, else http://localhost:7861; its API key ``--api-key``, else
@@ -27,6 +30,7 @@ from pathlib import Path
 import requests
 
 from serve_app.cli.common import EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from serve_app.cli.manage_adapters import adapters
 from serve_app.cli.manage_voices import voices
 from serve_app.cli.say_http import say
 
@@ -64,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     speak.add_argument("--format", choices=FORMATS, default="wav")
     speak.add_argument("--play", action="store_true", help="play while it streams (needs sounddevice)")
     speak.add_argument("--voice", dest="voice_id", help="a saved voice's id or name")
+    speak.add_argument("--adapter", help="a LoRA adapter's id or name (default: the voice's, else none)")
     speak.add_argument("--reference", type=Path, help="reference audio to clone (instead of --voice)")
     speak.add_argument("--reference-text", dest="prompt_text", help="what the reference says")
     speak.add_argument("--model")
@@ -89,10 +94,22 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--reference", type=Path, help="VoxCPM2: an isolated reference recording kept beside it")
     add.add_argument("--description", help="VoxCPM2: design the voice from this description instead")
     add.add_argument("--model", help="with --description: the VoxCPM2 model that designs it")
+    add.add_argument("--adapter", help="a LoRA adapter (id or name) requests naming the voice speak with")
     actions.add_parser("list", help="list saved voices")
     remove = actions.add_parser("rm", help="delete saved voices")
     remove.add_argument("voice_ids", nargs="+")
     voice.set_defaults(run=voices)
+
+    adapter = commands.add_parser("adapters", help="manage LoRA adapters")
+    adapter_actions = adapter.add_subparsers(dest="action", required=True)
+    upload = adapter_actions.add_parser("add", help="upload an adapter; prints its id")
+    upload.add_argument("name")
+    upload.add_argument("weights", type=Path, help="voxcpm's lora_weights.safetensors (or lora_weights.ckpt)")
+    upload.add_argument("--model", help="the model it was trained for (default: the default)")
+    adapter_actions.add_parser("list", help="list adapters and each model's LoRA shape")
+    drop = adapter_actions.add_parser("rm", help="delete uploaded adapters")
+    drop.add_argument("adapter_ids", nargs="+")
+    adapter.set_defaults(run=adapters)
 
     commands.add_parser("health", help="the service's state").set_defaults(run=health)
     return top

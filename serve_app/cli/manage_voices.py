@@ -14,6 +14,7 @@ def voices(args: argparse.Namespace) -> None:
         if (args.audio is None) == (args.description is None):
             raise CliError("give a recording (AUDIO with --text) or --description, not both", EXIT_USAGE)
         fields = {"name": args.name, "text": args.text, "description": args.description, "model": args.model}
+        fields["adapter"] = args.adapter
         uploads = {"audio": args.audio, "reference_audio": args.reference}
         with ExitStack() as files:
             opened = {field: files.enter_context(open(path, "rb")) for field, path in uploads.items() if path}

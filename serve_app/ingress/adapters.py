@@ -18,6 +18,7 @@ from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.model.adapters import ZIP_MAGIC
 from serve_app.store.adapter_store import new_adapter
 from serve_app.store.durable import new_id
 from serve_app.store.tenants import Principal
@@ -28,7 +29,6 @@ Models = Annotated[ModelClient, Depends(model_client)]
 Requests = Annotated[RequestBuilder, Depends(request_builder)]
 Caller = Annotated[Principal, Depends(caller)]
 CHUNK_BYTES = 1 << 20
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format; anything else is read as safetensors
 
 
 @router.post(

@@ -32,6 +32,7 @@ from serve_app.store.adapter_store import Adapter
 
 Layout = dict[str, tuple[int, ...]]  # a model's LoRA parameter names -> shapes
 WEIGHTS_FIELD = "weights"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (a .ckpt); anything else is read as safetensors
 _UNSET = object()
 
 
@@ -82,9 +83,12 @@ def check_names_and_shapes(found: Layout, expected: Layout) -> None:
 
 def read_weights(path: Path, expected: Layout) -> dict[str, torch.Tensor]:
     """An adapter file's tensors (on the host, as stored), checked against ``expected``: safetensors, or a
-    ``.ckpt`` read with ``weights_only`` (no code runs from it); voxcpm's trainer writes either."""
+    ``.ckpt`` read with ``weights_only`` (no code runs from it); voxcpm's trainer writes either. The format is
+    told by the file's first bytes, not its name."""
     try:
-        if path.suffix == ".safetensors":
+        with open(path, "rb") as handle:
+            zipped = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        if not zipped:
             with safetensors.safe_open(str(path), framework="pt") as handle:  # shapes from the header first
                 names = list(handle.keys())
                 check_names_and_shapes({name: tuple(handle.get_slice(name).get_shape()) for name in names}, expected)
@@ -95,7 +99,7 @@ def read_weights(path: Path, expected: Layout) -> dict[str, torch.Tensor]:
             if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
                 raise BadRequest("weights is not a state dict of tensors", WEIGHTS_FIELD)
             tensors = {str(name): value for name, value in loaded.items()}
-    except BadRequest:
+    except (BadRequest, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a crafted file makes the parsers raise
         raise BadRequest(f"weights cannot be read as a LoRA adapter ({type(exc).__name__})", WEIGHTS_FIELD) from None

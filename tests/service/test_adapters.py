@@ -24,7 +24,7 @@ import torch
 from websockets.sync.client import connect
 
 from serve_app.model.adapters import Layout
-from tests.conftest import Service, error_of, extra_app, save_voice
+from tests.conftest import Service, error_of, extra_app, run, save_voice
 from tests.model.test_adapters import random_adapter
 
 ALICE, BOB, ADMIN_KEY = "alice-adapter-key", "bob-adapter-key", "admin-adapter-key"
@@ -215,3 +215,23 @@ def test_adapters_are_owned_bounded_and_declared(tenants_url: tuple[str, int], l
     )
     assert kept.status_code == 403
     assert size > 0
+
+
+def test_the_command_line_uploads_lists_speaks_with_and_deletes_an_adapter(
+    url: str, layout: Layout, tmp_path: Path
+) -> None:
+    path = tmp_path / "lora_weights.safetensors"
+    path.write_bytes(weights(layout, 8))
+    name = unique("cli")
+    added = run(url, "adapters", "add", name, str(path))
+    assert added.returncode == 0, added.stderr
+    adapter_id = added.stdout.strip()
+    listed = run(url, "adapters", "list")
+    assert adapter_id in listed.stdout and "model voxcpm: r 32" in listed.stdout
+    out = tmp_path / "tuned.wav"
+    spoken = run(url, "say", "你好", "--adapter", name, "--max-len", "6", "--seed", "1", "-q", "-o", str(out))
+    assert spoken.returncode == 0, spoken.stderr
+    assert sf.info(out).frames > 0
+    assert run(url, "adapters", "rm", adapter_id).returncode == 0
+    refused = run(url, "say", "你好", "--adapter", name, "-q", "-o", str(out))
+    assert refused.returncode == 4 and "adapter" in refused.stderr

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import safetensors.torch
 import soundfile as sf
 
 from tests.conftest import REPO, TINY_V15_STEP_FRAMES
+from tests.model.test_adapters import random_adapter
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -108,6 +110,23 @@ def test_saves_uses_and_deletes_a_voice(page: Page, reference_wav: Path) -> None
     page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
     page.click("button[aria-label='Delete voice browser-voice']")
     page.wait_for_function("!document.querySelector('#voice-list').textContent.includes('browser-voice')")
+
+
+def test_uploads_uses_and_deletes_an_adapter(page: Page, synthetic_engine: Callable[..., Any], tmp_path: Path) -> None:
+    expected = synthetic_engine("tiny-voxcpm1.5").runtime.adapters.expected
+    weights = tmp_path / "lora_weights.safetensors"
+    safetensors.torch.save_file(random_adapter(expected, 21), str(weights))
+    page.fill("#adapter-name", "browser-adapter")
+    page.set_input_files("#adapter-weights", str(weights))
+    page.click("#adapter-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#adapter').selectedOptions[0].text === 'browser-adapter'")
+    page.fill("#max_len", "10")
+    with page.expect_request(lambda request: request.url.endswith("/api/tts/stream")) as sent:
+        page.click("#speak")
+    assert b'name="adapter"' in (sent.value.post_data_buffer or b"")
+    page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
+    page.click("button[aria-label='Delete adapter browser-adapter']")
+    page.wait_for_function("!document.querySelector('#adapter-list').textContent.includes('browser-adapter')")
 
 
 def test_sends_the_api_key_the_user_typed(page: Page) -> None:

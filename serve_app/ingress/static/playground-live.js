@@ -15,6 +15,7 @@ function liveInit() {
   for (const name of KNOBS) if ($(name).value) init[name] = Number($(name).value);
   if ($("seed").value !== "") init.seed = Number($("seed").value);
   if ($("voice").value) init.voice_id = $("voice").value;
+  if ($("adapter").value) init.adapter = $("adapter").value;
   return init;
 }
 

@@ -1,5 +1,5 @@
 // The playground speaks to the public API only: /openapi.json for the knobs' ranges,
-// /v1/models, /api/voices and /api/tts/stream, whose WAV stream is played with Web Audio
+// /v1/models, /api/voices, /api/adapters and /api/tts/stream, whose WAV stream is played with Web Audio
 // from its first chunk.
 "use strict";
 
@@ -63,28 +63,54 @@ async function loadModels() {
     : "";
 }
 
-async function loadVoices() {
-  const { voices } = await loaded("/api/voices");
-  const selected = $("voice").value;
-  $("voice").replaceChildren(new Option("Default voice", ""), ...voices.map((v) => new Option(v.name, v.voice_id)));
-  $("voice").value = voices.some((v) => v.voice_id === selected) ? selected : "";
-  $("voice-list").replaceChildren(...voices.map((voice) => {
-    const item = document.createElement("li");
-    const label = document.createElement("span");
-    const made = voice.kind === "designed" ? `designed: “${voice.description}”` : `“${voice.text}”`;
-    label.textContent = `${voice.name} — ${voice.seconds.toFixed(1)} s — ${made}`;
+// A stored voice or adapter: its description, and a Delete button where the API lets one delete it.
+function storedItem(text, what, path, reload) {
+  const item = document.createElement("li");
+  const label = document.createElement("span");
+  label.textContent = text;
+  item.append(label);
+  if (path) {
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "secondary";
     remove.textContent = "Delete";
-    remove.setAttribute("aria-label", `Delete voice ${voice.name}`);
+    remove.setAttribute("aria-label", `Delete ${what}`);
     remove.onclick = async () => {
-      const response = await api(`/api/voices/${voice.voice_id}`, { method: "DELETE" });
+      const response = await api(path, { method: "DELETE" });
       showError(response.ok ? "" : await apiError(response));
-      loadVoices();
+      reload();
     };
-    item.append(label, remove);
-    return item;
+    item.append(remove);
+  }
+  return item;
+}
+
+// A <select>'s options, keeping the choice where it is still offered.
+function fillSelect(select, first, options) {
+  const chosen = select.value;
+  select.replaceChildren(new Option(first, ""), ...options);
+  select.value = options.some((option) => option.value === chosen) ? chosen : "";
+}
+
+async function loadVoices() {
+  const { voices } = await loaded("/api/voices");
+  fillSelect($("voice"), "Default voice", voices.map((v) => new Option(v.name, v.voice_id)));
+  $("voice-list").replaceChildren(...voices.map((voice) => {
+    const made = voice.kind === "designed" ? `designed: “${voice.description}”` : `“${voice.text}”`;
+    const text = `${voice.name} — ${voice.seconds.toFixed(1)} s — ${made}`;
+    return storedItem(text, `voice ${voice.name}`, `/api/voices/${voice.voice_id}`, loadVoices);
+  }));
+}
+
+async function loadAdapters() {
+  const { adapters } = await loaded("/api/adapters");
+  const usable = adapters.filter((a) => a.model === $("model").value);
+  fillSelect($("adapter"), "None (or the saved voice's)", usable.map((a) => new Option(a.name, a.adapter_id)));
+  $("adapter-list").replaceChildren(...adapters.map((adapter) => {
+    const size = adapter.source === "config" ? "declared in the config" : `${(adapter.bytes / 2 ** 20).toFixed(1)} MiB`;
+    const text = `${adapter.name} — ${adapter.model}, rank ${adapter.r} — ${size}`;
+    const path = adapter.source === "config" ? null : `/api/adapters/${adapter.adapter_id}`;
+    return storedItem(text, `adapter ${adapter.name}`, path, loadAdapters);
   }));
 }
 
@@ -125,6 +151,7 @@ function requestForm() {
   form.append("normalize", $("normalize").checked ? "true" : "false");
   if ($("seed").value !== "") form.append("seed", $("seed").value); // the same seed and text: the same audio
   const reference = $("reference").files[0] || recorded;
+  if ($("adapter").value) form.append("adapter", $("adapter").value);
   if ($("voice").value) {
     form.append("voice_id", $("voice").value);
   } else if (reference) {
@@ -270,15 +297,33 @@ async function saveVoice(event) {
   }
 }
 
+async function saveAdapter(event) {
+  event.preventDefault();
+  const form = new FormData();
+  form.append("name", $("adapter-name").value);
+  form.append("model", $("model").value);
+  form.append("weights", $("adapter-weights").files[0], "weights");
+  const response = await api("/api/adapters", { method: "POST", body: form });
+  showError(response.ok ? "" : await apiError(response));
+  if (response.ok) {
+    const adapter = await response.json();
+    await loadAdapters();
+    $("adapter").value = adapter.adapter_id;
+  }
+}
+
 $("speak-form").addEventListener("submit", speak);
 $("voice-form").addEventListener("submit", saveVoice);
+$("adapter-form").addEventListener("submit", saveAdapter);
+$("model").addEventListener("change", loadAdapters);
 $("record").addEventListener("click", toggleRecording);
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("speak-form").requestSubmit();
 });
 function loadAll() {
   showError("");
-  return Promise.all([loadRanges(), loadModels(), loadVoices()]).catch((error) => showError(`Cannot load: ${error.message}`));
+  return Promise.all([loadRanges(), loadModels().then(loadAdapters), loadVoices()]).catch((error) =>
+    showError(`Cannot load: ${error.message}`));
 }
 
 $("api-key").value = sessionStorage.getItem("voxcpm-api-key") || "";
