@@ -31,7 +31,10 @@ CONTAINER_LINES = [
         r"^        source: .*$",
         "        source: /models/tiny-voxcpm1.5  # the image's model volume: mount real weights and point here",
     ),
-    (r"^      model:$", "      voices_dir: /var/lib/voxcpm-serve/voices\n      model:"),
+    (
+        r"^      model:$",
+        "      voices_dir: /var/lib/voxcpm-serve/voices\n      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n      model:",
+    ),
 ]
 EMBEDDED = re.compile(r"^(  serveConfigV2: \|\n)((?:    .*\n|\n)*)", re.MULTILINE)
 

@@ -82,10 +82,12 @@ def test_container_config_is_local_yaml_in_a_container() -> None:
     args = container["applications"][0]["args"]
     assert container["http_options"]["host"] == "0.0.0.0"
     assert args["voices_dir"] in json.loads(volumes[1])
+    assert Path(args["adapters_dir"]).parent.as_posix() == args["voices_dir"]  # on the voices' volume
     assert Path(args["model"]["source"]).parent.as_posix() in json.loads(volumes[1])
     local["http_options"]["host"] = "0.0.0.0"
     local_args = local["applications"][0]["args"]
     local_args["voices_dir"], local_args["model"]["source"] = args["voices_dir"], args["model"]["source"]
+    local_args["adapters_dir"] = args["adapters_dir"]
     assert container == local
 
 
@@ -364,9 +366,15 @@ class TestKubeRay(KubeRayManifest):
         claimed = re.search(r"KubeRay operator >= (\d+)\.(\d+)", KUBERAY.read_text())
         assert claimed and (int(claimed[1]), int(claimed[2])) >= (1, 5)
 
-    def test_head_mounts_the_voices_the_ingress_saves(self, service: dict) -> None:
-        voices = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["voices_dir"]
-        assert voices in {mount["mountPath"] for mount in self.head(service)["volumeMounts"]}
+    def test_every_pod_mounts_the_voices_and_adapters_the_replicas_share(self, service: dict) -> None:
+        args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+        groups = [service["spec"]["rayClusterConfig"]["headGroupSpec"]]
+        groups += service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        for group in groups:
+            container = group["template"]["spec"]["containers"][0]
+            mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+            # the adapters in a directory of the voices' claim, which the voice store ignores
+            assert args["voices_dir"] in mounts and Path(args["adapters_dir"]).parent.as_posix() in mounts
 
 
 class TestKubeRaySecurity(KubeRayManifest):

@@ -30,14 +30,22 @@ def test_loopback_addresses(address: str, loopback: bool) -> None:
     assert is_loopback(address) is loopback
 
 
-def edge_answer(access: dict, client: str, path: str = "/api/voices") -> int:
-    """The status the edge gives a GET from ``client`` (an app behind it answers 200)."""
+def edge_answer(
+    access: dict,
+    client: str,
+    path: str = "/api/voices",
+    method: str = "GET",
+    length: int = 0,
+    limits: dict | None = None,
+) -> int:
+    """The status the edge gives a request from ``client`` whose body says it is ``length`` bytes (an app behind
+    it answers 200)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    config = AppConfig.model_validate({"access": access})
+    config = AppConfig.model_validate({"access": access, "limits": limits or {}})
     chain = build_chain(app, config, Keyring(config.access), lambda: False)
     sent: list[Message] = []
 
@@ -47,7 +55,8 @@ def edge_answer(access: dict, client: str, path: str = "/api/voices") -> int:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": (client, 5000)}
+    headers = [(b"content-length", str(length).encode())] if length else []
+    scope = {"type": "http", "method": method, "path": path, "headers": headers, "client": (client, 5000)}
     asyncio.run(chain(scope, receive, send))  # type: ignore[arg-type]
     return sent[0]["status"]
 
@@ -98,3 +107,17 @@ def test_anonymous_access_must_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> 
     assert edge_answer({"allow_anonymous": True}, "10.1.2.3") == 200
     monkeypatch.setenv(ALLOW_ANONYMOUS_ENV, "1")
     assert edge_answer({}, "10.1.2.3") == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "length", "status"),
+    [
+        ("POST", "/api/adapters", 3_000_000, 200),  # past the reference-audio cap, within the adapter cap
+        ("POST", "/api/adapters", 4_200_000, 413),  # past the adapter cap
+        ("POST", "/api/voices", 3_000_000, 413),  # the larger cap is the adapter upload's only
+        ("POST", "/api/tts", 3_000_000, 413),
+    ],
+)
+def test_an_adapter_upload_has_its_own_body_cap(method: str, path: str, length: int, status: int) -> None:
+    limits = {"max_prompt_audio_bytes": 1_000_000, "max_adapter_bytes": 4_000_000}
+    assert edge_answer({}, "127.0.0.1", path, method, length, limits) == status
