@@ -135,17 +135,20 @@ def path_bytes(parameters: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny-voxcpm1.5", choices=["tiny-voxcpm1.5", "tiny-voxcpm2"])
+    parser.add_argument("--preset", default="tiny-voxcpm1.5", choices=["tiny-voxcpm1.5", "tiny-voxcpm2", "voxcpm2"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", help="of the synthetic checkpoint (default: the preset's)")
+    parser.add_argument("--name", help="of the result files (default: adapters_PRESET)")
     parser.add_argument("--streams", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
-        checkpoint = synthetic_checkpoint(args.preset, root / args.preset)
+        checkpoint = synthetic_checkpoint(args.preset, root / args.preset, args.dtype)
         config = ModelConfig(
             name=args.preset,
             source=str(checkpoint),
-            device="cpu",
+            device=args.device,
             optimize=False,
             engine="batched",
             max_batch_size=max(args.streams),
@@ -168,10 +171,11 @@ def main() -> None:
         finally:
             engine.close()
     sizes = real_model_sizes(args.repeat)
-    payload = {"preset": args.preset, "repeat": args.repeat, "bursts": rows, "loading": loading}
+    payload = {"preset": args.preset, "device": args.device, "repeat": args.repeat, "bursts": rows, "loading": loading}
     payload |= {"tiny_adapter_bytes": tiny_bytes, "real_model_adapter_sizes": sizes}
-    save(f"adapters_{args.preset}", payload, report(payload))
-    plot(rows, args.preset)
+    name = args.name or f"adapters_{args.preset}"
+    save(name, payload, report(payload))
+    plot(rows, args.preset, name)
 
 
 def report(payload: dict[str, Any]) -> str:
@@ -202,9 +206,9 @@ def report(payload: dict[str, Any]) -> str:
     ]
     return (
         f"# LoRA adapters in the batched engine (benchmarks/adapters.py, {payload['preset']})\n\n"
-        f"In-process, CPU, bursts of N streams of the seed sentence at once, {payload['repeat']} interleaved "
-        "repetitions (medians): every stream on the base model, or each with its own adapter (rank 32, LMs and "
-        "DiT, all resident).\n\n"
+        f"In-process ({payload['device']}), bursts of N streams of the seed sentence at once, "
+        f"{payload['repeat']} interleaved repetitions (medians): every stream on the base model, or each with "
+        "its own adapter (rank 32, LMs and DiT, all resident).\n\n"
         + table(
             [
                 "streams",
@@ -227,7 +231,7 @@ def report(payload: dict[str, Any]) -> str:
     )
 
 
-def plot(rows: list[dict[str, Any]], preset: str) -> None:
+def plot(rows: list[dict[str, Any]], preset: str, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,9 +243,9 @@ def plot(rows: list[dict[str, Any]], preset: str) -> None:
         axis.plot([r["streams"] for r in chosen], [r["audio_s_per_s"] for r in chosen], marker="o", label=mode)
     axis.set_xlabel("streams at once")
     axis.set_ylabel("audio seconds per second")
-    axis.set_title(f"Distinct adapters against the base model ({preset}, CPU)")
+    axis.set_title(f"Distinct adapters against the base model ({preset})")
     axis.legend()
-    png(figure, f"adapters_{preset}")
+    png(figure, name)
 
 
 if __name__ == "__main__":

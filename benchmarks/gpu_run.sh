@@ -13,7 +13,7 @@
 # Run from the repository root: `first` in at most 8 minutes, `more` in at most 10, most important first, each part saving its
 # results as it ends (a lent GPU's budget is 15 minutes, the machine's start included):
 #   bash benchmarks/gpu_run.sh        # the CUDA paths' tests, VoxCPM2 under load as the peers measure it, ...
-#   bash benchmarks/gpu_run.sh more   # what did not fit: a VAE call per patch, VoxCPM1.5 bursts, two engines per GPU
+#   bash benchmarks/gpu_run.sh more   # what did not fit: LoRA adapters, a VAE call per patch, VoxCPM1.5 bursts, two engines per GPU
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
 export PYTHONUNBUFFERED=1
@@ -55,6 +55,8 @@ first)
   bench step_phases_voxcpm2_cuda 100 step_phases.py --preset voxcpm2 --levels 1,16,64 --graph-probe
   ;;
 more)
+  # LoRA adapters: 8 and 32 streams each with its own adapter against the base model (steps with adapters eager)
+  bench adapters_gpu_voxcpm2 150 adapters.py --preset voxcpm2 --streams 8 32 --repeat 2
   # a VAE call per patch (decode_patches 1, the captured graph at every step) against the default grouping
   bench serving_load_gpu_voxcpm2_decode_patches_1 120 serving_load.py --mode engine --preset voxcpm2 \
     --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --decode-patches 1

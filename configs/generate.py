@@ -33,7 +33,8 @@ CONTAINER_LINES = [
     ),
     (
         r"^      model:$",
-        "      voices_dir: /var/lib/voxcpm-serve/voices\n      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n      model:",
+        "      voices_dir: /var/lib/voxcpm-serve/voices\n"
+        "      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n      model:",
     ),
 ]
 EMBEDDED = re.compile(r"^(  serveConfigV2: \|\n)((?:    .*\n|\n)*)", re.MULTILINE)
