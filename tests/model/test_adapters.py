@@ -9,8 +9,6 @@ its batch and whenever they join or leave; files that do not fit the model are r
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ from serve_app.config import LoRAShape
 from serve_app.errors import BadRequest
 from serve_app.model.adapters import AdapterCache, Layout, read_weights
 from serve_app.model.batched.batch_engine import BatchedEngine
-from serve_app.model.engine import joined
 from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 from serve_app.store.adapter_store import Adapter
+from tests.conftest import FLOAT32_TOLERANCE
+from tests.model.test_batch_engine import _alone, _together
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
 
@@ -67,25 +66,6 @@ def engines(
     ]
     yield reference, batched, adapters
     torch.backends.mkldnn.enabled = True  # batch_invariant turned it off for the process
-
-
-def _alone(reference: ReferenceEngine, request: SynthesisRequest) -> np.ndarray:
-    return joined(reference.generate(request, streaming=True))
-
-
-def _together(batched: BatchedEngine, requests: list[SynthesisRequest], stagger_s: float) -> list[np.ndarray]:
-    results: list[Any] = [None] * len(requests)
-
-    def run(index: int) -> None:
-        time.sleep(index * stagger_s)
-        results[index] = batched.generate(requests[index], streaming=True)
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_an_adapter_changes_the_audio_and_leaves_nothing_behind_for_the_base_model(engines: tuple) -> None:
@@ -189,3 +169,28 @@ def test_resident_adapters_are_bounded_least_recently_used_first(engines: tuple,
     assert cache.resident == 2 and cache.get(a, path(a.file)) is first and cache.loads == 3
     cache.get(b, path(b.file))
     assert cache.loads == 4
+
+
+def test_in_float32_each_request_with_its_adapter_is_the_reference_audio_within_tolerance(
+    synthetic_engine: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The tiny models' own dtype, without batch_invariant: oneDNN's kernels differ with the row count, so the
+    batched audio is the reference's within the engine's stated float32 tolerance, adapters and all."""
+    reference = synthetic_engine("tiny-voxcpm1.5")
+    batched = synthetic_engine("tiny-voxcpm1.5", "batched", max_batch_size=4, kv_cache_length=512)
+    expected = reference.runtime.adapters.expected
+    a, b = (
+        adapter_record(
+            saved(random_adapter(expected, seed), tmp_path / f"{seed}.safetensors"), "tiny-voxcpm1.5", f"f{seed}"
+        )
+        for seed in (31, 32)
+    )
+    requests = [
+        SynthesisRequest(text="你好世界", seed=1, max_len=20, adapter=a),
+        SynthesisRequest(text="Hello there.", seed=2, max_len=20, adapter=b),
+        SynthesisRequest(text="测试一下", seed=3, max_len=15),
+        SynthesisRequest(text="abc def", seed=4, max_len=12, adapter=a),
+    ]
+    for request, got in zip(requests, _together(batched, requests, 0.0), strict=True):
+        want = _alone(reference, request)
+        assert got.shape == want.shape and np.abs(got - want).max() < FLOAT32_TOLERANCE, request.text
