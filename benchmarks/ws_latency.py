@@ -86,10 +86,11 @@ class Run:
         return sum(n for _, n in frames) / self.sample_rate / max(frames[-1][0] - frames[0][0], 1e-9)
 
 
-async def replay(url: str, text: str, tokens_per_s: float) -> Run:
+async def replay(url: str, text: str, tokens_per_s: float, **init: object) -> Run:
+    """The text sent token by token on one socket (``init``: more init fields), every event timed."""
     run = Run()
     async with websockets.connect(url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "init", "max_len": STEPS_PER_SENTENCE}))
+        await ws.send(json.dumps({"type": "init", "max_len": STEPS_PER_SENTENCE, **init}))
         run.sample_rate = json.loads(await ws.recv())["sample_rate"]
         started = time.perf_counter()
 

@@ -345,6 +345,20 @@ class WebSocketConfig(_Strict):
     )
 
 
+class AlignerConfig(_Strict):
+    """A CTC model that hears when each word is spoken (docs/api.md: Timestamps); without one, word times are
+    estimated from each sentence's exact duration."""
+
+    source: str = Field(
+        description="A CTC checkpoint as transformers loads it (AutoModelForCTC with its tokenizer and feature "
+        "extractor): a Hugging Face id, or a local directory. A wav2vec2 or MMS model trained on the characters "
+        "of the languages spoken. Fetched like the weights (cache first; a hub that cannot be reached: a loud "
+        "warning, and estimated times).",
+        examples=["facebook/wav2vec2-base-960h"],
+    )
+    cache_dir: str | None = Field(None, description="Hugging Face cache directory for a downloaded checkpoint.")
+
+
 class AppConfig(_Strict):
     """Everything the app builder needs; see configs/local.yaml, configs/prod.yaml, configs/multi-model.yaml.
 
@@ -361,6 +375,11 @@ class AppConfig(_Strict):
     adapters_dir: str = Field(
         "adapters",
         description="Where uploaded LoRA adapters live; like voices_dir, every ingress and model replica must see it.",
+    )
+    aligner: AlignerConfig | None = Field(
+        None,
+        description="A forced aligner for word timestamps, run by the ingress (source: aligned); none: word times "
+        "estimated from each sentence's exact duration by character share (source: estimated).",
     )
     voices_dir: str = Field(
         "voices",

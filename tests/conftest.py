@@ -270,12 +270,17 @@ def openai_error_of(response: requests.Response) -> dict:
 
 
 def decode(body: bytes, fmt: AudioFormat, rate: int) -> tuple[int, float]:
-    """(sample rate, seconds) as FFmpeg's decoders read them; raw PCM has no header to read."""
+    """(sample rate, seconds) as FFmpeg's decoders read them; raw PCM has no header to read, raw G.711 is read
+    at the rate the answer states."""
     if fmt is AudioFormat.PCM:
         return rate, len(body) / 2 / rate
-    with av.open(io.BytesIO(body)) as container:
+    raw = {"format": G711_DEMUXERS[fmt], "options": {"sample_rate": str(rate)}} if fmt in G711_DEMUXERS else {}
+    with av.open(io.BytesIO(body), **raw) as container:
         frames = list(container.decode(audio=0))
     return frames[0].sample_rate, sum(f.samples for f in frames) / frames[0].sample_rate
+
+
+G711_DEMUXERS = {AudioFormat.ULAW: "mulaw", AudioFormat.ALAW: "alaw"}
 
 
 # LimitsConfig's defaults: 60 s, 8 channels, 192 kHz, 60 s at 48 kHz stereo, 10 s to decode.

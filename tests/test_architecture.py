@@ -21,9 +21,11 @@ MAY_IMPORT: dict[str, set[str]] = {
     "metrics": set(),
     "audio": {"errors"},
     "text": set(),
+    "hub": set(),
+    "timing": {"config", "errors", "audio", "text", "hub"},
     "store": {"config", "errors"},
-    "model": {"config", "errors", "metrics", "audio", "text", "store"},
-    "ingress": {"config", "errors", "metrics", "audio", "text", "store", "model"},
+    "model": {"config", "errors", "metrics", "audio", "text", "store", "hub"},
+    "ingress": {"config", "errors", "metrics", "audio", "text", "store", "model", "timing"},
     "app": {"config", "ingress", "model"},
     "cli": set(),  # the client command: the service's public HTTP and WebSocket API only
 }

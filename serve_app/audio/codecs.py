@@ -1,9 +1,9 @@
 """Output formats: float32 mono chunks in, encoded bytes out, chunk by chunk.
 
 WAV and raw PCM are written here (a streaming WAV header is the one thing no library writes);
-FLAC, MP3, Opus (in Ogg) and AAC (ADTS) go through FFmpeg's encoders in PyAV, muxed into an
-in-memory sink that is drained after every chunk, so each format streams as far as its
-container allows (Ogg pages are flushed every 100 ms).
+FLAC, MP3, Opus (in Ogg), AAC (ADTS) and telephony's G.711 (raw mu-law and A-law, 8 kHz unless asked
+otherwise) go through FFmpeg's encoders in PyAV, muxed into an in-memory sink that is drained after
+every chunk, so each format streams as far as its container allows (Ogg pages are flushed every 100 ms).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class AudioFormat(StrEnum):
     MP3 = "mp3"
     OPUS = "opus"
     AAC = "aac"
+    ULAW = "ulaw"  # G.711 mu-law, raw: what phone lines (Twilio, Vonage, Telnyx media streams) carry
+    ALAW = "alaw"  # G.711 A-law, raw
 
 
 MEDIA_TYPES = {
@@ -35,7 +37,11 @@ MEDIA_TYPES = {
     AudioFormat.MP3: "audio/mpeg",
     AudioFormat.OPUS: "audio/ogg",
     AudioFormat.AAC: "audio/aac",
+    AudioFormat.ULAW: "audio/PCMU",  # RFC 4856's names for raw G.711
+    AudioFormat.ALAW: "audio/PCMA",
 }
+# The rate a format is sent at unless the request asks for another (else the model's own).
+DEFAULT_RATES = {AudioFormat.ULAW: 8000, AudioFormat.ALAW: 8000}
 
 # format -> (FFmpeg muxer, encoder, muxer options)
 _FFMPEG = {
@@ -43,6 +49,8 @@ _FFMPEG = {
     AudioFormat.MP3: ("mp3", "libmp3lame", {}),
     AudioFormat.OPUS: ("ogg", "libopus", {"page_duration": "100000"}),
     AudioFormat.AAC: ("adts", "aac", {}),
+    AudioFormat.ULAW: ("mulaw", "pcm_mulaw", {}),
+    AudioFormat.ALAW: ("alaw", "pcm_alaw", {}),
 }
 
 
@@ -55,7 +63,8 @@ def supported_rates(fmt: AudioFormat) -> tuple[int, ...] | None:
 
 
 def output_rate(fmt: AudioFormat, model_rate: int, requested: int | None) -> int:
-    """The rate to encode at: the requested one, else the model's, else the nearest the codec takes.
+    """The rate to encode at: the requested one, else the format's own (G.711: 8 kHz), else the model's, else
+    the nearest the codec takes.
 
     Raises ValueError when a requested rate is one the format cannot carry.
     """
@@ -64,6 +73,8 @@ def output_rate(fmt: AudioFormat, model_rate: int, requested: int | None) -> int
         if rates is not None and requested not in rates:
             raise ValueError(f"{fmt} supports sample rates {sorted(rates)}, not {requested}")
         return requested
+    if fmt in DEFAULT_RATES:
+        return DEFAULT_RATES[fmt]
     if rates is None or model_rate in rates:
         return model_rate
     return min(rates, key=lambda rate: (abs(rate - model_rate), -rate))

@@ -16,6 +16,7 @@ import numpy as np
 class Crossfader:
     def __init__(self, overlap: int) -> None:
         self._overlap = overlap
+        self.emitted = 0  # samples returned so far
         self._held = np.zeros(0, dtype=np.float32)
         self._seam = False
         t = (np.arange(overlap, dtype=np.float32) + 0.5) / max(overlap, 1)
@@ -25,6 +26,12 @@ class Crossfader:
     def next_segment(self) -> None:
         """The next chunk starts a new piece: crossfade it with what is held."""
         self._seam = True
+
+    def boundary(self) -> int:
+        """Where, in the samples returned, the piece just ended meets the next: the middle of their crossfade
+        (at the end of the stream, once flushed: its last sample)."""
+        held = len(self._held)
+        return self.emitted + (self._overlap // 2 if held == self._overlap else held)
 
     def feed(self, chunk: np.ndarray, may_end: bool = True) -> np.ndarray:
         """What may be played now. If the chunk ``may_end`` its piece, its last ``overlap`` samples wait for
@@ -38,8 +45,10 @@ class Crossfader:
         joined = np.concatenate([self._held, chunk])
         cut = max(0, len(joined) - self._overlap) if may_end else len(joined)
         self._held = joined[cut:]
+        self.emitted += cut
         return joined[:cut]
 
     def flush(self) -> np.ndarray:
         held, self._held = self._held, np.zeros(0, dtype=np.float32)
+        self.emitted += len(held)
         return held

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +17,9 @@ from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.stretch import check_speed, stretch, stretcher
 from serve_app.errors import InvalidField
 from serve_app.ingress.model_client import ModelClient
+from serve_app.ingress.timestamps import SegmentClock, TimedSegment, timed
 from serve_app.metrics import RequestTrace
-from serve_app.model.types import ModelInfo, SynthesisRequest
+from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
 
 @dataclass(frozen=True)
@@ -57,29 +59,56 @@ async def output(
     return Output(fmt, rate, info, trace, speed)
 
 
-async def chunks(client: ModelClient, request: SynthesisRequest, output: Output) -> AsyncIterator[np.ndarray]:
+async def chunks(
+    client: ModelClient, request: SynthesisRequest, output: Output, by_sentence: bool = False
+) -> AsyncIterator[Chunk]:
     """The model's audio for ``output`` as it is generated (``ModelClient.chunks``)."""
-    return await client.chunks(request, output.model.name, output.trace, output.speed)
+    return await client.chunks(request, output.model.name, output.trace, output.speed, by_sentence)
 
 
-async def encoded_stream(client: ModelClient, request: SynthesisRequest, output: Output) -> AsyncIterator[bytes]:
-    """The answer's bytes, in ``output``'s format, as they are generated."""
-    return _encoded(output, await chunks(client, request, output))
+async def encoded_stream(
+    client: ModelClient, request: SynthesisRequest, output: Output, clock: SegmentClock | None = None
+) -> AsyncIterator[bytes | TimedSegment]:
+    """The answer's bytes, in ``output``'s format, as they are generated; with ``clock`` (a request that asks
+    where its sentences end), each segment timed in its place."""
+    pieces = await chunks(client, request, output)
+    return _encoded(output, pieces if clock is None else timed(pieces, clock))
 
 
-async def _encoded(output: Output, pieces: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
+async def _encoded(output: Output, pieces: AsyncIterator[Any]) -> AsyncIterator[bytes | TimedSegment]:
     encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
     pace = stretcher(output.speed, output.model.sample_rate)  # cheap enough for the event loop: <1 ms a chunk
     async with contextlib.aclosing(pieces):  # type: ignore[type-var]
         async for chunk in pieces:
-            if data := encoder.encode(pace.feed(chunk)):
+            if not isinstance(chunk, np.ndarray):  # a segment's timestamps, in their place
+                yield chunk
+            elif data := encoder.encode(pace.feed(chunk)):
                 yield data
         yield encoder.encode(pace.finish()) + encoder.finish()
 
 
+async def whole_timed(
+    client: ModelClient, request: SynthesisRequest, output: Output, clock: SegmentClock
+) -> tuple[bytes, list[TimedSegment]]:
+    """The whole answer, encoded, and its segments timed: the non-streaming API's audio (a sentence at a time,
+    with retry_badcase), each sentence followed by where it ends."""
+    pieces, segments = [], []
+    async for item in timed(await chunks(client, request, output, by_sentence=True), clock):
+        if isinstance(item, TimedSegment):
+            segments.append(item)
+        else:
+            pieces.append(item)
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    return await _whole_encoded(samples, output), segments
+
+
 async def whole(client: ModelClient, request: SynthesisRequest, output: Output) -> bytes:
     """The whole answer, encoded in ``output``'s format."""
-    samples = await client.synthesize(request, output.model.name)
+    return await _whole_encoded(await client.synthesize(request, output.model.name), output)
+
+
+async def _whole_encoded(samples: np.ndarray, output: Output) -> bytes:
+    """A whole utterance (at the model's rate) at ``output``'s speaking rate, in its format, counted."""
     if output.speed != 1.0:
         samples = await asyncio.to_thread(stretch, samples, output.speed, output.model.sample_rate)
     body = await asyncio.to_thread(

@@ -15,6 +15,7 @@ from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
 from serve_app.store.tenants import Principal
+from serve_app.timing.aligner import Aligner
 
 
 def model_client() -> ModelClient:
@@ -26,6 +27,11 @@ def model_client() -> ModelClient:
 def request_builder() -> RequestBuilder:
     """What turns this replica's requests into model requests (with the voice store it reads)."""
     return serve.get_replica_context().servable_object.requests
+
+
+def aligner() -> Aligner | None:
+    """This replica's forced aligner for word timestamps, if the config names one it could load."""
+    return serve.get_replica_context().servable_object.aligner
 
 
 def replica_reports() -> ReplicaReports:

@@ -40,7 +40,9 @@ from serve_app.store.tenants import Principal
 PUBLIC_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/playground/",)
 # Routes that need a model slot: refused here, before their forms are parsed, while every model is full.
-SYNTHESIS_PATHS = frozenset({"/api/tts/stream", "/api/tts", "/v1/audio/speech", "/api/tts/ws"})
+SYNTHESIS_PATHS = frozenset(
+    {"/api/tts/stream", "/api/tts", "/api/tts/with-timestamps", "/v1/audio/speech", "/api/tts/ws"}
+)
 # The one route whose body may pass the reference-audio cap: an adapter upload (max_adapter_bytes).
 ADAPTER_UPLOADS = "/api/adapters"
 FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file

@@ -25,7 +25,7 @@ from serve_app import metrics
 from serve_app.errors import NotFound, Overloaded, ServiceError
 from serve_app.metrics import RequestTrace
 from serve_app.model import capabilities
-from serve_app.model.types import ModelInfo, SynthesisRequest
+from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -93,18 +93,26 @@ class ModelClient:
         capabilities.require(info, fields, able)
 
     async def chunks(
-        self, request: SynthesisRequest, model: str, trace: RequestTrace, speed: float = 1.0
-    ) -> AsyncIterator[np.ndarray]:
-        """The model's audio (float32 at its rate) as it is generated; ``speed``: the rate it will be played
-        at (for the audio seconds counted).
+        self,
+        request: SynthesisRequest,
+        model: str,
+        trace: RequestTrace,
+        speed: float = 1.0,
+        by_sentence: bool = False,
+    ) -> AsyncIterator[Chunk]:
+        """The model's audio (float32 at its rate) as it is generated, with where each sentence ends if the
+        request asks (``segments``); ``by_sentence``: a sentence at a time, as the non-streaming API makes
+        it (``SegmentEnd`` after each); ``speed``: the rate it will be played at (for the audio seconds
+        counted).
 
         The first chunk is awaited here, before anything is sent, so a refusal (bad prompt, overload)
         still becomes a clean error rather than a broken answer. Closing the iterator stops the generation.
         """
         handle = self._handles[model].options(stream=True)
+        method = handle.sentences if by_sentence else handle.stream
 
-        async def first_chunk() -> tuple[np.ndarray, DeploymentResponseGenerator]:
-            chunks: DeploymentResponseGenerator = handle.stream.remote(request)
+        async def first_chunk() -> tuple[Chunk, DeploymentResponseGenerator]:
+            chunks: DeploymentResponseGenerator = method.remote(request)
             try:
                 with model_errors():
                     return await chunks.__anext__(), chunks
@@ -141,19 +149,20 @@ class ModelClient:
         return samples
 
     async def _traced(
-        self, info: ModelInfo, trace: RequestTrace, speed: float, first: np.ndarray, chunks: DeploymentResponseGenerator
-    ) -> AsyncIterator[np.ndarray]:
+        self, info: ModelInfo, trace: RequestTrace, speed: float, first: Chunk, chunks: DeploymentResponseGenerator
+    ) -> AsyncIterator[Chunk]:
         recorder = metrics.ingress()
         cadence = metrics.Cadence(recorder.stream_chunk_gap, trace.tags)
         cadence.tick()  # the first chunk, as the response starts
-        frames = len(first)
+        frames = len(first) if isinstance(first, np.ndarray) else 0
         recorder.stream_opened(trace)
         try:
             yield first
             recorder.first_byte(trace)
             async for chunk in chunks:
-                cadence.tick()
-                frames += len(chunk)
+                if isinstance(chunk, np.ndarray):  # not a sentence's end
+                    cadence.tick()
+                    frames += len(chunk)
                 yield chunk
             recorder.completed(trace, frames / info.sample_rate / speed)
         except Exception:

@@ -2,10 +2,10 @@
 
 Clients written for OpenAI's API (its official SDKs, pipecat, livekit-agents, Open WebUI, Home
 Assistant) work by changing their base URL: the JSON body, the formats, raw audio streaming and
-``stream_format="sse"`` events (``speech.audio.delta`` with base64 audio, then
-``speech.audio.done``), OpenAI's error shape, and the listings Kokoro-FastAPI made the convention
-for OpenAI-compatible servers (``/v1/audio/models``, ``/v1/audio/voices``). VoxCPM's own knobs are
-optional extra fields.
+``stream_format="sse"`` events (``speech.audio.delta`` with base64 audio, then ``speech.audio.done``;
+ours besides, with ``timestamps``: ``speech.audio.timestamps`` per sentence), OpenAI's error shape, and
+the listings Kokoro-FastAPI made the convention for OpenAI-compatible servers (``/v1/audio/models``,
+``/v1/audio/voices``). VoxCPM's own knobs are optional extra fields.
 
 Fields a model cannot honour: such clients send them whether or not the server can use them
 (Home Assistant sends ``instructions`` with every request, the string "None" when it has none), so
@@ -27,19 +27,21 @@ from pydantic import BaseModel, Field, field_validator
 
 from serve_app.audio.codecs import MEDIA_TYPES, AudioFormat
 from serve_app.config import AppConfig, OpenAIRouteConfig
-from serve_app.errors import NotFound
+from serve_app.errors import BadRequest, NotFound
 from serve_app.ingress import audio_output
-from serve_app.ingress.dependencies import app_config, caller, model_client, request_builder, request_trace
+from serve_app.ingress.dependencies import aligner, app_config, caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.http_audio import streaming_response
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.ingress.timestamps import SegmentClock, TimedSegment
 from serve_app.metrics import RequestTrace
 from serve_app.model import capabilities
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import Voice
+from serve_app.timing.aligner import Aligner
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=documented_errors(401, 429, 503, openai=True))
 
@@ -111,6 +113,11 @@ class SpeechRequest(VoxCPMKnobs):
         "count as absent.",
     )
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (pcm defaults to 24 kHz).")
+    timestamps: Literal["word", "segment"] | None = Field(
+        None,
+        description="With stream_format sse: a speech.audio.timestamps event per sentence, after its audio: its "
+        "words' times (aligned where an aligner is configured, else estimated), or the sentence's own bounds.",
+    )
 
     @field_validator("instructions")
     @classmethod
@@ -171,7 +178,10 @@ async def speech(
     config: Annotated[AppConfig, Depends(app_config)],
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
+    heard_by: Annotated[Aligner | None, Depends(aligner)],
 ) -> StreamingResponse:
+    if body.timestamps is not None and body.stream_format != "sse":
+        raise BadRequest("timestamps come as events of an SSE stream: set stream_format to sse", "timestamps")
     model = served_model(body.model, models)
     requests.check_text_length(body.input, "input")
     default_rate = OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None
@@ -181,12 +191,21 @@ async def speech(
     voice = await _voice(body.voice_name, requests, config.openai, who)
     adapter = await requests.adapter(None, voice, model, who)
     request = SynthesisRequest(
-        text=body.input, voice=voice, adapter=adapter, instructions=instructions, **trace.ids, **body.knobs()
+        text=body.input,
+        voice=voice,
+        adapter=adapter,
+        instructions=instructions,
+        segments=body.timestamps is not None,
+        **trace.ids,
+        **body.knobs(),
     )
     if body.stream_format == "audio":
         response = await streaming_response(models, request, output)
     else:
-        audio = await audio_output.encoded_stream(models, request, output)
+        clock = None
+        if body.timestamps is not None:
+            clock = SegmentClock(heard_by, body.timestamps, output.model.sample_rate, output.speed)
+        audio = await audio_output.encoded_stream(models, request, output, clock)
         response = StreamingResponse(
             _events(audio, len(body.input)), media_type="text/event-stream", headers=output.headers()
         )
@@ -195,10 +214,22 @@ async def speech(
     return response
 
 
-async def _events(audio: AsyncIterator[bytes], input_chars: int) -> AsyncIterator[str]:
-    """OpenAI's speech SSE: a delta event per piece of encoded audio, then a done event."""
+async def _events(audio: AsyncIterator[bytes | TimedSegment], input_chars: int) -> AsyncIterator[str]:
+    """OpenAI's speech SSE: a delta event per piece of encoded audio (and, where asked, a timestamps event per
+    sentence once its audio has gone), then a done event."""
     async for piece in audio:
-        if piece:
+        if isinstance(piece, TimedSegment):
+            timed = {
+                "type": "speech.audio.timestamps",
+                "index": piece.index,
+                "text": piece.text,
+                "source": piece.source,
+                "start_s": round(piece.start_s, 3),
+                "end_s": round(piece.end_s, 3),
+                "words": piece.words_public(),
+            }
+            yield f"event: speech.audio.timestamps\ndata: {json.dumps(timed, ensure_ascii=False)}\n\n"
+        elif piece:
             delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
             yield f"event: speech.audio.delta\ndata: {json.dumps(delta)}\n\n"
     done = {

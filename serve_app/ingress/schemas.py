@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -21,7 +21,7 @@ MAX_LEN_LIMIT = 4096
 MAX_SEED = 2**63 - 1  # what a torch.Generator takes
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(SynthesisRequest)}  # defined once, there
 # Form fields about the answer's encoding rather than the synthesis itself.
-OUTPUT_FIELDS = frozenset({"format", "sample_rate", "speed"})
+OUTPUT_FIELDS = frozenset({"format", "sample_rate", "speed", "timestamps"})
 SPEED_DESCRIPTION = (
     f"Speaking rate, {MIN_SPEED} to {MAX_SPEED} (1.0: as generated), by pitch-preserving time-stretch of the "
     "audio as it streams; other values are refused with 400."
@@ -130,7 +130,8 @@ class TTSStreamForm(VoxCPMKnobs):
     format: AudioFormat = Field(
         AudioFormat.WAV,
         description="Output format: wav (streamed with an unknown-length header), pcm (raw s16le), flac, mp3, "
-        "opus (Ogg) or aac (ADTS).",
+        "opus (Ogg), aac (ADTS), or ulaw / alaw (raw G.711, one byte a sample, 8 kHz unless sample_rate says "
+        "otherwise: what phone lines carry).",
     )
     sample_rate: int | None = Field(
         None, ge=8000, le=96000, description="Resample the output to this rate (default: the model's own)."
@@ -156,4 +157,14 @@ class TTSForm(TTSStreamForm):
         gt=0.0,
         le=100.0,
         description="Audio/text length ratio that counts as a bad case.",
+    )
+
+
+class TTSTimestampsForm(TTSForm):
+    """Fields of ``POST /api/tts/with-timestamps``: ``/api/tts``'s, and which timestamps."""
+
+    timestamps: Literal["word", "segment"] = Field(
+        "word",
+        description="word: each word's times (aligned where an aligner is configured, else estimated from its "
+        "sentence's exact bounds); segment: each sentence's bounds only.",
     )

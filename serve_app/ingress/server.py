@@ -18,6 +18,7 @@ from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.store.adapter_store import AdapterStore, declared
 from serve_app.store.voice_store import VoiceStore
+from serve_app.timing.aligner import Aligner
 
 DESCRIPTION = """
 Streaming text-to-speech with [VoxCPM](https://github.com/OpenBMB/VoxCPM) on Ray Serve.
@@ -66,6 +67,7 @@ class TTSIngress:
         voices.recover()  # what a crash of any replica left in the shared stores
         adapter_store.recover()
         self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
+        self.aligner = Aligner.load(config.aligner) if config.aligner is not None else None
         self.reports = ReplicaReports(status_board)
         announcing = console.announce_when_ready(self.reports, self.models.model_names)
         self._announcing = asyncio.get_running_loop().create_task(announcing)

@@ -1,24 +1,29 @@
-"""The seed's API: ``POST /api/tts/stream`` (chunked audio) and ``POST /api/tts`` (one file)."""
+"""The seed's API: ``POST /api/tts/stream`` (chunked audio) and ``POST /api/tts`` (one file); and
+``POST /api/tts/with-timestamps`` (one file in JSON, with when each word is spoken)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
+from serve_app.ingress import audio_output
 from serve_app.ingress.audio_output import Output
-from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
+from serve_app.ingress.dependencies import aligner, caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body
 from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
 from serve_app.ingress.model_client import ModelClient
-from serve_app.ingress.schemas import TTSForm, TTSStreamForm
+from serve_app.ingress.schemas import TTSForm, TTSStreamForm, TTSTimestampsForm
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.ingress.timestamps import SegmentClock
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
 from serve_app.store.tenants import Principal
+from serve_app.timing.aligner import Aligner
 
 UPLOADS = ("prompt_audio", "reference_audio")  # read before the form is built into a request
 
@@ -62,6 +67,47 @@ async def tts(
     who: Annotated[Principal, Depends(caller)],
 ) -> Response:
     return await whole_response(models, *await _parsed(form, requests, trace, who))
+
+
+@router.post(
+    "/api/tts/with-timestamps",
+    summary="Synthesize a whole utterance, with when each sentence and word is spoken",
+    dependencies=[Depends(form_body)],
+)
+async def tts_with_timestamps(
+    form: Annotated[TTSTimestampsForm, Form(media_type="multipart/form-data")],
+    models: Models,
+    requests: Requests,
+    trace: Annotated[RequestTrace, Depends(request_trace)],
+    who: Annotated[Principal, Depends(caller)],
+    heard_by: Annotated[Aligner | None, Depends(aligner)],
+) -> dict:
+    """``/api/tts``'s audio, base64 in the requested format, with each sentence's exact bounds (``segments``, in
+    seconds and in samples of the audio returned) and its words' times (``words``; ``source`` says whether
+    they were aligned or estimated), as ElevenLabs' with-timestamps route answers."""
+    request, output = await _parsed(form, requests, trace, who)
+    clock = SegmentClock(heard_by, form.timestamps, output.model.sample_rate, output.speed)
+    audio, segments = await audio_output.whole_timed(models, request, output, clock)
+    rate = output.sample_rate
+    return {
+        "audio_base64": base64.b64encode(audio).decode(),
+        "format": output.format.value,
+        "sample_rate": rate,
+        "source": "aligned" if segments and all(s.source == "aligned" for s in segments) else "estimated",
+        "segments": [
+            {
+                "index": s.index,
+                "text": s.text,
+                "start_s": round(s.start_s, 3),
+                "end_s": round(s.end_s, 3),
+                "start_sample": round(s.start_s * rate),
+                "end_sample": round(s.end_s * rate),
+                "source": s.source,
+            }
+            for s in segments
+        ],
+        "words": [word for s in segments for word in s.words_public()],
+    }
 
 
 async def _parsed(

@@ -37,22 +37,26 @@ from serve_app.config import AppConfig, WebSocketConfig
 from serve_app.errors import BadRequest, PayloadTooLarge, RateLimited, ServiceError, SessionTimeout, StreamFailed
 from serve_app.ingress import audio_output
 from serve_app.ingress.audio_output import Output
-from serve_app.ingress.dependencies import app_config, caller, model_client, request_builder
+from serve_app.ingress.dependencies import aligner, app_config, caller, model_client, request_builder
 from serve_app.ingress.edge import KEY_SUBPROTOCOL
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.ingress.timestamps import Mode, timed_segment
 from serve_app.ingress.ws_messages import Cancel, Close, End, Flush, Init, Text, parse
 from serve_app.metrics import RequestTrace
 from serve_app.model.plan import own_voice
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.store.voice_store import Voice
 from serve_app.text.stream import SentenceBuffer
+from serve_app.timing.aligner import Aligner
 
 logger = logging.getLogger("ray.serve")
 
 ROUTE = "/api/tts/ws"
-ENCODING = "pcm_s16le"
-BYTES_PER_SAMPLE = 2
+TIMESTAMPS_HOLD_S = 0.02  # a segment's last audio, held until its timestamps are sent
+# init.encoding -> the audio format of the binary frames, and its bytes per sample
+ENCODINGS = {"pcm_s16le": AudioFormat.PCM, "ulaw": AudioFormat.ULAW, "alaw": AudioFormat.ALAW}
+BYTES_PER_SAMPLE = {AudioFormat.PCM: 2, AudioFormat.ULAW: 1, AudioFormat.ALAW: 1}
 # Close codes of the contract (RFC 6455 leaves 4000-4999 to applications).
 # 4401 (auth) never reaches this module: the edge refuses a bad key with a 401 before the socket is accepted.
 CLOSE_NORMAL, CLOSE_BAD_MESSAGE, CLOSE_TIMEOUT, CLOSE_RATE = 1000, 4400, 4408, 4429
@@ -79,6 +83,7 @@ class Context:
     buffer: SentenceBuffer
     anchor: PromptAudio | None = None  # the first sentence's audio, the prompt of the rest (plan.own_voice)
     samples: int = 0  # sent, at the output rate
+    held: bytes = b""  # the end of the sentence's audio, kept until its timestamps have gone
     segments: int = 0
     queued_chars: int = 0  # cut into sentences, waiting for the speaker
     counted: int = 0  # its share of Conversation.buffered
@@ -94,6 +99,7 @@ class Settings:
     voice: Voice | None
     knobs: dict[str, Any]  # every sentence's request fields: voxcpm's settings, the instructions, the adapter
     max_wait_s: float
+    timestamps: Mode | None = None  # a `timestamps` message per segment: its words, or the segment itself
 
 
 @dataclass
@@ -116,18 +122,25 @@ async def tts_ws(
     models: Annotated[ModelClient, Depends(model_client)],
     requests: Annotated[RequestBuilder, Depends(request_builder)],
     config: Annotated[AppConfig, Depends(app_config)],
+    heard_by: Annotated[Aligner | None, Depends(aligner)],
 ) -> None:
-    await Conversation(websocket, models, requests, config.websocket).run()
+    await Conversation(websocket, models, requests, config.websocket, heard_by).run()
 
 
 class Conversation:
     def __init__(
-        self, websocket: WebSocket, models: ModelClient, requests: RequestBuilder, limits: WebSocketConfig
+        self,
+        websocket: WebSocket,
+        models: ModelClient,
+        requests: RequestBuilder,
+        limits: WebSocketConfig,
+        aligner: Aligner | None = None,
     ) -> None:
         self.ws = websocket
         self.models = models
         self.requests = requests
         self.limits = limits
+        self.aligner = aligner
         self.id = websocket.headers.get("x-request-id") or uuid.uuid4().hex
         self.contexts: dict[str, Context] = {}
         self.speaker = Speaker()
@@ -220,15 +233,16 @@ class Conversation:
             await self.models.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
             voice = await self.requests.voice(init.voice_id, "voice_id", caller(self.ws)) if init.voice_id else None
             adapter = await self.requests.adapter(init.adapter, voice, model, caller(self.ws))
-            output = await audio_output.output(self.models, AudioFormat.PCM, init.sample_rate, model, self._trace())
+            fmt = ENCODINGS[init.encoding]
+            output = await audio_output.output(self.models, fmt, init.sample_rate, model, self._trace())
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
         knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
-        self.settings = Settings(output, voice, knobs, init.max_wait_ms / 1000)
+        self.settings = Settings(output, voice, knobs, init.max_wait_ms / 1000, init.timestamps)
         await self._send(
             type="ready",
             sample_rate=output.sample_rate,
-            encoding=ENCODING,
+            encoding=init.encoding,
             model=model,
             limits={**self.limits.model_dump(exclude={"max_connections"}), "max_wait_ms": init.max_wait_ms},
         )
@@ -375,7 +389,8 @@ class Conversation:
         """One sentence: ``segment``, its audio, ``segment_end``; a refusal ends the context with an ``error``."""
         assert self.settings is not None
         index, trace = context.segments, self._trace(f"{self.id}-{context.id}-{context.segments}")
-        output = Output(AudioFormat.PCM, self.settings.output.sample_rate, self.settings.output.model, trace)
+        settled = self.settings.output
+        output = Output(settled.format, settled.sample_rate, settled.model, trace)
         request = SynthesisRequest(
             text=sentence, prompt=context.anchor, voice=self.settings.voice, **trace.ids, **self.settings.knobs
         )
@@ -390,6 +405,7 @@ class Conversation:
         await self._send(
             type="segment", context_id=context.id, index=index, text=sentence, start_sample=context.samples
         )
+        start = context.samples
         try:
             audio = await self._send_audio(context, output, chunks)
         except (WebSocketDisconnect, ConnectionError):
@@ -398,6 +414,9 @@ class Conversation:
             self._drop(context)
             await self._send_error(StreamFailed(f"the generation of {trace.request_id} failed"), False, context.id)
             return
+        if self.settings.timestamps is not None:  # before the sentence's last frame, which was held for it
+            await self._send_timestamps(context, index, sentence, audio, output, start)
+            await self._send_frame(context, b"", hold=0)
         await self._send(type="segment_end", context_id=context.id, index=index, end_sample=context.samples)
         if context.anchor is None and self.settings.voice is None and len(audio):
             context.anchor = own_voice(audio, output.model, sentence, self.settings.knobs["instructions"])
@@ -408,23 +427,55 @@ class Conversation:
         self._forget(context)
 
     async def _send_audio(self, context: Context, output: Output, chunks: Any) -> np.ndarray:
-        """The sentence's audio as binary PCM frames; the model's samples, kept for the anchor."""
-        encoder = codecs.encoder(AudioFormat.PCM, output.model.sample_rate, output.sample_rate)
+        """The sentence's audio as binary frames in the socket's encoding (with timestamps asked for, all but its
+        last ``TIMESTAMPS_HOLD_S``, which wait for them); the model's samples, kept for the anchor and the
+        aligner."""
+        assert self.settings is not None
+        encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
+        keep = context.anchor is None or (self.settings.timestamps == "word" and self.aligner is not None)
+        width = BYTES_PER_SAMPLE[output.format]
+        hold = round(TIMESTAMPS_HOLD_S * output.sample_rate) * width if self.settings.timestamps else 0
         kept: list[np.ndarray] = []
         async with contextlib.aclosing(chunks):  # closing it (a cancel, a disconnect) stops the generation
             async for chunk in chunks:
-                if context.anchor is None:
+                if keep:
                     kept.append(chunk)
-                await self._send_pcm(context, encoder.encode(chunk))
-            await self._send_pcm(context, encoder.finish())
+                await self._send_frame(context, encoder.encode(chunk), hold)
+            await self._send_frame(context, encoder.finish(), hold)
         return np.concatenate(kept) if kept else np.zeros(0, dtype=np.float32)
 
-    async def _send_pcm(self, context: Context, data: bytes) -> None:
+    async def _send_frame(self, context: Context, data: bytes, hold: int) -> None:
+        """``data`` after what was held, all but its last ``hold`` bytes, which are held."""
+        data, context.held = context.held + data, b""
+        if hold:
+            data, context.held = data[:-hold], data[-hold:]
         if data:
             if context.started is None:
                 context.started = time.monotonic()
             await self.ws.send_bytes(data)
-            context.samples += len(data) // BYTES_PER_SAMPLE
+            assert self.settings is not None
+            context.samples += len(data) // BYTES_PER_SAMPLE[self.settings.output.format]
+
+    async def _send_timestamps(
+        self, context: Context, index: int, sentence: str, audio: np.ndarray, output: Output, start: int
+    ) -> None:
+        """The segment's ``timestamps``, in seconds from the context's first sample: its exact bounds the samples
+        sent for it (and the tail still held), its words heard or estimated (``timestamps.py``)."""
+        assert self.settings is not None and self.settings.timestamps is not None
+        end = context.samples + len(context.held) // BYTES_PER_SAMPLE[output.format]
+        rate = output.sample_rate
+        timed = await timed_segment(
+            self.aligner,
+            self.settings.timestamps,
+            index,
+            sentence,
+            audio,
+            output.model.sample_rate,
+            start / rate,
+            end / rate,
+        )
+        words = timed.words_public()
+        await self._send(type="timestamps", context_id=context.id, index=index, source=timed.source, words=words)
 
     async def _paced(self, context: Context) -> None:
         """Wait while the context's audio is more than ``max_audio_ahead_s`` ahead of real time."""

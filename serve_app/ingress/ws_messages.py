@@ -20,9 +20,20 @@ class Init(VoxCPMKnobs):
     voice_id: str | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
     adapter: str | None = Field(None, description="A LoRA adapter of the model, by id or name (default: the voice's).")
     model: str | None = None
-    sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (default: the model's).")
+    sample_rate: int | None = Field(
+        None, ge=8000, le=96000, description="Output rate (default: the model's; 8000 for ulaw and alaw)."
+    )
+    encoding: Literal["pcm_s16le", "ulaw", "alaw"] = Field(
+        "pcm_s16le",
+        description="The binary frames: PCM s16le, or G.711 mu-law / A-law (one byte a sample), as phone lines carry.",
+    )
     instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
     max_wait_ms: int = Field(500, ge=0, le=10000, description="Speak buffered words after this long without a stop.")
+    timestamps: Literal["word", "segment"] | None = Field(
+        None,
+        description="A `timestamps` message per segment, before its last audio frame: its words' times (aligned "
+        "where an aligner is configured, else estimated), or the segment's own bounds.",
+    )
 
 
 class _Message(BaseModel):

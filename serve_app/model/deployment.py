@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +30,7 @@ from serve_app.model.coalescing import coalesced
 from serve_app.model.engine import Engine, joined
 from serve_app.model.engine_factory import load_engine
 from serve_app.model.status_board import PUBLISH_PERIOD_S
-from serve_app.model.types import ModelInfo, ReplicaStatus, SynthesisRequest
+from serve_app.model.types import Chunk, ModelInfo, ReplicaStatus, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
@@ -81,13 +82,16 @@ class VoxCPMDeployment:
         """A staged adapter upload checked against this model's LoRA layers (``model/adapters.py``)."""
         await asyncio.to_thread(self._engine.check_adapter, path)
 
-    async def stream(self, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
+    async def stream(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         """Audio chunks (float32 mono at ``info().sample_rate``) as voxcpm produces them; with
-        ``stream_coalesce_lead_s``, joined into fewer once the listener is well ahead (``coalescing.py``)."""
+        ``stream_coalesce_lead_s``, joined into fewer once the listener is well ahead (``coalescing.py``),
+        except where the request asks where its sentences end (``segments``: every chunk and end as they come)."""
         cadence = metrics.Cadence(self._metrics.generation_chunk_gap, self._tags(request))
         config, rate = self._config, self._engine.info.sample_rate
         chunks = self._generate(request, streaming=True)
-        async for piece in coalesced(chunks, rate, config.stream_coalesce_lead_s, config.stream_coalesce_max_s):
+        if not request.segments:
+            chunks = coalesced(chunks, rate, config.stream_coalesce_lead_s, config.stream_coalesce_max_s)
+        async for piece in chunks:
             cadence.tick()
             yield piece
 
@@ -96,7 +100,13 @@ class VoxCPMDeployment:
         a caller that goes away (its client disconnected) stops it before the next sentence."""
         return joined([samples async for samples in self._generate(request, streaming=False)])
 
-    async def _generate(self, request: SynthesisRequest, streaming: bool) -> AsyncIterator[np.ndarray]:
+    async def sentences(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        """The non-streaming API's audio a sentence at a time, each followed by where it ends (``segments``):
+        what an answer with timestamps is made of."""
+        async for piece in self._generate(dataclasses.replace(request, segments=True), streaming=False):
+            yield piece
+
+    async def _generate(self, request: SynthesisRequest, streaming: bool) -> AsyncIterator[Chunk]:
         """The engine's audio for the request, counted in flight from admission until the engine let go."""
         self._admit(request)
         admitted = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from serve_app.model.adapters import read_weights
-from serve_app.model.types import ModelInfo, SynthesisRequest
+from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
 if TYPE_CHECKING:
     from serve_app.model.runtime import VoxCPMRuntime
@@ -40,20 +40,21 @@ Started = Callable[[], None]  # called (from any thread) when the model takes th
 class Engine(Protocol):
     """What the model deployment needs of an engine.
 
-    ``stream`` and ``sentences`` are async iterators of float32 mono audio at ``info.sample_rate``; a
-    client error (``serve_app.errors.ServiceError``) is raised from them before the first item when
-    the request cannot be served. Closing or cancelling the iterator stops the request's generation
+    ``stream`` and ``sentences`` are async iterators of float32 mono audio at ``info.sample_rate`` (and, for
+    a request that asks, ``SegmentEnd`` after each sentence: where it ends in that audio); a client error
+    (``serve_app.errors.ServiceError``) is raised from them before the first item when the request cannot
+    be served. Closing or cancelling the iterator stops the request's generation
     within one step (``sentences``: before its next sentence) and frees what it held.
     """
 
     info: ModelInfo
 
-    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[Chunk]:
         """Chunks as they are decoded (a step's patch, then a few steps' at a time: ``decode_grouping.py``;
         sentences crossfaded)."""
         ...
 
-    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[Chunk]:
         """Each sentence's audio once it is complete (the seed's non-streaming API, with retry_badcase)."""
         ...
 
@@ -76,10 +77,10 @@ class RuntimeEngine:
     runtime: VoxCPMRuntime
     info: ModelInfo
 
-    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+    def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[Chunk]:
         return self._generation(request, started, streaming=True)
 
-    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[np.ndarray]:
+    def sentences(self, request: SynthesisRequest, started: Started) -> AsyncIterator[Chunk]:
         return self._generation(request, started, streaming=False)
 
     def prompt_lookups(self) -> tuple[int, int]:
@@ -89,7 +90,7 @@ class RuntimeEngine:
         expected = self.runtime.adapters.expected if self.runtime.adapters is not None else {}
         read_weights(Path(path), expected)
 
-    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
+    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
         raise NotImplementedError
 
 

@@ -28,7 +28,7 @@ from serve_app.model.inputs import latents
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.thread_stream import iterate_in_thread
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.types import Chunk, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
@@ -63,27 +63,38 @@ class ReferenceEngine(RuntimeEngine):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.runtime.close()
 
-    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[np.ndarray]:
-        def produce() -> Iterator[np.ndarray]:
+    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
+        def produce() -> Iterator[Chunk]:
             started()
             yield from self.generate(request, streaming)
 
         return iterate_in_thread(produce, self._executor, MAX_BUFFERED_CHUNKS)
 
-    def generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray]:
+    def generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[Chunk]:
         """The utterance (synchronously, on the caller's thread): a chunk per step when streaming, else a
-        piece per sentence; sentences crossfaded into one signal. Closing the iterator stops it."""
+        piece per sentence; sentences crossfaded into one signal, with where each ends if the request asks
+        (``segments``). Closing the iterator stops it."""
         crossfade = Crossfader(self.runtime.seam_samples)
+        ended: Sentence | None = None  # spoken, its end not yet told
+        told = 0  # sentences whose end was told
         for piece in self._spoken(request, streaming):
-            if piece is None:
+            if isinstance(piece, Sentence):
+                ended = piece
                 crossfade.next_segment()
-            elif len(playable := crossfade.feed(piece)):
+                continue
+            if ended is not None:  # before the next sentence's audio: where the crossfade meets it
+                if request.segments:
+                    yield SegmentEnd(told, ended.text, crossfade.boundary())
+                ended, told = None, told + 1
+            if len(playable := crossfade.feed(piece)):
                 yield playable
         if len(tail := crossfade.flush()):
             yield tail
+        if ended is not None and request.segments:
+            yield SegmentEnd(told, ended.text, crossfade.emitted)
 
-    def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | None]:
-        """Each sentence's audio in turn, None between sentences."""
+    def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | Sentence]:
+        """Each sentence's audio in turn, then the sentence itself."""
         if self.lora is not None:
             self.lora.use(self.runtime.adapter(request))
         if request.seed is not None:
@@ -98,11 +109,11 @@ class ReferenceEngine(RuntimeEngine):
                     pieces.append(piece)
                     yield piece
                 audio = joined(pieces)
+                yield sentence
                 try:
                     sentence = plan.send(Spoken(audio, round(len(audio) / self.runtime.step_samples)))
                 except StopIteration:
                     return
-                yield None
         finally:
             plan.close()
 

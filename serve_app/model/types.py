@@ -41,6 +41,20 @@ class SynthesisRequest:
     seed: int | None = None  # of the diffusion noise: the same seed, text and settings give the same audio
     instructions: str | None = None  # a description of the voice or style; VoxCPM2 models only
     adapter: Adapter | None = None  # a LoRA adapter of this model (model/adapters.py); None: the base model
+    segments: bool = False  # a stream also says where each sentence ends (SegmentEnd), for timestamps
+
+
+@dataclass(frozen=True)
+class SegmentEnd:
+    """Where a sentence's audio ends in a stream that asked for it (``segments``): after its last chunk or
+    before the next sentence's first, the middle of the crossfade between them (the stream's end for the last)."""
+
+    index: int
+    text: str
+    end: int  # samples from the stream's start, at the model's rate
+
+
+Chunk = np.ndarray | SegmentEnd  # what a stream yields
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
@@ -30,7 +31,7 @@ def test_streamed_format_round_trips(fmt: AudioFormat) -> None:
     decoded_rate, seconds = decode(body, fmt, rate)
     assert decoded_rate == rate
     assert seconds == pytest.approx(30 * CHUNK / RATE, abs=0.06)  # codecs add priming/padding frames
-    if fmt in (AudioFormat.WAV, AudioFormat.PCM, AudioFormat.MP3, AudioFormat.AAC):
+    if fmt in (AudioFormat.WAV, AudioFormat.PCM, AudioFormat.MP3, AudioFormat.AAC, AudioFormat.ULAW):
         assert sum(1 for p in pieces[:-1] if p) > 10, "bytes should leave chunk by chunk"
 
 
@@ -57,6 +58,20 @@ def test_output_rate_follows_the_codec() -> None:
     assert codecs.output_rate(AudioFormat.FLAC, 44100, 22050) == 22050
     with pytest.raises(ValueError, match="opus supports"):
         codecs.output_rate(AudioFormat.OPUS, 44100, 44100)
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [(AudioFormat.ULAW, "ULAW"), (AudioFormat.ALAW, "ALAW")])
+def test_g711_is_8_khz_and_decodes_to_the_audio_sent(fmt: AudioFormat, subtype: str) -> None:
+    """A second decoder (libsndfile's G.711) reads the stream back: 8 kHz by default, one byte a sample, and
+    the samples within G.711's quantisation of the resampled input."""
+    assert codecs.output_rate(fmt, RATE, None) == 8000 and codecs.output_rate(fmt, RATE, 16000) == 16000
+    encoder = codecs.encoder(fmt, RATE, 8000)
+    body = b"".join(encoder.encode(c) for c in chunks()) + encoder.finish()
+    assert len(body) == pytest.approx(30 * CHUNK * 8000 / RATE, abs=2)
+    decoded, _ = sf.read(io.BytesIO(body), format="RAW", subtype=subtype, samplerate=8000, channels=1)
+    expected = soxr.resample(np.concatenate(chunks()), RATE, 8000, quality="HQ")
+    assert np.abs(decoded[100:-100] - expected[100 : len(decoded) - 100]).max() < 0.02
+    assert codecs.MEDIA_TYPES[fmt] in ("audio/PCMU", "audio/PCMA")
 
 
 def test_streamed_wav_of_nothing_is_still_a_wav() -> None:

@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from serve_app.config import ModelConfig
+from serve_app.hub import HUB_PROBE_TIMEOUT_S
 from serve_app.model import synthetic
-from serve_app.model.weights import HUB_PROBE_TIMEOUT_S, resolve
+from serve_app.model.weights import resolve
 from tests.conftest import REPO, REPORT_WAIT_S, Service, extra_app, wait_until
 
 RELEASE = "openbmb/VoxCPM-0.5B"
@@ -141,9 +142,9 @@ def test_download_progress_is_drawn_a_line_at_a_time_even_with_tqdm_disabled() -
     """Replica stderr reaches the console a line at a time, and the configs set TQDM_DISABLE (read by tqdm as
     it is imported) to keep voxcpm's per-generation bar out: the download's bar is drawn all the same."""
     script = (
-        "from serve_app.model import weights\n"
-        "weights.PROGRESS_EVERY_S = 0.0\n"
-        "bar = weights._LineProgress(total=3_000_000, unit='B', unit_scale=True, desc='Downloading bytes')\n"
+        "from serve_app import hub\n"
+        "hub.PROGRESS_EVERY_S = 0.0\n"
+        "bar = hub._LineProgress(total=3_000_000, unit='B', unit_scale=True, desc='Downloading bytes')\n"
         "for _ in range(3): bar.update(1_000_000)\n"
         "bar.close()\n"
     )

@@ -425,6 +425,8 @@ class TestFormats:
             ("mp3", "audio/mpeg", 44100),
             ("opus", "audio/ogg", 48000),
             ("aac", "audio/aac", 44100),
+            ("ulaw", "audio/PCMU", 8000),  # telephony's G.711, raw, 8 kHz unless asked otherwise
+            ("alaw", "audio/PCMA", 8000),
         ],
     )
     @pytest.mark.parametrize("path", ["/api/tts/stream", "/api/tts"])

@@ -9,17 +9,20 @@ their requests are replayed as their source sends them (cited per test).
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import itertools
 import json
 import urllib.request
 
 import aiohttp
 import httpx2
 import pytest
+from livekit.agents.tts.tts import USERDATA_TIMED_TRANSCRIPT
 from livekit.plugins import openai as livekit_openai
 from openai import AsyncOpenAI
 
 from serve_app.audio.codecs import AudioFormat
-from tests.conftest import TINY_V15_STEP_FRAMES, decode
+from tests.conftest import REPO, TINY_V15_STEP_FRAMES, decode
 
 TEXT = "你好，这是流式语音合成。"
 MAX_LEN = 8  # generation steps: every answer below is this many steps of the tiny model
@@ -83,6 +86,34 @@ def test_livekit_openai_tts_plugin(url: str, model: str, fmt: str) -> None:
     samples, rate = asyncio.run(synthesize())
     assert rate == 24000
     assert samples / rate == pytest.approx(MODEL_SECONDS / 1.25, abs=0.06)
+
+
+def test_livekit_tts_with_word_timings(url: str) -> None:
+    """docs/examples/livekit_tts.py, our livekit TTS over the WebSocket, run by livekit's own ChunkedStream and
+    AudioEmitter: 24 kHz frames, and each word's timing on the frames (livekit's aligned transcripts), every
+    word once, in order, inside the audio."""
+    spec = importlib.util.spec_from_file_location("livekit_tts", REPO / "docs" / "examples" / "livekit_tts.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    text = "Hello there. 你好世界。"
+
+    async def synthesize() -> tuple[list, list]:
+        tts = example.VoxCPMTTS(url=url.replace("http://", "ws://"), max_len=MAX_LEN)
+        try:
+            async with tts.synthesize(text) as stream:
+                frames = [event.frame async for event in stream]
+        finally:
+            await tts.aclose()
+        return frames, [t for f in frames for t in f.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
+
+    frames, timed = asyncio.run(synthesize())
+    seconds = sum(f.samples_per_channel for f in frames) / 24000
+    assert frames[0].sample_rate == 24000 and seconds > 0
+    assert "".join(timed).replace(" ", "") == text.replace(" ", "")
+    assert [str(t) for t in timed[:2]] == ["Hello ", "there. "] and str(timed[2]) == "你"
+    assert all(0 <= t.start_time <= t.end_time <= seconds + 1e-3 for t in timed)
+    assert all(b.start_time >= a.start_time for a, b in itertools.pairwise(timed))
 
 
 def test_open_webui(url: str) -> None:

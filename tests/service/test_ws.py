@@ -3,7 +3,11 @@ barge-in, and every misuse refused with the contract's close codes and nothing l
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
+import importlib.util
+import io
 import json
 import os
 import socket
@@ -14,9 +18,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import soundfile as sf
+import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -129,12 +135,64 @@ class TestProtocol:
         assert position == 2 * STEPS * TINY_V15_STEP_FRAMES
         assert events[-1] == {"type": "done", "context_id": "0", "total_samples": position}
 
+    @pytest.mark.parametrize(("encoding", "subtype"), [("ulaw", "ULAW"), ("alaw", "ALAW")])
+    def test_g711_frames_for_phone_lines(self, plain: str, encoding: str, subtype: str) -> None:
+        """init.encoding ulaw / alaw: raw G.711 at 8 kHz, one byte a sample, so sample positions count bytes;
+        a second decoder (libsndfile's) reads it."""
+        with open_ws(plain, key=None, encoding=encoding) as ws:
+            ws.send(json.dumps({"type": "text", "text": "Hello there."}))
+            ws.send(json.dumps({"type": "end"}))
+            events, frames = events_until(ws, "done")
+        audio = b"".join(frames)
+        assert events[-1]["total_samples"] == len(audio) == round(STEPS * TINY_V15_STEP_FRAMES * 8000 / 44100)
+        decoded, _ = sf.read(io.BytesIO(audio), format="RAW", subtype=subtype, samplerate=8000, channels=1)
+        assert len(decoded) == len(audio) and np.isfinite(decoded).all()
+
+    def test_the_twilio_bridge_example_forwards_g711_as_twilio_plays_it(
+        self, plain: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """docs/examples/twilio_bridge.py between this test, playing Twilio's side of a Media Stream, and the
+        service: the greeting comes back as Twilio's media messages, a mark after each sentence."""
+        spec = importlib.util.spec_from_file_location("twilio_bridge", REPO / "docs" / "examples" / "twilio_bridge.py")
+        assert spec is not None and spec.loader is not None
+        bridge = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bridge)
+        monkeypatch.setattr(bridge, "VOXCPM", plain)
+        monkeypatch.setattr(bridge, "VOICE", {"max_len": STEPS})
+
+        async def call() -> tuple[bytes, list[str]]:
+            async with websockets.serve(bridge.bridge, "127.0.0.1", 0) as server:
+                port = server.sockets[0].getsockname()[1]
+                async with websockets.connect(f"ws://127.0.0.1:{port}") as twilio:
+                    await twilio.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+                    media_format = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+                    start = {"streamSid": "MZ1", "callSid": "CA1", "mediaFormat": media_format}
+                    await twilio.send(json.dumps({"event": "start", "sequenceNumber": "1", "start": start}))
+                    payload, marks = b"", []
+                    async for message in twilio:  # until the bridge hangs up
+                        event = json.loads(message)
+                        assert event["streamSid"] == "MZ1"
+                        if event["event"] == "media":
+                            payload += base64.b64decode(event["media"]["payload"])
+                        else:
+                            marks.append(event["mark"]["name"])
+            return payload, marks
+
+        payload, marks = asyncio.run(call())
+        assert marks == ["segment-0", "segment-1", "segment-2"]  # "Hello!", "Thanks for calling.", "How can I ..."
+        assert len(payload) == pytest.approx(3 * STEPS * TINY_V15_STEP_FRAMES * 8000 / 44100, abs=3)
+
     def test_ready_states_the_format_and_limits(self, guarded: str) -> None:
         ws = dial(guarded, additional_headers={"Authorization": f"Bearer {KEY}"})
         with ws:
             ws.send(json.dumps({"type": "init", "sample_rate": 16000, "max_wait_ms": 200}))
             ready = json.loads(ws.recv(timeout=30))
         assert ready["sample_rate"] == 16000 and ready["encoding"] == "pcm_s16le"
+        ws = dial(guarded, additional_headers={"Authorization": f"Bearer {KEY}"})
+        with ws:
+            ws.send(json.dumps({"type": "init", "encoding": "ulaw"}))
+            ready = json.loads(ws.recv(timeout=30))
+        assert ready["sample_rate"] == 8000 and ready["encoding"] == "ulaw"
         assert ready["limits"]["idle_timeout_s"] == LIMITS["idle_timeout_s"]
         assert ready["limits"]["max_wait_ms"] == 200
         assert ready["limits"]["max_contexts"] == LIMITS["max_contexts"]
@@ -234,6 +292,7 @@ class TestRefusals:
             (json.dumps({"type": "text", "text": "hi"}), "type"),  # before init
             (json.dumps({"type": "init", "cfg_value": 9}), "cfg_value"),
             (json.dumps({"type": "init", "voice_id": "nobody"}), "voice_id"),
+            (json.dumps({"type": "init", "encoding": "mp3"}), "encoding"),
             (b"\x00\x01", None),
         ],
     )

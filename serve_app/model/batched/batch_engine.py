@@ -46,7 +46,7 @@ from serve_app.model.decode_grouping import group_sizes
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.types import Chunk, SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder
 from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
@@ -114,9 +114,7 @@ class BatchedEngine(RuntimeEngine):
             raise out[-1]
         return joined(out[:-1])
 
-    async def _generation(
-        self, request: SynthesisRequest, started: Started, streaming: bool
-    ) -> AsyncIterator[np.ndarray]:
+    async def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
@@ -330,6 +328,7 @@ class BatchedEngine(RuntimeEngine):
     def _finish(self, sequence: Sequence) -> None:
         if len(tail := sequence.crossfade.flush()):
             sequence.deliver(tail)
+        self.postprocessor.segment_ended(sequence, sequence.crossfade.emitted)
         sequence.deliver(_END)
         self._retire(sequence)
 

@@ -21,6 +21,7 @@ from serve_app.model.engine import joined
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.transfer import to_device
+from serve_app.model.types import SegmentEnd
 from serve_app.model.vae import StreamingVAEDecoder
 
 GENERATING: Any = object()  # what ``emit`` returns while the sentence goes on
@@ -101,7 +102,15 @@ class Postprocessor:
         if following is not None:
             sequence.crossfade.next_segment()
             sequence.attempts = 0
+            self.segment_ended(sequence, sequence.crossfade.boundary())
         return following
+
+    @staticmethod
+    def segment_ended(sequence: Sequence, end: int) -> None:
+        """Where the sentence just spoken ends in the request's stream, if it asked (``segments``)."""
+        if sequence.request.segments and sequence.sentence is not None:
+            sequence.deliver(SegmentEnd(sequence.segments_ended, sequence.sentence.text, end))
+            sequence.segments_ended += 1
 
     def decode_group(self, sequence: Sequence, size: int | None = None) -> np.ndarray:
         """The request's next ``size`` held patches (default: its next group, or all it holds if fewer) through

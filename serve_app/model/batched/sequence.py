@@ -47,6 +47,7 @@ class Sequence:
     sentence: Sentence | None = None
     inputs: ModelInputs | None = None
     attempts: int = 0  # generations of the current sentence (retry_badcase)
+    segments_ended: int = 0  # sentences whose end it was told (SegmentEnd), when it asked
     # carried from step to step, as voxcpm's _inference carries them
     step: int = 0  # of the current sentence
     position: int = 0  # the next KV position
