@@ -23,6 +23,7 @@ from tests.timing.test_aligner import tiny_ctc_checkpoint
 
 STEPS = 4  # generation steps per sentence (the tiny model always runs to max_len)
 SENTENCES = ["Hello there, my friend.", "How are you today?"]
+WHOLE_TEXT_STEPS = 300  # over HTTP max_len is for the whole text: room for the first sentence and the second
 
 
 def check_words(timed: list[dict], text: str, start_s: float, end_s: float) -> None:
@@ -31,9 +32,9 @@ def check_words(timed: list[dict], text: str, start_s: float, end_s: float) -> N
     assert all(b["start_s"] >= a["start_s"] and b["end_s"] >= a["end_s"] for a, b in itertools.pairwise(timed))
 
 
-def converse(url: str, **init: object) -> list[dict]:
+def converse(url: str, steps: int = STEPS, **init: object) -> list[dict]:
     """Every event of one context speaking SENTENCES, binary frames as {"type": "audio", "bytes": n}."""
-    with open_ws(ws_url(url), key=None, max_len=STEPS, **init) as ws:
+    with open_ws(ws_url(url), key=None, max_len=steps, **init) as ws:
         for sentence in SENTENCES:
             ws.send(json.dumps({"type": "text", "text": sentence + " "}))
         ws.send(json.dumps({"type": "end"}))
@@ -83,7 +84,7 @@ def test_websocket_segment_timestamps_are_the_segments_bounds(url: str) -> None:
 
 def test_with_timestamps_answers_the_audio_and_when_each_word_is_spoken(url: str) -> None:
     text = " ".join(SENTENCES)
-    form = {"text": text, "max_len": 2 * STEPS, "seed": 4, "retry_badcase": "false", "format": "wav"}
+    form = {"text": text, "max_len": WHOLE_TEXT_STEPS, "seed": 4, "retry_badcase": "false", "format": "wav"}
     answer = requests.post(f"{url}/api/tts/with-timestamps", data=form, timeout=120)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -110,7 +111,7 @@ def test_sse_sends_timestamp_events_after_each_sentences_audio(url: str) -> None
         "stream_format": "sse",
         "timestamps": "word",
         "response_format": "pcm",
-        "max_len": 2 * STEPS,
+        "max_len": WHOLE_TEXT_STEPS,
     }
     response = requests.post(f"{url}/v1/audio/speech", json=payload, stream=True, timeout=120)
     assert response.status_code == 200, response.text
@@ -141,7 +142,7 @@ def aligned_url(service: Service, checkpoints: Path, tmp_path_factory: pytest.Te
 
 
 def test_an_aligner_times_the_words_it_hears(aligned_url: str) -> None:
-    events = converse(aligned_url, timestamps="word")
+    events = converse(aligned_url, steps=40, timestamps="word")  # 1.3 s a sentence: more frames than letters
     stamps = [e for e in events if e["type"] == "timestamps"]
     starts = {e["index"]: e["start_sample"] / 44100 for e in events if e["type"] == "segment"}
     ends = {e["index"]: e["end_sample"] / 44100 for e in events if e["type"] == "segment_end"}
