@@ -35,7 +35,7 @@ from serve_app.cli.manage_voices import voices
 from serve_app.cli.say_http import say
 
 DEFAULT_URL = "http://localhost:7861"
-FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
+FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac", "ulaw", "alaw")
 
 
 def health(args: argparse.Namespace) -> None:

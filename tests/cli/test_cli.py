@@ -19,12 +19,13 @@ def test_say_writes_a_whole_wav(url: str, tmp_path: Path) -> None:
     assert "first bytes after" in result.stderr and "real-time factor" in result.stderr
 
 
-@pytest.mark.parametrize("fmt", ["mp3", "flac", "opus"])
+@pytest.mark.parametrize("fmt", ["mp3", "flac", "opus", "ulaw"])
 def test_say_in_other_formats_reading_stdin(url: str, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"out.{fmt}"
     result = run(url, "say", "-", "--format", fmt, "--max-len", "10", "-o", str(out), "-q", stdin="从标准输入读。")
     assert result.returncode == 0 and result.stderr == ""
-    assert decode(out.read_bytes(), AudioFormat(fmt), 48000 if fmt == "opus" else 44100)[1] == pytest.approx(
+    rate = {"opus": 48000, "ulaw": 8000}.get(fmt, 44100)
+    assert decode(out.read_bytes(), AudioFormat(fmt), rate)[1] == pytest.approx(
         10 * TINY_V15_STEP_FRAMES / 44100, abs=0.06
     )
 
