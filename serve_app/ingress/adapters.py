@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge
 from serve_app.ingress.dependencies import caller, model_client, request_builder
 from serve_app.ingress.error_responses import documented_errors
-from serve_app.ingress.forms import form_body
+from serve_app.ingress.forms import form_body, stored_name
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.model.adapters import ZIP_MAGIC
@@ -53,6 +53,7 @@ async def create(
     enable_dit: Annotated[bool | None, Form(description="Trained on the DiT, checked against the model's.")] = None,
     enable_proj: Annotated[bool | None, Form(description="Trained on the projections, as the model's.")] = None,
 ) -> dict:
+    name = stored_name(name)
     model = models.resolve(model)
     shape = (await models.model_info(model)).lora
     if shape is None:
@@ -65,7 +66,7 @@ async def create(
     with store.records.staging("weights") as staging:
         file, size, digest = await _staged(weights, staging, requests.max_adapter_bytes)
         await models.check_adapter(model, str(staging / file))
-        adapter = new_adapter(name.strip(), model, shape, file, digest, size, new_id())
+        adapter = new_adapter(name, model, shape, file, digest, size, new_id())
         adapter = await asyncio.to_thread(store.commit, staging, adapter, who)
     return adapter.public()
 

@@ -17,7 +17,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.formparsers import FormParser, MultiPartParser
 
-from serve_app.errors import UnsupportedMedia
+from serve_app.errors import InvalidField, UnsupportedMedia
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
@@ -76,3 +76,10 @@ def strict_utf8_forms() -> None:
     """Every form this process parses is parsed strictly (Starlette looks its parsers up at each parse)."""
     starlette.requests.FormParser = StrictFormParser  # type: ignore[misc]
     starlette.requests.MultiPartParser = StrictMultiPartParser  # type: ignore[misc]
+
+
+def stored_name(name: str) -> str:
+    """A voice's or adapter's name as kept: trimmed, and not blank (422 naming ``name``)."""
+    if not (trimmed := name.strip()):
+        raise InvalidField("name is blank", "name")
+    return trimmed

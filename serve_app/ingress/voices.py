@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from serve_app.errors import InvalidField
 from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
-from serve_app.ingress.forms import form_body
+from serve_app.ingress.forms import form_body, stored_name
 from serve_app.ingress.http_audio import read_upload
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS
@@ -78,13 +78,14 @@ async def create(
         ),
     ] = None,
 ) -> dict:
+    name = stored_name(name)
     adapter_id = None
     if adapter:
         adapter_id = (await asyncio.to_thread(requests.adapters.find, adapter, "adapter", who)).adapter_id
     if description is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        sample = name.strip(), description.strip(), text, model, adapter_id
+        sample = name, description.strip(), text, model, adapter_id
         return await _designed(models, requests, who, trace, *sample)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
@@ -96,7 +97,7 @@ async def create(
         data = await read_upload(reference_audio, requests.max_upload_bytes, "reference_audio")
         reference = await requests.reference(data, "reference_audio")
     voice = await asyncio.to_thread(
-        requests.voices.create, who, name.strip(), text.strip(), samples, rate, reference, None, adapter_id
+        requests.voices.create, who, name, text.strip(), samples, rate, reference, None, adapter_id
     )
     return voice.public()
 

@@ -148,6 +148,8 @@ def test_files_that_do_not_fit_the_model_are_refused_naming_what(url: str, layou
     for field, value in (("r", 16), ("alpha", 8), ("enable_proj", "true")):
         refused = upload(url, unique("bad"), weights(layout, 3), **{field: value})
         assert refused.status_code == 400 and error_of(refused)["field"] == field
+    blank = upload(url, "  ", weights(layout, 3))
+    assert blank.status_code == 422 and error_of(blank)["field"] == "name"
     missing_model = upload(url, unique("bad"), weights(layout, 3), model="nope")
     assert missing_model.status_code == 404 and error_of(missing_model)["field"] == "model"
     # voxcpm's trainer may write a .ckpt: read weights-only, stored under a name of ours

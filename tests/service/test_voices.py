@@ -101,6 +101,9 @@ def test_refusals(url: str, reference_wav: Path) -> None:
     assert no_text.status_code == 422 and error_of(no_text)["field"] == "text"
     no_audio = requests.post(f"{url}/api/voices", data={"name": "n", "text": "t"})
     assert no_audio.status_code == 422 and error_of(no_audio)["field"] == "audio"
+    with open(reference_wav, "rb") as audio:
+        blank = requests.post(f"{url}/api/voices", data={"name": "   ", "text": "t"}, files={"audio": audio})
+    assert blank.status_code == 422 and error_of(blank)["field"] == "name"
 
 
 @pytest.fixture(scope="module")
