@@ -20,7 +20,6 @@ from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.model.adapters import ZIP_MAGIC
 from serve_app.store.adapter_store import new_adapter
-from serve_app.store.durable import new_id
 from serve_app.store.tenants import Principal
 
 router = APIRouter(prefix="/api/adapters", tags=["adapters"], responses=documented_errors(401, 404, 422, 429))
@@ -66,7 +65,7 @@ async def create(
     with store.records.staging("weights") as staging:
         file, size, digest = await _staged(weights, staging, requests.max_adapter_bytes)
         await models.check_adapter(model, str(staging / file))
-        adapter = new_adapter(name, model, shape, file, digest, size, new_id())
+        adapter = new_adapter(name, model, shape, file, digest, size)
         adapter = await asyncio.to_thread(store.commit, staging, adapter, who)
     return adapter.public()
 

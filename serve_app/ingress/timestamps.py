@@ -21,7 +21,6 @@ from serve_app.timing.aligner import Aligner
 from serve_app.timing.words import Word, estimated
 
 Mode = Literal["word", "segment"]
-TIMESTAMP_MODES = ("word", "segment")
 
 
 @dataclass(frozen=True)

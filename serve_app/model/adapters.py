@@ -99,11 +99,11 @@ def read_weights(path: Path, expected: Layout) -> dict[str, torch.Tensor]:
             if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
                 raise BadRequest("weights is not a state dict of tensors", WEIGHTS_FIELD)
             tensors = {str(name): value for name, value in loaded.items()}
+            check_names_and_shapes({name: tuple(tensor.shape) for name, tensor in tensors.items()}, expected)
     except (BadRequest, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a crafted file makes the parsers raise
         raise BadRequest(f"weights cannot be read as a LoRA adapter ({type(exc).__name__})", WEIGHTS_FIELD) from None
-    check_names_and_shapes({name: tuple(tensor.shape) for name, tensor in tensors.items()}, expected)
     for name, tensor in tensors.items():
         if not _finite(tensor):
             raise BadRequest(f"weights[{name!r}] is not all finite floating-point numbers", WEIGHTS_FIELD)
@@ -157,7 +157,6 @@ class AdapterCache:
     def __init__(
         self, shape: LoRAShape, expected: Layout, dtype: torch.dtype, resident: int, paths: dict[str, Path]
     ) -> None:
-        self.shape = shape
         self.expected = expected
         self._scaling = torch.tensor(shape.alpha / shape.r, dtype=dtype)
         self._resident = resident

@@ -20,7 +20,7 @@ from typing import Any
 from serve_app.config import AppConfig, TenantQuotas
 from serve_app.errors import Forbidden, NotFound
 from serve_app.store import tenants
-from serve_app.store.durable import RECORD_ID, DurableDirectory, write_durably
+from serve_app.store.durable import RECORD_ID, DurableDirectory, new_id, write_durably
 from serve_app.store.tenants import Principal
 
 _META = "adapter.json"
@@ -115,15 +115,9 @@ class AdapterStore:
         """By id, else by name: the caller's own first, then the shared ones (the most recent of a name)."""
         if (adapter := self._by_id(id_or_name)) is not None and adapter.visible_to(caller):
             return adapter
-        every = [*self.declared, *self._uploaded()]
-        own = [a for a in every if a.owner == (None if caller.admin else caller.tenant)]
-        for group in (own, [a for a in every if a.owner is None]):
-            named = [a for a in group if a.name == id_or_name] or [
-                a for a in group if a.name.casefold() == id_or_name.casefold()
-            ]
-            if named:
-                return named[-1]
-        raise NotFound(f"no adapter {id_or_name!r}", field)
+        if (adapter := tenants.named_for(id_or_name, [*self.declared, *self._uploaded()], caller)) is None:
+            raise NotFound(f"no adapter {id_or_name!r}", field)
+        return adapter
 
     def weights_path(self, adapter: Adapter) -> Path:
         """Where a replica reads the adapter's weights."""
@@ -158,5 +152,5 @@ class AdapterStore:
         return adapter if adapter.file in WEIGHTS_FILES else None  # never a path a file could name
 
 
-def new_adapter(name: str, model: str, shape: dict, file: str, digest: str, size: int, adapter_id: str) -> Adapter:
-    return Adapter(adapter_id, name, model, **shape, file=file, digest=digest, created=time.time(), bytes=size)
+def new_adapter(name: str, model: str, shape: dict, file: str, digest: str, size: int) -> Adapter:
+    return Adapter(new_id(), name, model, **shape, file=file, digest=digest, created=time.time(), bytes=size)

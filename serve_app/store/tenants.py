@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from serve_app.errors import Conflict, QuotaExceeded
 
@@ -33,6 +33,24 @@ class Owned(Protocol):
 def visible_to(record: Owned, caller: Principal) -> bool:
     """A tenant sees its own records and the shared ones; an admin sees all."""
     return caller.admin or record.owner is None or record.owner == caller.tenant
+
+
+Record = TypeVar("Record", bound=Owned)
+
+
+def named(name: str, *groups: Sequence[Record]) -> Record | None:
+    """The most recent record (the last listed) of the first group holding ``name``: exactly, else in any case."""
+    for group in groups:
+        found = [r for r in group if r.name == name] or [r for r in group if r.name.casefold() == name.casefold()]
+        if found:
+            return found[-1]
+    return None
+
+
+def named_for(name: str, records: Sequence[Record], caller: Principal) -> Record | None:
+    """By name, among the caller's own records first (an admin's: the shared ones), then the shared ones."""
+    own = [r for r in records if r.owner == (None if caller.admin else caller.tenant)]
+    return named(name, own, [r for r in records if r.owner is None])
 
 
 def admit(record: Owned, existing: Iterable[Owned], caller: Principal, what: str, quota: Quota) -> None:

@@ -139,16 +139,14 @@ class VoiceStore:
         if RECORD_ID.match(id_or_name) and (voice := self._read(id_or_name)) is not None:
             if voice.visible_to(caller):
                 return voice
-        voices = self._all()
-        own = [v for v in voices if v.owner == (None if caller.admin else caller.tenant)]
-        return _named(id_or_name, field, own, [v for v in voices if v.owner is None])
+        return _found(tenants.named_for(id_or_name, self._all(), caller), id_or_name, field)
 
     def find_shared(self, id_or_name: str, field: str) -> Voice:
         """A shared voice by id or name: what the deployment's configuration may point at (never a tenant's
         voice, so that no tenant can change what a configured name speaks with)."""
         shared = [voice for voice in self._all() if voice.owner is None]
         by_id = [voice for voice in shared if voice.voice_id == id_or_name]
-        return by_id[0] if by_id else _named(id_or_name, field, shared)
+        return by_id[0] if by_id else _found(tenants.named(id_or_name, shared), id_or_name, field)
 
     def audio(self, voice: Voice, reference: bool = False) -> tuple[np.ndarray, int]:
         """The voice's recording, or with ``reference`` its isolated reference recording."""
@@ -179,15 +177,10 @@ class VoiceStore:
             return None
 
 
-def _named(id_or_name: str, field: str, *groups: list[Voice]) -> Voice:
-    """The most recent voice of the first group holding that name (exactly, else in any case)."""
-    for group in groups:
-        named = [v for v in group if v.name == id_or_name] or [
-            v for v in group if v.name.casefold() == id_or_name.casefold()
-        ]
-        if named:
-            return named[-1]
-    raise NotFound(f"no saved voice {id_or_name!r}", field)
+def _found(voice: Voice | None, id_or_name: str, field: str) -> Voice:
+    if voice is None:
+        raise NotFound(f"no saved voice {id_or_name!r}", field)
+    return voice
 
 
 def _write_flac(path: Path, samples: np.ndarray, rate: int) -> int:

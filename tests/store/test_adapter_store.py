@@ -12,7 +12,6 @@ import pytest
 from serve_app.config import AppConfig, TenantQuotas
 from serve_app.errors import Conflict, Forbidden, NotFound, QuotaExceeded
 from serve_app.store.adapter_store import Adapter, AdapterStore, declared, declared_id, new_adapter
-from serve_app.store.durable import new_id
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import VoiceStore
 from tests.conftest import ADMIN
@@ -25,7 +24,7 @@ SHAPE = {"r": 32, "alpha": 16.0, "enable_lm": True, "enable_dit": True, "enable_
 def upload(store: AdapterStore, caller: Principal, name: str, size: int = 10) -> Adapter:
     with store.records.staging("weights") as staging:
         (staging / "weights.safetensors").write_bytes(b"x" * size)
-        adapter = new_adapter(name, "voxcpm", SHAPE, "weights.safetensors", "digest", size, new_id())
+        adapter = new_adapter(name, "voxcpm", SHAPE, "weights.safetensors", "digest", size)
         return store.commit(staging, adapter, caller)
 
 

@@ -70,10 +70,6 @@ class AdapterRouting:
         self.whole = gathered == list(range(start))
         self.gathered = to_device(gathered, self.device) if gathered and not self.whole else None
 
-    @staticmethod
-    def any(adapters: Sequence[LoadedAdapter | None]) -> bool:
-        return any(adapter is not None for adapter in adapters)
-
 
 class RoutedLoRALinear(nn.Module):
     """A voxcpm ``LoRALinear`` whose adapter is each row's own (``AdapterRouting``)."""

@@ -155,7 +155,7 @@ class StepRunner:
         for index, row in enumerate(rows):
             groups[row.inference_timesteps].append(index)
         adapters = [row.adapter for row in rows]
-        base = not lora.AdapterRouting.any(adapters)
+        base = all(adapter is None for adapter in adapters)
         if self.graphs is not None and first == 0 and base and groups.keys() == {self._graph_timesteps}:
             if (replayed := self.graphs.run(inputs, len(rows), self.span(filled, GRAPH_SPAN_STEP))) is not None:
                 return replayed
