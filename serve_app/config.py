@@ -86,15 +86,19 @@ class ModelConfig(_Strict):
         description="engine: batched — requests generating together (one KV slot each); more wait in the "
         "replica's queue (the deployment's max_ongoing_requests bounds it) and join as slots free.",
     )
-    first_step_alone: bool = Field(
-        False,
-        description="engine: batched — a request that joins a running batch at most half full, with nobody waiting "
-        "for a slot, gets its first patch (its first audio) from a step of its own right after its prefill, instead "
-        "of from the batch's next step: its first audio does not wait for a whole step of the batch, and the "
-        "others' next chunk waits for that small step. Off by default: on a CPU it moved first audio within the "
-        "noise (benchmarks/README.md: Serving under load); on a GPU, where a step costs nearly the same at any "
-        "batch size, it is yet to be measured. Requests are admitted, and prefilled together, before every step "
-        "either way (in arrival order, while slots are free), so running decodes never starve a newcomer.",
+    first_step_alone: bool | None = Field(
+        None,
+        description="engine: batched — newcomers first: a stream that joins a running batch gets its first patch "
+        "(its first audio) from a step of its own right after its prefill, instead of from the batch's next step, "
+        "and one that arrives while the batch's model call runs is admitted before that step's VAE call: its "
+        "first audio waits for at most one call in flight and its own small step, not for whole steps of the "
+        "batch. Only while the batch has room and time to spare (at most 2/3 of its slots held, nobody waiting "
+        "for one, its steps taking at most half a patch's audio) and the newcomers are at most half as many as "
+        "the streams running; the running streams' next chunk waits for that small step. null (the default): "
+        "on where steps run eagerly (CPU; on the 2-core CPU, open loop at 70 % of capacity, first audio p95 "
+        "about half: docs/engines.md), off where they replay CUDA graphs (the newcomer's step would run "
+        "eagerly; yet to be measured on a GPU). Either way requests are admitted, and prefilled together, "
+        "before every step (in arrival order, while slots are free), so running decodes never starve a newcomer.",
     )
     batch_invariant: bool = Field(
         False,

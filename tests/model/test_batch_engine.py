@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from serve_app.errors import NotFound
-from serve_app.model.batched import layers
+from serve_app.model.batched import batch_engine, layers
 from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.postprocess import Postprocessor
@@ -119,12 +119,131 @@ def test_a_request_joining_a_running_batch_gets_its_first_step_alone(
         return step(rows, first)
 
     monkeypatch.setattr(batched.runner, "step", counted)
-    running = SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60)
-    newcomer = SynthesisRequest(text="新来的", seed=12, max_len=8)
-    results = _together(batched, [running, newcomer], stagger_s=0.1)
-    assert (1, 1) in steps  # one row, in slot 1: the newcomer alone, while the other held slot 0
-    for request, got in zip([running, newcomer], results, strict=True):
+    requests = [
+        SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
+        SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=13, max_len=60),
+        SynthesisRequest(text="新来的", seed=12, max_len=8),
+    ]
+    results = _together(batched, requests, stagger_s=0.1)
+    assert (1, 2) in steps  # one row, in slot 2: the newcomer alone, while the others held slots 0 and 1
+    for request, got in zip(requests, results, strict=True):
         assert np.array_equal(got, _alone(reference, request))
+
+
+@pytest.mark.parametrize("short_of", ["room", "time"])
+def test_newcomers_join_the_next_step_of_a_batch_without_room_or_time_to_spare(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch, short_of: str
+) -> None:
+    """Newcomers go first only while the batch has slots to spare (here: at most a quarter of its 4 held, so
+    2 running are too many) and time (here: patches of no audio, so every step takes longer than one)."""
+    reference, batched, _ = engines
+    if short_of == "room":
+        monkeypatch.setattr(batch_engine, "NEWCOMERS_FIRST_OCCUPANCY", 0.25)
+    else:
+        monkeypatch.setattr(batched, "_patch_s", 0.0)
+    steps: list[tuple[int, int]] = []
+    step = batched.runner.step
+
+    def counted(rows: list, first: int = 0) -> object:
+        steps.append((len(rows), first))
+        return step(rows, first)
+
+    monkeypatch.setattr(batched.runner, "step", counted)
+    requests = [
+        SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
+        SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=13, max_len=60),
+        SynthesisRequest(text="新来的", seed=12, max_len=8),
+    ]
+    results = _together(batched, requests, stagger_s=0.1)
+    assert (1, 2) not in steps and (3, 0) in steps  # the newcomer's first step was the batch's
+    for request, got in zip(requests, results, strict=True):
+        assert np.array_equal(got, _alone(reference, request))
+
+
+def test_newcomers_as_many_as_the_batch_join_its_next_step(engines: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the newcomers are more than half as many as the streams running, a step of their own would cost
+    about the batch's: they join its next step."""
+    reference, batched, _ = engines
+    steps: list[tuple[int, int]] = []
+    step = batched.runner.step
+
+    def counted(rows: list, first: int = 0) -> object:
+        steps.append((len(rows), first))
+        return step(rows, first)
+
+    monkeypatch.setattr(batched.runner, "step", counted)
+    requests = [
+        SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
+        SynthesisRequest(text="新来的", seed=12, max_len=8),
+    ]
+    results = _together(batched, requests, stagger_s=0.1)
+    assert all(first == 0 for _, first in steps) and (2, 0) in steps
+    for request, got in zip(requests, results, strict=True):
+        assert np.array_equal(got, _alone(reference, request))
+
+
+def test_a_stream_arriving_during_the_batch_model_call_is_heard_before_the_batch_vae_call(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newcomers first: a stream that arrives while the batch's model call runs is admitted, prefilled and
+    given its first step and its audio before that step's VAE call. A cancellation that arrives then waits
+    for the step's end (the batch's rows keep their slots until its VAE call): the others are still the
+    reference's bit for bit."""
+    reference, batched, _ = engines
+    leaving = SynthesisRequest(text="一个很快就被取消的长句子，还要说很久。", seed=21, max_len=40)
+    staying = SynthesisRequest(text="一个正在说话的长句子，也要说很久。", seed=22, max_len=40)
+    newcomer = SynthesisRequest(text="新来的", seed=23, max_len=8)
+    results: dict[int, np.ndarray] = {}
+    threads: list[threading.Thread] = []
+    events: list[str] = []
+    step, decode = batched.runner.step, batched.postprocessor.decode
+
+    def send(request: SynthesisRequest) -> None:
+        """From a thread of its own, as a caller does; back once the engine has it in its inbox or running."""
+        count = len(batched.scheduler.running)
+
+        def run() -> None:
+            results[request.seed] = batched.generate(request, streaming=True)  # type: ignore[index]
+
+        threads.append(thread := threading.Thread(target=run))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while batched._inbox.empty() and len(batched.scheduler.running) == count and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def stepped(rows: list, first: int = 0) -> object:
+        output = step(rows, first)
+        if events or (first == 0 and len(rows) == 2):  # both streams run: record from here
+            events.append(f"model call: {len(rows)} rows from slot {first}")
+        if events == ["model call: 2 rows from slot 0"]:  # meanwhile the first one leaves, a third arrives
+            send(newcomer)
+            gone = batched.scheduler.running[0]
+            gone.cancelled = True
+            batched._inbox.put(("cancel", gone))
+            gone.deliver(batch_engine._END)  # what its consumer sees as it closes
+        return output
+
+    def decoded(rows: list, latents: torch.Tensor, *placement: Any) -> tuple:
+        if events:
+            events.append(f"VAE call: {len(rows)} rows")
+        return decode(rows, latents, *placement)
+
+    monkeypatch.setattr(batched.runner, "step", stepped)
+    monkeypatch.setattr(batched.postprocessor, "decode", decoded)
+    send(leaving)
+    send(staying)
+    while len(threads) < 3 or any(thread.is_alive() for thread in threads):
+        time.sleep(0.01)
+    assert events[:6] == [
+        "model call: 2 rows from slot 0",  # the batch's model call, during which the newcomer arrives
+        "model call: 1 rows from slot 2",  # the newcomer's first step, alone, in slot 2 (the cancelled one holds 0)
+        "VAE call: 1 rows",  # its first audio
+        "VAE call: 2 rows",  # then the batch's
+        "model call: 2 rows from slot 0",  # the cancellation taken: the newcomer moved into slot 0
+        "VAE call: 2 rows",
+    ], events[:8]
+    assert np.array_equal(results[staying.seed], _alone(reference, staying))  # type: ignore[index]
+    assert np.array_equal(results[newcomer.seed], _alone(reference, newcomer))  # type: ignore[index]
 
 
 @pytest.mark.parametrize("stagger_s", [0.0, 0.15])
@@ -405,8 +524,8 @@ def test_float32_matches_within_tolerance(
     holding = threading.Event()  # a stream in calls of 8 holds its first: it will hold for 6 more steps
     decode, decode_group = batched.postprocessor.decode, batched.postprocessor.decode_group
 
-    def watched(running: list[Sequence], latents: torch.Tensor, first: int = 0) -> tuple:
-        decoded = decode(running, latents, first)
+    def watched(running: list[Sequence], latents: torch.Tensor, *placement: Any) -> tuple:
+        decoded = decode(running, latents, *placement)
         if any(sequence.grouping.group() == 8 and len(sequence.latents) == 1 for sequence in running):
             holding.set()
         return decoded

@@ -27,6 +27,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -54,6 +55,13 @@ from serve_app.store.voice_store import VoiceStore
 logger = logging.getLogger(__name__)
 
 _END = object()  # a request's last item
+# Newcomers go first (``first_step_alone``) while the batch has room and time to spare: at most this share of
+# its slots held (past it their extra steps take the capacity newcomers are about to queue for: on the tiny
+# CPU model at 90 % of capacity they tipped it into queueing), and its steps taking at most this share of a
+# patch's audio (so a newcomer's second chunk still comes before its first one has played).
+NEWCOMERS_FIRST_OCCUPANCY = 2 / 3
+NEWCOMERS_FIRST_STEP_SHARE = 0.5
+STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time
 _STOP = object()  # the loop thread's last command
 
 
@@ -68,7 +76,11 @@ class BatchedEngine(RuntimeEngine):
         self.scheduler = Scheduler(config.max_batch_size)
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
-        self._first_step_alone = config.first_step_alone
+        self._held: list[object] = []  # commands taken in the middle of a step, for after it
+        graphs = config.cuda_graphs and self.runner.base_kv.cache.is_cuda  # steps replayed from CUDA graphs
+        self._first_step_alone = not graphs if config.first_step_alone is None else config.first_step_alone
+        self._step_s = 0.0  # mean time of the batch's steps (model and VAE calls, post-processing)
+        self._patch_s = runtime.step_samples / runtime.info.sample_rate  # the audio a step makes per request
         self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
 
     @classmethod
@@ -118,7 +130,9 @@ class BatchedEngine(RuntimeEngine):
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
-        adapter = await asyncio.to_thread(self.runtime.adapter, request)  # a file read, off the loop thread
+        adapter = None  # the base model: no hop to a thread on the way to the engine
+        if request.adapter is not None:
+            adapter = await asyncio.to_thread(self.runtime.adapter, request)  # a file read, off the loop thread
         sequence = self._sequence(request, started, deliver, streaming, adapter)
         self._inbox.put(("add", sequence))
         try:
@@ -181,10 +195,8 @@ class BatchedEngine(RuntimeEngine):
     def _loop(self) -> None:
         while True:
             try:
-                if not self._take_commands(block=not self.scheduler) or (joined := self._join()) is None:
+                if not self._take_commands(block=not self.scheduler) or not self._admit():
                     return
-                if self._first_step_alone:
-                    self._first_steps(joined)
                 if self.scheduler.running:
                     self._step()
             except Exception as exc:  # the loop must outlive anything: fail what it holds, go on
@@ -192,7 +204,16 @@ class BatchedEngine(RuntimeEngine):
                 for sequence in [*self.scheduler.waiting, *self.scheduler.running]:
                     self._fail(sequence, exc)
 
-    def _join(self) -> list[Sequence] | None:
+    def _admit(self, hold: bool = False) -> bool:
+        """Waiting requests joined (``_join``) and, where newcomers go first, given their first step now;
+        False once the engine closes."""
+        if (joined := self._join(hold)) is None:
+            return False
+        if self._first_step_alone:
+            self._first_steps(joined)
+        return True
+
+    def _join(self, hold: bool = False) -> list[Sequence] | None:
         """Admit waiting requests into free slots and prepare them, take in the requests that arrived
         meanwhile and do the same until none is admitted, then prefill them all in one pass: a burst that
         arrives over a few milliseconds starts in one step with one prefill, not one per arrival (bounded
@@ -202,33 +223,48 @@ class BatchedEngine(RuntimeEngine):
             for sequence in admitted:
                 self._guarded(sequence, self._start, sequence)
             joined += admitted
-            if not self._take_commands(block=False):
+            if not self._take_commands(block=False, hold=hold):
                 return None
         self._prefill()
         return joined
 
     def _first_steps(self, joined: list[Sequence]) -> None:
-        """The first step of requests that just joined a running batch, on their own (``first_step_alone``):
-        they hold the batch's last slots, so the step is over those slots only. Where they are the whole batch,
-        or a cancellation meanwhile moved one out of the end, the batch's next step is theirs."""
+        """The first step of streams that just joined a running batch, on their own (``first_step_alone``):
+        they hold the batch's last slots, so the step is over those slots only, and their first audio does not
+        wait for a step of the whole batch. The batch's next step is theirs instead where it has no room or
+        time to spare (``NEWCOMERS_FIRST_*``; requests waiting for a slot), where none of them streams (nobody
+        hears a first patch before its sentence ends), where they are more than half as many as the streams
+        running (their own step would cost about the batch's), or where a cancellation meanwhile moved one
+        out of the end."""
         running = self.scheduler.running
-        if len(running) > self.scheduler.max_batch_size // 2 or self.scheduler.waiting:
-            return  # a busy batch: the extra step's cost would take the capacity the newcomers wait for
         placed = [sequence for sequence in joined if sequence.lm_hidden is not None]  # prefilled
         fresh = [sequence for sequence in placed if sequence.status is Status.RUNNING]
         first = len(running) - len(fresh)
-        if fresh and first > 0 and sorted(sequence.slot for sequence in fresh) == list(range(first, len(running))):
+        spare = first <= NEWCOMERS_FIRST_OCCUPANCY * self.scheduler.max_batch_size and not self.scheduler.waiting
+        spare = spare and self._step_s <= NEWCOMERS_FIRST_STEP_SHARE * self._patch_s
+        few = 0 < 2 * len(fresh) <= first
+        if not (spare and few and any(sequence.streaming for sequence in fresh)):
+            return
+        if sorted(sequence.slot for sequence in fresh) == list(range(first, len(running))):
             self._step(running[first:], first)
             self._prefill()  # a sentence that ended in that step starts before the batch's step
 
-    def _take_commands(self, block: bool) -> bool:
-        """Add and cancel requests as asked since the last step; False once the engine closes."""
+    def _take_commands(self, block: bool, hold: bool = False) -> bool:
+        """Add and cancel requests as asked since the last step; False once the engine closes. With ``hold``
+        (between a step's model call and its VAE call, whose rows must keep their slots) only additions are
+        taken: cancellations and the stop wait for the next call without it."""
         while True:
-            try:
-                command = self._inbox.get(block=block)
-            except queue.Empty:
-                return True
+            if self._held and not hold:
+                command = self._held.pop(0)
+            else:
+                try:
+                    command = self._inbox.get(block=block)
+                except queue.Empty:
+                    return True
             block = False
+            if hold and (command is _STOP or command[0] == "cancel"):  # type: ignore[index]
+                self._held.append(command)
+                continue
             if command is _STOP:
                 for sequence in [*self.scheduler.waiting, *self.scheduler.running]:
                     self._fail(sequence, RuntimeError("the model replica is shutting down"))
@@ -293,13 +329,20 @@ class BatchedEngine(RuntimeEngine):
         sequence.pieces, sequence.latents = [], []
 
     def _step(self, sequences: list[Sequence] | None = None, first: int = 0) -> None:
-        """One decode step for the batch (or for ``sequences``, which hold slots ``first``..). The requests whose
-        audio is a patch per call get it before the grouped calls run (``postprocess.py``)."""
+        """One decode step for the batch (or for ``sequences``, which hold slots ``first``..). Newcomers that
+        arrive while the batch's model call runs are admitted before its VAE call (``_newcomers_first``). The
+        requests whose audio is a patch per call get it before the grouped calls run (``postprocess.py``)."""
         running = list(self.scheduler.running if sequences is None else sequences)
         rows = [sequence.row() for sequence in running]
+        started = time.perf_counter()
         try:
             output = self.runner.step(rows, first)
-            pieces, grouped = self.postprocessor.decode(running, output.latents, first)  # before any wait
+            if sequences is None:
+                newcomers_started = time.perf_counter()
+                self._newcomers_first()  # each newcomer's failure is its own
+                started += time.perf_counter() - newcomers_started  # not the batch's own time
+            whole = first == 0 and len(running) == len(self.scheduler.running)
+            pieces, grouped = self.postprocessor.decode(running, output.latents, first, whole)  # before any wait
             stop = output.stop.tolist()
         except Exception as exc:  # a failure of the shared step fails the batch, not the replica
             logger.exception("batched step failed for %d requests", len(running))
@@ -316,6 +359,18 @@ class BatchedEngine(RuntimeEngine):
         for index, size in grouped.items():
             sequence = running[index]
             self._guarded(sequence, self._postprocess_group, sequence, size, stop[index])
+        if sequences is None:
+            self._step_s += STEP_TIME_SMOOTHING * (time.perf_counter() - started - self._step_s)
+
+    def _newcomers_first(self) -> None:
+        """Between the batch's model call and its VAE call: streams that arrived meanwhile are admitted,
+        prefilled and given their first step and its audio now (``first_step_alone``), so a newcomer waits for
+        at most one of the two calls in flight, not for the whole step; the batch's next chunk waits for that
+        (it is ahead of its listener: chunks are a patch long and a step takes a fraction of one). The
+        batch's rows keep their slots meanwhile (cancellations wait: ``_take_commands``)."""
+        if self._first_step_alone and not self._inbox.empty():
+            self._take_commands(block=False, hold=True)
+            self._admit(hold=True)
 
     def _postprocess_group(self, sequence: Sequence, size: int | None, stop: bool) -> None:
         self._postprocess(sequence, self.postprocessor.decode_group(sequence, size), stop)

@@ -33,10 +33,11 @@ class Postprocessor:
         self.decoder = decoder
 
     def decode(
-        self, running: list[Sequence], latents: torch.Tensor, first: int = 0
+        self, running: list[Sequence], latents: torch.Tensor, first: int = 0, whole: bool = True
     ) -> tuple[dict[int, np.ndarray], dict[int, int | None]]:
         """Each request's new patch (row i is slot ``first + i``) joins those it holds. The calls of one patch
-        run now, together (from a CUDA graph where they are the whole batch): their audio by row. Returns it
+        run now, together (from a CUDA graph where they are ``whole``: the batch, nobody in a slot after its
+        last row): their audio by row. Returns it
         with the rows whose longer call is due, and its size (None: the row's next group), for
         ``decode_group`` once the others' audio is out: a call of its own per row, so that the decoder meets
         one shape per group size (built at warm-up). In a busy step every stream decodes what it holds and
@@ -59,15 +60,15 @@ class Postprocessor:
                 grouped[row] = len(sequence.latents)
             elif sequence.grouping.due(len(sequence.latents)):
                 grouped[row] = None
-        return self.decode_singles(running, latents, singles, first), grouped
+        return self.decode_singles(running, latents, singles, first, whole), grouped
 
     def decode_singles(
-        self, running: list[Sequence], latents: torch.Tensor, rows: list[int], first: int = 0
+        self, running: list[Sequence], latents: torch.Tensor, rows: list[int], first: int = 0, whole: bool = True
     ) -> dict[int, np.ndarray]:
         """The new patch of each of ``rows`` through the VAE in one call: audio by row."""
         if not rows:
             return {}
-        if len(rows) == len(running) and first == 0:
+        if len(rows) == len(running) and first == 0 and whole:
             decoded = self.decoder.decode_batch(latents)
         else:
             chosen = latents if len(rows) == len(running) else latents[to_device(rows, latents.device)]
