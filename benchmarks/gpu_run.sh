@@ -47,10 +47,10 @@ first)
   timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/model/test_cuda.py 2>&1 | tail -30
   # 2. VoxCPM2 in closed loop at nano-vllm-voxcpm's concurrencies (its author's RTX 4090 table), CUDA graphs on
   bench serving_load_gpu_voxcpm2 180 serving_load.py --mode engine --preset voxcpm2 --no-open-loop \
-    --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64
-  # 3. the same with each newcomer's first step alone (first_step_alone), and open loop at shares of capacity
+    --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --idle-requests 5
+  # 3. the same with newcomers first (first_step_alone: true; by default off where steps replay CUDA graphs)
   bench serving_load_gpu_voxcpm2_first_step_alone 120 serving_load.py --mode engine --preset voxcpm2 \
-    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --first-step-alone
+    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --first-step-alone --idle-requests 0
   # 4. where a step's time goes, the whole step eager vs its graph (and whether the bits match)
   bench step_phases_voxcpm2_cuda 100 step_phases.py --preset voxcpm2 --levels 1,16,64 --graph-probe
   ;;
@@ -59,7 +59,7 @@ more)
   bench adapters_gpu_voxcpm2 150 adapters.py --preset voxcpm2 --streams 8 32 --repeat 2
   # a VAE call per patch (decode_patches 1, the captured graph at every step) against the default grouping
   bench serving_load_gpu_voxcpm2_decode_patches_1 120 serving_load.py --mode engine --preset voxcpm2 \
-    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --decode-patches 1
+    --no-open-loop --concurrency 1,8,16,32,64 --seconds 10 --max-batch-size 64 --decode-patches 1 --idle-requests 0
   bench batching_gpu_voxcpm1.5 200 batching.py --mode engine --preset voxcpm1.5 --engines batched \
     --levels 1,8,16,32,64,96 --max-batch-size 96 --repeat 2
   bench batching_gpu_voxcpm1.5_eager 110 batching.py --mode engine --preset voxcpm1.5 --engines batched \

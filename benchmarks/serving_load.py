@@ -6,6 +6,9 @@
   the service does with them, at rates from 10 % to 120 % of the capacity the closed loop measured (its
   highest requests per second).
 
+First, **idle**: one request at a time, each after the service has had nothing to do for ``IDLE_PAUSE_S``
+(what a request arriving at an idle service sees; the open loop's goal is measured against it).
+
 Per level: time to first audio (TTFB) p50 / p90 / p95 / p99; RTF per request as nano-vllm-voxcpm defines it,
 (wall - TTFB) / audio seconds; requests per second; audio seconds per wall second; the chunk gap's p99;
 streams that underran (a player started at the first chunk ran dry); and **the knee**: the first level whose
@@ -47,6 +50,7 @@ from common import (
 )
 
 KNEE_FACTOR = 2.0  # TTFB p90 this many times the lowest level's: latency has left its floor
+IDLE_PAUSE_S = 0.5  # before each idle request: long enough for the engine's threads to sleep
 OPEN_LOOP_SEED = 0  # the same arrival times every run
 
 
@@ -92,6 +96,9 @@ class Engine:
         self.engine = load_engine(config)
         self.request = SynthesisRequest(text=SEED_SENTENCE, retry_badcase=False)
 
+    def one(self) -> StreamTiming:
+        return asyncio.run(timed_stream(self.engine, self.request))
+
     def closed(self, clients: int, seconds: float) -> tuple[list[StreamTiming], float]:
         async def run() -> tuple[list[StreamTiming], float]:
             started = time.perf_counter()
@@ -130,7 +137,7 @@ class Http:
         self.url = url
         self.form = {"text": SEED_SENTENCE}
 
-    def _one(self) -> StreamTiming:
+    def one(self) -> StreamTiming:
         return time_request(self.url, "/api/tts/stream", self.form)
 
     def closed(self, clients: int, seconds: float) -> tuple[list[StreamTiming], float]:
@@ -139,7 +146,7 @@ class Http:
 
         def client() -> None:
             while time.perf_counter() < end:
-                timing = self._one()
+                timing = self.one()
                 with lock:
                     done.append(timing)
 
@@ -155,7 +162,7 @@ class Http:
             futures = []
             for arrival in arrivals:
                 time.sleep(max(0.0, started + arrival - time.perf_counter()))
-                futures.append(pool.submit(self._one))
+                futures.append(pool.submit(self.one))
             timings = [future.result() for future in futures]
         return timings, time.perf_counter() - started
 
@@ -166,7 +173,35 @@ def knee(rows: list[dict[str, Any]], key: str) -> Any:
     return next((row[key] for row in rows if row["ttfb_ms"]["p90"] > KNEE_FACTOR * floor), None)
 
 
-def sweep(driver: Any, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
+def idle(driver: Any, requests: int) -> dict[str, Any]:
+    """``requests`` requests one at a time, each after ``IDLE_PAUSE_S`` with nothing to do."""
+    timings, started = [], time.perf_counter()
+    for _ in range(requests):
+        time.sleep(IDLE_PAUSE_S)
+        timings.append(driver.one())
+    return level_stats(timings, time.perf_counter() - started)
+
+
+def goals(rows: dict[str, Any]) -> dict[str, float | None]:
+    """The issue's goals as ratios within this run: closed loop at 8 clients against one (TTFB p90), open loop
+    at 70 % of capacity against idle and against one client (TTFB p95)."""
+    closed = {row["clients"]: row["ttfb_ms"] for row in rows["closed"]}
+    opened = {round(100 * row["share"]): row["ttfb_ms"] for row in rows["open"]}
+
+    def ratio(top: dict | None, bottom: dict | None, quantile: str) -> float | None:
+        return top[quantile] / bottom[quantile] if top and bottom else None
+
+    return {
+        "closed_8_over_1_p90": ratio(closed.get(8), closed.get(1), "p90"),
+        "open_70_over_idle_p95": ratio(opened.get(70), rows["idle"]["ttfb_ms"] if rows["idle"] else None, "p95"),
+        "open_70_over_1_client_p95": ratio(opened.get(70), closed.get(1), "p95"),
+    }
+
+
+def sweep(driver: Any, args: argparse.Namespace) -> dict[str, Any]:
+    idled = idle(driver, args.idle_requests) if args.idle_requests else None
+    if idled:
+        print(line("idle", idled), flush=True)
     closed: list[dict[str, Any]] = []
     for clients in map(int, args.concurrency.split(",")):
         row = {"clients": clients, **level_stats(*driver.closed(clients, args.seconds))}
@@ -183,7 +218,8 @@ def sweep(driver: Any, args: argparse.Namespace) -> tuple[list[dict[str, Any]], 
             }
             opened.append(row)
             print(line(f"open {share:.0%}", row), flush=True)
-    return closed, opened, capacity
+    rows = {"idle": idled, "closed": closed, "open": opened, "capacity_rps": capacity}
+    return {**rows, "goals": goals(rows)}
 
 
 def line(label: str, row: dict[str, Any]) -> str:
@@ -197,12 +233,15 @@ def line(label: str, row: dict[str, Any]) -> str:
     )
 
 
+def quantiles(ttfb: dict[str, float]) -> str:
+    return f"{ttfb['median']:.0f} / {ttfb['p90']:.0f} / {ttfb['p95']:.0f} / {ttfb['p99']:.0f}"
+
+
 def columns(row: dict[str, Any]) -> list[Any]:
-    ttfb = row["ttfb_ms"]
     return [
         row["requests"],
         f"{row['requests_per_s']:.2f}",
-        f"{ttfb['median']:.0f} / {ttfb['p90']:.0f} / {ttfb['p95']:.0f} / {ttfb['p99']:.0f}",
+        quantiles(row["ttfb_ms"]),
         f"{row['rtf']['median']:.2f}",
         f"{row['audio_s_per_wall_s']:.2f}",
         f"{row['gap_ms']['p99']:.0f}",
@@ -213,13 +252,21 @@ def columns(row: dict[str, Any]) -> list[Any]:
 HEADER = ["requests", "requests/s", "TTFB p50 / p90 / p95 / p99 ms", "RTF p50", "audio s/s", "gap p99 ms", "underruns"]
 
 
-def report(args: argparse.Namespace, closed: list[dict], opened: list[dict], capacity: float) -> str:
+def report(args: argparse.Namespace, rows: dict[str, Any]) -> str:
+    closed, opened, capacity, idled = rows["closed"], rows["open"], rows["capacity_rps"], rows["idle"]
     where = f"in-process, {args.device}" if args.mode == "engine" else "over HTTP (configs/local.yaml's graph)"
     text = (
         f"# Serving under load: {args.preset}, batched engine, {where} (benchmarks/serving_load.py)\n\n"
         f"Each request is the original guide's test sentence; each level runs {args.seconds:g} s. RTF per request "
         "= (wall - TTFB) / audio seconds. The knee: the first level whose TTFB p90 is more than "
-        f"{KNEE_FACTOR:g}x the lowest level's.\n\n## Closed loop (c clients, each sending its next request as "
+        f"{KNEE_FACTOR:g}x the lowest level's.\n\n"
+        + (
+            f"## Idle\n\nOne request at a time, each after {IDLE_PAUSE_S:g} s with nothing to do: TTFB p50 / p90 / "
+            f"p95 / p99 {quantiles(idled['ttfb_ms'])} ms ({idled['requests']} requests).\n\n"
+            if idled
+            else ""
+        )
+        + "## Closed loop (c clients, each sending its next request as "
         f"its last ends)\n\nKnee: {knee(closed, 'clients') or 'not reached'}; capacity {capacity:.2f} requests/s.\n\n"
         + table(["c", *HEADER], [[row["clients"], *columns(row)] for row in closed])
     )
@@ -232,7 +279,19 @@ def report(args: argparse.Namespace, closed: list[dict], opened: list[dict], cap
                 [[f"{row['rate']:.2f}/s ({row['share']:.0%})", *columns(row)] for row in opened],
             )
         )
+    measured = {name: value for name, value in rows["goals"].items() if value is not None}
+    if measured:
+        text += "\n## Against the goals (ratios within this run)\n\n" + "".join(
+            f"- {GOAL_NAMES[name]}: x{value:.2f}\n" for name, value in measured.items()
+        )
     return text
+
+
+GOAL_NAMES = {
+    "closed_8_over_1_p90": "closed loop, TTFB p90 at 8 clients over 1 client's (goal: at most x2)",
+    "open_70_over_idle_p95": "open loop, TTFB p95 at 70 % of capacity over idle's (goal: at most x2)",
+    "open_70_over_1_client_p95": "open loop, TTFB p95 at 70 % of capacity over 1 client's (closed loop)",
+}
 
 
 def plot(closed: list[dict], opened: list[dict], name: str) -> None:
@@ -262,6 +321,7 @@ def main() -> None:
         "--capacity", type=float, default=None, help="the requests/s open-loop rates are shares of (default: measured)"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="per level")
+    parser.add_argument("--idle-requests", type=int, default=20, help="requests of the idle level (0: none)")
     parser.add_argument("--preset", default="tiny-voxcpm1.5")
     parser.add_argument("--dtype", default=None, help="default: the preset's")
     parser.add_argument("--device", default="cpu")
@@ -270,8 +330,9 @@ def main() -> None:
     parser.add_argument(
         "--first-step-alone",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="the model setting first_step_alone: a joining request's first step on its own, not the batch's next",
+        default=None,
+        help="the model setting first_step_alone (default: the engine's, on where steps run eagerly): a joining "
+        "stream's first step on its own, not the batch's next",
     )
     parser.add_argument(
         "--decode-patches", type=int, default=16, help="the model setting decode_patches: 1, a VAE call per patch"
@@ -284,23 +345,25 @@ def main() -> None:
             driver = Engine(args, synthetic_checkpoint(args.preset, Path(tmp) / args.preset, args.dtype))
             try:
                 driver.closed(1, 2.0)  # warm
-                closed, opened, capacity = sweep(driver, args)
+                rows = sweep(driver, args)
             finally:
                 driver.close()
     else:
         top = max(map(int, args.concurrency.split(",")))
         deployment = {"max_ongoing_requests": args.max_batch_size + top, "max_queued_requests": 4 * top}
         model = {"max_batch_size": args.max_batch_size, "decode_patches": args.decode_patches}
+        if args.first_step_alone is not None:
+            model["first_step_alone"] = args.first_step_alone
         with local_service(model_deployment=deployment, **model) as url:
             driver = Http(url)
             driver.closed(1, 2.0)  # warm
-            closed, opened, capacity = sweep(driver, args)
+            rows = sweep(driver, args)
     save(
         name,
-        {"arguments": vars(args), "capacity_rps": capacity, "closed": closed, "open": opened},
-        report(args, closed, opened, capacity),
+        {"arguments": vars(args), **rows},
+        report(args, rows),
     )
-    plot(closed, opened, name)
+    plot(rows["closed"], rows["open"], name)
 
 
 if __name__ == "__main__":

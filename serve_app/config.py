@@ -92,13 +92,14 @@ class ModelConfig(_Strict):
         "(its first audio) from a step of its own right after its prefill, instead of from the batch's next step, "
         "and one that arrives while the batch's model call runs is admitted before that step's VAE call: its "
         "first audio waits for at most one call in flight and its own small step, not for whole steps of the "
-        "batch. Only while the batch has room and time to spare (at most 2/3 of its slots held, nobody waiting "
+        "batch. Only while the batch has room and time to spare (at most 3/4 of its slots held, nobody waiting "
         "for one, its steps taking at most half a patch's audio) and the newcomers are at most half as many as "
         "the streams running; the running streams' next chunk waits for that small step. null (the default): "
-        "on where steps run eagerly (CPU; on the 2-core CPU, open loop at 70 % of capacity, first audio p95 "
-        "about half: docs/engines.md), off where they replay CUDA graphs (the newcomer's step would run "
-        "eagerly; yet to be measured on a GPU). Either way requests are admitted, and prefilled together, "
-        "before every step (in arrival order, while slots are free), so running decodes never starve a newcomer.",
+        "on where steps run eagerly (CPU; on the 2-core CPU, open loop at 70 % of capacity, first audio p95 11 "
+        "against 17 ms: benchmarks/README.md, Newcomers first), off where they replay CUDA graphs (the "
+        "newcomer's step would run eagerly; yet to be measured on a GPU). Either way requests are admitted, and "
+        "prefilled together, before every step (in arrival order, while slots are free), so running decodes never "
+        "starve a newcomer.",
     )
     batch_invariant: bool = Field(
         False,

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,13 +106,9 @@ def _together(
     return results  # type: ignore[return-value]
 
 
-def test_a_request_joining_a_running_batch_gets_its_first_step_alone(
-    engines: tuple, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """first_step_alone: the newcomer's first patch comes from a step over its own slot right after its
-    prefill, not from the batch's next step; its audio is still the reference's bit for bit."""
-    reference, batched, _ = engines
-    steps: list[tuple[int, int]] = []  # (rows, first slot) of every step
+def _counted_steps(batched: BatchedEngine, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(rows, first slot) of every step the engine runs from now on."""
+    steps: list[tuple[int, int]] = []
     step = batched.runner.step
 
     def counted(rows: list, first: int = 0) -> object:
@@ -119,11 +116,25 @@ def test_a_request_joining_a_running_batch_gets_its_first_step_alone(
         return step(rows, first)
 
     monkeypatch.setattr(batched.runner, "step", counted)
-    requests = [
-        SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
-        SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=13, max_len=60),
-        SynthesisRequest(text="新来的", seed=12, max_len=8),
-    ]
+    return steps
+
+
+TWO_RUNNING_AND_A_NEWCOMER = [  # staggered by 0.1 s: the third joins while the first two speak
+    SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
+    SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=13, max_len=60),
+    SynthesisRequest(text="新来的", seed=12, max_len=8),
+]
+
+
+def test_a_request_joining_a_running_batch_gets_its_first_step_alone(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """first_step_alone: the newcomer's first patch comes from a step over its own slot right after its
+    prefill, not from the batch's next step; its audio is still the reference's bit for bit."""
+    reference, batched, _ = engines
+    monkeypatch.setattr(batched, "_patch_s", math.inf)  # time to spare, however slow this machine's steps
+    steps = _counted_steps(batched, monkeypatch)
+    requests = TWO_RUNNING_AND_A_NEWCOMER
     results = _together(batched, requests, stagger_s=0.1)
     assert (1, 2) in steps  # one row, in slot 2: the newcomer alone, while the others held slots 0 and 1
     for request, got in zip(requests, results, strict=True):
@@ -141,19 +152,8 @@ def test_newcomers_join_the_next_step_of_a_batch_without_room_or_time_to_spare(
         monkeypatch.setattr(batch_engine, "NEWCOMERS_FIRST_OCCUPANCY", 0.25)
     else:
         monkeypatch.setattr(batched, "_patch_s", 0.0)
-    steps: list[tuple[int, int]] = []
-    step = batched.runner.step
-
-    def counted(rows: list, first: int = 0) -> object:
-        steps.append((len(rows), first))
-        return step(rows, first)
-
-    monkeypatch.setattr(batched.runner, "step", counted)
-    requests = [
-        SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
-        SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=13, max_len=60),
-        SynthesisRequest(text="新来的", seed=12, max_len=8),
-    ]
+    steps = _counted_steps(batched, monkeypatch)
+    requests = TWO_RUNNING_AND_A_NEWCOMER
     results = _together(batched, requests, stagger_s=0.1)
     assert (1, 2) not in steps and (3, 0) in steps  # the newcomer's first step was the batch's
     for request, got in zip(requests, results, strict=True):
@@ -164,14 +164,7 @@ def test_newcomers_as_many_as_the_batch_join_its_next_step(engines: tuple, monke
     """Where the newcomers are more than half as many as the streams running, a step of their own would cost
     about the batch's: they join its next step."""
     reference, batched, _ = engines
-    steps: list[tuple[int, int]] = []
-    step = batched.runner.step
-
-    def counted(rows: list, first: int = 0) -> object:
-        steps.append((len(rows), first))
-        return step(rows, first)
-
-    monkeypatch.setattr(batched.runner, "step", counted)
+    steps = _counted_steps(batched, monkeypatch)
     requests = [
         SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=11, max_len=60),
         SynthesisRequest(text="新来的", seed=12, max_len=8),
@@ -190,6 +183,7 @@ def test_a_stream_arriving_during_the_batch_model_call_is_heard_before_the_batch
     for the step's end (the batch's rows keep their slots until its VAE call): the others are still the
     reference's bit for bit."""
     reference, batched, _ = engines
+    monkeypatch.setattr(batched, "_patch_s", math.inf)  # time to spare, however slow this machine's steps
     leaving = SynthesisRequest(text="一个很快就被取消的长句子，还要说很久。", seed=21, max_len=40)
     staying = SynthesisRequest(text="一个正在说话的长句子，也要说很久。", seed=22, max_len=40)
     newcomer = SynthesisRequest(text="新来的", seed=23, max_len=8)

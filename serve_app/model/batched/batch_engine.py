@@ -59,7 +59,7 @@ _END = object()  # a request's last item
 # its slots held (past it their extra steps take the capacity newcomers are about to queue for: on the tiny
 # CPU model at 90 % of capacity they tipped it into queueing), and its steps taking at most this share of a
 # patch's audio (so a newcomer's second chunk still comes before its first one has played).
-NEWCOMERS_FIRST_OCCUPANCY = 2 / 3
+NEWCOMERS_FIRST_OCCUPANCY = 0.75
 NEWCOMERS_FIRST_STEP_SHARE = 0.5
 STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time
 _STOP = object()  # the loop thread's last command
