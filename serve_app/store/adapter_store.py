@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from serve_app.config import AppConfig, TenantQuotas
 from serve_app.errors import Forbidden, NotFound
@@ -50,9 +49,6 @@ class Adapter:
 
     def visible_to(self, caller: Principal) -> bool:
         return tenants.visible_to(self, caller)
-
-
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Adapter))
 
 
 def declared_id(model: str, name: str) -> str:
@@ -140,16 +136,16 @@ class AdapterStore:
         return next((a for a in self.declared if a.adapter_id == adapter_id), None) or self._read(adapter_id)
 
     def _uploaded(self) -> list[Adapter]:
-        adapters = [self._read(adapter_id) for adapter_id in self.records.ids()]
-        return sorted((a for a in adapters if a is not None), key=lambda a: a.created)
+        return [adapter for adapter in self.records.read_all(_META, Adapter) if _stored(adapter)]
 
     def _read(self, adapter_id: str) -> Adapter | None:
-        try:
-            data: dict[str, Any] = json.loads((self.records.path(adapter_id) / _META).read_text())
-            adapter = Adapter(**{key: value for key, value in data.items() if key in _FIELDS})
-        except (OSError, ValueError, TypeError, AttributeError):
-            return None
-        return adapter if adapter.file in WEIGHTS_FILES else None  # never a path a file could name
+        adapter = self.records.read(adapter_id, _META, Adapter)
+        return adapter if adapter is not None and _stored(adapter) else None
+
+
+def _stored(adapter: Adapter) -> bool:
+    """Its weights are one of the store's own file names: never a path a record's file could name."""
+    return adapter.file in WEIGHTS_FILES
 
 
 def new_adapter(name: str, model: str, shape: dict, file: str, digest: str, size: int) -> Adapter:

@@ -14,8 +14,10 @@ left are removed when a store is recovered (ingress start).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from serve_app.errors import InsufficientStorage
 
@@ -41,6 +44,13 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class Dated(Protocol):
+    created: float
+
+
+Record = TypeVar("Record", bound=Dated)
 
 
 class DurableDirectory:
@@ -97,6 +107,21 @@ class DurableDirectory:
         if not RECORD_ID.match(record_id):
             raise ValueError(f"not a record id: {record_id!r}")
         return self.root / record_id
+
+    def read(self, record_id: str, meta: str, kind: type[Record]) -> Record | None:
+        """A record as ``kind`` (a dataclass) from its JSON file ``meta``, dropping fields ``kind`` does not
+        have (a newer version's); None when it cannot be read (half deleted, not a record id, damaged)."""
+        try:
+            data: dict[str, Any] = json.loads((self.path(record_id) / meta).read_text())
+            known = {field.name for field in dataclasses.fields(kind)}  # type: ignore[arg-type]
+            return kind(**{key: value for key, value in data.items() if key in known})
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+
+    def read_all(self, meta: str, kind: type[Record]) -> list[Record]:
+        """Every record that can be read, oldest first."""
+        records = [self.read(record_id, meta, kind) for record_id in self.ids()]
+        return sorted((record for record in records if record is not None), key=lambda record: record.created)
 
     def discard(self, record_id: str) -> bool:
         """Renamed away, then removed: gone for every reader at once. False when a concurrent delete took it."""

@@ -23,7 +23,6 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -64,9 +63,6 @@ class Voice:
 
     def visible_to(self, caller: Principal) -> bool:
         return tenants.visible_to(self, caller)
-
-
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Voice))
 
 
 class VoiceStore:
@@ -128,7 +124,7 @@ class VoiceStore:
         return [voice for voice in self._all() if voice.visible_to(caller)]
 
     def get(self, voice_id: str, caller: Principal, field: str = "voice_id") -> Voice:
-        voice = self._read(voice_id) if RECORD_ID.match(voice_id) else None
+        voice = self._read(voice_id)
         if voice is None or not voice.visible_to(caller):
             raise NotFound(f"no saved voice {voice_id!r}", field)
         return voice
@@ -136,9 +132,8 @@ class VoiceStore:
     def find(self, id_or_name: str, field: str, caller: Principal) -> Voice:
         """By id, else by name: among the caller's own voices first, then the shared ones (the most recent of
         a name; in any case when none matches exactly)."""
-        if RECORD_ID.match(id_or_name) and (voice := self._read(id_or_name)) is not None:
-            if voice.visible_to(caller):
-                return voice
+        if (voice := self._read(id_or_name)) is not None and voice.visible_to(caller):
+            return voice
         return _found(tenants.named_for(id_or_name, self._all(), caller), id_or_name, field)
 
     def find_shared(self, id_or_name: str, field: str) -> Voice:
@@ -166,15 +161,11 @@ class VoiceStore:
             raise NotFound(f"no saved voice {voice_id!r}", "voice_id")
 
     def _all(self) -> list[Voice]:
-        voices = [self._read(voice_id) for voice_id in self.records.ids()]
-        return sorted((v for v in voices if v is not None), key=lambda v: v.created)
+        return self.records.read_all(_META, Voice)
 
     def _read(self, voice_id: str) -> Voice | None:
-        try:
-            data: dict[str, Any] = json.loads((self.root / voice_id / _META).read_text())
-            return Voice(**{key: value for key, value in data.items() if key in _FIELDS})
-        except (OSError, ValueError, TypeError, AttributeError):
-            return None
+        """None unless ``voice_id`` is a record id of a readable voice."""
+        return self.records.read(voice_id, _META, Voice)
 
 
 def _found(voice: Voice | None, id_or_name: str, field: str) -> Voice:
