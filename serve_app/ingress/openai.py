@@ -219,15 +219,7 @@ async def _events(audio: AsyncIterator[bytes | TimedSegment], input_chars: int) 
     sentence once its audio has gone), then a done event."""
     async for piece in audio:
         if isinstance(piece, TimedSegment):
-            timed = {
-                "type": "speech.audio.timestamps",
-                "index": piece.index,
-                "text": piece.text,
-                "source": piece.source,
-                "start_s": round(piece.start_s, 3),
-                "end_s": round(piece.end_s, 3),
-                "words": piece.words_public(),
-            }
+            timed = {"type": "speech.audio.timestamps", **piece.bounds_public(), "words": piece.words_public()}
             yield f"event: speech.audio.timestamps\ndata: {json.dumps(timed, ensure_ascii=False)}\n\n"
         elif piece:
             delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}

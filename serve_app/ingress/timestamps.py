@@ -35,6 +35,16 @@ class TimedSegment:
     def words_public(self) -> list[dict]:
         return [word.public() for word in self.words]
 
+    def bounds_public(self) -> dict:
+        """The segment as the HTTP answers describe it, times in seconds to the millisecond."""
+        return {
+            "index": self.index,
+            "text": self.text,
+            "source": self.source,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+        }
+
 
 async def timed_segment(
     aligner: Aligner | None,

@@ -95,15 +95,7 @@ async def tts_with_timestamps(
         "sample_rate": rate,
         "source": "aligned" if segments and all(s.source == "aligned" for s in segments) else "estimated",
         "segments": [
-            {
-                "index": s.index,
-                "text": s.text,
-                "start_s": round(s.start_s, 3),
-                "end_s": round(s.end_s, 3),
-                "start_sample": round(s.start_s * rate),
-                "end_sample": round(s.end_s * rate),
-                "source": s.source,
-            }
+            {**s.bounds_public(), "start_sample": round(s.start_s * rate), "end_sample": round(s.end_s * rate)}
             for s in segments
         ],
         "words": [word for s in segments for word in s.words_public()],
