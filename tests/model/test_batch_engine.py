@@ -36,7 +36,7 @@ from serve_app.model.engine import joined
 from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.store.voice_store import VoiceStore
-from tests.conftest import ADMIN, FLOAT32_TOLERANCE
+from tests.conftest import ADMIN, FLOAT32_TOLERANCE, wait_until
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
 DECODE_ROUNDING = 1e-5  # a sentence decoded patch by patch against voxcpm's whole-sentence decode
@@ -520,8 +520,11 @@ def test_float32_matches_within_tolerance(
 
     def watched(running: list[Sequence], latents: torch.Tensor, *placement: Any) -> tuple:
         decoded = decode(running, latents, *placement)
-        if any(sequence.grouping.group() == 8 and len(sequence.latents) == 1 for sequence in running):
+        held = any(sequence.grouping.group() == 8 and len(sequence.latents) == 1 for sequence in running)
+        if held and not holding.is_set():
             holding.set()
+            # the engine's next step waits for the two newcomers to be queued, so they join while it still holds
+            assert wait_until(lambda: batched._inbox.qsize() >= 2, 30), "the newcomers were never queued"
         return decoded
 
     def recorded(sequence: Sequence, size: int | None = None) -> np.ndarray:
@@ -532,8 +535,11 @@ def test_float32_matches_within_tolerance(
     monkeypatch.setattr(batched.postprocessor, "decode", watched)
     monkeypatch.setattr(batched.postprocessor, "decode_group", recorded)
     try:
-        # four streams, then two more while one of them holds patches: five make the batch busy
-        requests = [dataclasses.replace(r, max_len=200) for r in _requests(reference.info.prompt_sample_rate)]
+        # four streams, then two more while one of them holds patches: five make the batch busy; no sentence
+        # may end before the holder's group of 8 could (min_len), so the holder still holds when they join
+        requests = [
+            dataclasses.replace(r, min_len=80, max_len=200) for r in _requests(reference.info.prompt_sample_rate)
+        ]
         expected = [_alone(reference, request) for request in requests]
         for want, got in zip(expected, _together(batched, requests, 0.02, gate=(4, holding)), strict=True):
             assert got.shape == want.shape
