@@ -8,7 +8,7 @@ import asyncio
 
 import numpy as np
 
-from serve_app.audio.decode import AudioBounds, decode_upload
+from serve_app.audio.decode import AudioBounds, DecodePool, decode_upload
 from serve_app.config import LimitsConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
 from serve_app.ingress import audio_output
@@ -35,6 +35,8 @@ class RequestBuilder:
             max_samples=limits.prompt_audio_sample_budget,
             timeout_s=limits.prompt_audio_decode_timeout_s,
         )
+        # one per ingress replica (the replica builds one RequestBuilder): its uploads' own decode threads
+        self._decodes = DecodePool(limits.decode_workers)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -103,7 +105,7 @@ class RequestBuilder:
         """An uploaded recording as mono float32 at its own rate, within the configured limits."""
         if not data:
             raise InvalidField(f"{field} is required", field)
-        return await decode_upload(data, self._audio_bounds, field)
+        return await decode_upload(data, self._audio_bounds, field, self._decodes)
 
     async def recording(self, data: bytes, model: str, field: str, text: str | None = None) -> PromptAudio | None:
         """An uploaded prompt or reference recording (its bytes) at the model's prompt rate; none when not sent."""
@@ -112,5 +114,5 @@ class RequestBuilder:
                 raise InvalidField(f"prompt_text was given without {field}", field)
             return None
         info = await self._client.model_info(model)
-        samples, rate = await decode_upload(data, self._audio_bounds, field, info.prompt_sample_rate)
+        samples, rate = await decode_upload(data, self._audio_bounds, field, self._decodes, info.prompt_sample_rate)
         return PromptAudio(samples=samples, sample_rate=rate, text=text)

@@ -145,8 +145,7 @@ class VoiceStore:
 
     def audio(self, voice: Voice, reference: bool = False) -> tuple[np.ndarray, int]:
         """The voice's recording, or with ``reference`` its isolated reference recording."""
-        samples, rate = sf.read(self.root / voice.voice_id / (_REFERENCE if reference else _AUDIO), dtype="float32")
-        return samples, rate
+        return _read_flac(self.root / voice.voice_id / (_REFERENCE if reference else _AUDIO))
 
     def delete(self, voice_id: str, caller: Principal) -> None:
         """Gone for every reader at once, and of several concurrent deletes exactly one finds it. Admins may
@@ -172,6 +171,15 @@ def _found(voice: Voice | None, id_or_name: str, field: str) -> Voice:
     if voice is None:
         raise NotFound(f"no saved voice {id_or_name!r}", field)
     return voice
+
+
+def _read_flac(path: Path) -> tuple[np.ndarray, int]:
+    """A recording this store wrote, read as the FLAC it must be: libsndfile cannot be told which format to
+    read (it guesses from the bytes), so what it guessed is checked before a sample is read."""
+    with sf.SoundFile(path) as source:
+        if source.format != "FLAC":
+            raise ValueError(f"{path} holds {source.format}, not the FLAC this store writes")
+        return source.read(dtype="float32"), source.samplerate
 
 
 def _write_flac(path: Path, samples: np.ndarray, rate: int) -> int:

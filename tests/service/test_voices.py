@@ -1,12 +1,14 @@
 """Saved voices through the real service: stored, listed, used by id or name on every endpoint, deleted; no
-path games; a full store answers 507.
+path games; uploads that are no audio refused at once, holding up nothing; a full store answers 507.
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.audio.test_containers import bound_udp_ports, free_udp_port, sdp
 from tests.conftest import (
     TINY_V2_STEP_FRAMES,
     TINY_V15_STEP_FRAMES,
@@ -104,6 +107,33 @@ def test_refusals(url: str, reference_wav: Path) -> None:
     with open(reference_wav, "rb") as audio:
         blank = requests.post(f"{url}/api/voices", data={"name": "   ", "text": "t"}, files={"audio": audio})
     assert blank.status_code == 422 and error_of(blank)["field"] == "name"
+
+
+def test_session_descriptions_as_voices_are_415_at_once_and_hold_up_nothing(url: str) -> None:
+    """The attack: an SDP text sent as a voice made FFmpeg bind the UDP ports it names and wait for packets,
+    holding a thread of the ingress's default executor; eight at once were answered after 20-40 s and a
+    listing meanwhile took 17 s. Now each is refused from its first bytes, and the listing is not delayed."""
+    ports = [free_udp_port() for _ in range(8)]
+
+    def upload(port: int) -> tuple[requests.Response, float]:
+        started = time.monotonic()
+        files = {"audio": ("voice.sdp", sdp(port), "application/sdp")}
+        response = requests.post(
+            f"{url}/api/voices", data={"name": f"sdp {port}", "text": "t"}, files=files, timeout=60
+        )
+        return response, time.monotonic() - started
+
+    with ThreadPoolExecutor(len(ports)) as clients:
+        uploads = [clients.submit(upload, port) for port in ports]
+        started = time.monotonic()
+        listing = requests.get(f"{url}/api/voices", timeout=60)
+        listed_in = time.monotonic() - started
+        answers = [upload.result() for upload in uploads]
+    assert listing.status_code == 200 and listed_in < 2
+    for response, took in answers:
+        assert response.status_code == 415 and error_of(response)["field"] == "audio", response.text
+        assert took < 2
+    assert not set(ports) & bound_udp_ports()
 
 
 @pytest.fixture(scope="module")
