@@ -6,6 +6,7 @@ typo in a config fails at ``serve run``/``serve deploy`` with a clear message.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
 import limits
@@ -192,6 +193,19 @@ class LimitsConfig(_Strict):
     prompt_audio_decode_timeout_s: float = Field(
         10.0, gt=0, description="The longest one reference recording may take to decode: past it, 413."
     )
+    decode_workers: PositiveInt = Field(
+        2,
+        description="Threads of an ingress replica that decode uploaded audio, a pool of their own: a slow decode "
+        "holds one of these, never a thread other work needs. Past 4 decodes waiting per thread, uploads get 503.",
+    )
+    max_timestamped_audio_s: float = Field(
+        300.0,
+        gt=0,
+        description="The longest audio POST /api/tts/with-timestamps answers with (it is held whole, to be sent "
+        "base64 in JSON: about 70 MiB of the ingress's memory a minute at 96 kHz WAV, "
+        "benchmarks/results/timestamps_memory.md): past it, 413 naming `text`. Longer audio: stream it (SSE "
+        "timestamps or the WebSocket).",
+    )
     max_adapter_bytes: PositiveInt = Field(
         160 * 1024 * 1024,
         description="An uploaded LoRA adapter's weights file (POST /api/adapters): 413 naming `weights`. The "
@@ -210,6 +224,11 @@ class LimitsConfig(_Strict):
         """``max_prompt_audio_samples``, or its default from the duration limit."""
         derived = int(self.max_prompt_audio_seconds * BUDGET_RATE * BUDGET_CHANNELS)
         return self.max_prompt_audio_samples or derived
+
+    @property
+    def max_form_field_bytes(self) -> int:
+        """The longest form field a route reads: a text at its limit, 4 bytes a character in UTF-8 (64 KiB at least)."""
+        return max(64 * 1024, 4 * self.max_text_chars)
 
     @property
     def max_request_bytes(self) -> int:
@@ -268,19 +287,33 @@ class AccessConfig(_Strict):
     )
     max_requests_per_key: PositiveInt | None = Field(
         None,
-        description="Synthesis requests one key may have in progress at once on an ingress replica (streams "
-        "count until they end); past it 429 with Retry-After. None (default): no cap.",
+        description="HTTP requests one key may have in progress at once on an ingress replica, on every route "
+        "(streams count until they end); past it 429 with Retry-After. None (default): no cap.",
     )
     max_sockets_per_key: PositiveInt | None = Field(
         None,
         description="WebSocket conversations one key may have open at once on an ingress replica; past it 429 "
         "with Retry-After. None (default): no cap.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of the reverse proxies in front of the service whose "
+        "X-Forwarded-For the edge believes, for per-address limits; none (default): the peer's own address. "
+        "A request carrying forwarding headers is never anonymous-loopback (docs/security.md).",
+        examples=[["10.0.0.0/8"]],
+    )
     quotas: TenantQuotas = TenantQuotas()
     cors_allow_origins: list[str] = Field(
         default_factory=list,
         description="Web origins whose pages may call the API (['*']: any); none: same origin only.",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError naming what it cannot read
+        return networks
 
     @field_validator("rate_limit", "failed_auth_rate_limit")
     @classmethod

@@ -41,6 +41,9 @@ from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import VoiceStore
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Serve's proxy runs uvicorn, which rewrites the client's address from X-Forwarded-For sent from loopback unless
+# this is empty: the session's cluster (started from this process) runs as the images do.
+os.environ["FORWARDED_ALLOW_IPS"] = ""
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"

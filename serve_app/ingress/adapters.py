@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import Path as PathParameter
 
 from serve_app.errors import BadRequest, InvalidField, PayloadTooLarge
 from serve_app.ingress.dependencies import caller, model_client, request_builder
 from serve_app.ingress.error_responses import documented_errors
-from serve_app.ingress.forms import form_body, stored_name
+from serve_app.ingress.forms import form_body, form_parts, stored_name
 from serve_app.ingress.model_client import ModelClient
+from serve_app.ingress.schemas import MAX_NAME_CHARS
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.model.adapters import ZIP_MAGIC
 from serve_app.store.adapter_store import new_adapter
@@ -27,6 +29,7 @@ router = APIRouter(prefix="/api/adapters", tags=["adapters"], responses=document
 Models = Annotated[ModelClient, Depends(model_client)]
 Requests = Annotated[RequestBuilder, Depends(request_builder)]
 Caller = Annotated[Principal, Depends(caller)]
+AdapterId = Annotated[str, PathParameter(max_length=MAX_NAME_CHARS)]
 CHUNK_BYTES = 1 << 20
 
 
@@ -36,16 +39,19 @@ CHUNK_BYTES = 1 << 20
     summary="Upload a LoRA adapter (voxcpm's lora_weights.safetensors, or its .ckpt) for a model",
     responses=documented_errors(400, 403, 409, 413, 415, 503, 507),
     dependencies=[Depends(form_body)],
+    openapi_extra=form_parts(files=1, fields=7),  # weights; name, model, r, alpha, enable_lm/_dit/_proj
 )
 async def create(
     models: Models,
     requests: Requests,
     who: Caller,
-    name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
+    name: Annotated[str, Form(min_length=1, max_length=MAX_NAME_CHARS, description="A name to list and pick it by.")],
     weights: Annotated[
         UploadFile, File(description="voxcpm's lora_weights.safetensors, or lora_weights.ckpt (read weights-only).")
     ],
-    model: Annotated[str | None, Form(description="The model it was trained for (default: the default).")] = None,
+    model: Annotated[
+        str | None, Form(max_length=MAX_NAME_CHARS, description="The model it was trained for (default: the default).")
+    ] = None,
     r: Annotated[int | None, Form(description="Its rank, checked against the model's LoRA shape.")] = None,
     alpha: Annotated[float | None, Form(description="Its alpha, checked against the model's.")] = None,
     enable_lm: Annotated[bool | None, Form(description="Trained on the LMs, checked against the model's.")] = None,
@@ -102,7 +108,7 @@ async def list_adapters(models: Models, requests: Requests, who: Caller) -> dict
 
 
 @router.get("/{adapter_id}", summary="Describe an adapter")
-async def get(adapter_id: str, requests: Requests, who: Caller) -> dict:
+async def get(adapter_id: AdapterId, requests: Requests, who: Caller) -> dict:
     return (await asyncio.to_thread(requests.adapters.get, adapter_id, who)).public()
 
 
@@ -112,6 +118,6 @@ async def get(adapter_id: str, requests: Requests, who: Caller) -> dict:
     summary="Delete an uploaded adapter (a shared one: admins only; a declared one: never)",
     responses=documented_errors(403),
 )
-async def delete(adapter_id: str, requests: Requests, who: Caller) -> Response:
+async def delete(adapter_id: AdapterId, requests: Requests, who: Caller) -> Response:
     await asyncio.to_thread(requests.adapters.delete, adapter_id, who)
     return Response(status_code=204)

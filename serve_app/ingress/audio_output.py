@@ -15,7 +15,7 @@ from serve_app import metrics
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.stretch import check_speed, stretch, stretcher
-from serve_app.errors import InvalidField
+from serve_app.errors import InvalidField, PayloadTooLarge
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.timestamps import SegmentClock, TimedSegment, timed
 from serve_app.metrics import RequestTrace
@@ -88,17 +88,29 @@ async def _encoded(output: Output, pieces: AsyncIterator[Any]) -> AsyncIterator[
 
 
 async def whole_timed(
-    client: ModelClient, request: SynthesisRequest, output: Output, clock: SegmentClock
+    client: ModelClient, request: SynthesisRequest, output: Output, clock: SegmentClock, max_seconds: float
 ) -> tuple[bytes, list[TimedSegment]]:
     """The whole answer, encoded, and its segments timed: the non-streaming API's audio (a sentence at a time,
-    with retry_badcase), each sentence followed by where it ends."""
-    pieces, segments = [], []
-    async for item in timed(await chunks(client, request, output, by_sentence=True), clock):
-        if isinstance(item, TimedSegment):
-            segments.append(item)
-        else:
+    with retry_badcase), each sentence followed by where it ends. Held whole, so bounded: past ``max_seconds``
+    of audio the generation stops and the answer is 413 naming ``text``."""
+    pieces, segments, held = [], [], 0
+    most = max_seconds * output.model.sample_rate * output.speed  # model samples: the answer is 1/speed as long
+    items = timed(await chunks(client, request, output, by_sentence=True), clock)
+    async with contextlib.aclosing(items):
+        async for item in items:
+            if isinstance(item, TimedSegment):
+                segments.append(item)
+                continue
+            held += len(item)
+            if held > most:
+                raise PayloadTooLarge(
+                    f"text makes more than {max_seconds:g} s of audio, the most this route answers with in one "
+                    "JSON body; stream it instead (/v1/audio/speech with stream_format sse, or the WebSocket)",
+                    "text",
+                )
             pieces.append(item)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    pieces.clear()  # the one copy left is ``samples``
     return await _whole_encoded(samples, output), segments
 
 

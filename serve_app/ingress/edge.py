@@ -1,9 +1,11 @@
 """What every request meets before routing: CORS, Serve's client-controllable headers, who is calling
-(the API key and its tenant; without keys, loopback clients only unless anonymous access is asked for),
-the rate limits, per-key caps, the body size cap, and a service at capacity (refused before any form is
-parsed). The caller found here is put in the request's state for the routes (``dependencies.caller``).
-WebSocket upgrades meet the same checks (and a cap on open sockets) before the socket is accepted,
-and are refused with the same JSON errors and status codes (ASGI's WebSocket denial response).
+(the API key and its tenant; without keys, this machine's own clients only unless anonymous access is asked
+for: ``addresses.py``), the rate limits, per-key caps, the body size cap, a tenant at its quota on an upload
+route, the parts a form route takes (``forms.py``), and a service at capacity: each refused before any of the
+body is read or any form is parsed. The caller found here is put in the request's state for the routes
+(``dependencies.caller``). WebSocket upgrades meet the same checks (and a cap on open sockets) before the
+socket is accepted, and are refused with the same JSON errors and status codes (ASGI's WebSocket denial
+response).
 
 Pure ASGI, so the body cap applies while the body streams in: an upload whose Content-Length is
 over the cap is refused before any of it is read, and one without a length is cut off as soon as
@@ -13,11 +15,11 @@ replica's :class:`AppConfig` at the first request (the FastAPI app itself is bui
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import limits
 from limits.storage import MemoryStorage
@@ -32,8 +34,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app import metrics
 from serve_app.config import ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
+from serve_app.ingress.addresses import Addresses, is_local
 from serve_app.ingress.auth import Keyring, anonymous
 from serve_app.ingress.error_responses import count_error, route_path, service_error_response
+from serve_app.ingress.forms import FORM_PARTS, FormParts, parts_by_path
 from serve_app.store.tenants import Principal
 
 # Readable without a key: probes, the docs and the playground page (its API calls still need one).
@@ -46,6 +50,8 @@ SYNTHESIS_PATHS = frozenset(
 # The one route whose body may pass the reference-audio cap: an adapter upload (max_adapter_bytes).
 ADAPTER_UPLOADS = "/api/adapters"
 FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file
+# Upload routes' quota checks, run before their bodies are read: (caller, the body's length or 0) -> raise or not.
+RoomCheck = Callable[[Principal, int], None]
 # Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol's suffix.
 KEY_SUBPROTOCOL = "bearer."
 
@@ -80,13 +86,30 @@ class EdgeMiddleware:
             return
         if self._chain is None:
             ingress = serve.get_replica_context().servable_object
-            self._chain = build_chain(self.app, ingress.config, ingress.keyring, ingress.models.every_model_full)
+            stores = ingress.requests
+            rooms: dict[str, RoomCheck] = {
+                "/api/voices": lambda caller, length: stores.voices.check_room(caller),
+                ADAPTER_UPLOADS: lambda caller, length: stores.adapters.check_room(
+                    caller, max(1, length - FORM_OVERHEAD_BYTES)
+                ),
+            }
+            forms = parts_by_path(scope["app"].openapi(), ingress.config.limits.max_form_field_bytes)
+            self._chain = build_chain(
+                self.app, ingress.config, ingress.keyring, ingress.models.every_model_full, rooms, forms
+            )
         await self._chain(scope, receive, send)
 
 
-def build_chain(app: ASGIApp, config: AppConfig, keyring: Keyring, full: Callable[[], bool]) -> ASGIApp:
+def build_chain(
+    app: ASGIApp,
+    config: AppConfig,
+    keyring: Keyring,
+    full: Callable[[], bool],
+    rooms: Mapping[str, RoomCheck] | None = None,
+    forms: Mapping[str, FormParts] | None = None,
+) -> ASGIApp:
     larger = {ADAPTER_UPLOADS: config.limits.max_adapter_bytes + FORM_OVERHEAD_BYTES}
-    guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full, larger)
+    guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full, larger, rooms, forms)
     guarded = SocketGuard(guard, config.websocket.max_connections)
     if not config.access.cors_allow_origins:
         return guarded
@@ -109,13 +132,18 @@ class Guard:
         keyring: Keyring,
         max_body_bytes: int,
         full: Callable[[], bool],
-        larger_bodies: dict[str, int] | None = None,
+        larger_bodies: Mapping[str, int] | None = None,
+        rooms: Mapping[str, RoomCheck] | None = None,
+        forms: Mapping[str, FormParts] | None = None,
     ) -> None:
         self.app = app
         self._full = full
         self._keyring = keyring
+        self._addresses = Addresses(access.trusted_proxies)
         self._max_body = max_body_bytes
         self._larger_bodies = larger_bodies or {}  # POST path -> its own body cap
+        self._rooms = rooms or {}  # POST path -> its quota check
+        self._forms = forms or {}  # POST path -> the parts its form takes
         self._rate = limits.parse_many(access.rate_limit) if access.rate_limit else []
         self._failed_rate = limits.parse_many(access.failed_auth_rate_limit) if access.failed_auth_rate_limit else []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -124,15 +152,19 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
-        body_limit = self._max_body
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            body_limit = self._larger_bodies.get(path, self._max_body)
+        posted = scope["type"] == "http" and scope.get("method") == "POST"
+        body_limit = self._larger_bodies.get(path, self._max_body) if posted else self._max_body
         try:
             caller = self._check(scope, path, body_limit)
             slot = self._slot(scope, caller)
+            if posted and caller is not None and (room := self._rooms.get(path)) is not None:
+                length = Headers(scope=scope).get("content-length", "0")
+                await asyncio.to_thread(room, caller, int(length))
         except ServiceError as exc:
             await refuse(exc, scope, receive, send)
             return
+        if posted:
+            FORM_PARTS.set(self._forms.get(path))
         scope.setdefault("state", {})["caller"] = caller
         receive = self._capped(receive, body_limit) if scope["type"] == "http" else receive
         if slot is None:
@@ -169,9 +201,9 @@ class Guard:
         """The caller its key stands for; without keys configured, the one (admin) tenant, for loopback
         clients unless anonymous access was asked for. Wrong keys are counted per client address, and past
         ``failed_auth_rate_limit`` answered 429 (a valid key is never slowed by someone else's guessing)."""
-        address = client_address(scope)
+        address = self._addresses.client(scope, headers)
         if not self._keyring:
-            if not self._keyring.allow_anonymous and not is_loopback(address):
+            if not self._keyring.allow_anonymous and not is_local(scope, headers):
                 raise Unauthorized(NO_KEYS, "authorization")
             return anonymous(address)
         token = presented_key(headers, scope)
@@ -183,13 +215,13 @@ class Guard:
         return caller
 
     def _slot(self, scope: Scope, caller: Principal | None) -> tuple[str, str] | None:
-        """The per-key cap a synthesis request or socket counts against, refused (429) when it is full."""
+        """The per-key cap a request (any route) or a socket counts against, refused (429) when it is full."""
         cap = self._caps.get(scope["type"])
-        if cap is None or caller is None or not opens_synthesis(scope):
+        if cap is None or caller is None:
             return None
         slot = (scope["type"], caller.key_id)
         if self._holding[slot] >= cap:
-            what = "WebSocket conversations open" if scope["type"] == "websocket" else "synthesis requests in progress"
+            what = "WebSocket conversations open" if scope["type"] == "websocket" else "requests in progress"
             raise RateLimited(f"this key has {cap} {what} on this replica, its limit; retry when one ends")
         return slot
 
@@ -261,22 +293,6 @@ def opens_synthesis(scope: Scope) -> bool:
     """Whether the request takes a model slot (a synthesis POST or a WebSocket conversation)."""
     opens = scope["type"] == "websocket" or scope.get("method") == "POST"
     return opens and route_path(scope) in SYNTHESIS_PATHS
-
-
-def client_address(scope: Scope) -> str:
-    """The client's address as Serve's proxy gives it (its uvicorn trusts X-Forwarded-For only from loopback,
-    so a local reverse proxy's clients are seen as themselves, never as loopback)."""
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
-
-
-def is_loopback(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
 
 
 def presented_key(headers: Headers, scope: Scope) -> str | None:

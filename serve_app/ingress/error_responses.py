@@ -33,6 +33,8 @@ _HTTP_CODES = {
 
 
 OPENAI_PREFIX = "/v1"
+MAX_MESSAGE_CHARS = 500  # longer messages quote the client: cut, so an error never echoes a whole input
+MAX_FIELD_CHARS = 100  # a field's name may come from the client too (a form part's)
 # OpenAI's error ``type`` by status (its SDKs map statuses to exception classes; ``type`` is what they show).
 _OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 
@@ -46,6 +48,10 @@ def route_path(scope: Scope) -> str:
 def error_response(
     scope: Scope, status: int, code: str, message: str, field: str | None = None, **headers: str
 ) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_CHARS:  # what a client sent is echoed in a short excerpt at most
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    if field is not None and len(field) > MAX_FIELD_CHARS:
+        field = field[: MAX_FIELD_CHARS - 1] + "…"
     error: dict = {"code": code, "message": message, "field": field}
     path = route_path(scope)
     if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):

@@ -33,7 +33,13 @@ from serve_app.ingress.dependencies import aligner, app_config, caller, model_cl
 from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.http_audio import streaming_response
 from serve_app.ingress.model_client import ModelClient
-from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, SPEED_DESCRIPTION, NonBlankText, VoxCPMKnobs
+from serve_app.ingress.schemas import (
+    MAX_INSTRUCTIONS_CHARS,
+    SPEED_DESCRIPTION,
+    LookupKey,
+    NonBlankText,
+    VoxCPMKnobs,
+)
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.ingress.timestamps import SegmentClock, TimedSegment
 from serve_app.metrics import RequestTrace
@@ -85,18 +91,18 @@ def served_model(name: str, models: ModelClient) -> str:
 class VoiceRef(BaseModel):
     """OpenAI's custom-voice form of ``voice``."""
 
-    id: str = Field(min_length=1, description="A saved voice's id or name, or an OpenAI voice name.")
+    id: LookupKey = Field(min_length=1, description="A saved voice's id or name, or an OpenAI voice name.")
 
 
 class SpeechRequest(VoxCPMKnobs):
     """OpenAI's speech request, plus VoxCPM's knobs."""
 
-    model: str = Field(
+    model: LookupKey = Field(
         description="A served model (GET /v1/models), or one of OpenAI's (tts-1, tts-1-hd, gpt-4o-mini-tts, "
         "also with a date suffix) for the default one."
     )
     input: NonBlankText = Field(description="Text to synthesize.", examples=["你好，这是流式语音合成。"])
-    voice: str | VoiceRef = Field(
+    voice: LookupKey | VoiceRef = Field(
         description="A saved voice's id or name (POST /api/voices), or an OpenAI voice name (any case), which "
         "speaks with the saved voice the deployment maps it to (`openai.voices`), else the model's default; "
         'also as OpenAI\'s object form {"id": ...}. GET /v1/audio/voices lists them.',

@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import UploadFile
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.stretch import MAX_SPEED, MIN_SPEED
@@ -29,6 +29,10 @@ SPEED_DESCRIPTION = (
 # Form fields that say which voice to use; they become the request's prompt, reference or voice.
 VOICE_FIELDS = frozenset({"prompt_audio", "prompt_text", "voice_id", "reference_audio"})
 MAX_INSTRUCTIONS_CHARS = 1000
+# Names, ids and the keys a request looks them up by (voice, adapter, model): refused (422 naming the field)
+# past this before any lookup, so a lookup costs the same whatever was sent and no error echoes more.
+MAX_NAME_CHARS = 100
+LookupKey = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
 INSTRUCTIONS_DESCRIPTION = (
     'VoxCPM2 models: a plain-language description of the voice or style ("a warm, slow female voice"), which '
     "voxcpm reads in parentheses before the text. Alone it designs a voice; with reference_audio, a saved voice "
@@ -117,11 +121,11 @@ class TTSStreamForm(VoxCPMKnobs):
         "next to prompt_audio + prompt_text (a continuation prompt: voxcpm's ref_continuation mode).",
     )
     instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
-    model: str | None = Field(None, description="A served model (GET /v1/models); default: the configured one.")
-    voice_id: str | None = Field(
+    model: LookupKey | None = Field(None, description="A served model (GET /v1/models); default: the configured one.")
+    voice_id: LookupKey | None = Field(
         None, description="A saved voice (POST /api/voices) instead of prompt_audio + prompt_text."
     )
-    adapter: str | None = Field(
+    adapter: LookupKey | None = Field(
         None,
         description="A LoRA adapter of the model (POST /api/adapters, or declared in its config), by id or name; "
         "default: the voice's, if it carries one, else the base model.",

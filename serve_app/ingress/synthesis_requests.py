@@ -59,6 +59,7 @@ class RequestBuilder:
         model = self._client.resolve(form.model)
         output = await audio_output.output(self._client, form.format, form.sample_rate, model, trace, form.speed)
         self.check_text_length(form.text, "text")
+        self.check_text_length(form.prompt_text or "", "prompt_text")
         await self._client.require(
             model, {"instructions": form.instructions, "reference_audio": reference_audio or None}
         )

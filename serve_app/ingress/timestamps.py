@@ -10,6 +10,8 @@ answer (the WebSocket: of the context), after any change of speaking rate (``spe
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -86,7 +88,8 @@ class SegmentClock:
     _segment_start: int = 0
 
     def heard(self, chunk: np.ndarray) -> None:
-        self._audio.append(chunk)
+        if self.aligner is not None and self.mode == "word":  # kept only for the aligner to hear its words
+            self._audio.append(chunk)
 
     async def ended(self, mark: SegmentEnd) -> TimedSegment:
         """The segment ``mark`` ends, timed; its audio let go."""
@@ -107,3 +110,10 @@ async def timed(chunks: AsyncIterator[Chunk], clock: SegmentClock) -> AsyncItera
         else:
             clock.heard(item)
             yield item
+
+
+def json_with_audio(audio: bytes, described: dict) -> bytes:
+    """``{"audio_base64": ..., **described}`` as JSON bytes, the audio's base64 spliced in rather than serialized
+    with the rest: it is held once, not once more per encoding step (str, JSON text, bytes)."""
+    tail = json.dumps(described, ensure_ascii=False, separators=(",", ":")).encode()[1:]
+    return b'{"audio_base64":"' + base64.b64encode(audio) + b'",' + tail

@@ -3,23 +3,23 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
+from serve_app.config import AppConfig
 from serve_app.ingress import audio_output
 from serve_app.ingress.audio_output import Output
-from serve_app.ingress.dependencies import aligner, caller, model_client, request_builder, request_trace
+from serve_app.ingress.dependencies import aligner, app_config, caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
-from serve_app.ingress.forms import form_body
+from serve_app.ingress.forms import form_body, model_parts
 from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm, TTSTimestampsForm
 from serve_app.ingress.synthesis_requests import RequestBuilder
-from serve_app.ingress.timestamps import SegmentClock
+from serve_app.ingress.timestamps import SegmentClock, json_with_audio
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
 from serve_app.store.tenants import Principal
@@ -41,6 +41,7 @@ _AUDIO = {"content": {media: {"schema": {"type": "string", "format": "binary"}} 
     },
     summary="Stream speech as it is generated",
     dependencies=[Depends(form_body)],
+    openapi_extra=model_parts(TTSStreamForm),
 )
 async def tts_stream(
     form: Annotated[TTSStreamForm, Form(media_type="multipart/form-data")],
@@ -58,6 +59,7 @@ async def tts_stream(
     responses={200: {**_AUDIO, "description": "One complete file (WAV: PCM16 with exact sizes)."}},
     summary="Synthesize a whole utterance",
     dependencies=[Depends(form_body)],
+    openapi_extra=model_parts(TTSForm),
 )
 async def tts(
     form: Annotated[TTSForm, Form(media_type="multipart/form-data")],
@@ -73,6 +75,7 @@ async def tts(
     "/api/tts/with-timestamps",
     summary="Synthesize a whole utterance, with when each sentence and word is spoken",
     dependencies=[Depends(form_body)],
+    openapi_extra=model_parts(TTSTimestampsForm),
 )
 async def tts_with_timestamps(
     form: Annotated[TTSTimestampsForm, Form(media_type="multipart/form-data")],
@@ -81,16 +84,17 @@ async def tts_with_timestamps(
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
     heard_by: Annotated[Aligner | None, Depends(aligner)],
-) -> dict:
+    config: Annotated[AppConfig, Depends(app_config)],
+) -> Response:
     """``/api/tts``'s audio, base64 in the requested format, with each sentence's exact bounds (``segments``, in
     seconds and in samples of the audio returned) and its words' times (``words``; ``source`` says whether
     they were aligned or estimated), as ElevenLabs' with-timestamps route answers."""
     request, output = await _parsed(form, requests, trace, who)
     clock = SegmentClock(heard_by, form.timestamps, output.model.sample_rate, output.speed)
-    audio, segments = await audio_output.whole_timed(models, request, output, clock)
+    most = config.limits.max_timestamped_audio_s
+    audio, segments = await audio_output.whole_timed(models, request, output, clock, most)
     rate = output.sample_rate
-    return {
-        "audio_base64": base64.b64encode(audio).decode(),
+    described = {
         "format": output.format.value,
         "sample_rate": rate,
         "source": "aligned" if segments and all(s.source == "aligned" for s in segments) else "estimated",
@@ -100,6 +104,7 @@ async def tts_with_timestamps(
         ],
         "words": [word for s in segments for word in s.words_public()],
     }
+    return Response(json_with_audio(audio, described), media_type="application/json")
 
 
 async def _parsed(

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Response, UploadFile
 
 from serve_app.errors import InvalidField
 from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
-from serve_app.ingress.forms import form_body, stored_name
+from serve_app.ingress.forms import form_body, form_parts, stored_name
 from serve_app.ingress.http_audio import read_upload
 from serve_app.ingress.model_client import ModelClient
-from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS
+from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, MAX_NAME_CHARS
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
@@ -25,6 +25,7 @@ router = APIRouter(prefix="/api/voices", tags=["voices"], responses=documented_e
 Models = Annotated[ModelClient, Depends(model_client)]
 Requests = Annotated[RequestBuilder, Depends(request_builder)]
 Caller = Annotated[Principal, Depends(caller)]
+VoiceId = Annotated[str, Path(max_length=MAX_NAME_CHARS)]
 # What a designed voice's sample says when the form gives no text: long enough for a voice to settle.
 DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I can read anything you like, clearly and naturally."
 DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatever the model
@@ -36,13 +37,14 @@ DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatev
     summary="Save a voice: a recording and its transcript, or one designed from a description (VoxCPM2)",
     responses=documented_errors(400, 403, 409, 413, 415, 503, 507),
     dependencies=[Depends(form_body)],
+    openapi_extra=form_parts(files=2, fields=5),  # audio, reference_audio; name, text, description, model, adapter
 )
 async def create(
     models: Models,
     requests: Requests,
     who: Caller,
     trace: Annotated[RequestTrace, Depends(request_trace)],
-    name: Annotated[str, Form(min_length=1, max_length=100, description="A name to list and pick it by.")],
+    name: Annotated[str, Form(min_length=1, max_length=MAX_NAME_CHARS, description="A name to list and pick it by.")],
     audio: Annotated[
         UploadFile | None, File(description="The recording, any format libsndfile reads (not with description).")
     ] = None,
@@ -69,12 +71,17 @@ async def create(
         ),
     ] = None,
     model: Annotated[
-        str | None, Form(description="With description: the VoxCPM2 model that designs it (default: the default).")
+        str | None,
+        Form(
+            max_length=MAX_NAME_CHARS,
+            description="With description: the VoxCPM2 model that designs it (default: the default).",
+        ),
     ] = None,
     adapter: Annotated[
         str | None,
         Form(
-            description="A LoRA adapter (id or name) that requests naming this voice speak with, unless they name one."
+            max_length=MAX_NAME_CHARS,
+            description="A LoRA adapter (id or name) that requests naming this voice speak with, unless they name one.",
         ),
     ] = None,
 ) -> dict:
@@ -134,7 +141,7 @@ async def list_voices(requests: Requests, who: Caller) -> dict:
 
 
 @router.get("/{voice_id}", summary="Describe a saved voice")
-async def get(voice_id: str, requests: Requests, who: Caller) -> dict:
+async def get(voice_id: VoiceId, requests: Requests, who: Caller) -> dict:
     return (await asyncio.to_thread(requests.voices.get, voice_id, who)).public()
 
 
@@ -144,6 +151,6 @@ async def get(voice_id: str, requests: Requests, who: Caller) -> dict:
     summary="Delete a saved voice (a shared one: admins only)",
     responses=documented_errors(403),
 )
-async def delete(voice_id: str, requests: Requests, who: Caller) -> Response:
+async def delete(voice_id: VoiceId, requests: Requests, who: Caller) -> Response:
     await asyncio.to_thread(requests.voices.delete, voice_id, who)
     return Response(status_code=204)

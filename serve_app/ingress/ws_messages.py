@@ -7,7 +7,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from serve_app.errors import BadRequest
-from serve_app.ingress.schemas import CONTROL_CHARACTERS, INSTRUCTIONS_DESCRIPTION, MAX_INSTRUCTIONS_CHARS, VoxCPMKnobs
+from serve_app.ingress.schemas import (
+    CONTROL_CHARACTERS,
+    INSTRUCTIONS_DESCRIPTION,
+    MAX_INSTRUCTIONS_CHARS,
+    LookupKey,
+    VoxCPMKnobs,
+)
 
 DEFAULT_CONTEXT = "0"
 ContextId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -17,9 +23,11 @@ class Init(VoxCPMKnobs):
     """The first message: the voice and settings of every context of the socket."""
 
     type: Literal["init"]
-    voice_id: str | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
-    adapter: str | None = Field(None, description="A LoRA adapter of the model, by id or name (default: the voice's).")
-    model: str | None = None
+    voice_id: LookupKey | None = Field(None, description="A saved voice; none: the first sentence's voice is kept.")
+    adapter: LookupKey | None = Field(
+        None, description="A LoRA adapter of the model, by id or name (default: the voice's)."
+    )
+    model: LookupKey | None = None
     sample_rate: int | None = Field(
         None, ge=8000, le=96000, description="Output rate (default: the model's; 8000 for ulaw and alaw)."
     )

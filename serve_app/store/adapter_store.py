@@ -97,6 +97,10 @@ class AdapterStore:
         )
         return adapter
 
+    def check_room(self, caller: Principal, incoming: int = 1) -> None:
+        """403 for a tenant that cannot keep one more adapter of ``incoming`` bytes, before its upload is read."""
+        tenants.check_room(self._uploaded(), caller, "adapter", self._quota, incoming)
+
     def list(self, caller: Principal) -> list[Adapter]:
         """The adapters the caller may use: the declared ones, then its own and the shared uploads, oldest first."""
         return [*self.declared, *(a for a in self._uploaded() if a.visible_to(caller))]

@@ -60,15 +60,22 @@ def admit(record: Owned, existing: Iterable[Owned], caller: Principal, what: str
     ours = [other for other in existing if other.owner == record.owner]
     if any(other.name.casefold() == record.name.casefold() for other in ours):
         raise Conflict(f"a {what} named {record.name!r} exists already; delete it or choose another name", "name")
+    check_room(ours, caller, what, quota, record.bytes)
+
+
+def check_room(existing: Iterable[Owned], caller: Principal, what: str, quota: Quota, incoming: int = 0) -> None:
+    """Whether the caller's tenant may keep one more record of at least ``incoming`` bytes (403 naming the quota):
+    at commit, and before an upload is read at all, so a tenant at its quota costs the service no upload."""
     if caller.admin:
         return
+    ours = [other for other in existing if other.owner == caller.tenant]
     (count_field, most), (bytes_field, most_bytes) = quota
     used = sum(other.bytes for other in ours)
     if most is not None and len(ours) + 1 > most:
         raise QuotaExceeded(f"a tenant keeps at most {most} {what}s", count_field)
-    if most_bytes is not None and used + record.bytes > most_bytes:
+    if most_bytes is not None and used + incoming > most_bytes:
         raise QuotaExceeded(
-            f"this {what} ({record.bytes} bytes) would take the tenant past its {most_bytes} bytes of saved "
+            f"this {what} ({incoming} bytes) would take the tenant past its {most_bytes} bytes of saved "
             f"{what}s ({used} used)",
             bytes_field,
         )

@@ -119,6 +119,10 @@ class VoiceStore:
             )
         return voice
 
+    def check_room(self, caller: Principal, incoming: int = 1) -> None:
+        """403 for a tenant that cannot keep one more voice, checked before its upload is read."""
+        tenants.check_room(self._all(), caller, "voice", self._quota, incoming)
+
     def list(self, caller: Principal) -> list[Voice]:
         """The voices the caller may use, oldest first: its own and the shared ones (an admin: all)."""
         return [voice for voice in self._all() if voice.visible_to(caller)]

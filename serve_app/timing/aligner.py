@@ -16,6 +16,7 @@ one segment at a time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ class Aligner:
         self._normalize = bool(getattr(features, "do_normalize", True))
         self._frame_s = math.prod(model.config.conv_stride) / self._rate
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aligner")
+        self._failure_logged = False
 
     @classmethod
     def load(cls, config: AlignerConfig) -> Aligner | None:
@@ -73,8 +75,16 @@ class Aligner:
         return aligner
 
     async def align(self, text: str, samples: np.ndarray, rate: int) -> list[Word] | None:
-        """``text``'s words timed in ``samples`` (seconds from their start), or None where it cannot hear them."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.align_now, text, samples, rate)
+        """``text``'s words timed in ``samples`` (seconds from their start), or None where it cannot hear them or
+        the alignment fails on this text: that segment is then estimated, never an error (logged once)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.align_now, text, samples, rate)
+        except Exception as exc:  # noqa: BLE001 - whatever a text makes the model or forced_align raise
+            if not self._failure_logged:
+                self._failure_logged = True
+                logger.warning("aligner failed (%s: %s); such segments are estimated", type(exc).__name__, exc)
+            return None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -91,7 +101,8 @@ class Aligner:
         if self._normalize:
             audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
         emission = torch.log_softmax(self._model(torch.from_numpy(audio)[None]).logits.float(), dim=-1)
-        if not targets or len(targets) > emission.shape[1]:
+        repeats = sum(a == b for a, b in itertools.pairwise(targets))  # CTC puts a blank between repeated tokens
+        if not targets or len(targets) + repeats > emission.shape[1]:
             return None
         import torchaudio.functional as F
 

@@ -1,7 +1,8 @@
 """Tenants through the real stack: keys and the tenants they belong to, admins and shared voices, quotas,
 failed authentications, per-key caps, the command line's key, and a deployment without keys serving loopback
-clients only. Client addresses other than loopback come through Serve's proxy as from a reverse proxy on the
-same machine: its uvicorn takes X-Forwarded-For from loopback connections only.
+clients only. Client addresses other than loopback come as from a reverse proxy on the same machine, with
+X-Forwarded-For: the tenants' deployment trusts loopback as its proxy (``access.trusted_proxies``), and Serve's
+proxy believes no forwarded header itself (FORWARDED_ALLOW_IPS is empty in the test session, as in the images).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ ALICE_1, ALICE_2, BOB, CAROL, ADMIN_KEY = "alice-key-1", "alice-key-2", "bob-key
 DAVE = "dave-key-1"  # a tenant of its own for the quota
 
 
-QUOTA = 2  # voices per tenant in the test deployment
+QUOTA = 3  # voices per tenant in the test deployment (alice keeps two: a duplicate name is a 409, not a 403)
 
 
 SHARED = "house narrator"  # the shared voice `alloy` is mapped to
@@ -51,6 +52,7 @@ def tenants_url(service: Service, checkpoints: Path, tmp_path_factory: pytest.Te
         "max_requests_per_key": 1,
         "max_sockets_per_key": 1,
         "quotas": {"voices": QUOTA},
+        "trusted_proxies": ["127.0.0.1", "::1"],  # the reverse proxy on this machine
     }
     voices = str(tmp_path_factory.mktemp("tenant-voices"))
     args = {"access": access, "openai": {"voices": {"alloy": SHARED}}, "voices_dir": voices}
@@ -150,6 +152,14 @@ def test_a_tenant_keeps_at_most_its_quota(tenants_url: str, reference_wav: Path)
     assert [answer.status_code for answer in kept] == [201] * QUOTA + [403]
     assert error_of(kept[-1])["code"] == "quota_exceeded" and error_of(kept[-1])["field"] == "quotas.voices"
     assert names(tenants_url, DAVE) - {SHARED} == {f"quota {n}" for n in range(QUOTA)}
+    # at its quota, the tenant's next upload is refused before it is read: not even decoded (no 415 for this)
+    junk = requests.post(
+        f"{tenants_url}/api/voices",
+        data={"name": "junk", "text": "x"},
+        files={"audio": ("a.wav", b"v=0\r\ns=-\r\n" * 4096)},
+        headers=bearer(DAVE),
+    )
+    assert junk.status_code == 403 and error_of(junk)["field"] == "quotas.voices"
 
 
 def test_wrong_keys_are_limited_per_address_and_valid_keys_are_not(tenants_url: str) -> None:
@@ -195,6 +205,10 @@ def test_the_command_line_sends_its_key(tenants_url: str, reference_wav: Path, t
 
 
 def test_without_keys_only_loopback_clients_are_served(url: str) -> None:
+    """A request forwarded by a proxy on this machine (nginx's proxy_pass, a mesh sidecar) connects from loopback
+    too: its forwarding headers make it remote, whatever address they name."""
+    assert requests.get(f"{url}/api/voices", headers=remote("127.0.0.1")).status_code == 401
+    assert requests.get(f"{url}/api/voices", headers={"Via": "1.1 sidecar"}).status_code == 401
     refused = requests.get(f"{url}/api/voices", headers=remote("203.0.113.9"))
     assert refused.status_code == 401
     error = error_of(refused)

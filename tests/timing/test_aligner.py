@@ -79,3 +79,21 @@ def test_an_unreachable_hub_is_a_loud_fallback(
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         assert Aligner.load(AlignerConfig(source="nobody/no-such-aligner")) is None
     assert "ALIGNER UNAVAILABLE" in caplog.text and "estimated" in caplog.text
+
+
+def test_long_runs_of_one_letter_and_any_failure_fall_back_to_the_estimate(
+    aligner: Aligner, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rate = 16000
+    frames = int(aligner._frame_s * rate)
+    # as many frames as letters, but a run of one letter needs a blank between each repeat: no alignment exists
+    assert asyncio.run(aligner.align("a" * 40, np.zeros(40 * frames, np.float32), rate)) is None
+
+    def broken(*arguments: object) -> None:
+        raise RuntimeError("targets length is too long for CTC")
+
+    monkeypatch.setattr(aligner, "align_now", broken)
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        for _ in range(3):
+            assert asyncio.run(aligner.align("hello", np.zeros(rate, np.float32), rate)) is None
+    assert caplog.text.count("aligner failed") == 1  # logged once, not per segment
