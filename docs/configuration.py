@@ -1,4 +1,4 @@
-"""Print docs/configuration.md: every field of the Serve config's ``args:`` block, from serve_app/config.py.
+"""Print docs/configuration.md: every field of the Serve config's ``args:`` block, from serve_app/config/.
 
     .venv/bin/python docs/configuration.py > docs/configuration.md
 
@@ -30,7 +30,7 @@ COMMAND = ".venv/bin/python docs/configuration.py > docs/configuration.md"
 ROOT = config.AppConfig
 # AppConfig also accepts `model:` (one model) in place of `models:` (a list); the configs use `model:`.
 SINGULAR = {"models": "model"}
-# Meanings of fields whose Field() has no description yet (a description in serve_app/config.py wins).
+# Meanings of fields whose Field() has no description yet (a description in serve_app/config/ wins).
 FALLBACK = {
     ("LimitsConfig", "max_text_chars"): "Characters of `text` (`input` on /v1/audio/speech); past it, 413 naming "
     "the field. A WebSocket sentence is bounded by `websocket.max_buffered_chars` instead.",
@@ -203,7 +203,7 @@ def table(model: type[BaseModel], path: str) -> list[str]:
 PREAMBLE = f"""\
 # Configuration
 
-This page is generated from `serve_app/config.py` by `{COMMAND}` (`make docs`); do not edit it by hand.
+This page is generated from `serve_app/config/` by `{COMMAND}` (`make docs`); do not edit it by hand.
 `tests/test_docs.py` fails when it differs from what that command prints.
 
 A Serve config (`configs/*.yaml`) names the application (`import_path: serve_app.app:build_app`) and
