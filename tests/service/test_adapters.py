@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 
 from serve_app.model.adapters import Layout
 from tests.conftest import Service, error_of, extra_app, run, save_voice
+from tests.model.test_adapter_files import bytearray_pickle, deflated_bomb
 from tests.model.test_adapters import random_adapter
 
 ALICE, BOB, ADMIN_KEY = "alice-adapter-key", "bob-adapter-key", "admin-adapter-key"
@@ -160,6 +161,17 @@ def test_files_that_do_not_fit_the_model_are_refused_naming_what(url: str, layou
     assert created.status_code == 201, created.text
     assert samples(speak(url, adapter=created.json()["adapter_id"])).size
     assert requests.delete(f"{url}/api/adapters/{created.json()['adapter_id']}").status_code == 204
+
+
+def test_crafted_bombs_are_refused_naming_weights_and_the_service_answers_on(
+    url: str, layout: Layout, tmp_path: Path
+) -> None:
+    """A deflated pickle (256 MiB inflated) and a pickle calling bytearray(1 GiB): each took the model replica
+    that much memory before its check bounded them (tests/model/test_adapter_files.py)."""
+    for make in (deflated_bomb, bytearray_pickle):
+        refused = upload(url, unique("bomb"), make(tmp_path / make.__name__, layout).read_bytes())
+        assert refused.status_code == 400 and error_of(refused)["field"] == "weights", refused.text
+    assert samples(speak(url)).size
 
 
 @pytest.fixture(scope="module")
