@@ -33,6 +33,21 @@ RUN set -eux; \
     fi; \
     mkdir -p /app /models /var/lib/voxcpm-serve/voices; \
     chown ray /models /var/lib/voxcpm-serve /var/lib/voxcpm-serve/voices
+# No way back to root for the service user: Ray's image installs sudo and gives `ray` passwordless sudo
+# (/etc/sudoers, the sudo group); both go, with sudo itself (SUDO_FORCE_REMOVE: its removal script refuses
+# while root has no password, as in every image), and no file keeps a setuid or setgid bit
+# (su, passwd, mount, ...), so code that takes over a worker stays uid 1000 even where a runtime allows
+# privilege escalation (compose and KubeRay forbid it too: no-new-privileges, allowPrivilegeEscalation).
+RUN set -eux; \
+    if dpkg -s sudo >/dev/null 2>&1; then \
+        DEBIAN_FRONTEND=noninteractive SUDO_FORCE_REMOVE=yes apt-get purge -y sudo; \
+    fi; \
+    rm -rf /etc/sudoers /etc/sudoers.d; \
+    if getent group sudo >/dev/null; then gpasswd -d ray sudo 2>/dev/null || true; fi; \
+    if getent group admin >/dev/null; then gpasswd -d ray admin 2>/dev/null || true; fi; \
+    find / -xdev -type f -perm /6000 -exec chmod a-s {} +; \
+    if command -v sudo; then exit 1; fi; \
+    test -z "$(find / -xdev -type f -perm /6000)"
 ENV PATH=/opt/venv/bin:$PATH
 
 # The dependencies in their own layer, so a change of code does not reinstall torch.
@@ -59,9 +74,15 @@ RUN --mount=type=secret,id=pip_cert \
 # Weights (the Hugging Face cache, or a synthetic checkpoint) and saved voices outlive the container.
 # No key is ever set here (ENV or ARG would live in the image's history): keys come at run time, from
 # VOXCPM_SERVE_API_KEYS / VOXCPM_SERVE_ADMIN_KEYS, or from a Kubernetes secret.
+# FORWARDED_ALLOW_IPS is empty: Serve's proxy runs uvicorn with its default proxy_headers=True and no
+# forwarded_allow_ips, so uvicorn trusts X-Forwarded-For/-Proto from the addresses this variable lists
+# (127.0.0.1 and ::1 when it is unset), and would let a local caller claim any client address. Empty, no
+# caller is trusted: the client address (rate limits, failed-key counting, loopback-only anonymous access)
+# is always the connection's own. Ray's processes inherit it from `serve run` / `ray start`.
 ENV HF_HOME=/models/huggingface \
     VOXCPM_SERVE_CONFIG=/app/${CONFIG} \
     RAY_USAGE_STATS_ENABLED=0 \
+    FORWARDED_ALLOW_IPS="" \
     PYTHONUNBUFFERED=1
 VOLUME ["/models", "/var/lib/voxcpm-serve/voices"]
 WORKDIR /app
@@ -75,6 +96,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
 STOPSIGNAL SIGINT
 # docker/entrypoint.sh refuses to start without API keys unless anonymous access is asked for
 # (VOXCPM_SERVE_ALLOW_ANONYMOUS=true), then execs the command. KubeRay replaces the entrypoint with its
-# own `ray start` command; there the manifest's required key secret guards the same thing.
+# own `ray start` command; the manifest puts the same check (`python -m serve_app.ingress.auth`) before it.
 ENTRYPOINT ["tini", "--", "/usr/local/bin/voxcpm-serve-entrypoint"]
 CMD ["sh", "-c", "exec serve run \"$VOXCPM_SERVE_CONFIG\""]

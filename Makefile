@@ -12,8 +12,9 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: serve test lint docs configs bench soak cluster image image-cpu docker-smoke system-deps browser clean
 
+# FORWARDED_ALLOW_IPS empty: Serve's proxy (uvicorn) takes X-Forwarded-For from no one (docs/security.md).
 serve: $(SERVICE_DEPS)
-	$(BIN)/serve run configs/local.yaml
+	FORWARDED_ALLOW_IPS= $(BIN)/serve run configs/local.yaml
 
 test: $(TEST_DEPS) browser lint
 	$(BIN)/python -m pytest
@@ -22,7 +23,7 @@ lint: $(TEST_DEPS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# docs/configuration.md from serve_app/config.py (a test checks it is current).
+# docs/configuration.md from serve_app/config/ (a test checks it is current).
 docs: $(SERVICE_DEPS)
 	$(BIN)/python docs/configuration.py > docs/configuration.md.tmp && mv docs/configuration.md.tmp docs/configuration.md
 

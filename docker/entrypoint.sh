@@ -5,8 +5,8 @@
 # or in the Serve config, or VOXCPM_SERVE_ALLOW_ANONYMOUS=true); without them it exits 78 (EX_CONFIG) saying
 # how to set keys. Any failure of the check refuses too.
 #
-# Docker and compose only: KubeRay gives the Ray container its own command (/bin/bash -c "... ray start"),
-# which replaces this entrypoint; there the manifest's required key secret does this job.
+# Docker and compose: KubeRay gives the Ray container its own command (/bin/bash -c "... ray start"),
+# which replaces this entrypoint; configs/kuberay-rayservice.yaml runs the same check first there.
 set -eu
 python -m serve_app.ingress.auth "${VOXCPM_SERVE_CONFIG:-}"
 exec "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -25,6 +26,46 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 RAY_POD_LABEL = {"ray.io/is-ray-node": "yes"}  # KubeRay's labelPod (common/pod.go) puts it on every Ray pod
 CONFIGS = sorted(path for path in CONFIG_DIR.glob("*.yaml") if path != KUBERAY)  # Serve configs
+
+
+# KubeRay 1.5.1's AutoscalerOptions (apis/ray/v1/raycluster_types.go): the only fields the autoscaler sidecar
+# takes; its CRD (config/crd/bases/ray.io_rayservices.yaml) prunes or refuses any other.
+AUTOSCALER_OPTIONS = {
+    "resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds", "upscalingMode", "version",
+    "env", "envFrom", "volumeMounts",
+}  # fmt: skip
+QUANTITY_SUFFIXES = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+def quantity(value: str | int) -> int:
+    """A Kubernetes quantity in bytes (the binary and decimal suffixes the manifest may use)."""
+    match = re.fullmatch(r"(\d+)([KMGT]i|[kMGT])?", str(value))
+    assert match, value
+    return int(match[1]) * QUANTITY_SUFFIXES.get(match[2] or "", 1)
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """A Dockerfile's instructions, (keyword, the rest), continuation lines joined, comments left out."""
+    steps: list[tuple[str, str]] = []
+    pending: list[str] = []
+    for line in dockerfile.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        pending.append(line.strip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = " ".join(pending).partition(" ")
+            steps.append((word, rest.strip()))
+            pending = []
+    return steps
 
 
 def deployments(path: Path) -> dict[str, dict]:
@@ -164,6 +205,187 @@ class TestImage:
                 assert "VOXCPM_SERVE_ALLOW_ANONYMOUS" not in environment, name
                 if "VOXCPM_SERVE_API_KEYS" in environment:
                     assert required.match(environment["VOXCPM_SERVE_API_KEYS"]), name
+
+    def test_the_service_user_cannot_become_root(self) -> None:
+        """Ray's image (the GPU base) installs sudo and gives `ray` passwordless sudo through /etc/sudoers
+        and the sudo group. The Dockerfile removes sudo, its configuration and the group membership, strips
+        every setuid/setgid bit, and fails the build if sudo or such a file is left; no other instruction
+        names sudo, no package is installed after that step, and the service runs as `ray`."""
+        steps = instructions(DOCKERFILE.read_text())
+        (hardening,) = [i for i, (word, text) in enumerate(steps) if word == "RUN" and "/etc/sudoers" in text]
+        text = steps[hardening][1]
+        assert re.search(r"SUDO_FORCE_REMOVE=yes apt-get purge -y sudo;", text)  # sudo's prerm refuses otherwise
+        assert "rm -rf /etc/sudoers /etc/sudoers.d;" in text
+        assert re.search(r"gpasswd -d ray sudo\b", text)
+        assert "find / -xdev -type f -perm /6000 -exec chmod a-s {} +;" in text
+        assert "if command -v sudo; then exit 1; fi;" in text  # `! command -v sudo` would not fail under set -e
+        assert text.rstrip().endswith('test -z "$(find / -xdev -type f -perm /6000)"')
+        assert text.startswith("set -eux;")
+        for i, (_, other) in enumerate(steps):
+            if i != hardening:
+                assert not re.search(r"\bsudo|NOPASSWD", other), other
+            if "apt-get install" in other or "dpkg -i" in other:
+                assert i < hardening, other
+        users = [i for i, (word, other) in enumerate(steps) if word == "USER"]
+        assert steps[users[-1]] == ("USER", "ray") and users[-1] > hardening
+
+    def test_forwarded_headers_are_trusted_from_no_one(self) -> None:
+        """Serve's proxy trusts X-Forwarded-For from the addresses in FORWARDED_ALLOW_IPS (uvicorn's default
+        when Ray passes none: 127.0.0.1 and ::1). Empty wherever the service runs: the image, `make serve`
+        (a local Ray started by `serve run` inherits it) and each Ray container of the KubeRay manifest."""
+        envs = [text for word, text in instructions(DOCKERFILE.read_text()) if word == "ENV"]
+        assert any(re.search(r'(^|\s)FORWARDED_ALLOW_IPS=""(\s|$)', env) for env in envs), envs
+        makefile = (ROOT / "Makefile").read_text()
+        serve = re.search(r"^serve:.*\n((?:\t.*\n)+)", makefile, re.M)
+        assert serve and re.search(r"^\tFORWARDED_ALLOW_IPS= \$\(BIN\)/serve run ", serve[1], re.M)
+        service = next(doc for doc in yaml.safe_load_all(KUBERAY.read_text()) if doc["kind"] == "RayService")
+        for group in KubeRayManifest.groups(service):
+            for container in group["template"]["spec"]["containers"]:
+                env_vars = {item["name"]: item for item in container["env"]}
+                assert env_vars["FORWARDED_ALLOW_IPS"] == {"name": "FORWARDED_ALLOW_IPS", "value": ""}, container[
+                    "name"
+                ]
+        for name in ("compose.yaml", "compose.gpu.yaml"):  # nothing puts it back
+            for service_ in yaml.safe_load((ROOT / name).read_text())["services"].values():
+                assert "FORWARDED_ALLOW_IPS" not in service_.get("environment", {}), name
+
+    @pytest.mark.parametrize(("variable", "rewritten"), [(None, True), ("", False)], ids=["unset", "empty"])
+    def test_serves_proxy_takes_its_trust_of_forwarded_headers_from_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str | None, rewritten: bool
+    ) -> None:
+        """Ray Serve's proxy builds its uvicorn.Config in ray/serve/_private/http_util.py
+        (start_asgi_http_server) with neither proxy_headers nor forwarded_allow_ips: uvicorn then wraps the
+        app in ProxyHeadersMiddleware trusting FORWARDED_ALLOW_IPS, 127.0.0.1 when it is unset. Through
+        Ray's own code: a loopback caller's X-Forwarded-For rewrites the client address unless the variable
+        is empty, which is what the image, `make serve` and the manifest set."""
+        import asyncio
+
+        from ray.serve._private import http_util
+        from ray.serve.config import HTTPOptions
+
+        configs = []
+
+        class Server:  # uvicorn.Server, keeping the config Ray built instead of serving
+            def __init__(self, config: object) -> None:
+                configs.append(config)
+
+            async def serve(self, sockets: list) -> None:
+                for sock in sockets:
+                    sock.close()
+
+        async def seen_client(app_scope: dict) -> tuple:
+            async def app(scope: dict, receive: object, send: object) -> None:
+                seen.append(scope["client"])
+
+            seen: list = []
+            configs[0].load()
+            middleware = configs[0].loaded_app
+            while (
+                getattr(middleware, "app", None) is not None and type(middleware).__name__ != "ProxyHeadersMiddleware"
+            ):
+                middleware = middleware.app
+            assert type(middleware).__name__ == "ProxyHeadersMiddleware"
+            middleware.app = app
+            await middleware(app_scope, None, None)
+            return seen[0]
+
+        async def main() -> tuple:
+            task, _ = await http_util.start_asgi_http_server(
+                lambda scope, receive, send: None,
+                HTTPOptions(host="127.0.0.1", port=0),
+                event_loop=asyncio.get_running_loop(),
+            )
+            await task
+            scope = {"type": "http", "client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", b"203.0.113.9")]}
+            return await seen_client(scope)
+
+        if variable is None:
+            monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+        else:
+            monkeypatch.setenv("FORWARDED_ALLOW_IPS", variable)
+        monkeypatch.setattr(http_util.uvicorn, "Server", Server)
+        client = asyncio.run(main())
+        assert configs[0].proxy_headers is True  # Ray leaves uvicorn's default on
+        assert client == (("203.0.113.9", 0) if rewritten else ("127.0.0.1", 5000))
+
+
+COMPOSE_FILES = ("compose.yaml", "compose.gpu.yaml")
+
+
+def compose_service(*names: str) -> dict:
+    """The voxcpm service as compose merges the files (later files override keys; lists of tmpfs and
+    security options are the base's unless the override sets them)."""
+    merged: dict = {}
+    for name in names:
+        merged.update(yaml.safe_load((ROOT / name).read_text())["services"]["voxcpm"])
+    return merged
+
+
+class TestComposeHardening:
+    """compose.yaml (and compose.gpu.yaml over it): no new privileges, no capabilities, a read-only root
+    file system with in-memory file systems where the service writes outside its volumes."""
+
+    @pytest.mark.parametrize("files", [COMPOSE_FILES[:1], COMPOSE_FILES], ids=["cpu", "gpu"])
+    def test_no_privileges_no_capabilities_read_only(self, files: tuple[str, ...]) -> None:
+        service = compose_service(*files)
+        assert service["security_opt"] == ["no-new-privileges:true"]
+        assert service["cap_drop"] == ["ALL"]
+        assert "cap_add" not in service and not service.get("privileged")
+        assert service["read_only"] is True
+        assert service.get("user") in (None, "ray", "1000")
+        for name in files:
+            raw = yaml.safe_load((ROOT / name).read_text())["services"]["voxcpm"]
+            assert not {"cap_add", "privileged", "user", "pid", "network_mode", "ipc"} & set(raw), name
+
+    def test_everything_the_service_writes_is_a_volume_or_a_tmpfs(self) -> None:
+        """Outside its volumes (the Dockerfile's VOLUMEs: weights and the Hugging Face cache, voices and
+        adapters) the service writes only to /tmp (Ray's session directory, Python's tempfile: spooled
+        uploads, decoder scratch files, torch's compiled kernels, which are loaded from there: exec), to
+        ~/.ray (Ray's auth_token) and to caches in ~/.cache; compose.gpu.yaml points CUDA's and triton's
+        caches there too. Seen with `docker diff` after a run that saved a voice, spoke with an uploaded
+        prompt and opened WebSockets (docs/operations.md)."""
+        service = compose_service(*COMPOSE_FILES)
+        tmpfs = {path: options.split(",") for path, options in (entry.split(":", 1) for entry in service["tmpfs"])}
+        assert set(tmpfs) == {"/tmp", "/home/ray/.ray", "/home/ray/.cache"}
+        for options in tmpfs.values():
+            assert any(re.fullmatch(r"size=\d+[kmg]", option) for option in options), options
+        assert "mode=1777" in tmpfs["/tmp"] and "exec" in tmpfs["/tmp"] and "exec" in tmpfs["/home/ray/.cache"]
+        uid = re.search(r"useradd [^;]*--uid (\d+)", DOCKERFILE.read_text())[1]
+        for home in ("/home/ray/.ray", "/home/ray/.cache"):  # the service user's own, as its home is
+            assert f"uid={uid}" in tmpfs[home] and "mode=0700" in tmpfs[home], home
+        volumes = json.loads(re.search(r"^VOLUME (.+)$", DOCKERFILE.read_text(), re.M)[1])
+        mounted = {entry.split(":")[1] for entry in service["volumes"]}
+        assert mounted == set(volumes)
+        hf_home = re.search(r"^ENV HF_HOME=(\S+)", DOCKERFILE.read_text(), re.M)[1]
+        assert any(hf_home.startswith(volume) for volume in volumes)
+        for name in ("container.yaml", "prod.yaml"):
+            args = yaml.safe_load((CONFIG_DIR / name).read_text())["applications"][0]["args"]
+            for key in ("voices_dir", "adapters_dir"):
+                assert any(args[key].startswith(volume) for volume in volumes), (name, key)
+        gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["voxcpm"]["environment"]
+        for variable in ("CUDA_CACHE_PATH", "TRITON_CACHE_DIR"):
+            assert gpu[variable].startswith("/home/ray/.cache/"), variable
+
+    @pytest.mark.skipif(not (shutil.which("docker-compose") or shutil.which("docker")), reason="no Docker Compose")
+    @pytest.mark.parametrize("files", [COMPOSE_FILES[:1], COMPOSE_FILES], ids=["cpu", "gpu"])
+    def test_compose_accepts_the_files(self, files: tuple[str, ...]) -> None:
+        """Compose's own reading of the files (its schema, then the merge) keeps the hardening."""
+        commands = [["docker", "compose"], ["docker-compose"]]
+        env = {**os.environ, "VOXCPM_SERVE_API_KEYS": "k1"}
+        for command in commands:
+            if not shutil.which(command[0]):
+                continue
+            args = [*command, *(arg for name in files for arg in ("-f", str(ROOT / name))), "config"]
+            result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            if result.returncode != 0 and ("is not a docker command" in result.stderr or "unknown" in result.stderr):
+                continue  # the CLI without the compose plugin
+            assert result.returncode == 0, result.stderr
+            service = yaml.safe_load(result.stdout)["services"]["voxcpm"]
+            assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+            assert service["security_opt"] == ["no-new-privileges:true"]
+            assert {entry.split(":")[0] for entry in service["tmpfs"]} == {"/tmp", "/home/ray/.ray", "/home/ray/.cache"}
+            return
+        pytest.skip("no Docker Compose")
 
 
 SHELLS = [shell for shell in ("sh", "bash") if shutil.which(shell)]  # dash is /bin/sh on Debian
@@ -349,6 +571,8 @@ class TestKubeRay(KubeRayManifest):
         for group in self.groups(service):
             pods = group.get("maxReplicas", 1)
             for volume in group["template"]["spec"].get("volumes", []):
+                if "persistentVolumeClaim" not in volume:
+                    continue  # the autoscaler's projected token
                 name = volume["persistentVolumeClaim"]["claimName"]
                 pods_per_claim[name] = pods_per_claim.get(name, 0) + pods
         assert set(pods_per_claim) <= set(claims)
@@ -387,7 +611,17 @@ class TestKubeRaySecurity(KubeRayManifest):
 
     @pytest.fixture(scope="class")
     def policy(self, documents: list[dict]) -> dict:
-        (policy,) = [doc for doc in documents if doc["kind"] == "NetworkPolicy"]
+        """The ingress policy."""
+        (policy,) = [
+            doc for doc in documents if doc["kind"] == "NetworkPolicy" and "Ingress" in doc["spec"]["policyTypes"]
+        ]
+        return policy
+
+    @pytest.fixture(scope="class")
+    def egress(self, documents: list[dict]) -> dict:
+        (policy,) = [
+            doc for doc in documents if doc["kind"] == "NetworkPolicy" and "Egress" in doc["spec"]["policyTypes"]
+        ]
         return policy
 
     @staticmethod
@@ -451,13 +685,105 @@ class TestKubeRaySecurity(KubeRayManifest):
         for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
             assert group["template"]["spec"]["automountServiceAccountToken"] is False
 
+    def test_only_the_autoscaler_holds_the_service_account_token(self, service: dict) -> None:
+        """No pod mounts the token by itself (automountServiceAccountToken: false), so the Ray container,
+        which parses untrusted uploads, has none. The autoscaler sidecar, which KubeRay builds from
+        autoscalerOptions alone (mergeAutoscalerOverrides appends its volumeMounts), mounts a projected
+        volume of the head pod with what the kubelet would have mounted (the kube-api-access volume: a
+        rotated token, the cluster CA from the kube-root-ca.crt ConfigMap, the namespace) at the path Ray's
+        autoscaler reads the token and CA from."""
+        from ray.autoscaler._private.kuberay import node_provider
+
+        path = "/var/run/secrets/kubernetes.io/serviceaccount"
+        assert node_provider.IN_CLUSTER_TOKEN_PATH == f"{path}/token"
+        assert node_provider.IN_CLUSTER_CA_CERT_PATH == f"{path}/ca.crt"
+        for group in self.groups(service):
+            spec = group["template"]["spec"]
+            assert spec["automountServiceAccountToken"] is False
+            for container in [*spec["containers"], *spec.get("initContainers", [])]:
+                for mount in container.get("volumeMounts", []):
+                    assert not mount["mountPath"].startswith("/var/run/secrets"), container["name"]
+                    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+                    assert "projected" not in volume and "secret" not in volume, container["name"]
+        options = self.cluster(service)["autoscalerOptions"]
+        assert set(options) <= AUTOSCALER_OPTIONS, set(options) - AUTOSCALER_OPTIONS
+        (mount,) = options["volumeMounts"]
+        assert mount["mountPath"] == path and mount["readOnly"] is True
+        head = self.cluster(service)["headGroupSpec"]["template"]["spec"]
+        (volume,) = [v for v in head["volumes"] if v["name"] == mount["name"]]
+        sources = {next(iter(source)): source[next(iter(source))] for source in volume["projected"]["sources"]}
+        assert sources["serviceAccountToken"]["path"] == "token"
+        assert 600 <= sources["serviceAccountToken"].get("expirationSeconds", 3600) <= 3607  # rotated by the kubelet
+        assert sources["configMap"] == {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        (namespace,) = sources["downwardAPI"]["items"]
+        assert namespace == {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+        assert "serviceAccountName" not in head  # KubeRay names the one it binds the autoscaler's Role to
+
+    @pytest.mark.parametrize(
+        ("env", "access", "code"),
+        [
+            ({}, {}, 78),
+            ({"VOXCPM_SERVE_API_KEYS": ""}, {}, 78),  # the secret's value empty
+            ({"VOXCPM_SERVE_API_KEYS": " , "}, {}, 78),
+            ({}, {"api_keys": []}, 78),
+            ({"VOXCPM_SERVE_API_KEYS": "", "VOXCPM_SERVE_ADMIN_KEYS": ""}, {"api_keys": [], "admin_keys": []}, 78),
+            ({"VOXCPM_SERVE_API_KEYS": "k1"}, {}, 0),
+            ({}, {"api_keys": ["k1"]}, 0),
+        ],
+        ids=["nothing", "empty-secret", "blank-secret", "empty-list", "all-empty", "key", "config-key"],
+    )
+    @pytest.mark.skipif(not shutil.which("bash"), reason="KubeRay runs the Ray container's command with bash")
+    def test_ray_starts_only_with_keys(
+        self, service: dict, tmp_path: Path, env: dict[str, str], access: dict, code: int
+    ) -> None:
+        """KubeRay replaces the image's entrypoint (and its key check) with its own command, built by BuildPod
+        (common/pod.go): the container's command and args, each as " %s ", then " && ulimit -n 65536; ray
+        start ...", run by /bin/bash -c. The manifest's command is the image's check, ending the shell
+        (exit 78, EX_CONFIG) when it refuses: without `|| exit 78` the `;` would start Ray anyway. An empty
+        key list (the secret's value empty, or api_keys: [] in the Serve config) is refused like a missing
+        one. Run here as KubeRay builds it, with `ray start` replaced by a marker."""
+        config = yaml.safe_load(service["spec"]["serveConfigV2"])
+        config["applications"][0]["args"]["access"] = access
+        (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+        for group in self.groups(service):
+            (container,) = group["template"]["spec"]["containers"]
+            assert "ray.io/overwrite-container-cmd" not in group["template"].get("metadata", {}).get("annotations", {})
+            cmd = "".join(f" {part} " for part in [*container["command"], *container.get("args", [])])
+            assert "ray start" not in cmd  # else KubeRay would run it as it is, without its own ray start
+            script = f"{cmd} && ulimit -n 65536 2>/dev/null; printf ray-started"
+            variables = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])}
+            variables |= {"VOXCPM_SERVE_CONFIG": str(tmp_path / "serve.yaml"), **env}
+            result = subprocess.run(
+                ["bash", "-c", "--", script], env=variables, cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == code, (container["name"], result)
+            assert ("ray-started" in result.stdout) == (code == 0), container["name"]
+            if code:
+                assert "VOXCPM_SERVE_API_KEYS" in result.stderr, container["name"]
+
     def test_every_container_has_requests_and_limits(self, service: dict) -> None:
         """Without limits a job on a Ray node can starve its neighbours; KubeRay also derives Ray's CPU and
         memory from the Ray container's (common/pod.go generateRayStartCommand)."""
         for container in self.containers(service):
             resources = container["resources"]
             for kind in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources[kind]), (container["name"], kind)
+                assert {"cpu", "memory", "ephemeral-storage"} <= set(resources[kind]), (container["name"], kind)
+
+    def test_every_container_has_ephemeral_storage_for_spooling_and_logs(self, service: dict) -> None:
+        """Uploads are spooled to /tmp while a form is parsed and Ray's logs grow under /tmp/ray: without an
+        ephemeral-storage request the scheduler reserves no disk for them and a full node evicts whatever it
+        picks (the head included); the limit evicts only the pod that runs past it. The Ray containers hold
+        several of the largest uploads at once (an adapter's file, a reference recording) beside the logs;
+        the autoscaler (autoscalerOptions.resources: KubeRay takes nothing from the pod template for it)
+        writes logs only. KubeRay's own wait-gcs-ready init container has fixed resources (cpu, memory)."""
+        limits = AppConfig.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"])
+        largest_upload = max(limits.limits.max_adapter_bytes, limits.limits.max_request_bytes)
+        for container in self.containers(service):
+            request = quantity(container["resources"]["requests"]["ephemeral-storage"])
+            limit = quantity(container["resources"]["limits"]["ephemeral-storage"])
+            assert 0 < request <= limit, container["name"]
+            if container["name"] != "autoscaler":
+                assert request >= 16 * largest_upload and limit >= 4 * request, container["name"]
 
     def test_the_api_key_secret_is_required(self, service: dict) -> None:
         """A missing secret keeps the pod from starting (CreateContainerConfigError) instead of starting a
@@ -486,20 +812,69 @@ class TestKubeRaySecurity(KubeRayManifest):
         kinds = {doc["kind"] for doc in documents}
         assert kinds <= {"RayService", "PersistentVolumeClaim", "NetworkPolicy"}, kinds
 
-    def test_the_policy_selects_every_ray_pod_of_the_service(self, service: dict, policy: dict) -> None:
+    def test_the_policies_select_every_ray_pod_of_the_service(self, service: dict, policy: dict, egress: dict) -> None:
         """A pod no policy selects accepts everything. The selector must match the head and every worker
         group of every cluster generation (an upgrade creates a RayCluster with a new name, so
         ray.io/cluster cannot be used): KubeRay keeps the template's labels on the pods, except the
         ray.io/node-type, group and cluster it sets itself, and adds ray.io/is-ray-node: yes (labelPod).
         Ingress only: the pods need the hub, DNS and the Kubernetes API outbound."""
-        selector = policy["spec"]["podSelector"]
-        assert set(selector) == {"matchLabels"}
         assert policy["spec"]["policyTypes"] == ["Ingress"]
         kuberay_owned = {"ray.io/node-type", "ray.io/group", "ray.io/cluster", "ray.io/identifier"}
         for group in self.groups(service):
             labels = group["template"].get("metadata", {}).get("labels", {})
             assert not kuberay_owned & set(labels)
-            assert selector["matchLabels"].items() <= {**labels, **RAY_POD_LABEL}.items()
+        for name, selector in (("ingress", policy["spec"]["podSelector"]), ("egress", egress["spec"]["podSelector"])):
+            assert set(selector) == {"matchLabels"}, name
+            for group in self.groups(service):
+                labels = group["template"].get("metadata", {}).get("labels", {})
+                assert selector["matchLabels"].items() <= {**labels, **RAY_POD_LABEL}.items(), name
+
+    @staticmethod
+    def egress_allows(policy: dict, address: str, pod_labels: dict | None = None) -> bool:
+        """NetworkPolicy egress semantics for a destination address (a pod's when pod_labels is given): some
+        rule's peers (missing: all) allow it; ipBlock matches its cidr minus its except ranges."""
+
+        def peer_matches(peer: dict) -> bool:
+            if "ipBlock" in peer:
+                ip = ipaddress.ip_address(address)
+                block = peer["ipBlock"]
+                network = ipaddress.ip_network(block["cidr"])
+                if ip.version != network.version or ip not in network:
+                    return False
+                return not any(ip in ipaddress.ip_network(cidr) for cidr in block.get("except", []))
+            if pod_labels is None:
+                return False
+            assert set(peer) == {"namespaceSelector"} and peer["namespaceSelector"] == {}, peer
+            return True  # every pod of every namespace
+
+        for rule in policy["spec"].get("egress", []):
+            assert "ports" not in rule, rule  # every port
+            if not rule.get("to") or any(peer_matches(peer) for peer in rule["to"]):
+                return True
+        return False
+
+    def test_egress_reaches_everything_but_the_metadata_service(self, egress: dict) -> None:
+        """The cloud's instance metadata service hands out the node's credentials: no Ray pod reaches it, at
+        169.254.169.254 (AWS, GCP, Azure, OCI) or AWS's IPv6 fd00:ec2::254. Everything else stays reachable:
+        the Hugging Face hub, DNS (kube-dns pods, or NodeLocal DNSCache at 169.254.20.10), the Kubernetes
+        API the autoscaler calls (its Service address and the control plane's), the other Ray pods (also
+        as pods, for plugins whose ipBlock leaves pod addresses out)."""
+        assert egress["spec"]["policyTypes"] == ["Egress"]
+        blocked = ["169.254.169.254", "fd00:ec2::254"]
+        reachable = ["8.8.8.8", "18.244.28.10", "10.96.0.1", "10.0.0.10", "172.20.0.1", "192.168.1.5"]
+        reachable += ["169.254.20.10", "169.254.169.253", "100.64.0.1", "2600:1f18::1", "fd00:ec2::253", "::1"]
+        for address in blocked:
+            assert not self.egress_allows(egress, address), address
+        for address in reachable:
+            assert self.egress_allows(egress, address), address
+        assert self.egress_allows(egress, "10.244.1.7", pod_labels={"k8s-app": "kube-dns"})
+        for rule in egress["spec"]["egress"]:  # exactly the metadata addresses are left out
+            for peer in rule["to"]:
+                if "ipBlock" in peer:
+                    assert peer["ipBlock"]["cidr"] in ("0.0.0.0/0", "::/0")
+                    assert set(peer["ipBlock"]["except"]) <= {
+                        f"{address}/{32 if '.' in address else 128}" for address in blocked
+                    }
 
     @staticmethod
     def allows(policy: dict, port: int, pod_labels: dict, namespace: str | None) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import soundfile as sf
 
-from tests.conftest import REPO, TINY_V15_STEP_FRAMES
+from tests.conftest import REPO, TINY_V15_STEP_FRAMES, Service, extra_app
 from tests.model.test_adapters import random_adapter
 
 if TYPE_CHECKING:
@@ -29,11 +29,11 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian package: chromium)")
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (Debian package: chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     with sync_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
@@ -174,3 +174,63 @@ def test_interrupt_silences_the_sentence(page: Page) -> None:
     page.wait_for_timeout(1000)
     assert page.evaluate("window.liveRun.afterCancel") == 0
     assert page.evaluate("window.liveRun.samples") < 400 * TINY_V15_STEP_FRAMES
+
+
+def test_live_mode_offers_the_key_beside_voxcpm_and_the_server_answers_voxcpm(page: Page) -> None:
+    """Browsers cannot set headers on a WebSocket, so the page offers the key as the subprotocol bearer.KEY,
+    beside `voxcpm`: the server answers with `voxcpm`, so the key never comes back in the response's
+    Sec-WebSocket-Protocol (where proxies log it). The handshake as Chromium sent and received it (CDP)."""
+    handshakes: dict[str, dict] = {}
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.on("Network.webSocketWillSendHandshakeRequest", lambda e: handshakes.update(request=e["request"]["headers"]))
+    cdp.on("Network.webSocketHandshakeResponseReceived", lambda e: handshakes.update(response=e["response"]))
+    page.fill("#api-key", "typed-key")
+    page.dispatch_event("#api-key", "change")
+    go_live(page, max_len=3)
+    assert page.evaluate("live.socket.protocol") == "voxcpm"
+    page.wait_for_timeout(200)  # CDP events arrive asynchronously
+    request = {name.lower(): value for name, value in handshakes["request"].items()}
+    assert [p.strip() for p in request["sec-websocket-protocol"].split(",")] == ["voxcpm", "bearer.typed-key"]
+    response = handshakes["response"]
+    assert response["status"] == 101
+    headers = {name.lower(): value for name, value in response["headers"].items()}
+    assert headers["sec-websocket-protocol"] == "voxcpm"
+    assert "typed-key" not in str(response["headers"])
+    page.click("#live")
+
+
+# The same with a real WebSocket client, against an app that requires the key.
+
+KEY = "playground-ws-key"
+
+
+@pytest.fixture(scope="module")
+def keyed(service: Service, checkpoints: Path) -> Iterator[str]:
+    with extra_app(service, checkpoints, "pgkeyed", args_overrides={"access": {"api_keys": [KEY]}}) as url:
+        yield url.replace("http://", "ws://") + "/api/tts/ws"
+
+
+def test_the_two_protocol_form_is_answered_voxcpm_and_the_single_form_still_works(keyed: str) -> None:
+    """["voxcpm", "bearer.KEY"]: the key authenticates and the answer is `voxcpm`, no key in any response
+    header. ["bearer.KEY"] alone (existing clients): still accepted, answered with the key itself, the only
+    protocol offered (a browser fails a socket answered with a protocol it did not offer)."""
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with connect(keyed, subprotocols=["voxcpm", f"bearer.{KEY}"], open_timeout=30) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "voxcpm"
+        assert ws.response.headers["Sec-WebSocket-Protocol"] == "voxcpm"
+        assert KEY not in str(ws.response.headers)
+        ws.send(json.dumps({"type": "init", "max_len": 3}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+    with connect(keyed, subprotocols=[f"bearer.{KEY}"], open_timeout=30) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == f"bearer.{KEY}"
+        ws.send(json.dumps({"type": "init", "max_len": 3}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(keyed, subprotocols=["voxcpm", "bearer.wrong"], open_timeout=30)  # type: ignore[list-item]
+    assert refused.value.response.status_code == 401
+    assert "wrong" not in str(refused.value.response.headers)

@@ -24,8 +24,9 @@ async function startLive() {
   audioContext = audioContext || new AudioContext();
   await audioContext.resume();
   const key = sessionStorage.getItem("voxcpm-api-key");
-  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol.
-  const socket = new WebSocket(liveUrl(), key ? [`bearer.${key}`] : []);
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol, beside `voxcpm`, which
+  // the server answers with, so the key is never echoed back in Sec-WebSocket-Protocol (where proxies log it).
+  const socket = new WebSocket(liveUrl(), key ? ["voxcpm", `bearer.${key}`] : []);
   socket.binaryType = "arraybuffer";
   Object.assign(live, { socket, sent: "", context: live.context + 1, playhead: 0, drawn: 0 });
   window.liveRun = { segments: [], samples: 0, pieces: [], firstAudioMs: null, cancelled: 0, afterCancel: 0, done: false };
