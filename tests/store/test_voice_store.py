@@ -196,3 +196,20 @@ def test_byte_quota(tmp_path: Path) -> None:
     assert quota.value.field == "quotas.voice_bytes"
     assert [v.name for v in store.list(ALICE)] == ["small"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".incoming-")]
+
+
+def test_a_recording_is_read_back_only_as_the_flac_the_store_wrote(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path)
+    voice = store.create(ALICE, "n", "t", np.zeros(1600, dtype=np.float32), 16000)
+    sf.write(tmp_path / voice.voice_id / "audio.flac", np.zeros(1600), 16000, format="WAV")  # replaced by hand
+    with pytest.raises(ValueError, match="not the FLAC"):
+        store.audio(voice)
+
+
+def test_room_is_checked_before_an_upload_and_again_at_commit(tmp_path: Path) -> None:
+    store = VoiceStore(tmp_path, TenantQuotas(voices=1, voice_bytes=None))
+    store.check_room(ALICE)  # room for one
+    store.create(ALICE, "one", "t", np.zeros(1600, dtype=np.float32), 16000)
+    with pytest.raises(QuotaExceeded):
+        store.check_room(ALICE)
+    store.check_room(ADMIN)  # admins keep the shared voices: never counted
