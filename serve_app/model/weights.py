@@ -57,7 +57,8 @@ def resolve(config: ModelConfig) -> Weights:
 def _local(config: ModelConfig) -> Weights:
     directory = Path(config.source).expanduser()
     if config.synthetic_preset is not None:
-        return Weights(config.source, str(synthetic.ensure(config.synthetic_preset, directory)), synthetic=True)
+        written = synthetic.ensure(config.synthetic_preset, directory)
+        return Weights(synthetic_name(config.synthetic_preset), str(written), synthetic=True)
     if not directory.is_dir():
         raise RuntimeError(f"model.source {config.source!r} is not a directory. {HOW_TO_GET_WEIGHTS}")
     return Weights(config.source, str(directory), synthetic=False)
@@ -82,7 +83,13 @@ def _fallback(config: ModelConfig, why: str) -> Weights:
         raise RuntimeError(f"cannot load {config.source}: {why}. {HOW_TO_GET_WEIGHTS}")
     path = synthetic.ensure(config.synthetic_preset, SYNTHETIC_DIR / config.synthetic_preset).resolve()
     announce_synthetic(config, why, path)
-    return Weights(config.source, str(path), synthetic=True)
+    return Weights(synthetic_name(config.synthetic_preset), str(path), synthetic=True)
+
+
+def synthetic_name(preset: str) -> str:
+    """What /health, /v1/models and the console call random weights: the preset (its shape and rate), never
+    the hub id or directory they stand in for."""
+    return f"synthetic:{preset}"
 
 
 HOW_TO_GET_WEIGHTS = (

@@ -70,7 +70,7 @@ def test_an_unreachable_hub_falls_back_to_synthetic_weights_loudly(tmp_path: Pat
     weights, console, _ = resolved_in_a_fresh_process(
         tmp_path, f"http://127.0.0.1:{closed_port()}", synthetic_preset="tiny-voxcpm1.5"
     )
-    assert weights["synthetic"] is True and weights["source"] == RELEASE
+    assert weights["synthetic"] is True and weights["source"] == "synthetic:tiny-voxcpm1.5"  # not the release
     assert Path(weights["path"]) == tmp_path / "checkpoints" / "tiny-voxcpm1.5"
     assert (Path(weights["path"]) / "model.safetensors").is_file()
     assert "SYNTHETIC WEIGHTS: model 'voxcpm' SPEAKS NOISE." in console
@@ -127,7 +127,8 @@ def test_a_downloaded_release_loads_from_the_cache_without_the_hub(
 def test_health_and_models_say_which_weights_are_synthetic(service: Service, checkpoints: Path) -> None:
     """The session's model was written from a synthetic preset; the same directory without one is a local
     checkpoint of a real architecture, served as real."""
-    assert [m["synthetic"] for m in requests.get(f"{service.url}/health", timeout=10).json()["models"]] == [True]
+    health = requests.get(f"{service.url}/health", timeout=10).json()["models"]
+    assert [(m["synthetic"], m["source"]) for m in health] == [(True, "synthetic:tiny-voxcpm1.5")]
     assert [m["synthetic"] for m in requests.get(f"{service.url}/v1/models", timeout=10).json()["data"]] == [True]
     with extra_app(service, checkpoints, "real-weights", synthetic_preset=None) as url:
         assert wait_until(lambda: requests.get(f"{url}/health", timeout=10).status_code == 200, REPORT_WAIT_S)
