@@ -10,13 +10,13 @@ TEST_DEPS := $(VENV)/.installed-test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: serve test lint docs configs bench soak cluster image image-cpu docker-smoke system-deps browser clean
+.PHONY: serve test lint docs configs bench soak cluster image image-cpu docker-smoke system-deps browser node clean
 
 # FORWARDED_ALLOW_IPS empty: Serve's proxy (uvicorn) takes X-Forwarded-For from no one (docs/security.md).
 serve: $(SERVICE_DEPS)
 	FORWARDED_ALLOW_IPS= $(BIN)/serve run configs/local.yaml
 
-test: $(TEST_DEPS) browser lint
+test: $(TEST_DEPS) browser node lint
 	$(BIN)/python -m pytest
 
 lint: $(TEST_DEPS)
@@ -96,6 +96,11 @@ system-deps:
 		echo "installing system packages:$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$(echo $$missing | tr ' ' '\n' | sort -u); \
 	fi
+
+# Node runs the seed's JavaScript fetch example against the service (tests only).
+node:
+	@command -v node >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs; }
 
 # Debian's Chromium, driven by Playwright, runs the playground's browser test (tests only).
 browser:

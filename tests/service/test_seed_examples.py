@@ -121,7 +121,8 @@ def test_first_byte_arrives_long_before_the_end(service: Service) -> None:
     """The point of streaming: report time to first byte against total time (no wall-clock assertion)."""
     text = "你好，这是VoxCPM流式语音合成测试。" * 3
     started = time.perf_counter()
-    response = requests.post(f"{service.url}/api/tts/stream", data={"text": text}, stream=True)
+    long_stream = {"text": text, "min_len": 150, "max_len": 200}  # seconds of audio, generated over many steps
+    response = requests.post(f"{service.url}/api/tts/stream", data=long_stream, stream=True)
     chunks = response.iter_content(chunk_size=None)
     first = next(chunks)
     first_byte = time.perf_counter() - started
@@ -133,5 +134,5 @@ def test_first_byte_arrives_long_before_the_end(service: Service) -> None:
         "TTFB %.1f ms, total %.1f ms, TTFB/total %.3f, audio %.2f s", first_byte * 1e3, total * 1e3, ratio, audio_s
     )
     print(f"\nstreaming: TTFB {first_byte * 1e3:.1f} ms of {total * 1e3:.1f} ms total (ratio {ratio:.3f})")
-    assert first_byte < total
-    assert received > WAV_HEADER_BYTES
+    assert ratio < 0.5, "the first byte came after half the stream: it was not streamed"
+    assert audio_s > 1.0
