@@ -89,11 +89,11 @@ def _together(
     modes = streaming or [True] * len(requests)
 
     def run(index: int) -> None:
-        if gate is not None and index >= gate[0]:
-            assert gate[1].wait(timeout=30)
-        else:
-            time.sleep(index * stagger_s)
-        try:
+        try:  # a failure here, the gate's too, is the request's result: compared by the test, never lost
+            if gate is not None and index >= gate[0]:
+                assert gate[1].wait(timeout=30), "the gate never opened"
+            else:
+                time.sleep(index * stagger_s)
             results[index] = batched.generate(requests[index], streaming=modes[index])
         except BaseException as exc:  # noqa: BLE001 - compared by the test
             results[index] = exc
