@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 
 from fastapi import FastAPI
 from ray import serve
@@ -33,7 +34,7 @@ by sentence, for voice agents: JSON messages in, JSON events and binary PCM out 
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="VoxCPM Serve", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="VoxCPM Serve", version=importlib.metadata.version("voxcpm-serve"), description=DESCRIPTION)
     app.include_router(tts.router)
     app.include_router(openai.router)
     app.include_router(ws.router)
