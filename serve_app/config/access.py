@@ -14,6 +14,7 @@ ADMIN_KEYS_ENV = "VOXCPM_SERVE_ADMIN_KEYS"
 ALLOW_ANONYMOUS_ENV = "VOXCPM_SERVE_ALLOW_ANONYMOUS"
 # The decoded-sample budget of a reference upload by default: its duration limit at 48 kHz stereo.
 BUDGET_RATE, BUDGET_CHANNELS = 48000, 2
+FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file
 
 
 class LimitsConfig(Strict):
@@ -83,7 +84,7 @@ class LimitsConfig(Strict):
     @property
     def max_request_bytes(self) -> int:
         """The largest body any route accepts: a reference upload, the text and the form around them."""
-        return self.max_prompt_audio_bytes + 4 * self.max_text_chars + 64 * 1024
+        return self.max_prompt_audio_bytes + 4 * self.max_text_chars + FORM_OVERHEAD_BYTES
 
 
 class TenantQuotas(Strict):

@@ -32,7 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import metrics
-from serve_app.config import ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, AccessConfig, AppConfig
+from serve_app.config import ALLOW_ANONYMOUS_ENV, API_KEYS_ENV, FORM_OVERHEAD_BYTES, AccessConfig, AppConfig
 from serve_app.errors import BadRequest, Overloaded, PayloadTooLarge, RateLimited, ServiceError, Unauthorized
 from serve_app.ingress.addresses import Addresses, is_local
 from serve_app.ingress.auth import Keyring, anonymous
@@ -49,7 +49,6 @@ SYNTHESIS_PATHS = frozenset(
 )
 # The one route whose body may pass the reference-audio cap: an adapter upload (max_adapter_bytes).
 ADAPTER_UPLOADS = "/api/adapters"
-FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file
 # Upload routes' quota checks, run before their bodies are read: (caller, the body's length or 0) -> raise or not.
 RoomCheck = Callable[[Principal, int], None]
 # Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol's suffix.

@@ -41,6 +41,7 @@ from serve_app.ingress.schemas import (
     VoxCPMKnobs,
 )
 from serve_app.ingress.synthesis_requests import RequestBuilder
+from serve_app.ingress.timestamps import Mode as TimestampMode
 from serve_app.ingress.timestamps import SegmentClock, TimedSegment
 from serve_app.metrics import RequestTrace
 from serve_app.model import capabilities
@@ -119,7 +120,7 @@ class SpeechRequest(VoxCPMKnobs):
         "count as absent.",
     )
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (pcm defaults to 24 kHz).")
-    timestamps: Literal["word", "segment"] | None = Field(
+    timestamps: TimestampMode | None = Field(
         None,
         description="With stream_format sse: a speech.audio.timestamps event per sentence, after its audio: its "
         "words' times (aligned where an aligner is configured, else estimated), or the sentence's own bounds.",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import UploadFile
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.stretch import MAX_SPEED, MIN_SPEED
+from serve_app.ingress.timestamps import Mode as TimestampMode
 from serve_app.model.types import SynthesisRequest
 
 MAX_LEN_LIMIT = 4096
@@ -167,7 +168,7 @@ class TTSForm(TTSStreamForm):
 class TTSTimestampsForm(TTSForm):
     """Fields of ``POST /api/tts/with-timestamps``: ``/api/tts``'s, and which timestamps."""
 
-    timestamps: Literal["word", "segment"] = Field(
+    timestamps: TimestampMode = Field(
         "word",
         description="word: each word's times (aligned where an aligner is configured, else estimated from its "
         "sentence's exact bounds); segment: each sentence's bounds only.",
