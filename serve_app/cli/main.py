@@ -35,6 +35,8 @@ from serve_app.cli.manage_voices import voices
 from serve_app.cli.say_http import say
 
 DEFAULT_URL = "http://localhost:7861"
+# The service's formats (serve_app.audio.codecs.AudioFormat): the command speaks only the public API, so it
+# keeps their names; tests/cli/test_cli.py checks they are the service's.
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac", "ulaw", "alaw")
 
 

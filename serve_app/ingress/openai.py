@@ -47,7 +47,7 @@ from serve_app.metrics import RequestTrace
 from serve_app.model import capabilities
 from serve_app.model.types import ModelInfo, SynthesisRequest
 from serve_app.store.tenants import Principal
-from serve_app.store.voice_store import Voice
+from serve_app.store.voice_store import Voice, shared_voice
 from serve_app.timing.aligner import Aligner
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=documented_errors(401, 429, 503, openai=True))
@@ -267,16 +267,12 @@ async def audio_voices(
     """Kokoro-FastAPI's shape, ``{"voices": [{"id", "name"}, ...]}``, which Open WebUI reads to fill its
     voice menu; each entry also says what it is."""
     saved = await asyncio.to_thread(requests.voices.list, who)
-    shared = [v for v in saved if v.owner is None]
-    # what a mapped name speaks with: a shared voice by id, or by name in any case (the most recent of a name
-    # wins, as in VoiceStore.find_shared)
-    known = {v.voice_id: v for v in shared} | {v.name.casefold(): v for v in shared}
     mapped = config.openai.voices
     names = [*OPENAI_VOICES, *(name for name in mapped if name not in OPENAI_VOICES)]
     aliases = []
     for name in names:
         target = mapped.get(name)
-        voice = None if target is None else known.get(target) or known.get(target.casefold())
+        voice = None if target is None else shared_voice(target, saved)  # what it speaks with
         aliases.append(
             {
                 "id": name,

@@ -57,6 +57,13 @@ def _speakable(text: str) -> str:
 NonBlankText = Annotated[str, AfterValidator(_speakable)]
 
 
+def optional_text(text: str | None) -> str | None:
+    """An optional text field (a transcript, instructions, a description) as spoken: without control characters
+    and trimmed; blank counts as absent."""
+    text = CONTROL_CHARACTERS.sub("", text or "").strip()
+    return text or None
+
+
 class VoxCPMKnobs(BaseModel):
     """voxcpm's generation settings with the contract's ranges: the seed's forms and the OpenAI body share them."""
 
@@ -146,8 +153,7 @@ class TTSStreamForm(VoxCPMKnobs):
     @field_validator("prompt_text", "instructions")
     @classmethod
     def _blank_is_absent(cls, text: str | None) -> str | None:
-        text = CONTROL_CHARACTERS.sub("", text or "")
-        return text.strip() if text.strip() else None
+        return optional_text(text)
 
 
 class TTSForm(TTSStreamForm):

@@ -14,7 +14,7 @@ from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body, form_parts, stored_name
 from serve_app.ingress.http_audio import read_upload
 from serve_app.ingress.model_client import ModelClient
-from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, MAX_NAME_CHARS
+from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, MAX_NAME_CHARS, optional_text
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import SynthesisRequest
@@ -89,23 +89,22 @@ async def create(
     adapter_id = None
     if adapter:
         adapter_id = (await asyncio.to_thread(requests.adapters.find, adapter, "adapter", who)).adapter_id
-    if description is not None:
+    text = optional_text(text)
+    if (description := optional_text(description)) is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        sample = name, description.strip(), text, model, adapter_id
+        sample = name, description, text, model, adapter_id
         return await _designed(models, requests, who, trace, *sample)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
-    if text is None or not text.strip():
+    if text is None:
         raise InvalidField("text (what audio says) is required with audio", "text")
     samples, rate = await requests.reference(await read_upload(audio, requests.max_upload_bytes, "audio"), "audio")
     reference = None
     if reference_audio is not None:
         data = await read_upload(reference_audio, requests.max_upload_bytes, "reference_audio")
         reference = await requests.reference(data, "reference_audio")
-    voice = await asyncio.to_thread(
-        requests.voices.create, who, name, text.strip(), samples, rate, reference, None, adapter_id
-    )
+    voice = await asyncio.to_thread(requests.voices.create, who, name, text, samples, rate, reference, None, adapter_id)
     return voice.public()
 
 
@@ -124,7 +123,7 @@ async def _designed(
     model = models.resolve(model)
     await models.require(model, {"description": description})
     info = await models.model_info(model)
-    sample_text = (text or "").strip() or DESIGN_SAMPLE_TEXT
+    sample_text = text or DESIGN_SAMPLE_TEXT
     requests.check_text_length(sample_text, "text")
     trace.model = model
     request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,9 +144,7 @@ class VoiceStore:
     def find_shared(self, id_or_name: str, field: str) -> Voice:
         """A shared voice by id or name: what the deployment's configuration may point at (never a tenant's
         voice, so that no tenant can change what a configured name speaks with)."""
-        shared = [voice for voice in self._all() if voice.owner is None]
-        by_id = [voice for voice in shared if voice.voice_id == id_or_name]
-        return by_id[0] if by_id else _found(tenants.named(id_or_name, shared), id_or_name, field)
+        return _found(shared_voice(id_or_name, self._all()), id_or_name, field)
 
     def audio(self, voice: Voice, reference: bool = False) -> tuple[np.ndarray, int]:
         """The voice's recording, or with ``reference`` its isolated reference recording."""
@@ -169,6 +168,14 @@ class VoiceStore:
     def _read(self, voice_id: str) -> Voice | None:
         """None unless ``voice_id`` is a record id of a readable voice."""
         return self.records.read(voice_id, _META, Voice)
+
+
+def shared_voice(id_or_name: str, voices: Iterable[Voice]) -> Voice | None:
+    """Among ``voices``, the shared one with this id, else this name (``tenants.named``): what a configured
+    name (``openai.voices``) speaks with."""
+    shared = [voice for voice in voices if voice.owner is None]
+    by_id = [voice for voice in shared if voice.voice_id == id_or_name]
+    return by_id[0] if by_id else tenants.named(id_or_name, shared)
 
 
 def _found(voice: Voice | None, id_or_name: str, field: str) -> Voice:

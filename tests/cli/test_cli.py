@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.audio.codecs import AudioFormat
+from serve_app.cli.main import FORMATS
 from tests.conftest import TINY_V15_STEP_FRAMES, Service, decode, run
 
 
@@ -67,3 +68,7 @@ def test_play_without_an_audio_device_says_so(url: str) -> None:
 def test_usage_errors_exit_2(url: str) -> None:
     assert run(url, "say").returncode == 2
     assert run(url, "say", "x", "--format", "ogg").returncode == 2
+
+
+def test_the_commands_formats_are_the_services() -> None:
+    assert set(FORMATS) == {fmt.value for fmt in AudioFormat}
