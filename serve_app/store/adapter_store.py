@@ -129,8 +129,7 @@ class AdapterStore:
         adapter = self.get(adapter_id, caller)
         if adapter.source == "config":
             raise Forbidden("this adapter is declared in the model's config: remove it there", "adapter_id")
-        if adapter.owner is None and not caller.admin:
-            raise Forbidden("this adapter is shared: only an admin key may delete it", "adapter_id")
+        tenants.check_delete(adapter, caller, "adapter", "adapter_id")
         if not self.records.discard(adapter_id):  # a concurrent delete took it first
             raise NotFound(f"no adapter {adapter_id!r}", "adapter_id")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from serve_app.errors import Conflict, QuotaExceeded
+from serve_app.errors import Conflict, Forbidden, QuotaExceeded
 
 # A tenant's quota on one kind of record: (config field, most records), (config field, most bytes).
 Quota = tuple[tuple[str, int | None], tuple[str, int | None]]
@@ -33,6 +33,12 @@ class Owned(Protocol):
 def visible_to(record: Owned, caller: Principal) -> bool:
     """A tenant sees its own records and the shared ones; an admin sees all."""
     return caller.admin or record.owner is None or record.owner == caller.tenant
+
+
+def check_delete(record: Owned, caller: Principal, what: str, field: str) -> None:
+    """A shared record is deleted by admins only (403); a tenant's, by its tenant (others never see it)."""
+    if record.owner is None and not caller.admin:
+        raise Forbidden(f"this {what} is shared: only an admin key may delete it", field)
 
 
 Record = TypeVar("Record", bound=Owned)

@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from serve_app.config import TenantQuotas
-from serve_app.errors import Forbidden, NotFound
+from serve_app.errors import NotFound
 from serve_app.store import tenants
 from serve_app.store.durable import RECORD_ID, STALE_STAGING_S, DurableDirectory, new_id, write_durably
 from serve_app.store.tenants import Principal
@@ -157,8 +157,8 @@ class VoiceStore:
         unreadable = voice is None and caller.admin and RECORD_ID.match(voice_id) and (self.root / voice_id).is_dir()
         if not unreadable and (voice is None or not voice.visible_to(caller)):
             raise NotFound(f"no saved voice {voice_id!r}", "voice_id")
-        if voice is not None and voice.owner is None and not caller.admin:
-            raise Forbidden("this voice is shared: only an admin key may delete it", "voice_id")
+        if voice is not None:
+            tenants.check_delete(voice, caller, "voice", "voice_id")
         if not self.records.discard(voice_id):  # a concurrent delete took it first
             raise NotFound(f"no saved voice {voice_id!r}", "voice_id")
 
