@@ -35,11 +35,8 @@ from common import (
     SEED_SENTENCE,
     Outcomes,
     StreamTiming,
-    cpu_seconds,
-    cpu_seconds_since,
     engine_timings,
     local_service,
-    model_on_its_own_core,
     png,
     run_clients,
     save,
@@ -48,6 +45,7 @@ from common import (
     table,
     time_request,
 )
+from processes import cpu_seconds, cpu_seconds_since, model_on_its_own_core
 
 from serve_app.config import ModelConfig
 from serve_app.model.engine_factory import load_engine

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from common import LOCAL_CONFIG, REPO, _process_titles, environment, free_port, png, save, table
+from common import LOCAL_CONFIG, REPO, environment, free_port, png, save, table
+from processes import process_titles
 
 sys.path.insert(0, str(REPO))  # the corpus is the tests' own
 from tests.fuzz_corpus import V2, Case, Outcome, audio_seed, case, send, served_layout
@@ -72,7 +73,7 @@ def replicas() -> dict[str, int]:
     """Serve's processes of this cluster (other clusters may run on the machine) by name: app:deployment, and
     the proxy; Ray titles an actor's process after it."""
     raylet, found = cluster()[0], {}
-    for pid, title in _process_titles():
+    for pid, title in process_titles():
         command = title.split(maxsplit=1)[0] if title.strip() else ""
         if command.startswith(("ray::ServeReplica:", "ray::ProxyActor")) and parent(pid) == raylet:
             found[command.removeprefix("ray::").removeprefix("ServeReplica:").split(".")[0]] = pid

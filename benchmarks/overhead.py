@@ -28,14 +28,13 @@ from common import (
     DATA_PLANES,
     REPO,
     SEED_SENTENCE,
-    cpu_seconds,
-    cpu_seconds_since,
     local_service,
     save,
     summary,
     table,
     time_request,
 )
+from processes import cpu_seconds, cpu_seconds_since
 
 from serve_app.config import ModelConfig
 from serve_app.model.engine import joined

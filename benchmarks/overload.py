@@ -27,12 +27,9 @@ from common import (
     DATA_PLANES,
     SEED_SENTENCE,
     Outcomes,
-    cpu_seconds,
-    cpu_seconds_since,
     free_port,
     histogram_buckets,
     local_service,
-    model_on_its_own_core,
     png,
     run_clients,
     save,
@@ -41,6 +38,7 @@ from common import (
     table,
     time_request,
 )
+from processes import cpu_seconds, cpu_seconds_since, model_on_its_own_core
 
 FORM = {"text": SEED_SENTENCE, "inference_timesteps": 5}
 CPU_COLUMNS = ("VoxCPMModel", "TTSIngress", "ProxyActor", "clients")
