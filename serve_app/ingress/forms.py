@@ -135,6 +135,8 @@ class StrictMultiPartParser(MultiPartParser):
         try:
             super().on_headers_finished()
         except MultiPartException as exc:
+            if self._current_files <= self.max_files and self._current_fields <= self.max_fields:
+                raise  # a malformed part, not one too many: Starlette's 400
             raise TooManyParts(f"{exc.message} (part {self._current_part.field_name!r:.40})", "body") from None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
