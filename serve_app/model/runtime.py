@@ -162,7 +162,10 @@ class VoxCPMRuntime:
         capabilities.check(self.info, request)
         recorded = request.prompt or request.voice or request.reference
         prompt = self.prompts.encoded(request) if recorded else None
-        sentences = [sentence for sentence in split_sentences(self._clean_text(request)) if self.speaks(sentence)]
+        # One split, by the one rule (text/sentences.py); a sentence the WebSocket cut is not cut again.
+        texts = [request.text] if request.one_sentence else split_sentences(request.text)
+        cleaned = (self._clean_text(text, request.normalize) for text in texts)
+        sentences = [sentence for sentence in cleaned if self.speaks(sentence)]
         return plan.utterance(
             request, sentences, prompt, self.info, lambda own: self.prompts.encode(own, None, denoise=False)
         )
@@ -182,10 +185,11 @@ class VoxCPMRuntime:
         """Whether this model's tokenizer keeps anything of ``text`` (voxcpm divides by the token count)."""
         return bool(self.model.text_tokenizer(text))
 
-    def _clean_text(self, request: SynthesisRequest) -> str:
-        """What ``VoxCPM._generate`` does to the text: one line, single spaces, optionally normalized."""
-        text = re.sub(r"\s+", " ", request.text.replace("\n", " "))
-        if request.normalize:
+    def _clean_text(self, text: str, normalize: bool) -> str:
+        """What ``VoxCPM._generate`` does to the text: one line, single spaces, optionally normalized. Done to
+        each sentence after the split, so that a newline, which ends a sentence, still does."""
+        text = re.sub(r"\s+", " ", text.replace("\n", " "))
+        if normalize:
             if self.tts.text_normalizer is None:
                 from voxcpm.utils.text_normalize import TextNormalizer
 

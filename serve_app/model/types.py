@@ -42,6 +42,7 @@ class SynthesisRequest:
     instructions: str | None = None  # a description of the voice or style; VoxCPM2 models only
     adapter: Adapter | None = None  # a LoRA adapter of this model (model/adapters.py); None: the base model
     segments: bool = False  # a stream also says where each sentence ends (SegmentEnd), for timestamps
+    one_sentence: bool = False  # the text is one sentence already (the WebSocket cut it): one segment, never split
 
 
 @dataclass(frozen=True)

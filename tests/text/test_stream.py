@@ -12,8 +12,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from serve_app.text import sentences
 from serve_app.text import stream as text_stream
-from serve_app.text.stream import ABBREVIATIONS, SentenceBuffer, spoken
+from serve_app.text.sentences import MAX_SENTENCE_CHARS, split_sentences
+from serve_app.text.stream import SentenceBuffer
+
+ISSUE_38 = "Dr. Watson met Prof. Moriarty at the station; then they left."
 
 
 def fed(tokens: list[str], max_wait_s: float = 10.0) -> tuple[list[str], SentenceBuffer]:
@@ -29,10 +33,15 @@ def fed(tokens: list[str], max_wait_s: float = 10.0) -> tuple[list[str], Sentenc
         (["Pi is 3", ".", "14", " today", ". "], ["Pi is 3.14 today."], None),
         (["Dr. Lee met Mr. Smith", " at 5 p.m. today", ". Then"], ["Dr. Lee met Mr. Smith at 5 p.m. today."], "Then"),
         (["See J. K. Rowling", ". ok"], ["See J. K. Rowling."], "ok"),
-        (["Really", "?", " Yes", "!"], ["Really?", "Yes!"], None),
+        (["Really", "?", " Yes", "!"], ["Really?"], "Yes!"),  # "!" waits too: "!?" or "!”" may follow
         (["1", ". ", "First item", ". "], ["1. First item."], None),
-        (["你好", "。", "今天", "天气", "很好", "！", "”我们"], ["你好。", "今天天气很好！"], "我们"),
-        (["第一；第二…", "第三？"], ["第一；", "第二…", "第三？"], None),
+        (["你好", "。", "今天", "天气", "很好", "！", "”我们"], ["你好。", "今天天气很好！”"], "我们"),
+        (["第一；第二…", "第三？"], ["第一；第二…"], "第三？"),  # "；" joins clauses
+        (
+            ["Dr", ". Watson met Prof", ". Moriarty at the station", "; then they left", ".", " Next"],
+            [ISSUE_38],
+            "Next",
+        ),
         (["line one\nline two"], ["line one"], "line two"),
         (['He said "stop." Then', " left."], ['He said "stop."'], "Then left."),
     ],
@@ -86,79 +95,87 @@ def test_a_writer_too_short_for_max_wait_sets_no_timer_until_more_text() -> None
     assert buffer.deadline() is not None and buffer.overdue() == "two words and more"
 
 
-class FullRescan(SentenceBuffer):
-    """The cutting as it was before it became incremental, every piece rescanning the whole buffer:
-    the reference whose sentences the incremental scan must reproduce exactly."""
-
-    def append(self, text: str) -> list[str]:
-        self._last, self._too_short = text_stream.time.monotonic(), False  # the clock the test may fake
-        if not self._text.strip():
-            self._since = self._last
-        self._text += text
-        sentences = []
-        while (cut := self._first_end()) is not None:
-            head, self._text = self._text[:cut], self._text[cut:]
-            if sentence := spoken(head):
-                sentences.append(sentence)
-        if not self._text.strip():
-            self._since = None
-        return sentences
-
-    def _first_end(self) -> int | None:
-        ends = [match.end() for match in re.finditer(r"[。！？；…!?]+[”’」』）)\"']*|\n", self._text)]
-        for match in re.finditer(r"\.+[”’\"')\]]*(?=\s)", self._text):
-            before = self._text[: match.start()].strip()
-            word = before.rsplit(maxsplit=1)[-1] if before else ""
-            bare = word.lstrip("(\"'“‘").lower()
-            list_item = word.isdigit() and word == before
-            if not (bare in ABBREVIATIONS or (len(bare) == 1 and bare.isalpha()) or list_item):
-                ends.append(match.end())
-        return min(ends, default=None)
-
-
-# Pieces of text around every way a sentence may end, or seem to.
+# Pieces of text around every way a sentence may end, or seem to, and long runs past MAX_SENTENCE_CHARS.
 SNIPPETS = [" ", "  ", "\n", ".", "..", "...", "!", "?", "。", "！", "…", "”", '"', "'", ")", "]", "」", "(", ",", "，"]
-SNIPPETS += ["Dr", "e.g", "etc", "p.m", "J", "a", "1", "12", "3.5", "word", "Hello", "你好", "天气", "x"]
+SNIPPETS += [";", "；", "Dr", "e.g", "etc", "p.m", "J", "a", "1", "12", "3.5", "word", "Hello", "你好", "天气", "x"]
+SNIPPETS += ["word " * 15, "这是一个很长的分句，" * 4, "y" * 70]
+
+
+@st.composite
+def cut_texts(draw: st.DrawFn, alphabet: st.SearchStrategy[str]) -> tuple[str, list[str]]:
+    """A text, and the same text cut into pieces anywhere."""
+    text = draw(alphabet)
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=30)))
+    return text, [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+SNIPPET_TEXTS = st.lists(st.sampled_from(SNIPPETS), max_size=60).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(cut_texts(SNIPPET_TEXTS), cut_texts(st.text(max_size=400))))
+@example((ISSUE_38, ["Dr", ".", " Watson met Prof", ". ", "Moriarty at the station", "; then they left."]))
+@example(("word.. x", ["word.", ".", " x"]))  # a run of periods, in pieces
+@example(("Hello.” x", ["Hello.", "”", " x"]))  # a quote after the period
+@example(("你好。”我们", ["你好。", "”我们"]))  # a quote after a CJK stop belongs to its sentence
+@example(("a! 1. b", ["a! 1. b"]))  # "1." opens a list after a cut in the same piece
+def test_any_pieces_give_the_sentences_of_the_whole(case: tuple[str, list[str]]) -> None:
+    text, pieces = case
+    assert "".join(pieces) == text
+    buffer = SentenceBuffer(1e9)
+    streamed = [sentence for piece in pieces for sentence in buffer.append(piece)]
+    last = buffer.flush()
+    assert streamed + ([last] if last else []) == split_sentences(text)
+    assert len(buffer) == 0 and buffer.deadline() is None
+
+
 Step = tuple[str, str, float]  # a method of the buffer, the piece (for append), then how long until the next
 
 
 @st.composite
 def conversations(draw: st.DrawFn) -> list[Step]:
-    """A text in pieces of a few snippets each, with waits, overdue() and flush() between them."""
-    pieces = st.lists(st.sampled_from(SNIPPETS), max_size=8).map("".join)
+    """A text in pieces, with waits, and overdue() and flush() between them."""
     waits = st.sampled_from([0.0, 0.0, 0.15, 0.3])  # max_wait_s is 0.2
-    steps = [("append", piece, draw(waits)) for piece in draw(st.lists(pieces, max_size=40))]
-    for _ in range(draw(st.integers(0, 4))):
+    steps = [
+        ("append", piece, draw(waits)) for piece in draw(st.lists(SNIPPET_TEXTS.map(lambda t: t[:40]), max_size=30))
+    ]
+    for _ in range(draw(st.integers(0, 6))):
         steps.insert(draw(st.integers(0, len(steps))), (draw(st.sampled_from(["overdue", "flush"])), "", draw(waits)))
     return steps
 
 
-def said(buffer: SentenceBuffer, method: str, piece: str) -> list[str | None]:
-    return buffer.append(piece) if method == "append" else [getattr(buffer, method)()]
-
-
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(conversations())
-@example([("append", "word.", 0), ("append", ".", 0), ("append", " x", 0)])  # a run of periods, in pieces
-@example([("append", "Hello.", 0), ("append", "”", 0), ("append", " x", 0)])  # a quote after the period
-@example([("append", "a! 1. b", 0)])  # "1." opens a list after a cut in the same piece
 @example([("append", "one two three, fo", 0.15), ("append", "ur.", 0.1), ("overdue", "", 0), ("append", " x", 0)])
-def test_incremental_cuts_are_those_of_a_full_rescan(steps: list[Step]) -> None:
+@example([("append", "好。", 0.3), ("overdue", "", 0), ("append", "对", 0)])  # ended, waiting for its proof
+def test_max_wait_and_flush_lose_and_repeat_nothing(steps: list[Step]) -> None:
+    """Cut short by time or flush, a text is still all said, once, in order, each sentence within its bound."""
     clock = [0.0]
     with mock.patch.object(text_stream, "time", SimpleNamespace(monotonic=lambda: clock[0])):
-        incremental, reference = SentenceBuffer(0.2), FullRescan(0.2)
+        buffer, said = SentenceBuffer(0.2), []
         for method, piece, wait in steps:
-            assert said(incremental, method, piece) == said(reference, method, piece)
-            assert len(incremental) == len(reference) and incremental.deadline() == reference.deadline()
+            said += buffer.append(piece) if method == "append" else [getattr(buffer, method)()]
             clock[0] += wait
-        assert incremental.flush() == reference.flush()
+        said.append(buffer.flush())
+    text = "".join(piece for _, piece, _ in steps)
+    assert "".join("".join(filter(None, said)).split()) == "".join(text.split())
+    assert all(sentence is None or 0 < len(sentence) <= MAX_SENTENCE_CHARS for sentence in said)
+
+
+def test_what_waits_is_bounded() -> None:
+    """However long a text without a sentence end, the buffer holds less than a sentence's bound: the rest has
+    gone as sentences cut at clauses (so a piece never costs the whole text)."""
+    buffer = SentenceBuffer(1e9)
+    for _ in range(2000):
+        buffer.append("word ")
+        assert len(buffer) <= MAX_SENTENCE_CHARS
 
 
 class CountingScan:
     """The sentence-end pattern, counting the characters each scan may cover (from where it starts to the end)."""
 
     def __init__(self) -> None:
-        self.pattern, self.scanned = text_stream._END, 0
+        self.pattern, self.scanned = sentences._END, 0
 
     def finditer(self, text: str, pos: int) -> Iterator[re.Match[str]]:
         self.scanned += len(text) - pos
@@ -177,13 +194,14 @@ class CountingScan:
 )
 def test_a_piece_costs_what_it_adds_not_the_buffer(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Token by token, the scans cover each character about once: a rescan per piece would be quadratic
-    (every message costing the whole buffer, which a client can make long)."""
+    (every message costing the whole buffer). A piece costs what it adds and at most the run of marks before it
+    that it may complete, which the sentence bound keeps short."""
     counting = CountingScan()
-    monkeypatch.setattr(text_stream, "_END", counting)
+    monkeypatch.setattr(sentences, "_END", counting)
     buffer = SentenceBuffer(10)
     for i in range(0, len(text), 3):
         buffer.append(text[i : i + 3])
     assert counting.scanned <= 2 * len(text)
     before = counting.scanned
-    buffer.append("more")  # one more piece on a long buffer
-    assert counting.scanned - before <= len("more")
+    buffer.append("more")  # one more piece after a long text
+    assert counting.scanned - before <= len("more") + MAX_SENTENCE_CHARS
