@@ -21,7 +21,8 @@ from typing import Any
 from common import png, save, table
 
 from serve_app.config import WebSocketConfig
-from serve_app.ingress.ws import Conversation, Settings
+from serve_app.ingress.ws import Conversation
+from serve_app.ingress.ws_contexts import ContextTable
 from serve_app.ingress.ws_messages import parse
 
 CONTEXTS = (1, 10, 100)
@@ -41,7 +42,8 @@ class Socket:
 def conversation() -> Conversation:
     limits = WebSocketConfig(max_buffered_chars=10**7, max_contexts=max(CONTEXTS))
     talk = Conversation(Socket(), SimpleNamespace(), SimpleNamespace(), limits)  # type: ignore[arg-type]
-    talk.settings = Settings(output=None, voice=None, knobs={}, max_wait_s=0.5)  # type: ignore[arg-type]
+    talk.contexts = ContextTable(limits.max_contexts, limits.max_buffered_chars, max_wait_s=0.5)
+    talk.speaker = SimpleNamespace(say=lambda lines: None)  # type: ignore[assignment]  # nothing completes a sentence
     return talk
 
 

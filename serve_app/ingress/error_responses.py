@@ -9,6 +9,8 @@ OpenAI's fields (``type``, ``param``), which OpenAI's SDKs and the tools built o
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -132,11 +134,15 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             request.scope, 400, "invalid_json", f"the body is not valid JSON: {reason} at position {position}", "body"
         )
     field = _field_of(location)
-    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    if first.get("type") == "extra_forbidden":
-        message = "unknown field"
     count_error(request.scope, "invalid_field")
-    return error_response(request.scope, 422, "invalid_field", f"{field}: {message}" if field else message, field)
+    return error_response(request.scope, 422, "invalid_field", validation_message(first, field), field)
+
+
+def validation_message(error: Mapping[str, Any], field: str | None) -> str:
+    """One of pydantic's errors as the contract words it: ``<field>: <why>``, "unknown field" for an extra one."""
+    why = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
+    why = "unknown field" if error.get("type") == "extra_forbidden" else why
+    return f"{field}: {why}" if field else why
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -14,7 +14,8 @@ from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
 from serve_app.ingress import audio_output
 from serve_app.ingress.audio_output import Output
 from serve_app.ingress.model_client import ModelClient
-from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm
+from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm, optional_text
+from serve_app.ingress.ws_messages import Init
 from serve_app.metrics import RequestTrace
 from serve_app.model.types import PromptAudio, SynthesisRequest
 from serve_app.store.adapter_store import Adapter, AdapterStore
@@ -73,6 +74,19 @@ class RequestBuilder:
         knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter"})  # voxcpm's names
         voices = {"prompt": prompt, "reference": reference, "voice": voice, "adapter": adapter}
         return SynthesisRequest(**voices, **trace.ids, **knobs), output
+
+    async def from_init(self, init: Init, trace: RequestTrace, caller: Principal) -> tuple[SynthesisRequest, Output]:
+        """What a WebSocket's ``init`` asks of every sentence of the socket: the request each sentence fills in
+        (its ``text``, its ids, the first sentence's voice as ``prompt``), and how the audio is encoded. A sentence
+        the socket cut is one segment at the model, never split again (``serve_app/text/sentences.py``)."""
+        model = self._client.resolve(init.model)
+        instructions = optional_text(init.instructions)
+        await self._client.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
+        voice = await self.voice(init.voice_id, "voice_id", caller) if init.voice_id else None
+        adapter = await self.adapter(init.adapter, voice, model, caller)
+        output = await audio_output.output(self._client, init.audio_format, init.sample_rate, model, trace)
+        knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
+        return SynthesisRequest(text="", voice=voice, one_sentence=True, **knobs), output
 
     async def adapter(
         self, id_or_name: str | None, voice: Voice | None, model: str, caller: Principal

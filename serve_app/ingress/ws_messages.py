@@ -6,7 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from serve_app.audio.codecs import AudioFormat
 from serve_app.errors import BadRequest
+from serve_app.ingress.error_responses import validation_message
 from serve_app.ingress.schemas import (
     CONTROL_CHARACTERS,
     INSTRUCTIONS_DESCRIPTION,
@@ -17,6 +19,8 @@ from serve_app.ingress.schemas import (
 
 DEFAULT_CONTEXT = "0"
 ContextId = Annotated[str, Field(min_length=1, max_length=64)]
+# init.encoding -> the audio format of the binary frames
+ENCODINGS = {"pcm_s16le": AudioFormat.PCM, "ulaw": AudioFormat.ULAW, "alaw": AudioFormat.ALAW}
 
 
 class Init(VoxCPMKnobs):
@@ -42,6 +46,10 @@ class Init(VoxCPMKnobs):
         description="A `timestamps` message per segment, before its last audio frame: its words' times (aligned "
         "where an aligner is configured, else estimated), or the segment's own bounds.",
     )
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        return ENCODINGS[self.encoding]
 
 
 class _Message(BaseModel):
@@ -95,6 +103,5 @@ def parse(data: str) -> Message:
             raise BadRequest("a message is a JSON object with a `type`", "type") from None
         if kind == "union_tag_invalid":
             raise BadRequest(f"unknown message type; known: {error['ctx']['expected_tags']}", "type") from None
-        field = location[1] if len(location) > 1 else None
-        message = "unknown field" if kind == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
-        raise BadRequest(f"{field}: {message}" if field else message, field) from None
+        field = location[1] if len(location) > 1 else None  # after the message's type
+        raise BadRequest(validation_message(error, field), field) from None
