@@ -60,6 +60,14 @@ class ModelConfig(Strict):
     load_denoiser: bool = Field(False, description="Load the ZipEnhancer denoiser so `denoise=true` works.")
     denoiser_model: str = "iic/speech_zipenhancer_ans_multiloss_16k_base"
     warmup: bool = Field(True, description="Generate one short utterance at replica start.")
+    max_step_s: float = Field(
+        30.0,
+        gt=0,
+        description="The longest a step of the engine's thread may run (the reference engine's non-streaming "
+        "requests: a sentence) before the replica's health check calls it stuck: its requests then end with a 503 "
+        "and Serve replaces it (docs/operations.md: Health checks). Well above the slowest real step, so that only "
+        "a hang trips it.",
+    )
     prompt_cache_size: int = Field(
         32, ge=0, description="Encoded reference prompts each replica keeps (least recently used dropped); 0: none."
     )
@@ -144,9 +152,10 @@ class ModelConfig(Strict):
         ge=0,
         description="Streams: once a listener has this much audio in hand beyond playback (counted from its first "
         "chunk), hold the model's chunks and send them together, never letting it fall below half this: the same "
-        "audio in fewer messages, each of which costs the ingress and Serve's proxy CPU (README: 'Fewer, larger "
-        "chunks'). The first chunks are never held. 0 (default): every chunk as soon as it is decoded, as the "
-        "API promises; 0.3 where the HTTP side's CPU is what limits the streams a replica serves.",
+        "audio in fewer messages, each of which costs the ingress and Serve's proxy CPU (docs/engines.md: 'Fewer, "
+        "larger chunks once a listener is ahead'). The first chunks are never held. 0 (default): every chunk as "
+        "soon as it is decoded, as the API promises; 0.3 where the HTTP side's CPU is what limits the streams a "
+        "replica serves.",
     )
     stream_coalesce_max_s: float = Field(
         0.25, gt=0, description="Streams: the most audio sent in one piece while coalescing (stream_coalesce_lead_s)."

@@ -50,6 +50,13 @@ class ReplicaReports:
             raise Unavailable(f"{self._why}; retry shortly")
         return self._reports
 
+    def check(self) -> None:
+        """Raises once the poller has stopped (the ingress's health check): the probes would then answer from a
+        report that never changes, and every status call would be a 503."""
+        if self._polling.done():
+            error = None if self._polling.cancelled() else self._polling.exception()
+            raise RuntimeError(f"the replica reports' poller has stopped ({error!r})") from error
+
     def close(self) -> None:
         self._polling.cancel()
 

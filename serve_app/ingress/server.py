@@ -53,8 +53,14 @@ fastapi_app = create_app()
 
 
 # Streams pass through the ingress too: an ingress replica being replaced waits for them as long as a model
-# replica does (Serve's default is 20 s).
-@serve.deployment(name="TTSIngress", max_ongoing_requests=64, graceful_shutdown_timeout_s=60)
+# replica does (Serve's default is 20 s). Its health is checked as often as a model replica's (model/deployment.py).
+@serve.deployment(
+    name="TTSIngress",
+    max_ongoing_requests=64,
+    graceful_shutdown_timeout_s=60,
+    health_check_period_s=5.0,
+    health_check_timeout_s=10.0,
+)
 @serve.ingress(fastapi_app)
 class TTSIngress:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
@@ -72,3 +78,7 @@ class TTSIngress:
         self.reports = ReplicaReports(status_board)
         announcing = console.announce_when_ready(self.reports, self.models.model_names)
         self._announcing = asyncio.get_running_loop().create_task(announcing)
+
+    async def check_health(self) -> None:
+        """Serve's probe: this replica's poller of the model replicas' reports still runs (``replica_reports.py``)."""
+        self.reports.check()

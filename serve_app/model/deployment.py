@@ -16,8 +16,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
 
 import numpy as np
 from ray import serve
@@ -25,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
 from serve_app.config import ModelConfig
+from serve_app.errors import Forbidden
 from serve_app.model import gpu
 from serve_app.model.coalescing import coalesced
 from serve_app.model.engine import Engine, joined
@@ -41,7 +45,23 @@ LOGGED_TEXT_CHARS = 24  # logs carry a short prefix of the text, never all of it
 MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together than this
 
 
-@serve.deployment(name="VoxCPMModel", max_ongoing_requests=5, max_queued_requests=4, graceful_shutdown_timeout_s=60)
+# Health: Serve calls check_health every HEALTH_CHECK_PERIOD_S and replaces the replica after three failures
+# in a row (a check that has not answered in HEALTH_CHECK_TIMEOUT_S fails: the event loop itself is stuck).
+# A hung step is so found within max_step_s + 3 periods; a dead loop or a device error within 3 periods.
+HEALTH_CHECK_PERIOD_S = 5.0
+HEALTH_CHECK_TIMEOUT_S = 10.0
+FAULTS_ENV = "VOXCPM_SERVE_TEST_FAULTS"  # "1" only in the tests' apps: inject_fault works there alone
+Fault = Literal["loop_killed", "step_hung", "device_error"]
+
+
+@serve.deployment(
+    name="VoxCPMModel",
+    max_ongoing_requests=5,
+    max_queued_requests=4,
+    graceful_shutdown_timeout_s=60,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+)
 class VoxCPMDeployment:
     def __init__(
         self, config: ModelConfig, voices_dir: str, status_board: DeploymentHandle, adapters_dir: str = "adapters"
@@ -77,6 +97,20 @@ class VoxCPMDeployment:
 
     async def info(self) -> ModelInfo:
         return self._engine.info
+
+    async def check_health(self) -> None:
+        """Serve's probe: raises while the engine cannot serve (``liveness.py``), having ended its requests."""
+        self._engine.health()
+
+    async def inject_fault(self, fault: Fault) -> None:
+        """Tests only (tests/service/test_health.py): the batched engine's next steps fail as ``fault`` says, on
+        its loop thread, as a real fault would. Off unless the replica's environment sets ``FAULTS_ENV`` (only
+        the tests' apps do), and out of clients' reach anyway: Serve routes HTTP to the ingress alone, which
+        never calls it. A method rather than a config setting, so that no config can ship a fault."""
+        runner = getattr(self._engine, "runner", None)  # the batched engine's
+        if os.environ.get(FAULTS_ENV) != "1" or runner is None:
+            raise Forbidden("fault injection is off here")
+        runner.step = _faulty(runner.step, fault)
 
     async def check_adapter(self, path: str) -> None:
         """A staged adapter upload checked against this model's LoRA layers (``model/adapters.py``)."""
@@ -165,3 +199,22 @@ class VoxCPMDeployment:
     def _in_flight_changed(self) -> None:
         self._metrics.generations_in_flight.set(self._in_flight, tags={"model": self._config.name})
         self._status_changed.set()
+
+
+class _Killed(BaseException):
+    """Ends the thread it is raised on: the engine loop's ``except Exception`` lets it through."""
+
+
+def _faulty(step: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
+    """``step`` failing as ``fault`` says (``inject_fault``)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if fault == "loop_killed":
+            raise _Killed("injected: the engine's thread ends")
+        if fault == "step_hung":
+            threading.Event().wait()  # for good: the replica is replaced around it
+        if fault == "device_error":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        return step(*args, **kwargs)
+
+    return run

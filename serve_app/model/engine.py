@@ -32,6 +32,7 @@ from serve_app.model.adapters import read_weights
 from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
 if TYPE_CHECKING:
+    from serve_app.model.liveness import Liveness
     from serve_app.model.runtime import VoxCPMRuntime
 
 Started = Callable[[], None]  # called (from any thread) when the model takes the request up
@@ -67,15 +68,22 @@ class Engine(Protocol):
         thread: it reads the file, and runs no torch kernels)."""
         ...
 
+    def health(self) -> None:
+        """Raises ``liveness.Unhealthy`` when the engine can no longer serve (its thread dead or stuck past
+        ``max_step_s``, a device error), after ending every request it holds with a 503 (``liveness.py``)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class RuntimeEngine:
     """What both engines share over their runtime: ``stream`` and ``sentences`` are one generation, sent as
-    it is decoded or a sentence at a time, and the prompt cache's counts are the runtime's."""
+    it is decoded or a sentence at a time, the prompt cache's counts are the runtime's, and its health is its
+    thread's (``liveness.py``)."""
 
     runtime: VoxCPMRuntime
     info: ModelInfo
+    liveness: Liveness
 
     def stream(self, request: SynthesisRequest, started: Started) -> AsyncIterator[Chunk]:
         return self._generation(request, started, streaming=True)
@@ -85,6 +93,9 @@ class RuntimeEngine:
 
     def prompt_lookups(self) -> tuple[int, int]:
         return self.runtime.prompts.cache.hits, self.runtime.prompts.cache.misses
+
+    def health(self) -> None:
+        self.liveness.check()
 
     def check_adapter(self, path: str) -> None:
         expected = self.runtime.adapters.expected if self.runtime.adapters is not None else {}

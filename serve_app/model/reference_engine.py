@@ -25,6 +25,7 @@ from serve_app.model.adapters import VoxCPMLoRA
 from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import RuntimeEngine, Started, joined
 from serve_app.model.inputs import latents
+from serve_app.model.liveness import Liveness
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.thread_stream import iterate_in_thread
@@ -39,12 +40,13 @@ _SLOT = [0]  # the decoder's one slot: one generation at a time
 
 
 class ReferenceEngine(RuntimeEngine):
-    def __init__(self, runtime: VoxCPMRuntime, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, runtime: VoxCPMRuntime, executor: ThreadPoolExecutor, max_step_s: float) -> None:
         self.runtime = runtime
         self.info = runtime.info
         self._executor = executor
         self.decoder = runtime.decoder(1)
         self.lora = VoxCPMLoRA(runtime.model) if runtime.adapters is not None else None
+        self.liveness = Liveness(max_step_s)  # of the generation thread, where the engine is built
 
     @classmethod
     def load(
@@ -52,7 +54,8 @@ class ReferenceEngine(RuntimeEngine):
     ) -> ReferenceEngine:
         """Loaded and warmed up on the generation thread, where its generations will run (``engine.py``)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxcpm-generate")
-        engine = executor.submit(lambda: cls(VoxCPMRuntime.load(config, voices, adapters), executor)).result()
+        runtime = executor.submit(VoxCPMRuntime.load, config, voices, adapters).result()
+        engine = executor.submit(cls, runtime, executor, config.max_step_s).result()
         if config.warmup:
             executor.submit(lambda: joined(engine.generate(engine.runtime.warmup_request(), streaming=True))).result()
             engine.runtime.prompts.cache.clear()
@@ -66,9 +69,9 @@ class ReferenceEngine(RuntimeEngine):
     def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
         def produce() -> Iterator[Chunk]:
             started()
-            yield from self.generate(request, streaming)
+            yield from self.liveness.timed(self.generate(request, streaming))  # each chunk's work: a step
 
-        return iterate_in_thread(produce, self._executor, MAX_BUFFERED_CHUNKS)
+        return iterate_in_thread(produce, self._executor, MAX_BUFFERED_CHUNKS, self.liveness)
 
     def generate(self, request: SynthesisRequest, streaming: bool) -> Iterator[Chunk]:
         """The utterance (synchronously, on the caller's thread): a chunk per step when streaming, else a

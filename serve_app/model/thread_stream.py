@@ -9,10 +9,14 @@ side sets a flag the thread checks between items, so generation stops within one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from serve_app.model.liveness import Liveness
 
 T = TypeVar("T")
 
@@ -24,12 +28,15 @@ async def iterate_in_thread(
     make_iterator: Callable[[], Iterator[T]],
     executor: Executor,
     max_buffered: int,
+    liveness: Liveness | None = None,
 ) -> AsyncIterator[T]:
     """Yield what ``make_iterator()`` yields, producing it on ``executor``.
 
     At most ``max_buffered`` items wait for the consumer; beyond that the producer pauses.
     Closing or cancelling the consumer returns only after the producer stopped, or drops it
-    unstarted if it was still waiting for the executor.
+    unstarted if it was still waiting for the executor. With ``liveness`` (the executor's thread's), the
+    consumer is refused or ended with its error once that thread is found dead or stuck, and then does not
+    wait for a producer that will never stop.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
@@ -62,17 +69,22 @@ async def iterate_in_thread(
             if close is not None:
                 close()
 
-    producer = executor.submit(produce)
-    try:
-        while True:
-            kind, value = await queue.get()
-            room.release()
-            if kind == _END:
-                return
-            if kind == _ERROR:
-                raise value  # type: ignore[misc]
-            yield value  # type: ignore[misc]
-    finally:
-        stopped.set()
-        if not producer.cancel():  # it started: wait (at most one item) until the thread lets go
-            await asyncio.shield(asyncio.wrap_future(producer))
+    def fail(error: BaseException) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (_ERROR, error))
+
+    with liveness.serving(fail) if liveness is not None else contextlib.nullcontext():
+        producer = executor.submit(produce)
+        try:
+            while True:
+                kind, value = await queue.get()
+                room.release()
+                if kind == _END:
+                    return
+                if kind == _ERROR:
+                    raise value  # type: ignore[misc]
+                yield value  # type: ignore[misc]
+        finally:
+            stopped.set()
+            stuck = liveness is not None and liveness.problem() is not None
+            if not producer.cancel() and not stuck:  # it started: wait (at most one item) until the thread lets go
+                await asyncio.shield(asyncio.wrap_future(producer))

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from serve_app.errors import NotFound
-from serve_app.model.batched import batch_engine, layers
+from serve_app.model.batched import batch_engine, layers, scheduler
 from serve_app.model.batched.batch_engine import BatchedEngine
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.postprocess import Postprocessor
@@ -149,7 +149,7 @@ def test_newcomers_join_the_next_step_of_a_batch_without_room_or_time_to_spare(
     2 running are too many) and time (here: patches of no audio, so every step takes longer than one)."""
     reference, batched, _ = engines
     if short_of == "room":
-        monkeypatch.setattr(batch_engine, "NEWCOMERS_FIRST_OCCUPANCY", 0.25)
+        monkeypatch.setattr(scheduler, "NEWCOMERS_FIRST_OCCUPANCY", 0.25)
     else:
         monkeypatch.setattr(batched, "_patch_s", 0.0)
     steps = _counted_steps(batched, monkeypatch)

@@ -45,6 +45,7 @@ from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
 from serve_app.model.decode_grouping import group_sizes
 from serve_app.model.engine import RuntimeEngine, Started, joined
+from serve_app.model.liveness import Liveness
 from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.types import Chunk, SynthesisRequest
@@ -55,12 +56,6 @@ from serve_app.store.voice_store import VoiceStore
 logger = logging.getLogger(__name__)
 
 _END = object()  # a request's last item
-# Newcomers go first (``first_step_alone``) while the batch has room and time to spare: at most this share of
-# its slots held (past it their extra steps take the capacity newcomers are about to queue for: on the tiny
-# CPU model at 90 % of capacity they tipped it into queueing), and its steps taking at most this share of a
-# patch's audio (so a newcomer's second chunk still comes before its first one has played).
-NEWCOMERS_FIRST_OCCUPANCY = 0.75
-NEWCOMERS_FIRST_STEP_SHARE = 0.5
 STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time
 _STOP = object()  # the loop thread's last command
 
@@ -74,14 +69,14 @@ class BatchedEngine(RuntimeEngine):
         self.decoder = runtime.decoder(config.max_batch_size)
         self.postprocessor = Postprocessor(runtime, self.decoder)
         self.scheduler = Scheduler(config.max_batch_size)
-        self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = queue.SimpleQueue()
+        self.liveness = Liveness(config.max_step_s)  # of the loop thread: it builds the engine, then runs it
+        self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = self.liveness.inbox  # reads: signs of life
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
         self._held: list[object] = []  # commands taken in the middle of a step, for after it
         graphs = config.cuda_graphs and self.runner.base_kv.cache.is_cuda  # steps replayed from CUDA graphs
         self._first_step_alone = not graphs if config.first_step_alone is None else config.first_step_alone
         self._step_s = 0.0  # mean time of the batch's steps (model and VAE calls, post-processing)
         self._patch_s = runtime.step_samples / runtime.info.sample_rate  # the audio a step makes per request
-        self._thread = threading.current_thread()  # the loop thread: it builds the engine, then runs it
 
     @classmethod
     def load(
@@ -107,7 +102,7 @@ class BatchedEngine(RuntimeEngine):
     # -- the interface (event loop side) ---------------------------------------------------------
     def close(self) -> None:
         self._inbox.put(_STOP)
-        self._thread.join(timeout=10)
+        self.liveness.join(10)
         self.runtime.close()
 
     def generate(self, request: SynthesisRequest, streaming: bool) -> np.ndarray:
@@ -134,15 +129,16 @@ class BatchedEngine(RuntimeEngine):
         if request.adapter is not None:
             adapter = await asyncio.to_thread(self.runtime.adapter, request)  # a file read, off the loop thread
         sequence = self._sequence(request, started, deliver, streaming, adapter)
-        self._inbox.put(("add", sequence))
-        try:
-            while (item := await items.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item  # type: ignore[misc]
-        finally:
-            sequence.cancelled = True
-            self._inbox.put(("cancel", sequence))
+        with self.liveness.serving(deliver):  # refused, or ended, once the loop is found dead or stuck
+            self._inbox.put(("add", sequence))
+            try:
+                while (item := await items.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item  # type: ignore[misc]
+            finally:
+                sequence.cancelled = True
+                self._inbox.put(("cancel", sequence))
 
     def _sequence(
         self,
@@ -229,24 +225,14 @@ class BatchedEngine(RuntimeEngine):
         return joined
 
     def _first_steps(self, joined: list[Sequence]) -> None:
-        """The first step of streams that just joined a running batch, on their own (``first_step_alone``):
-        they hold the batch's last slots, so the step is over those slots only, and their first audio does not
-        wait for a step of the whole batch. The batch's next step is theirs instead where it has no room or
-        time to spare (``NEWCOMERS_FIRST_*``; requests waiting for a slot), where none of them streams (nobody
-        hears a first patch before its sentence ends), where they are more than half as many as the streams
-        running (their own step would cost about the batch's), or where a cancellation meanwhile moved one
-        out of the end."""
-        running = self.scheduler.running
+        """The first step of streams that just joined a running batch, on their own (``first_step_alone``), where
+        the scheduler says they go first: they hold the batch's last slots, so the step is over those slots only,
+        and their first audio does not wait for a step of the whole batch."""
         placed = [sequence for sequence in joined if sequence.lm_hidden is not None]  # prefilled
         fresh = [sequence for sequence in placed if sequence.status is Status.RUNNING]
-        first = len(running) - len(fresh)
-        spare = first <= NEWCOMERS_FIRST_OCCUPANCY * self.scheduler.max_batch_size and not self.scheduler.waiting
-        spare = spare and self._step_s <= NEWCOMERS_FIRST_STEP_SHARE * self._patch_s
-        few = 0 < 2 * len(fresh) <= first
-        if not (spare and few and any(sequence.streaming for sequence in fresh)):
-            return
-        if sorted(sequence.slot for sequence in fresh) == list(range(first, len(running))):
-            self._step(running[first:], first)
+        first = self.scheduler.newcomers_first(fresh, self._step_s, self._patch_s)
+        if first is not None:
+            self._step(self.scheduler.running[first:], first)
             self._prefill()  # a sentence that ended in that step starts before the batch's step
 
     def _take_commands(self, block: bool, hold: bool = False) -> bool:
@@ -388,7 +374,7 @@ class BatchedEngine(RuntimeEngine):
         self._retire(sequence)
 
     def _fail(self, sequence: Sequence, error: BaseException) -> None:
-        sequence.deliver(error)
+        sequence.deliver(self.liveness.failure(error))  # a device error: recorded, and a 503 for the client
         self._retire(sequence)
 
     def _retire(self, sequence: Sequence) -> None:

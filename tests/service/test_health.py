@@ -1,0 +1,102 @@
+"""Health checks on the real stack: a model replica whose engine loop dies, hangs in a step or hits a device
+error fails Serve's health check, its requests in flight end at once with a clear error (a broken stream, a 503
+with Retry-After), never a hang, and Serve replaces it.
+
+Each fault is injected on the engine's loop thread through the replica's ``inject_fault`` (model/deployment.py),
+on an app of the test's own whose model replicas alone have it switched on (``FAULTS_ENV``), with short bounds:
+a step is stuck after 2 s, the check runs every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+import yaml
+
+from serve_app.ingress.replica_reports import ReplicaReports
+from serve_app.model.deployment import FAULTS_ENV
+from tests.conftest import LOCAL_CONFIG, Service, error_of, extra_app, in_flight, wait_until
+
+LONG = {"text": "这是一个很长的句子，用来测试健康检查。" * 40, "max_len": 600}  # seconds of generation on CPU
+MAX_STEP_S = 2.0
+ENDED_WITHIN_S = 15  # the fault, the first failed check (max_step_s + a period), the requests' ends
+REPLACED_WITHIN_S = 90  # three failed checks, the drain, a new replica's start
+
+
+def _deployments() -> dict:
+    """The model replicas checked every second, with fault injection on (and the app's environment, which
+    an actor's own runtime_env replaces)."""
+    env = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["runtime_env"]["env_vars"]
+    actor = {"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": {**env, FAULTS_ENV: "1"}}}
+    return {"VoxCPMModel": {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0, "ray_actor_options": actor}}
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, service: Service, checkpoints: Path) -> Iterator[str]:
+    name = request.node.name.removeprefix("test_").replace("_", "-").replace("[", "-").rstrip("]")[:40]
+    with extra_app(service, checkpoints, name, deployments=_deployments(), max_step_s=MAX_STEP_S) as url:
+        yield url
+
+
+def _model_replicas(app_name: str) -> set[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app_name}#VoxCPMModel#"
+    names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)]
+    return {name for name in names if name.startswith(prefix)}
+
+
+@pytest.mark.parametrize("fault", ["loop_killed", "step_hung", "device_error"])
+def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str, fault: str) -> None:
+    from ray import serve
+
+    app_name = app.rsplit("/", 1)[1]
+    (replica,) = _model_replicas(app_name)
+    stream = requests.post(f"{app}/api/tts/stream", data=LONG, stream=True, timeout=(5, 60))
+    assert stream.status_code == 200
+    chunks = stream.iter_content(4096)
+    next(chunks)
+    pool = ThreadPoolExecutor(1)
+    whole = pool.submit(requests.post, f"{app}/api/tts", data=LONG, timeout=60)
+    assert wait_until(lambda: in_flight(app) == 2, 20)
+
+    serve.get_deployment_handle("VoxCPMModel", app_name=app_name).inject_fault.remote(fault).result()
+    faulted = time.monotonic()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):  # the answer had started: it breaks off
+        for _ in chunks:
+            pass
+    refused = whole.result(timeout=ENDED_WITHIN_S)
+    assert time.monotonic() - faulted < ENDED_WITHIN_S
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert error_of(refused)["code"] == "unavailable"
+    pool.shutdown()
+
+    assert wait_until(lambda: bool(_model_replicas(app_name) - {replica}), REPLACED_WITHIN_S), "no new replica"
+    assert wait_until(lambda: replica not in _model_replicas(app_name), REPLACED_WITHIN_S), "the old one lives on"
+    again = requests.post(f"{app}/api/tts/stream", data={"text": "又好了。", "max_len": 3}, timeout=60)
+    assert again.status_code == 200 and len(again.content) > 44
+
+
+def test_the_ingress_is_unhealthy_once_its_status_poller_stops() -> None:
+    """The ingress's check: without its poller, /health, /ready and status would answer from a frozen report."""
+
+    board = SimpleNamespace(reports=SimpleNamespace(remote=lambda: asyncio.sleep(0, result=[])))
+
+    async def check() -> None:
+        reports = ReplicaReports(board)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        reports.check()
+        reports.close()
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="poller has stopped"):
+            reports.check()
+
+    asyncio.run(check())
