@@ -94,3 +94,12 @@ def test_every_part_is_placed() -> None:
 def test_engines_never_import_their_chooser() -> None:
     choosers = [module for module, imported in GRAPH.items() if "serve_app.model.engine_factory" in imported]
     assert choosers == ["serve_app.model.deployment"]
+
+
+MAX_MODULE_LINES = 400  # one job per module: past this, a module holds more than one
+
+
+def test_no_module_is_over_400_lines() -> None:
+    lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    long = {name: lines for name, lines in lengths.items() if lines > MAX_MODULE_LINES}
+    assert not long, f"split these along their seams (at most {MAX_MODULE_LINES} lines): {long}"
