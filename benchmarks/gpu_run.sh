@@ -12,7 +12,7 @@
 #     pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
 # Run from the repository root: `first` in at most 8 minutes, `more` in at most 10, most important first, each part saving its
 # results as it ends (a lent GPU's budget is 15 minutes, the machine's start included):
-#   bash benchmarks/gpu_run.sh        # the CUDA paths' tests, VoxCPM2 under load as the peers measure it, ...
+#   bash benchmarks/gpu_run.sh        # the CUDA graphs guard, the CUDA paths' tests, VoxCPM2 under load as the peers measure it, ...
 #   bash benchmarks/gpu_run.sh more   # what did not fit: LoRA adapters, a VAE call per patch, VoxCPM1.5 bursts, two engines per GPU
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/results}
@@ -42,6 +42,23 @@ bench() {  # name seconds script args...
 }
 case "${1:-first}" in
 first)
+  # 0. whether the CUDA graphs guard (serve_app/model/batched/graph_check.py) lets them on: "on" on both tiny
+  # models is what turning them on by default waits for; otherwise "off: <reason>", and the warning says why
+  echo "=== CUDA graphs guard ($(date +%T))"
+  timeout 120 python3 - <<'PY' 2>&1 | grep -v -E "FutureWarning|WeightNorm.apply|^Running on device"
+import tempfile
+from pathlib import Path
+from serve_app.config import ModelConfig
+from serve_app.model import synthetic
+from serve_app.model.batched.batch_engine import BatchedEngine
+for preset in ("tiny-voxcpm1.5", "tiny-voxcpm2"):
+    checkpoint = synthetic.build(preset, Path(tempfile.mkdtemp()) / preset, dtype="bfloat16")
+    config = ModelConfig(source=str(checkpoint), device="cuda", engine="batched", max_batch_size=8,
+                         kv_cache_length=2048, warmup=False, cuda_graphs=True)
+    engine = BatchedEngine.load(config)
+    print(f"graphs of {preset}: {engine.info.graphs}", flush=True)
+    engine.close()
+PY
   # 1. the CUDA-only paths' tests: graphs replay the eager step's bits, padding rows, the one-call prefill
   echo "=== tests/model/test_cuda.py ($(date +%T))"
   timeout 90 python3 -m pytest -q --noconftest -p no:cacheprovider tests/model/test_cuda.py 2>&1 | tail -30

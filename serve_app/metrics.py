@@ -144,6 +144,17 @@ class ModelMetrics:
             description="Reference prompts looked up in the replica's cache, by result (hit or miss).",
             tag_keys=("model", "result"),
         )
+        self.cuda_graphs_on = metrics.Gauge(
+            "voxcpm_cuda_graphs_on",
+            description="1 where the replica's steps replay CUDA graphs; 0 where they run eagerly, and why (reason: "
+            "not asked for, no GPU, capture failed, mismatch), as /health's graphs says.",
+            tag_keys=("model", "reason"),
+        )
+
+    def cuda_graphs(self, model: str, state: str) -> None:
+        """Set once at the replica's start, from its ``ModelInfo.graphs`` ("on" or "off: <reason>")."""
+        on = state == "on"
+        self.cuda_graphs_on.set(int(on), tags={"model": model, "reason": "none" if on else state.removeprefix("off: ")})
 
 
 class Cadence:

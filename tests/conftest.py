@@ -34,6 +34,7 @@ from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.decode import AudioBounds
 from serve_app.config import ModelConfig, SyntheticPreset
 from serve_app.model import synthetic
+from serve_app.model.batched.graph_check import FLOAT32_TOLERANCE  # noqa: F401 - the engine's tolerance, for the tests
 from serve_app.model.engine import Engine
 from serve_app.model.engine_factory import load_engine
 from serve_app.store.adapter_store import AdapterStore
@@ -319,9 +320,6 @@ CLI = str(Path(sys.executable).with_name("voxcpm-serve"))
 
 def run(url: str, *args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, "--url", url, *args], input=stdin, capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-FLOAT32_TOLERANCE = 1e-3  # largest sample difference seen in float32 was ~2e-4 (see README)
 
 
 def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:

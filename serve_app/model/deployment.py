@@ -70,6 +70,7 @@ class VoxCPMDeployment:
         self._engine: Engine = load_engine(config, VoiceStore(voices_dir), AdapterStore(adapters_dir))
         self._in_flight = 0
         self._metrics = metrics.model()
+        self._metrics.cuda_graphs(self._engine.info.name, self._engine.info.graphs)
         self._prompt_lookups = self._engine.prompt_lookups()  # (hits, misses) last counted in the metrics
         self._status_changed = asyncio.Event()
         self._publishing = asyncio.get_running_loop().create_task(self._publish_status(status_board))

@@ -73,6 +73,7 @@ class ModelInfo:
     synthetic: bool = False  # random weights (serve_app/model/weights.py): speaks noise
     capabilities: tuple[str, ...] = ()  # what beyond plain speech it can do (serve_app/model/capabilities.py)
     lora: dict | None = None  # the LoRA shape of the adapters it serves (config `lora:`); None: none
+    graphs: str = "off: not asked for"  # its steps from CUDA graphs: "on", or "off: <why>" (batched/graph_check.py)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
 from serve_app.model.adapters import LoadedAdapter
+from serve_app.model.batched import graph_check
 from serve_app.model.batched.postprocess import GENERATING, Postprocessor
 from serve_app.model.batched.runner import Prefilled, StepRunner
 from serve_app.model.batched.scheduler import Scheduler
@@ -49,7 +50,6 @@ from serve_app.model.liveness import Liveness
 from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
 from serve_app.model.types import Chunk, SynthesisRequest
-from serve_app.model.vae import StreamingVAEDecoder
 from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.voice_store import VoiceStore
 
@@ -63,9 +63,10 @@ _STOP = object()  # the loop thread's last command
 class BatchedEngine(RuntimeEngine):
     def __init__(self, runtime: VoxCPMRuntime, config: ModelConfig) -> None:
         self.runtime = runtime
-        self.info = runtime.info
         length = config.kv_cache_length or runtime.model.config.max_length
         self.runner = StepRunner(runtime.model, config.max_batch_size, length)
+        cuda = self.runner.base_kv.cache.is_cuda
+        self.info = dataclasses.replace(runtime.info, graphs=graph_check.uncaptured(config.cuda_graphs, cuda))
         self.decoder = runtime.decoder(config.max_batch_size)
         self.postprocessor = Postprocessor(runtime, self.decoder)
         self.scheduler = Scheduler(config.max_batch_size)
@@ -73,7 +74,7 @@ class BatchedEngine(RuntimeEngine):
         self._inbox: queue.SimpleQueue[tuple[str, Sequence] | object] = self.liveness.inbox  # reads: signs of life
         self._unprefilled: list[Sequence] = []  # running requests about to start a sentence
         self._held: list[object] = []  # commands taken in the middle of a step, for after it
-        graphs = config.cuda_graphs and self.runner.base_kv.cache.is_cuda  # steps replayed from CUDA graphs
+        graphs = config.cuda_graphs and cuda  # steps replayed from CUDA graphs
         self._first_step_alone = not graphs if config.first_step_alone is None else config.first_step_alone
         self._step_s = 0.0  # mean time of the batch's steps (model and VAE calls, post-processing)
         self._patch_s = runtime.step_samples / runtime.info.sample_rate  # the audio a step makes per request
@@ -174,19 +175,16 @@ class BatchedEngine(RuntimeEngine):
         loaded.set_result(engine)
         engine._loop()
 
-    def _capture_graphs(self) -> None:
-        """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode;
-        each eager if its capture fails."""
-        parts: tuple[tuple[StepRunner | StreamingVAEDecoder, int], ...] = (
-            (self.runner, SynthesisRequest.inference_timesteps),
-            (self.decoder, self.runtime.model.patch_size),
+    def _capture_graphs(self, capture: bool = True) -> None:
+        """CUDA graphs of the decode step (for the default ``inference_timesteps``) and of the streams' VAE decode,
+        trusted once they give the eager step's numbers (``graph_check.py``; ``capture`` False: its CPU emulation)."""
+        timesteps, frames, exact = (
+            SynthesisRequest.inference_timesteps,
+            self.runtime.model.patch_size,
+            self.runtime.batch_invariant,
         )
-        for part, shape in parts:
-            try:
-                part.use_graphs(shape, capture=True)
-            except Exception:  # slower, not broken
-                logger.warning("CUDA graphs of %s could not be captured: eager", type(part).__name__, exc_info=True)
-                part.graphs = None
+        state = graph_check.guarded(self.runner, self.decoder, timesteps, frames, exact, capture)
+        self.info = dataclasses.replace(self.info, graphs=state)
 
     def _loop(self) -> None:
         while True:
