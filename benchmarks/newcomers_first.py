@@ -62,13 +62,13 @@ def main() -> None:
         driver = Engine(engine_args, synthetic_checkpoint(args.preset, Path(tmp) / args.preset, None))
         try:
             driver.closed(1, 2.0)  # warm
-            driver.engine._first_step_alone = False  # the setting, switched on the loaded engine between levels
+            driver.engine.scheduler.allow_newcomers_first = False  # switched on the loaded engine between levels
             capacity = level_stats(*driver.closed(args.max_batch_size, args.seconds))["requests_per_s"]
             print(f"capacity (closed loop, {args.max_batch_size} clients, batch step first): {capacity:.2f}/s")
             for repetition in range(args.repeat):
                 for level in levels:
                     for name, on in SETTINGS.items():
-                        driver.engine._first_step_alone = on
+                        driver.engine.scheduler.allow_newcomers_first = on
                         row = run_level(driver, level, capacity, args.seconds)
                         runs[level, name].append(row)
                         ttfb = row["ttfb_ms"]

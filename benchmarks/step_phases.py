@@ -38,7 +38,7 @@ from common import engine_timings, png, save, synthetic_checkpoint, table
 
 from serve_app.config import ModelConfig
 from serve_app.model.batched import batch_engine as batched_engine
-from serve_app.model.batched import layers, postprocess
+from serve_app.model.batched import layers, vae_stage
 from serve_app.model.batched import runner as batched_runner
 from serve_app.model.engine_factory import load_engine
 from serve_app.model.types import SynthesisRequest
@@ -47,11 +47,12 @@ from serve_app.model.types import SynthesisRequest
 PHASES: tuple[tuple[Any, str, str], ...] = (
     (batched_engine.BatchedEngine, "_start", "request start"),
     (batched_engine.BatchedEngine, "_prefilled", "prefill"),
-    (batched_engine.BatchedEngine, "_step", "step, whole"),
+    (batched_engine.BatchedEngine, "_launch", "step, launch"),
+    (batched_engine.BatchedEngine, "_finish", "step, finish"),
     (layers.BatchedVoxCPM, "diffuse", "diffusion"),
     (layers.BatchedVoxCPM, "lm_step", "LM step"),
-    (postprocess.Postprocessor, "decode_singles", "VAE decode"),
-    (postprocess.Postprocessor, "decode_group", "VAE decode, grouped"),
+    (vae_stage.VAEStage, "decode_singles", "VAE decode"),
+    (vae_stage.VAEStage, "decode_held", "VAE decode, grouped"),
 )
 STEP_PARTS = ("diffusion", "base LM step", "residual LM step", "VAE decode", "VAE decode, grouped")
 INFERENCE_TIMESTEPS = SynthesisRequest.inference_timesteps  # the engine captures its graphs for it
@@ -95,9 +96,9 @@ class PhaseClock:
 def level(engine: Any, streams: int, synchronize: Callable[[], None]) -> dict[str, Any]:
     with PhaseClock(synchronize) as clock:
         _, wall = engine_timings(engine, streams, inference_timesteps=INFERENCE_TIMESTEPS)
-    steps = len(clock.seconds["step, whole"])
+    steps = len(clock.seconds["step, launch"])  # each step is launched, then finished
     per_step = {name: 1e3 * sum(values) / steps for name, values in clock.seconds.items() if name in STEP_PARTS}
-    whole = 1e3 * statistics.mean(clock.seconds["step, whole"])
+    whole = 1e3 * (sum(clock.seconds["step, launch"]) + sum(clock.seconds["step, finish"])) / steps
     return {
         "streams": streams,
         "graphs": engine.runner.graphs is not None,
@@ -116,14 +117,14 @@ def sync_census(engine: Any, streams: int) -> dict[str, Any]:
     import torch
 
     steps = 0
-    original = batched_engine.BatchedEngine._step
+    original = batched_engine.BatchedEngine._launch
 
-    def counted(runner: Any) -> None:
+    def counted(engine: Any, first: int) -> Any:
         nonlocal steps
         steps += 1
-        original(runner)
+        return original(engine, first)
 
-    batched_engine.BatchedEngine._step = counted
+    batched_engine.BatchedEngine._launch = counted
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -131,7 +132,7 @@ def sync_census(engine: Any, streams: int) -> dict[str, Any]:
             engine_timings(engine, streams, inference_timesteps=INFERENCE_TIMESTEPS)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-        batched_engine.BatchedEngine._step = original
+        batched_engine.BatchedEngine._launch = original
     sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
     return {
         "streams": streams,

@@ -26,7 +26,7 @@ from serve_app.model.reference_engine import ReferenceEngine
 from serve_app.model.types import SynthesisRequest
 from serve_app.store.adapter_store import Adapter
 from tests.conftest import FLOAT32_TOLERANCE
-from tests.model.test_batch_engine import _alone, _together
+from tests.model.batched.engines import alone, together
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
 
@@ -71,12 +71,12 @@ def engines(
 def test_an_adapter_changes_the_audio_and_leaves_nothing_behind_for_the_base_model(engines: tuple) -> None:
     reference, _, adapters = engines
     base = SynthesisRequest(text="Hello there, adapters.", seed=7, max_len=20)
-    before = _alone(reference, base)
-    tuned = _alone(reference, dataclasses.replace(base, adapter=adapters[0]))
-    other = _alone(reference, dataclasses.replace(base, adapter=adapters[1]))
+    before = alone(reference, base)
+    tuned = alone(reference, dataclasses.replace(base, adapter=adapters[0]))
+    other = alone(reference, dataclasses.replace(base, adapter=adapters[1]))
     assert not np.array_equal(before, tuned) and not np.array_equal(tuned, other)
-    assert np.array_equal(_alone(reference, base), before)  # the base model's audio, bit for bit, after an adapter
-    assert np.array_equal(_alone(reference, dataclasses.replace(base, adapter=adapters[0])), tuned)
+    assert np.array_equal(alone(reference, base), before)  # the base model's audio, bit for bit, after an adapter
+    assert np.array_equal(alone(reference, dataclasses.replace(base, adapter=adapters[0])), tuned)
 
 
 @pytest.mark.parametrize("stagger_s", [0.0, 0.12])
@@ -93,8 +93,8 @@ def test_each_request_with_its_own_adapter_is_the_reference_audio_bit_for_bit(en
         SynthesisRequest(text="第五个请求。第二句。", seed=5, max_len=60, adapter=c),
         SynthesisRequest(text="the base model", seed=6, max_len=14),
     ]
-    expected = [_alone(reference, request) for request in requests]
-    for request, want, got in zip(requests, expected, _together(batched, requests, stagger_s), strict=True):
+    expected = [alone(reference, request) for request in requests]
+    for request, want, got in zip(requests, expected, together(batched, requests, stagger_s), strict=True):
         assert isinstance(got, np.ndarray), got
         assert got.shape == want.shape and np.array_equal(got, want), (request.text, request.adapter)
 
@@ -191,6 +191,6 @@ def test_in_float32_each_request_with_its_adapter_is_the_reference_audio_within_
         SynthesisRequest(text="测试一下", seed=3, max_len=15),
         SynthesisRequest(text="abc def", seed=4, max_len=12, adapter=a),
     ]
-    for request, got in zip(requests, _together(batched, requests, 0.0), strict=True):
-        want = _alone(reference, request)
+    for request, got in zip(requests, together(batched, requests, 0.0), strict=True):
+        want = alone(reference, request)
         assert got.shape == want.shape and np.abs(got - want).max() < FLOAT32_TOLERANCE, request.text

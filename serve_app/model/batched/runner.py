@@ -1,9 +1,10 @@
 """The batched engine's runner: which rows a step computes and what it keeps between steps.
 
-It owns the requests' KV slots (``kv_slots.py``), gathers a step's inputs from the rows (each row's noise
-drawn from its request's own generator), runs the step from a CUDA graph where one was captured for its
-batch size (``../cuda_graphs.py``) or eagerly, and writes a prefill's keys and values into the joining
-requests' slots. The math itself is ``layers.py``'s.
+It owns the requests' KV slots (``kv_slots.py``) and hidden slots (``hidden_slots.py``): a prefill writes the
+joining requests' keys, values and hidden states into their slots; a step reads its slots' hidden states
+and its rows' own noise (each drawn from its request's generator), runs from a CUDA graph where one was
+captured for its batch size (``../cuda_graphs.py``) or eagerly, and writes its new hidden states back.
+The math itself is ``layers.py``'s.
 
 No waiting for the GPU inside a step: the few host lists a step needs (positions, ``cfg_value``s, a group's
 rows) go to the device without a blocking copy (``../transfer.py``), and the stop decisions stay there
@@ -23,6 +24,7 @@ import torch
 
 from serve_app.model.adapters import LoadedAdapter
 from serve_app.model.batched import lora
+from serve_app.model.batched.hidden_slots import HiddenRows, HiddenSlots
 from serve_app.model.batched.kv_slots import KVSlots
 from serve_app.model.batched.layers import BatchedVoxCPM, StepInputs, StepOutput
 from serve_app.model.cuda_graphs import PaddedGraphs
@@ -38,23 +40,9 @@ GRAPH_SPAN_STEP = 1024  # the same for the CUDA graphs of the step, whose span i
 
 
 @dataclass
-class Prefilled:
-    """A request's state after its prefill (its keys and values already in its KV slots): what its first
-    decode step starts from."""
-
-    length: int  # positions filled: the first decode step writes here
-    lm_hidden: torch.Tensor  # (1, hidden)
-    residual_hidden: torch.Tensor  # (1, hidden)
-    condition: torch.Tensor  # (1, patch_size, latent_dim): the last input patch
-
-
-@dataclass
 class Row:
-    """One request's part of a decode step."""
+    """One request's part of a decode step besides its slot's hidden state."""
 
-    lm_hidden: torch.Tensor
-    residual_hidden: torch.Tensor
-    condition: torch.Tensor
     position: int
     inference_timesteps: int
     cfg_value: float
@@ -71,6 +59,8 @@ class StepRunner:
         self.layers = BatchedVoxCPM(model, routing if lora.install(model, routing) else None)
         self.base_kv = KVSlots(model.base_lm, slots, kv_length, device, dtype)
         self.residual_kv = KVSlots(model.residual_lm, slots, kv_length, device, dtype)
+        hidden_size, latent_dim = model.base_lm.config.hidden_size, model.feat_dim
+        self.hidden = HiddenSlots(slots, hidden_size, model.patch_size, latent_dim, device, dtype)
         self.kv_length = kv_length
         self.slots = slots
         # flash attention's variable-length kernel: CUDA, half precision, Ampere or newer, and checked here
@@ -116,9 +106,10 @@ class StepRunner:
     @torch.inference_mode()
     def prefill(
         self, batch: list[ModelInputs], slots: list[int], adapters: list[LoadedAdapter | None] | None = None
-    ) -> list[Prefilled]:
-        """voxcpm's prefill of each request (with its adapter), the requests packed together, their keys and
-        values written into their slots once all of it is computed."""
+    ) -> list[int]:
+        """voxcpm's prefill of each request (with its adapter), the requests packed together, their keys, values
+        and hidden states written into their slots once all of it is computed. Each request's length: where its
+        first decode step writes."""
         lengths = [inputs.text.shape[1] for inputs in batch]
         starts = None  # where each request starts in the packed sequence, and where the last ends
         if self.varlen_prefill:
@@ -126,27 +117,34 @@ class StepRunner:
         computed = self.layers.prefill(batch, starts, adapters)
         self.base_kv.fill(slots, lengths, computed.base_caches)
         self.residual_kv.fill(slots, lengths, computed.residual_caches)
-        ends = itertools.accumulate(lengths)
-        return [
-            Prefilled(
-                length=length,
-                lm_hidden=computed.lm_hidden[:, end - 1, :],
-                residual_hidden=computed.residual_hidden[:, end - 1, :],
-                condition=inputs.feat[:, -1, ...],
-            )
-            for inputs, length, end in zip(batch, lengths, ends, strict=True)
-        ]
+        last = to_device([end - 1 for end in itertools.accumulate(lengths)], self.base_kv.cache.device)
+        self.hidden.write(
+            slots,
+            HiddenRows(
+                lm_hidden=computed.lm_hidden[0, last],
+                residual_hidden=computed.residual_hidden[0, last],
+                condition=torch.cat([inputs.feat[:, -1, ...] for inputs in batch]),  # each one's last input patch
+            ),
+        )
+        return lengths
 
     def move(self, source: int, target: int) -> None:
         self.base_kv.move(source, target)
         self.residual_kv.move(source, target)
+        self.hidden.move(source, target)
 
     @torch.inference_mode()
     def step(self, rows: list[Row], first: int = 0) -> StepOutput:
         """One generation step for the rows in slots ``first``.. (one loop iteration of voxcpm's ``_inference``):
-        the whole batch from slot 0, or the requests that just joined it, at its end. Steps with adapters run
-        eagerly (a graph replays the base model's)."""
-        inputs = self._inputs(rows)
+        the whole batch from slot 0, or the requests that just joined it, at its end; their slots' hidden state
+        is the step's afterwards. Steps with adapters run eagerly (a graph replays the base model's)."""
+        output = self._step(rows, first)
+        written = HiddenRows(output.lm_hidden, output.residual_hidden, output.patches)
+        self.hidden.write(slice(first, first + len(rows)), written)
+        return output
+
+    def _step(self, rows: list[Row], first: int) -> StepOutput:
+        inputs = self._inputs(rows, first)
         written = [row.position for row in rows]
         self.base_kv.writing(written, first)
         self.residual_kv.writing(written, first)
@@ -165,14 +163,16 @@ class StepRunner:
         """Positions of the slots a step attends over: the filled ones, rounded up to a multiple of ``step``."""
         return min(self.kv_length, -(-filled // step) * step)
 
-    def _inputs(self, rows: list[Row]) -> StepInputs:
-        """What the step reads, gathered from the rows: their noise drawn now, each from its own generator."""
+    def _inputs(self, rows: list[Row], first: int) -> StepInputs:
+        """What the step reads: its slots' hidden state, and the rows' noise drawn now, each from its own
+        generator."""
         model, device, dtype = self.model, self.base_kv.cache.device, self.base_kv.cache.dtype
         shape = (1, model.feat_decoder.in_channels, model.patch_size)
+        hidden = self.hidden.rows(first, len(rows))
         return StepInputs(
-            lm_hidden=torch.cat([row.lm_hidden for row in rows]),
-            residual_hidden=torch.cat([row.residual_hidden for row in rows]),
-            condition=torch.cat([row.condition for row in rows]),
+            lm_hidden=hidden.lm_hidden,
+            residual_hidden=hidden.residual_hidden,
+            condition=hidden.condition,
             noise=torch.cat([torch.randn(shape, generator=row.generator, device=device, dtype=dtype) for row in rows]),
             cfg=to_device([row.cfg_value for row in rows], device, torch.float32).view(-1, 1, 1),
             positions=to_device([row.position for row in rows], device),

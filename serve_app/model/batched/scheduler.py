@@ -1,9 +1,12 @@
-"""Which requests generate now: a queue of waiting requests in front of a bounded batch of running ones.
+"""Which requests generate now, and how: the batched engine's admission policy, all of it.
 
-Requests are admitted in arrival order while a KV slot is free (``max_batch_size`` slots) and leave
-between steps (finished, cancelled, failed). Running requests occupy slots 0..n-1 in ``running``'s
-order; when one leaves, the last takes its slot, and ``retire`` says which slot moved where so the
-caller can carry its KV and VAE state along. Knows nothing about VoxCPM.
+A queue of waiting requests in front of a bounded batch of running ones. Requests are admitted in arrival
+order while a KV slot is free (``max_batch_size`` slots); a request starting a sentence (its first, the
+next, or the same again for retry_badcase) is queued for the next prefill; newcomers may take their first
+step on their own before the batch's (``newcomers_first``). Running requests occupy slots 0..n-1 in
+``running``'s order. One that leaves (finished, cancelled, failed) keeps its slot until the step is over;
+between steps ``compact`` moves the last ones into the gaps and says which slot moved where, so the caller
+carries their state along. Knows nothing about VoxCPM.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ from serve_app.model.batched.sequence import Sequence, Status
 # patch's audio (so a newcomer's second chunk still comes before its first one has played).
 NEWCOMERS_FIRST_OCCUPANCY = 0.75
 NEWCOMERS_FIRST_STEP_SHARE = 0.5
+STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time
 
 
 class Scheduler:
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self, max_batch_size: int, newcomers_first: bool = False, patch_s: float = 0.0) -> None:
+        """``newcomers_first``: whether newcomers may take their first step on their own; ``patch_s``: the audio
+        a step makes per request."""
         self.max_batch_size = max_batch_size
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.starting: list[Sequence] = []  # running requests whose next sentence waits for its prefill
+        self.allow_newcomers_first = newcomers_first
+        self.patch_s = patch_s
+        self.step_s = 0.0  # mean time of the batch's steps (model and VAE calls, post-processing)
 
     def __bool__(self) -> bool:
         return bool(self.waiting or self.running)
@@ -42,31 +52,59 @@ class Scheduler:
             admitted.append(sequence)
         return admitted
 
-    def retire(self, sequence: Sequence) -> tuple[int, int] | None:
-        """Take a request out (waiting or running); (from slot, to slot) if another request moved to fill the gap."""
+    def start_sentence(self, sequence: Sequence) -> None:
+        """The request's next sentence is ready to prefill (its inputs set)."""
+        self.starting.append(sequence)
+
+    def to_prefill(self) -> list[Sequence]:
+        """The requests starting a sentence, still running: prefilled together next."""
+        starting, self.starting = self.starting, []
+        return [sequence for sequence in starting if sequence.status is Status.RUNNING]
+
+    def holding(self) -> list[Sequence]:
+        """Every request not yet finished, waiting or running."""
+        return [sequence for sequence in (*self.waiting, *self.running) if sequence.status is not Status.FINISHED]
+
+    def cancelled(self) -> list[Sequence]:
+        """The requests whose consumers have gone: retired between steps."""
+        return [sequence for sequence in self.holding() if sequence.cancelled]
+
+    def retire(self, sequence: Sequence) -> None:
+        """Take a request out: a waiting one at once, a running one keeps its slot until ``compact``."""
         status, sequence.status = sequence.status, Status.FINISHED
         if status is Status.WAITING:
             self.waiting.remove(sequence)
-            return None
-        if status is Status.FINISHED:
-            return None
-        freed, last = sequence.slot, self.running.pop()
-        sequence.slot = -1
-        if last is sequence:
-            return None
-        moved_from, last.slot = last.slot, freed
-        self.running[freed] = last
-        return moved_from, freed
 
-    def newcomers_first(self, fresh: list[Sequence], step_s: float, patch_s: float) -> int | None:
+    def compact(self) -> list[tuple[int, int]]:
+        """Between steps: the running requests back in slots 0..n-1, the last ones moved into the slots of those
+        that left. The moves made, (from slot, to slot)."""
+        live = sum(sequence.status is Status.RUNNING for sequence in self.running)
+        gaps = [slot for slot in range(live) if self.running[slot].status is not Status.RUNNING]
+        movers = [sequence for sequence in self.running[live:] if sequence.status is Status.RUNNING]
+        for sequence in self.running:
+            if sequence.status is not Status.RUNNING:
+                sequence.slot = -1
+        moves = []
+        for gap, sequence in zip(gaps, movers, strict=True):
+            moves.append((sequence.slot, gap))
+            self.running[gap], sequence.slot = sequence, gap
+        del self.running[live:]
+        return moves
+
+    def stepped(self, seconds: float) -> None:
+        """The batch's step just took ``seconds`` (its own work, not the newcomers' in between)."""
+        self.step_s += STEP_TIME_SMOOTHING * (seconds - self.step_s)
+
+    def newcomers_first(self, fresh: list[Sequence]) -> int | None:
         """The first slot of ``fresh`` (requests that just joined and run) when they take their first step on
-        their own, before the batch's; None where the batch's next step is theirs instead: the batch has no room
-        or time to spare (``NEWCOMERS_FIRST_*``; requests waiting for a slot), none of them streams (nobody hears
-        a first patch before its sentence ends), they are more than half as many as the streams running (their
-        own step would cost about the batch's), or a cancellation meanwhile moved one out of the end."""
+        their own, before the batch's; None where the batch's next step is theirs instead: not allowed
+        (``first_step_alone``), the batch has no room or time to spare (``NEWCOMERS_FIRST_*``; requests
+        waiting for a slot), none of them streams (nobody hears a first patch before its sentence ends), they
+        are more than half as many as the streams running (their own step would cost about the batch's), or
+        they do not hold the batch's last slots (one that left meanwhile keeps its slot until the step ends)."""
         first = len(self.running) - len(fresh)
         spare = first <= NEWCOMERS_FIRST_OCCUPANCY * self.max_batch_size and not self.waiting
-        spare = spare and step_s <= NEWCOMERS_FIRST_STEP_SHARE * patch_s
+        spare = spare and self.allow_newcomers_first and self.step_s <= NEWCOMERS_FIRST_STEP_SHARE * self.patch_s
         few = 0 < 2 * len(fresh) <= first
         at_end = sorted(sequence.slot for sequence in fresh) == list(range(first, len(self.running)))
         return first if spare and few and at_end and any(sequence.streaming for sequence in fresh) else None

@@ -1,8 +1,9 @@
 """One request's progress through the batched engine: what it asked, where it is, what it still owes.
 
 The frozen ``SynthesisRequest`` says what was asked; a ``Sequence`` is the mutable rest (as nano-vllm's
-``Sequence`` is): its status, KV slot, the sentence being generated and the model state carried from one
-step to the next, its noise generator, the step count against its limits, and the audio on its way out.
+``Sequence`` is): its status and slot (its keys, values and hidden state are the runner's, in that slot),
+the sentence being generated and its position and step in it, its noise generator, and the audio on its way
+out.
 Only the engine's loop thread touches it, except ``cancelled``, which the event loop sets.
 """
 
@@ -48,12 +49,8 @@ class Sequence:
     inputs: ModelInputs | None = None
     attempts: int = 0  # generations of the current sentence (retry_badcase)
     segments_ended: int = 0  # sentences whose end it was told (SegmentEnd), when it asked
-    # carried from step to step, as voxcpm's _inference carries them
     step: int = 0  # of the current sentence
     position: int = 0  # the next KV position
-    lm_hidden: torch.Tensor | None = None
-    residual_hidden: torch.Tensor | None = None
-    condition: torch.Tensor | None = None  # the previous patch: the diffusion's prefix condition
     pieces: list[np.ndarray] = field(default_factory=list)  # the current sentence's audio
     latents: list[torch.Tensor] = field(default_factory=list)  # patches not yet through the VAE
 
@@ -63,14 +60,10 @@ class Sequence:
         return self.grouping.streaming
 
     def row(self) -> Row:
-        """Its part of the next decode step."""
-        assert self.inputs is not None and self.lm_hidden is not None
-        assert self.residual_hidden is not None and self.condition is not None
+        """Its part of the next decode step (besides its slot's hidden state)."""
+        assert self.inputs is not None
         inputs = self.inputs
         return Row(
-            self.lm_hidden,
-            self.residual_hidden,
-            self.condition,
             self.position,
             inputs.inference_timesteps,
             inputs.cfg_value,

@@ -1,0 +1,102 @@
+"""The scheduler alone: admission in order, slots kept contiguous between steps, the newcomers-first policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.model.batched.scheduler import Scheduler
+from serve_app.model.batched.sequence import Sequence, Status
+from tests.model.batched.engines import make_sequence
+
+
+def test_admission_is_in_order_within_the_batch_and_slots_close_up_between_steps() -> None:
+    scheduler = Scheduler(max_batch_size=3)
+    a, b, c, d = (make_sequence(name) for name in "abcd")
+    for sequence in (a, b, c, d):
+        scheduler.add(sequence)
+    assert scheduler.admit() == [a, b, c] and [s.slot for s in (a, b, c)] == [0, 1, 2]
+    assert d.status is Status.WAITING and scheduler.admit() == []
+    scheduler.retire(a)
+    assert a.status is Status.FINISHED and scheduler.running == [a, b, c]  # its slot kept until the step ends
+    assert scheduler.admit() == []  # and not given away
+    assert scheduler.compact() == [(2, 0)]  # the last request moves into the freed slot
+    assert scheduler.running == [c, b] and (c.slot, b.slot) == (0, 1) and a.slot == -1
+    assert scheduler.admit() == [d] and d.slot == 2
+    scheduler.retire(d)
+    assert scheduler.compact() == []  # the last one leaves: nothing moves
+    scheduler.retire(d)  # twice: nothing happens
+    assert scheduler.compact() == [] and scheduler.running == [c, b]
+    waiting = make_sequence("e")
+    scheduler.add(waiting)
+    scheduler.retire(waiting)
+    assert not scheduler.waiting and waiting.status is Status.FINISHED
+
+
+def test_compaction_fills_every_gap_from_the_end() -> None:
+    scheduler = Scheduler(max_batch_size=6)
+    sequences = [make_sequence(str(slot)) for slot in range(6)]
+    for sequence in sequences:
+        scheduler.add(sequence)
+    scheduler.admit()
+    for slot in (0, 2, 5):
+        scheduler.retire(sequences[slot])
+    assert scheduler.compact() == [(3, 0), (4, 2)]
+    assert [sequence.slot for sequence in scheduler.running] == [0, 1, 2]
+    assert scheduler.running == [sequences[3], sequences[1], sequences[4]]
+
+
+def test_cancelled_requests_and_sentences_to_prefill_are_the_running_ones() -> None:
+    scheduler = Scheduler(max_batch_size=1)
+    running, waiting = make_sequence("running"), make_sequence("waiting")
+    scheduler.add(running)
+    scheduler.add(waiting)
+    scheduler.admit()
+    assert scheduler.cancelled() == []
+    waiting.cancelled = running.cancelled = True
+    assert scheduler.cancelled() == [waiting, running]
+    scheduler.start_sentence(running)
+    scheduler.start_sentence(waiting)  # never admitted: not prefilled
+    assert scheduler.to_prefill() == [running] and scheduler.to_prefill() == []
+    scheduler.start_sentence(running)
+    scheduler.retire(running)
+    assert scheduler.to_prefill() == [] and scheduler.holding() == [waiting]
+
+
+def _batch(running: int, fresh: int, streaming: bool = True) -> tuple[Scheduler, list[Sequence]]:
+    """A scheduler of 8 slots allowed newcomers first, with time to spare: ``running`` requests, then ``fresh``."""
+    scheduler = Scheduler(max_batch_size=8, newcomers_first=True, patch_s=0.08)
+    for index in range(running + fresh):
+        scheduler.add(make_sequence(str(index), streaming))
+    admitted = scheduler.admit()
+    return scheduler, admitted[running:]
+
+
+def test_newcomers_go_first_while_the_batch_has_room_and_time_to_spare() -> None:
+    scheduler, fresh = _batch(running=4, fresh=2)
+    assert scheduler.newcomers_first(fresh) == 4
+    scheduler.stepped(1.0)  # steps slower than half a patch's audio: no time to spare
+    assert scheduler.newcomers_first(fresh) is None
+    assert Scheduler(8, newcomers_first=False, patch_s=0.08).newcomers_first([]) is None
+
+
+@pytest.mark.parametrize(
+    ("running", "fresh", "streaming", "why"),
+    [
+        (7, 1, True, "the batch holds more than NEWCOMERS_FIRST_OCCUPANCY of its slots"),
+        (2, 2, True, "as many newcomers as running streams: their step would cost the batch's"),
+        (4, 1, False, "none of them streams"),
+        (0, 1, True, "nothing runs: the batch's step is theirs"),
+    ],
+)
+def test_newcomers_join_the_batch_step_otherwise(running: int, fresh: int, streaming: bool, why: str) -> None:
+    scheduler, newcomers = _batch(running, fresh, streaming)
+    assert scheduler.newcomers_first(newcomers) is None, why
+
+
+def test_newcomers_wait_for_the_batch_while_requests_wait_for_a_slot_or_one_left_among_them() -> None:
+    scheduler, fresh = _batch(running=4, fresh=2)
+    scheduler.add(make_sequence("queued"))
+    assert scheduler.newcomers_first(fresh) is None  # requests waiting for a slot
+    scheduler.waiting.clear()
+    scheduler.retire(fresh[1])  # it left; its slot is kept until the step ends: fresh[0] is not at the end
+    assert scheduler.newcomers_first([fresh[0]]) is None
