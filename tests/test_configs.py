@@ -140,6 +140,23 @@ def test_derived_configs_are_generated_from_their_sources() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_replica_is_health_checked_and_a_stuck_step_is_bounded(path: Path) -> None:
+    """Serve probes both deployments' replicas every few seconds (``check_health``) and a model's step counts as
+    stuck past ``max_step_s``: a dead or hung replica is found and replaced within a minute or so."""
+    from serve_app.ingress.server import TTSIngress
+    from serve_app.model.deployment import VoxCPMDeployment
+
+    _, config = from_config_file(path)
+    for name, deployment in deployments(path).items():
+        code = (TTSIngress if name == "TTSIngress" else VoxCPMDeployment)._deployment_config
+        assert deployment.get("health_check_period_s", code.health_check_period_s) <= 10, name
+        assert deployment.get("health_check_timeout_s", code.health_check_timeout_s) <= 60, name
+    assert all(0 < model.max_step_s <= 120 for model in config.models)
+    with pytest.raises(ValueError, match="max_step_s"):
+        AppConfig.model_validate({"model": {"max_step_s": 0}})
+
+
 def test_unknown_args_are_refused() -> None:
     with pytest.raises(ValueError, match="extra"):
         AppConfig.model_validate({"model": {"sourec": "typo"}})

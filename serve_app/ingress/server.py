@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import faults
 from serve_app.config import AppConfig
 from serve_app.ingress import adapters, console, forms, openai, playground, status, tts, voices, ws
 from serve_app.ingress.auth import Keyring
@@ -82,3 +83,8 @@ class TTSIngress:
     async def check_health(self) -> None:
         """Serve's probe: this replica's poller of the model replicas' reports still runs (``replica_reports.py``)."""
         self.reports.check()
+
+    async def inject_fault(self) -> None:
+        """Tests only (``faults.py``): the status poller stops, as a task that crashed would."""
+        faults.allowed()
+        self.reports.close()

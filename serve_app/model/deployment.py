@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +25,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import metrics
+from serve_app import faults, metrics
 from serve_app.config import ModelConfig
 from serve_app.errors import Forbidden
 from serve_app.model import gpu
@@ -50,7 +49,6 @@ MIN_PUBLISH_INTERVAL_S = 0.1  # status reports coalesce changes closer together 
 # A hung step is so found within max_step_s + 3 periods; a dead loop or a device error within 3 periods.
 HEALTH_CHECK_PERIOD_S = 5.0
 HEALTH_CHECK_TIMEOUT_S = 10.0
-FAULTS_ENV = "VOXCPM_SERVE_TEST_FAULTS"  # "1" only in the tests' apps: inject_fault works there alone
 Fault = Literal["loop_killed", "step_hung", "device_error"]
 
 
@@ -104,13 +102,12 @@ class VoxCPMDeployment:
         self._engine.health()
 
     async def inject_fault(self, fault: Fault) -> None:
-        """Tests only (tests/service/test_health.py): the batched engine's next steps fail as ``fault`` says, on
-        its loop thread, as a real fault would. Off unless the replica's environment sets ``FAULTS_ENV`` (only
-        the tests' apps do), and out of clients' reach anyway: Serve routes HTTP to the ingress alone, which
-        never calls it. A method rather than a config setting, so that no config can ship a fault."""
+        """Tests only (``faults.py``): the batched engine's next steps fail as ``fault`` says, on its loop thread,
+        as a real fault would."""
+        faults.allowed()
         runner = getattr(self._engine, "runner", None)  # the batched engine's
-        if os.environ.get(FAULTS_ENV) != "1" or runner is None:
-            raise Forbidden("fault injection is off here")
+        if runner is None:
+            raise Forbidden("fault injection needs the batched engine")
         runner.step = _faulty(runner.step, fault)
 
     async def check_adapter(self, path: str) -> None:

@@ -97,16 +97,21 @@ def test_the_packed_prefill_attends_per_request_in_one_call(engine: BatchedEngin
         request = SynthesisRequest(text=text, seed=1)
         batch.append(runtime.model_inputs(next(runtime.utterance(request)), request))
     slots = [0, 1, 2]
-    varlen = runner.prefill(batch, slots)
+    varlen, hidden = runner.prefill(batch, slots), runner.hidden.rows(0, 3)
+    varlen_hidden = (hidden.lm_hidden.clone(), hidden.residual_hidden.clone())
     runner.varlen_prefill = False
     try:
         per_request = runner.prefill(batch, slots)
     finally:
         runner.varlen_prefill = True
-    for fast, slow in zip(varlen, per_request, strict=True):
-        assert fast.length == slow.length
-        torch.testing.assert_close(fast.lm_hidden, slow.lm_hidden, rtol=0.05, atol=0.05)
-        torch.testing.assert_close(fast.residual_hidden, slow.residual_hidden, rtol=0.05, atol=0.05)
+    assert varlen == per_request  # the lengths
+    for fast, slow in zip(varlen_hidden, (hidden.lm_hidden, hidden.residual_hidden), strict=True):
+        torch.testing.assert_close(fast, slow, rtol=0.05, atol=0.05)
+
+
+def test_the_graphs_passed_their_check_at_start(engine: BatchedEngine) -> None:
+    """The replica's start check (``graph_check.py``) ran both ways and found them agreeing: graphs on."""
+    assert engine.info.graphs == "on"
 
 
 def test_a_batch_stepping_from_graphs_streams_every_request(engine: BatchedEngine) -> None:

@@ -10,6 +10,7 @@ a step is stuck after 2 s, the check runs every second.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +21,10 @@ import pytest
 import requests
 import yaml
 
+from serve_app.faults import FAULTS_ENV
 from serve_app.ingress.replica_reports import ReplicaReports
-from serve_app.model.deployment import FAULTS_ENV
 from tests.conftest import LOCAL_CONFIG, Service, error_of, extra_app, in_flight, wait_until
+from tests.service.test_ws import events_until, open_ws, ws_url
 
 LONG = {"text": "这是一个很长的句子，用来测试健康检查。" * 40, "max_len": 600}  # seconds of generation on CPU
 MAX_STEP_S = 2.0
@@ -31,11 +33,18 @@ REPLACED_WITHIN_S = 90  # three failed checks, the drain, a new replica's start
 
 
 def _deployments() -> dict:
-    """The model replicas checked every second, with fault injection on (and the app's environment, which
-    an actor's own runtime_env replaces)."""
-    env = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["runtime_env"]["env_vars"]
-    actor = {"num_cpus": 0.5, "num_gpus": 0, "runtime_env": {"env_vars": {**env, FAULTS_ENV: "1"}}}
-    return {"VoxCPMModel": {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0, "ray_actor_options": actor}}
+    """Both deployments' replicas (as configs/local.yaml places them) checked every second, with fault injection
+    on (and the app's environment, which an actor's own runtime_env replaces)."""
+    application = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]
+    runtime_env = {"env_vars": {**application["runtime_env"]["env_vars"], FAULTS_ENV: "1"}}
+    return {
+        deployment["name"]: {
+            "health_check_period_s": 1.0,
+            "health_check_timeout_s": 5.0,
+            "ray_actor_options": {**deployment["ray_actor_options"], "runtime_env": runtime_env},
+        }
+        for deployment in application["deployments"]
+    }
 
 
 @pytest.fixture
@@ -45,10 +54,10 @@ def app(request: pytest.FixtureRequest, service: Service, checkpoints: Path) -> 
         yield url
 
 
-def _model_replicas(app_name: str) -> set[str]:
+def _replicas(app_name: str, deployment: str = "VoxCPMModel") -> set[str]:
     import ray
 
-    prefix = f"SERVE_REPLICA::{app_name}#VoxCPMModel#"
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
     names = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)]
     return {name for name in names if name.startswith(prefix)}
 
@@ -58,14 +67,17 @@ def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str,
     from ray import serve
 
     app_name = app.rsplit("/", 1)[1]
-    (replica,) = _model_replicas(app_name)
+    (replica,) = _replicas(app_name)
     stream = requests.post(f"{app}/api/tts/stream", data=LONG, stream=True, timeout=(5, 60))
     assert stream.status_code == 200
     chunks = stream.iter_content(4096)
     next(chunks)
     pool = ThreadPoolExecutor(1)
     whole = pool.submit(requests.post, f"{app}/api/tts", data=LONG, timeout=60)
-    assert wait_until(lambda: in_flight(app) == 2, 20)
+    agent = open_ws(ws_url(app), key=None, max_len=LONG["max_len"])  # a voice agent's socket, mid-sentence
+    agent.send(json.dumps({"type": "text", "text": "这是一个很长的句子用来测试健康检查", "flush": True}))
+    events_until(agent, "segment", ENDED_WITHIN_S)
+    assert wait_until(lambda: in_flight(app) == 3, 20)
 
     serve.get_deployment_handle("VoxCPMModel", app_name=app_name).inject_fault.remote(fault).result()
     faulted = time.monotonic()
@@ -78,16 +90,31 @@ def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str,
     assert refused.headers["retry-after"] == "1"
     assert error_of(refused)["code"] == "unavailable"
     pool.shutdown()
+    events, _ = events_until(agent, "error", ENDED_WITHIN_S)  # its context ends; the socket stays open
+    assert events[-1]["context_id"] == "0" and events[-1]["fatal"] is False, events[-1]
+    agent.close()
 
-    assert wait_until(lambda: bool(_model_replicas(app_name) - {replica}), REPLACED_WITHIN_S), "no new replica"
-    assert wait_until(lambda: replica not in _model_replicas(app_name), REPLACED_WITHIN_S), "the old one lives on"
+    assert wait_until(lambda: bool(_replicas(app_name) - {replica}), REPLACED_WITHIN_S), "no new replica"
+    assert wait_until(lambda: replica not in _replicas(app_name), REPLACED_WITHIN_S), "the old one lives on"
     again = requests.post(f"{app}/api/tts/stream", data={"text": "又好了。", "max_len": 3}, timeout=60)
     assert again.status_code == 200 and len(again.content) > 44
 
 
-def test_the_ingress_is_unhealthy_once_its_status_poller_stops() -> None:
+def test_an_ingress_whose_status_poller_stopped_is_replaced(app: str) -> None:
     """The ingress's check: without its poller, /health, /ready and status would answer from a frozen report."""
+    from ray import serve
 
+    app_name = app.rsplit("/", 1)[1]
+    (replica,) = _replicas(app_name, "TTSIngress")
+    serve.get_deployment_handle("TTSIngress", app_name=app_name).inject_fault.remote().result()
+    assert wait_until(lambda: bool(_replicas(app_name, "TTSIngress") - {replica}), REPLACED_WITHIN_S), "none new"
+    assert wait_until(lambda: replica not in _replicas(app_name, "TTSIngress"), REPLACED_WITHIN_S), "the old lives on"
+    assert wait_until(lambda: requests.get(f"{app}/ready", timeout=5).status_code == 200, REPLACED_WITHIN_S)
+    again = requests.post(f"{app}/api/tts", data={"text": "又好了。", "max_len": 3}, timeout=60)
+    assert again.status_code == 200 and len(again.content) > 44
+
+
+def test_the_ingress_check_fails_once_its_status_poller_stops() -> None:
     board = SimpleNamespace(reports=SimpleNamespace(remote=lambda: asyncio.sleep(0, result=[])))
 
     async def check() -> None:
