@@ -64,10 +64,12 @@ def child(checkpoint: str, levels: list[int], steps: int, repeat: int, max_batch
 
 
 def described(tree: Path) -> str:
-    """The tree's commit, and whether it has changes of its own."""
+    """The tree's commit, and whether its service code has changes of its own."""
     git = ["git", "-C", str(tree)]
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "serve_app"], capture_output=True, text=True
+    )
     return f"{commit or tree}{' with changes' if dirty.stdout.strip() else ''}"
 
 
