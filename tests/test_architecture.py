@@ -18,14 +18,15 @@ PACKAGE = REPO / "serve_app"
 MAY_IMPORT: dict[str, set[str]] = {
     "config": set(),
     "errors": set(),
+    "faults": {"errors"},  # the tests' fault injection switch, for both deployments
     "metrics": set(),
     "audio": {"errors"},
     "text": set(),
     "hub": set(),
     "timing": {"config", "errors", "audio", "text", "hub"},
     "store": {"config", "errors"},
-    "model": {"config", "errors", "metrics", "audio", "text", "store", "hub"},
-    "ingress": {"config", "errors", "metrics", "audio", "text", "store", "model", "timing"},
+    "model": {"config", "errors", "faults", "metrics", "audio", "text", "store", "hub"},
+    "ingress": {"config", "errors", "faults", "metrics", "audio", "text", "store", "model", "timing"},
     "app": {"config", "ingress", "model"},
     "cli": set(),  # the client command: the service's public HTTP and WebSocket API only
 }
