@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app import metrics
 from serve_app.errors import NotFound, Overloaded, ServiceError
-from serve_app.metrics import RequestTrace
+from serve_app.ingress.outputs import Output
 from serve_app.model import capabilities
 from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
@@ -93,21 +93,17 @@ class ModelClient:
         capabilities.require(info, fields, able)
 
     async def chunks(
-        self,
-        request: SynthesisRequest,
-        model: str,
-        trace: RequestTrace,
-        speed: float = 1.0,
-        by_sentence: bool = False,
+        self, request: SynthesisRequest, output: Output, by_sentence: bool = False
     ) -> AsyncIterator[Chunk]:
         """The model's audio (float32 at its rate) as it is generated, with where each sentence ends if the
         request asks (``segments``); ``by_sentence``: a sentence at a time, as the non-streaming API makes
-        it (``SegmentEnd`` after each); ``speed``: the rate it will be played at (for the audio seconds
-        counted).
+        it (``SegmentEnd`` after each). ``output`` names the model and the rate the audio will be played at
+        (for the audio seconds counted).
 
         The first chunk is awaited here, before anything is sent, so a refusal (bad prompt, overload)
         still becomes a clean error rather than a broken answer. Closing the iterator stops the generation.
         """
+        model = output.model.name
         handle = self._handles[model].options(stream=True)
         method = handle.sentences if by_sentence else handle.stream
 
@@ -123,8 +119,7 @@ class ModelClient:
                 raise
 
         first, chunks = await self._retrying_refusals(model, first_chunk)
-        info = await self.model_info(model)
-        return self._traced(info, trace, speed, first, chunks)
+        return self._traced(output, first, chunks)
 
     async def check_adapter(self, model: str, path: str) -> None:
         """A 400 naming ``weights`` unless the file at ``path`` (on the storage every replica sees) is an adapter
@@ -136,8 +131,9 @@ class ModelClient:
 
         await self._retrying_refusals(model, call)
 
-    async def synthesize(self, request: SynthesisRequest, model: str) -> np.ndarray:
+    async def synthesize(self, request: SynthesisRequest, output: Output) -> np.ndarray:
         """The whole utterance at the model's output rate."""
+        model = output.model.name
         handle = self._handles[model]
 
         async def call() -> np.ndarray:
@@ -148,10 +144,8 @@ class ModelClient:
         self._full_until.pop(model, None)  # its slot is free
         return samples
 
-    async def _traced(
-        self, info: ModelInfo, trace: RequestTrace, speed: float, first: Chunk, chunks: DeploymentResponseGenerator
-    ) -> AsyncIterator[Chunk]:
-        recorder = metrics.ingress()
+    async def _traced(self, output: Output, first: Chunk, chunks: DeploymentResponseGenerator) -> AsyncIterator[Chunk]:
+        recorder, info, trace, speed = metrics.ingress(), output.model, output.trace, output.speed
         cadence = metrics.Cadence(recorder.stream_chunk_gap, trace.tags)
         cadence.tick()  # the first chunk, as the response starts
         frames = len(first) if isinstance(first, np.ndarray) else 0

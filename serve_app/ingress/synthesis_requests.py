@@ -1,23 +1,29 @@
-"""Request building: what a client sent (a form, a JSON body, a WebSocket ``init``) as the model request it
-stands for, once, for every route. The text's length, the uploads decoded within their bounds, a saved
-voice and adapter the caller may use, and the fields a model cannot take (``model/capabilities.py``)."""
+"""Request building: what a client sent (a form, OpenAI's JSON body, a WebSocket ``init``) as the model request
+it stands for and how its answer is encoded, once, for every route: the first stop of a request's one pass
+(route -> request builder -> model client -> audio output -> response). The model resolved, the text's
+length, the uploads read and decoded within their bounds, a saved voice and adapter the caller may use, the
+fields a model cannot take (``model/capabilities.py``), and the answer's format and rate (``outputs.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import numpy as np
+from fastapi import UploadFile
 
+from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.decode import AudioBounds, DecodePool, decode_upload
-from serve_app.config import LimitsConfig
+from serve_app.config import LimitsConfig, OpenAIRouteConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
-from serve_app.ingress import audio_output
-from serve_app.ingress.audio_output import Output
+from serve_app.ingress import outputs
 from serve_app.ingress.model_client import ModelClient
+from serve_app.ingress.openai_schemas import OPENAI_PCM_RATE, OPENAI_VOICES, SpeechRequest, served_model
+from serve_app.ingress.outputs import Output
 from serve_app.ingress.schemas import OUTPUT_FIELDS, VOICE_FIELDS, TTSStreamForm, optional_text
 from serve_app.ingress.ws_messages import Init
 from serve_app.metrics import RequestTrace
-from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.model import capabilities
+from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.store.adapter_store import Adapter, AdapterStore
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import Voice, VoiceStore
@@ -40,10 +46,6 @@ class RequestBuilder:
         self._decodes = DecodePool(limits.decode_workers)
 
     @property
-    def max_upload_bytes(self) -> int:
-        return self._limits.max_prompt_audio_bytes
-
-    @property
     def max_adapter_bytes(self) -> int:
         return self._limits.max_adapter_bytes
 
@@ -54,11 +56,13 @@ class RequestBuilder:
             )
 
     async def from_form(
-        self, form: TTSStreamForm, prompt_audio: bytes, reference_audio: bytes, trace: RequestTrace, caller: Principal
+        self, form: TTSStreamForm, trace: RequestTrace, caller: Principal
     ) -> tuple[SynthesisRequest, Output]:
-        """What a /api/tts* form asks for (its uploads already read): the synthesis, and how to encode it."""
+        """What a /api/tts* form asks for: the synthesis, and how to encode it."""
+        prompt_audio = await self.upload(form.prompt_audio, "prompt_audio")
+        reference_audio = await self.upload(form.reference_audio, "reference_audio")
         model = self._client.resolve(form.model)
-        output = await audio_output.output(self._client, form.format, form.sample_rate, model, trace, form.speed)
+        output = await self._output(model, form.format, form.sample_rate, trace, form.speed)
         self.check_text_length(form.text, "text")
         self.check_text_length(form.prompt_text or "", "prompt_text")
         await self._client.require(
@@ -75,6 +79,50 @@ class RequestBuilder:
         voices = {"prompt": prompt, "reference": reference, "voice": voice, "adapter": adapter}
         return SynthesisRequest(**voices, **trace.ids, **knobs), output
 
+    async def from_openai(
+        self, body: SpeechRequest, trace: RequestTrace, caller: Principal, config: OpenAIRouteConfig
+    ) -> tuple[SynthesisRequest, Output, list[str]]:
+        """What OpenAI's speech body asks for: the synthesis, how to encode it, and the fields ignored because
+        the model cannot honour them (``config.strict``: refused instead)."""
+        if body.timestamps is not None and body.stream_format != "sse":
+            raise BadRequest("timestamps come as events of an SSE stream: set stream_format to sse", "timestamps")
+        model = served_model(body.model, self._client)
+        self.check_text_length(body.input, "input")
+        rate = body.sample_rate or (OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None)
+        output = await self._output(model, body.response_format, rate, trace, body.speed)
+        instructions, ignored = await self._openai_instructions(body, output.model, config.strict)
+        voice = await self._openai_voice(body.voice_name, config, caller)
+        adapter = await self.adapter(None, voice, model, caller)
+        segments = body.timestamps is not None
+        knobs = {"voice": voice, "adapter": adapter, "instructions": instructions, "segments": segments}
+        return SynthesisRequest(text=body.input, **knobs, **trace.ids, **body.knobs()), output, ignored
+
+    async def _openai_voice(self, name: str, config: OpenAIRouteConfig, caller: Principal) -> Voice | None:
+        """The saved voice OpenAI's ``voice`` speaks with: a mapped OpenAI name's (a shared voice: no tenant can
+        change what a configured name speaks with), none for an unmapped one (the model's default), else the
+        caller's by name."""
+        key = name.strip().casefold()
+        if key in config.voices:
+            try:
+                return await asyncio.to_thread(self.voices.find_shared, config.voices[key], "voice")
+            except NotFound:
+                raise NotFound(
+                    f"voice {name!r} is mapped to the shared voice {config.voices[key]!r}, which does not exist",
+                    "voice",
+                ) from None
+        return None if key in OPENAI_VOICES else await self.voice(name, "voice", caller)
+
+    async def _openai_instructions(
+        self, body: SpeechRequest, info: ModelInfo, strict: bool
+    ) -> tuple[str | None, list[str]]:
+        """The instructions the model gets, and the fields ignored because it cannot follow them."""
+        fields = {"instructions": body.instructions}
+        if capabilities.unsupported(info, fields) is None:
+            return body.instructions, []
+        if strict:
+            await self._client.require(info.name, fields)
+        return None, ["instructions"]
+
     async def from_init(self, init: Init, trace: RequestTrace, caller: Principal) -> tuple[SynthesisRequest, Output]:
         """What a WebSocket's ``init`` asks of every sentence of the socket: the request each sentence fills in
         (its ``text``, its ids, the first sentence's voice as ``prompt``), and how the audio is encoded. A sentence
@@ -84,9 +132,26 @@ class RequestBuilder:
         await self._client.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
         voice = await self.voice(init.voice_id, "voice_id", caller) if init.voice_id else None
         adapter = await self.adapter(init.adapter, voice, model, caller)
-        output = await audio_output.output(self._client, init.audio_format, init.sample_rate, model, trace)
+        output = await self._output(model, init.audio_format, init.sample_rate, trace)
         knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
         return SynthesisRequest(text="", voice=voice, one_sentence=True, **knobs), output
+
+    async def _output(
+        self, model: str, fmt: AudioFormat, rate: int | None, trace: RequestTrace, speed: float = 1.0
+    ) -> Output:
+        return outputs.checked(await self._client.model_info(model), fmt, rate, trace, speed)
+
+    async def upload(self, upload: UploadFile | None, field: str) -> bytes:
+        """An uploaded file's bytes (none: empty), refused past the upload bound before more than that is read."""
+        if upload is None:
+            return b""
+        limit = self._limits.max_prompt_audio_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"{field} is larger than {limit} bytes", field)
+        if not data and upload.filename:
+            raise InvalidField(f"{field} is an empty file", field)
+        return data
 
     async def adapter(
         self, id_or_name: str | None, voice: Voice | None, model: str, caller: Principal

@@ -10,22 +10,17 @@ from fastapi.responses import Response, StreamingResponse
 
 from serve_app.audio.codecs import MEDIA_TYPES
 from serve_app.config import AppConfig
-from serve_app.ingress import audio_output
-from serve_app.ingress.audio_output import Output
+from serve_app.ingress import audio_output, http_audio
 from serve_app.ingress.dependencies import aligner, app_config, caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body, model_parts
-from serve_app.ingress.http_audio import read_upload, streaming_response, whole_response
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import TTSForm, TTSStreamForm, TTSTimestampsForm
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.ingress.timestamps import SegmentClock, json_with_audio
 from serve_app.metrics import RequestTrace
-from serve_app.model.types import SynthesisRequest
 from serve_app.store.tenants import Principal
 from serve_app.timing.aligner import Aligner
-
-UPLOADS = ("prompt_audio", "reference_audio")  # read before the form is built into a request
 
 Models = Annotated[ModelClient, Depends(model_client)]
 Requests = Annotated[RequestBuilder, Depends(request_builder)]
@@ -50,7 +45,9 @@ async def tts_stream(
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
 ) -> StreamingResponse:
-    return await streaming_response(models, *await _parsed(form, requests, trace, who))
+    request, output = await requests.from_form(form, trace, who)
+    chunks = await models.chunks(request, output)
+    return http_audio.streaming(audio_output.encoded(output, chunks), output)  # type: ignore[arg-type]
 
 
 @router.post(
@@ -68,7 +65,9 @@ async def tts(
     trace: Annotated[RequestTrace, Depends(request_trace)],
     who: Annotated[Principal, Depends(caller)],
 ) -> Response:
-    return await whole_response(models, *await _parsed(form, requests, trace, who))
+    request, output = await requests.from_form(form, trace, who)
+    samples = await models.synthesize(request, output)
+    return http_audio.whole(await audio_output.whole(output, samples), output)
 
 
 @router.post(
@@ -89,10 +88,10 @@ async def tts_with_timestamps(
     """``/api/tts``'s audio, base64 in the requested format, with each sentence's exact bounds (``segments``, in
     seconds and in samples of the audio returned) and its words' times (``words``; ``source`` says whether
     they were aligned or estimated), as ElevenLabs' with-timestamps route answers."""
-    request, output = await _parsed(form, requests, trace, who)
+    request, output = await requests.from_form(form, trace, who)
+    sentences = await models.chunks(request, output, by_sentence=True)
     clock = SegmentClock(heard_by, form.timestamps, output.model.sample_rate, output.speed)
-    most = config.limits.max_timestamped_audio_s
-    audio, segments = await audio_output.whole_timed(models, request, output, clock, most)
+    audio, segments = await audio_output.whole_timed(output, sentences, clock, config.limits.max_timestamped_audio_s)
     rate = output.sample_rate
     described = {
         "format": output.format.value,
@@ -105,10 +104,3 @@ async def tts_with_timestamps(
         "words": [word for s in segments for word in s.words_public()],
     }
     return Response(json_with_audio(audio, described), media_type="application/json")
-
-
-async def _parsed(
-    form: TTSStreamForm, requests: RequestBuilder, trace: RequestTrace, who: Principal
-) -> tuple[SynthesisRequest, Output]:
-    uploads = [await read_upload(getattr(form, field), requests.max_upload_bytes, field) for field in UPLOADS]
-    return await requests.from_form(form, *uploads, trace, who)

@@ -12,7 +12,6 @@ from serve_app.errors import InvalidField
 from serve_app.ingress.dependencies import caller, model_client, request_builder, request_trace
 from serve_app.ingress.error_responses import documented_errors
 from serve_app.ingress.forms import form_body, form_parts, stored_name
-from serve_app.ingress.http_audio import read_upload
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.schemas import MAX_INSTRUCTIONS_CHARS, MAX_NAME_CHARS, optional_text
 from serve_app.ingress.synthesis_requests import RequestBuilder
@@ -99,10 +98,10 @@ async def create(
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
     if text is None:
         raise InvalidField("text (what audio says) is required with audio", "text")
-    samples, rate = await requests.reference(await read_upload(audio, requests.max_upload_bytes, "audio"), "audio")
+    samples, rate = await requests.reference(await requests.upload(audio, "audio"), "audio")
     reference = None
     if reference_audio is not None:
-        data = await read_upload(reference_audio, requests.max_upload_bytes, "reference_audio")
+        data = await requests.upload(reference_audio, "reference_audio")
         reference = await requests.reference(data, "reference_audio")
     voice = await asyncio.to_thread(requests.voices.create, who, name, text, samples, rate, reference, None, adapter_id)
     return voice.public()

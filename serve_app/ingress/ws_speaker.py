@@ -24,9 +24,8 @@ from serve_app import metrics
 from serve_app.audio import codecs
 from serve_app.audio.codecs import AudioFormat
 from serve_app.errors import ServiceError, StreamFailed
-from serve_app.ingress import audio_output
-from serve_app.ingress.audio_output import Output
 from serve_app.ingress.model_client import ModelClient
+from serve_app.ingress.outputs import Output
 from serve_app.ingress.timestamps import Mode, timed_segment
 from serve_app.ingress.ws_contexts import Context, ContextTable, Line
 from serve_app.metrics import RequestTrace
@@ -142,7 +141,7 @@ class Speaker:
         output = replace(settled, trace=trace)
         request = replace(self.settings.request, text=sentence, prompt=context.anchor, **trace.ids)
         try:
-            chunks = await audio_output.chunks(self.models, request, output)
+            chunks = await self.models.chunks(request, output)
         except ServiceError as exc:
             metrics.ingress().failed(trace, exc.code)
             self.contexts.drop(context)

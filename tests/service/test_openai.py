@@ -14,7 +14,7 @@ import soundfile as sf
 from openai import BadRequestError, NotFoundError, OpenAI
 
 from serve_app.audio.codecs import AudioFormat
-from serve_app.ingress.openai import OPENAI_MODELS, OPENAI_VOICES
+from serve_app.ingress.openai_schemas import OPENAI_MODELS, OPENAI_VOICES
 from tests.conftest import (
     TINY_V15_STEP_FRAMES,
     V2_MODEL,
