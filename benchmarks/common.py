@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # voxcpm's per-step progress bar, in
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))  # the helpers are the tests' own
+from tests.helpers import free_port, tone_wav  # noqa: E402
+
 LOCAL_CONFIG = REPO / "configs" / "local.yaml"
 WAV_HEADER_BYTES = 44
 
@@ -236,12 +238,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def reference_wav(path: Path) -> Path:
     """Three seconds of a gliding tone at 16 kHz: a stand-in reference recording."""
-    import numpy as np
-    import soundfile as sf
-
-    t = np.arange(48000) / 16000
-    sf.write(path, 0.3 * np.sin(2 * np.pi * (180 + 40 * t) * t), 16000)
-    return path
+    return tone_wav(path, seconds=3.0, hz=180.0, glide_hz_per_s=40.0)
 
 
 @contextlib.contextmanager
@@ -315,12 +312,6 @@ def synthetic_checkpoint(preset: str, out: Path, dtype: str | None = None) -> Pa
 
     with ThreadPoolExecutor(max_workers=1) as builder:
         return builder.submit(synthetic.build, preset, out, dtype=dtype).result()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def histogram_buckets(metrics_port: int, names: Sequence[str]) -> dict[str, dict[float, float]]:

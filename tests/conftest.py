@@ -40,6 +40,7 @@ from serve_app.model.engine_factory import load_engine
 from serve_app.store.adapter_store import AdapterStore
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import VoiceStore
+from tests.helpers import free_port, tone_wav
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Serve's proxy runs uvicorn, which rewrites the client's address from X-Forwarded-For sent from loopback unless
@@ -61,12 +62,6 @@ TINY_V2_STEP_FRAMES = 2 * 960
 def config_port() -> int:
     """The port configs/local.yaml serves on (7861, the seed's): the seed examples run unchanged."""
     return yaml.safe_load(LOCAL_CONFIG.read_text())["http_options"]["port"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 METRICS_PORT = free_port()  # Ray's Prometheus endpoint for the session cluster
@@ -196,10 +191,7 @@ def extra_app(
 @pytest.fixture(scope="session")
 def reference_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two seconds of a 220 Hz tone at 16 kHz: any decodable audio will do as a reference."""
-    path = tmp_path_factory.mktemp("audio") / "reference.wav"
-    t = np.arange(32000) / 16000
-    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
-    return path
+    return tone_wav(tmp_path_factory.mktemp("audio") / "reference.wav")
 
 
 def ffprobe(path: Path, entries: str) -> str:
