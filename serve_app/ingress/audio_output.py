@@ -30,7 +30,7 @@ def encoded(
 
 async def _encoded(output: Output, pieces: AsyncIterator[Any]) -> AsyncIterator[bytes | TimedSegment]:
     encoder = codecs.encoder(output.format, output.model.sample_rate, output.sample_rate)
-    pace = stretcher(output.speed, output.model.sample_rate)  # cheap enough for the event loop: <1 ms a chunk
+    pace = stretcher(output.speed, output.model.sample_rate)  # cheap enough for the event loop (stretch.py)
     async with contextlib.aclosing(pieces):  # type: ignore[type-var]
         async for chunk in pieces:
             if not isinstance(chunk, np.ndarray):  # a segment's timestamps, in their place

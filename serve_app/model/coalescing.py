@@ -1,15 +1,14 @@
 """Fewer, larger chunks for a stream whose listener is already well ahead of playback.
 
-Every chunk a stream sends costs CPU at each hop after the model, whatever its size: Ray's object
-transfer to the ingress, the ingress's handle and encoder, and the ASGI message to Serve's proxy
-(measured: about 1 ms per chunk and hop; on 2 cores with 8 batched streams, 0.57 of a core for the
-ingress and proxy together). A step's chunk is short (33-80 ms of audio), so a batch of streams sends
-one per stream per step. Once a listener holds more audio than it can play before the next step, a
-chunk sent now or a few steps later sounds the same: the chunks are held and sent together, and the
-listener is never let fall below half the lead it had when holding began, even if the model stalls.
-The first chunks are never held (time to first audio is what a listener waits for) and neither is a
-stream that generates no faster than real time (its listener has no lead). Opt-in per model
-(``stream_coalesce_lead_s``): by default every chunk leaves as soon as it is decoded, as the API promises.
+Every chunk a stream sends costs CPU at each hop after the model, whatever its size: Ray's object transfer to
+the ingress, the ingress's handle and encoder, and the ASGI message to Serve's proxy (docs/engines.md: Fewer,
+larger chunks once a listener is ahead). A step's chunk is a patch of audio, so a batch of streams sends one
+per stream per step. Once a listener holds more audio than it can play before the next step, a chunk sent now
+or a few steps later sounds the same: the chunks are held and sent together, and the listener is never let
+fall below half the lead it had when holding began, even if the model stalls. The first chunks are never held
+(time to first audio is what a listener waits for) and neither is a stream that generates no faster than real
+time (its listener has no lead). Opt-in per model (``stream_coalesce_lead_s``): by default every chunk leaves
+as soon as it is decoded, as the API promises.
 
 Hand-written: this is a policy on our own stream (how much audio a listener has in hand), not
 something a library provides; Serve already batches the HTTP messages between the ingress and its

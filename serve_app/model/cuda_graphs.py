@@ -2,9 +2,8 @@
 
 On a GPU the batched engine's work per step is thousands of small kernels (the two LM steps, each
 diffusion step's estimator call with its CFG rows, the projections, the VAE's convolutions and their
-states), and launching them one by one from the host is what bounds it: on an H200 an eager step took
-51 ms for one row and 71 ms for 64 (``benchmarks/results/batching_gpu_voxcpm1.5.md``). A CUDA graph
-launches a whole captured call at once.
+states), and launching them one by one from the host is what bounds it (docs/engines.md: CUDA graphs). A
+CUDA graph launches a whole captured call at once.
 
 Laid out as nano-vllm's ``capture_cudagraph``: graphs for batch sizes 1, 2, 4, 8 and every 16 up to the
 slots (and the slots themselves), the largest captured first so that the rest share its memory pool. A

@@ -1,8 +1,8 @@
 """How many of a request's latent patches go through the VAE in one call: the rule both engines follow.
 
 Much of a VAE call's cost is fixed where the decoder is bound by its kernels' fixed cost (small models,
-a CPU, a GPU launching kernels one by one): decoding a stream one patch per call made it cost x1.6-1.9
-the same audio unstreamed on the tiny models, grouping x1.02-1.2 (``benchmarks/results/stream_decode.md``).
+a CPU, a GPU launching kernels one by one): decoding a stream one patch per call made it cost far more than
+the same audio unstreamed; grouping brings it close (docs/engines.md: Incremental VAE decode).
 
 So a stream's first patch goes through the VAE alone (first audio is unchanged), and after that each
 call takes as many new patches as a quarter of those the stream has already sent allows: a power of two
@@ -13,14 +13,13 @@ reads. The samples differ from patch-by-patch decoding only by float32 rounding 
 causal convolutions over longer inputs). Non-streaming requests, whom nobody hears before their sentence
 ends, decode ``max_patches`` at a time. A sentence's end decodes what is left, whatever its number.
 
-In a busy batch the streams go back to a patch per call: the batched engine decodes one patch of every
-stream in a step in one call, which costs about what one stream's call does, while grouped streams at
-their own points each need calls of their own. Past ``GROUPED_STREAMS`` streams in a step the grouped
-calls cost more than the one call (on the tiny model at 8 streams: first audio p90 31 ms against 16,
-``benchmarks/serving_load.py --decode-patches``), so there a stream decodes what it holds and then a
-patch per step with the others. That makes a stream's audio depend, by float32 rounding, on how busy
-its batch was, as float32 batching already does; with ``batch_invariant`` (bit for bit, whatever the
-batch) the group follows the request's own count alone.
+In a busy batch the streams go back to a patch per call: the batched engine decodes one patch of every stream
+in a step in one call, which costs about what one stream's call does, while grouped streams at their own
+points each need calls of their own. Past ``GROUPED_STREAMS`` streams in a step the grouped calls cost more
+than the one call (docs/engines.md: In a busy batch, a patch per step again), so there a stream decodes what
+it holds and then a patch per step with the others. That makes a stream's audio depend, by float32 rounding,
+on how busy its batch was, as float32 batching already does; with ``batch_invariant`` (bit for bit, whatever
+the batch) the group follows the request's own count alone.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Each engine does all of its torch work (loading, allocation, warm-up, generation
 own, and nothing else in the replica runs torch kernels. PyTorch's CPU kernels run on OpenMP, whose
 worker pool belongs to the thread that calls it: a second calling thread gets a second pool, and once
 the pools together outnumber the cores, GNU OpenMP stops spinning and wakes its workers with a system
-call at every parallel region. Measured on 2 cores (``benchmarks/model_thread.py``): a small GEMM took
-10 us with one pool and 77 us with two, and one stream on the tiny model ran 2.3x slower.
+call at every parallel region, which slows every small kernel several times over (docs/engines.md: One
+thread for torch).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class VoxCPMRuntime:
         self.model = tts.tts_model
         fuse_weight_norm(self.model.audio_vae)
         # voxcpm tokenizes a sentence's text three times while it builds the sentence's inputs, and our checks
-        # do so too (7 calls of ~0.05 ms per request start on the tiny model): each text once, kept a while.
+        # do so too: each text once, kept a while.
         # Tuples: the same tokens go to every caller, and none can change them for the next.
         self.model.text_tokenizer = functools.lru_cache(maxsize=TOKENIZED_TEXTS)(
             lambda text, tokenize=self.model.text_tokenizer: tuple(tokenize(text))

@@ -1,14 +1,14 @@
 """Incremental VAE decoding: each generation step's new latent patch only, with causal-conv state per slot.
 
-voxcpm's VAE decoders (VoxCPM 1.x and VoxCPM2 alike) are stacks of causal convolutions, so a signal can
-be decoded a patch at a time if every convolution keeps the last input frames it saw. voxcpm does this
-for VoxCPM2 only (``StreamingVAEDecoder``), by patching the shared modules of the one decoder for one
-stream at a time; for VoxCPM 1.x it re-decodes a window of the last three patches at every step, which
-made streaming cost about 1.9x non-streaming. Here every convolution keeps one state row per *slot*, so
-one decoder serves a whole batch of streams, each at its own point: the rows of a call are the slots of
-the requests in the batch. The states follow voxcpm's ``StreamingVAEDecoder`` exactly (left context of
-``2 * padding - output_padding`` frames for a causal convolution, ``(kernel - 1) // stride`` input frames
-for a transposed one); a slot starts from zeros, as a whole-utterance decode does.
+voxcpm's VAE decoders (VoxCPM 1.x and VoxCPM2 alike) are stacks of causal convolutions, so a signal can be
+decoded a patch at a time if every convolution keeps the last input frames it saw. voxcpm does this for
+VoxCPM2 only (``StreamingVAEDecoder``), by patching the shared modules of the one decoder for one stream at a
+time; for VoxCPM 1.x it re-decodes a window of the last three patches at every step, which made streaming cost
+nearly twice non-streaming (docs/engines.md: Incremental VAE decode). Here every convolution keeps one state
+row per *slot*, so one decoder serves a whole batch of streams, each at its own point: the rows of a call are
+the slots of the requests in the batch. The states follow voxcpm's ``StreamingVAEDecoder`` exactly (left
+context of ``2 * padding - output_padding`` frames for a causal convolution, ``(kernel - 1) // stride`` input
+frames for a transposed one); a slot starts from zeros, as a whole-utterance decode does.
 
 What it matches: decoding an utterance patch by patch equals voxcpm's whole-utterance decode
 (``audio_vae.decode`` of all patches, the non-streaming path) up to float32 rounding (about 4e-7,
@@ -22,8 +22,8 @@ a joining request resets.
 
 On CPU the pointwise (1x1) convolutions of a batch run as one GEMM per row (``pointwise_step``), as
 PyTorch runs them for a single row: for more than one row it hands them to oneDNN, whose fixed cost per
-call (~0.1 ms) made an 8-row decode on the tiny model 6.9 ms instead of 5.7. Each row gets the bits a
-batch of one gives it, faster (``benchmarks/results/vae_batch.md``).
+call is larger than the work. Each row gets the bits a batch of one gives it, faster (docs/engines.md:
+Exactly voxcpm's audio).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class StreamingVAEDecoder:
     def warm_up(self, frames: int, groups: Sequence[int] = ()) -> None:
         """Decode silence (``frames`` latent frames) once at every row count, and each of ``groups`` times as
         many frames in one row, then forget it. The first decode of a new shape builds the convolutions'
-        kernels for it (oneDNN on CPU: about 12 ms on the tiny model), which would otherwise delay the first
+        kernels for it (oneDNN on CPU), which would otherwise delay the first
         audio of the requests that make the batch that size. (Other multi-patch calls, a sentence's last
         patches, build theirs once when they first come: a few dozen kernels each, within the cache's
         headroom.)"""
@@ -218,7 +218,7 @@ def reserve_kernel_cache(slots: int) -> None:
     """Make room in oneDNN's kernel cache for the decoder's kernels at every batch size up to ``slots``.
 
     On CPU every new input shape of a convolution gets its own oneDNN kernel, so each batch size the
-    decoder runs at adds one per convolution (a few dozen; built in about 12 ms on the tiny model). oneDNN
+    decoder runs at adds one per convolution (a few dozen, each built when first met). oneDNN
     keeps 1,024 kernels per process by default: at 32 slots the warm-up's kernels alone fill it, and
     the evicted ones were built again in the middle of streams. oneDNN reads the capacity once, before
     its first kernel, so this runs before the model is loaded; a capacity set by the user is kept."""

@@ -16,9 +16,9 @@ from collections import deque
 from serve_app.model.batched.sequence import Sequence, Status
 
 # Newcomers go first (``first_step_alone``) while the batch has room and time to spare: at most this share of
-# its slots held (past it their extra steps take the capacity newcomers are about to queue for: on the tiny
-# CPU model at 90 % of capacity they tipped it into queueing), and its steps taking at most this share of a
-# patch's audio (so a newcomer's second chunk still comes before its first one has played).
+# its slots held (past it their extra steps take the capacity newcomers are about to queue for), and its steps
+# taking at most this share of a patch's audio (so a newcomer's second chunk still comes before its first one
+# has played). docs/engines.md (Who goes first) says what was measured.
 NEWCOMERS_FIRST_OCCUPANCY = 0.75
 NEWCOMERS_FIRST_STEP_SHARE = 0.5
 STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time

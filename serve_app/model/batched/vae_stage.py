@@ -32,10 +32,8 @@ class VAEStage:
         """Each request's new patch (row i is slot ``first + i``): decoded now with the others whose call takes
         one patch (their audio by row; ``whole``: the batch, nobody in a slot after its last row), or held
         with those it holds. Returns the audio, and the rows whose held patches are due now (``decode_held``).
-
-        (Sending newcomers' first patches before the others' call took a VAE call's time off first audio
-        but put it between a newcomer's first and second chunks, when its listener holds one patch: over
-        HTTP at 16 clients 40 of 96 streams ran dry, against none.)"""
+        A newcomer's first patch goes in the one call with the others' (docs/engines.md: Incremental
+        VAE decode)."""
         streams = sum(sequence.streaming for sequence in running)
         busy = streams > GROUPED_STREAMS and not self.batch_invariant
         singles: list[int] = []
