@@ -207,12 +207,11 @@ class BatchedEngine(RuntimeEngine):
 
     def _turn(self) -> None:
         """One step, phase by phase: admission and prefill, between steps (the requests that left give up their
-        slots), launch (the model call), finish (the VAE call, post-processing). Where the scheduler says
-        newcomers go first, those that joined now, and those that arrived while the batch's model call ran,
-        take a step of their own first: a newcomer waits for at most one of the batch's
-        two calls in flight, not for a whole step (the batch's next chunk waits for that, ahead of its listener:
-        chunks are a patch long and a step takes a fraction of one). The batch's rows keep their slots until
-        the step is finished; cancellations wait for the next step's start."""
+        slots), launch (the model call), finish (the VAE call, post-processing), between steps again (so that the
+        next admission sees the batch as it is). Where the scheduler says newcomers go first, those that joined
+        now, and those that arrived while the batch's model call ran, take a step of their own first: a newcomer
+        waits for at most one of the batch's two calls in flight, not for a whole step (the batch's next chunk
+        waits for that, ahead of its listener: chunks are a patch long and a step takes a fraction of one)."""
         self._newcomers_step(self._admit())
         self._between_steps()
         if not self.scheduler.running:
@@ -226,6 +225,7 @@ class BatchedEngine(RuntimeEngine):
         if batch is not None:
             self._finish(batch)
             self.scheduler.stepped(time.perf_counter() - started)
+        self._between_steps()
 
     def _take_commands(self, block: bool) -> bool:
         """Take in the requests added since the last look; False once the engine is closing."""
