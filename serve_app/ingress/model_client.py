@@ -131,9 +131,8 @@ class ModelClient:
 
         await self._retrying_refusals(model, call)
 
-    async def synthesize(self, request: SynthesisRequest, output: Output) -> np.ndarray:
+    async def synthesize(self, request: SynthesisRequest, model: str) -> np.ndarray:
         """The whole utterance at the model's output rate."""
-        model = output.model.name
         handle = self._handles[model]
 
         async def call() -> np.ndarray:

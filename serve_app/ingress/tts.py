@@ -66,7 +66,7 @@ async def tts(
     who: Annotated[Principal, Depends(caller)],
 ) -> Response:
     request, output = await requests.from_form(form, trace, who)
-    samples = await models.synthesize(request, output)
+    samples = await models.synthesize(request, output.model.name)
     return http_audio.whole(await audio_output.whole(output, samples), output)
 
 

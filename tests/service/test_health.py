@@ -10,7 +10,6 @@ a step is stuck after 2 s, the check runs every second.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ import yaml
 from serve_app.faults import FAULTS_ENV
 from serve_app.ingress.replica_reports import ReplicaReports
 from tests.conftest import LOCAL_CONFIG, Service, error_of, extra_app, in_flight, wait_until
-from tests.service.test_ws import events_until, open_ws, ws_url
 
 LONG = {"text": "这是一个很长的句子，用来测试健康检查。" * 40, "max_len": 600}  # seconds of generation on CPU
 MAX_STEP_S = 2.0
@@ -74,10 +72,7 @@ def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str,
     next(chunks)
     pool = ThreadPoolExecutor(1)
     whole = pool.submit(requests.post, f"{app}/api/tts", data=LONG, timeout=60)
-    agent = open_ws(ws_url(app), key=None, max_len=LONG["max_len"])  # a voice agent's socket, mid-sentence
-    agent.send(json.dumps({"type": "text", "text": "这是一个很长的句子用来测试健康检查", "flush": True}))
-    events_until(agent, "segment", ENDED_WITHIN_S)
-    assert wait_until(lambda: in_flight(app) == 3, 20)
+    assert wait_until(lambda: in_flight(app) == 2, 20)
 
     serve.get_deployment_handle("VoxCPMModel", app_name=app_name).inject_fault.remote(fault).result()
     faulted = time.monotonic()
@@ -90,9 +85,6 @@ def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str,
     assert refused.headers["retry-after"] == "1"
     assert error_of(refused)["code"] == "unavailable"
     pool.shutdown()
-    events, _ = events_until(agent, "error", ENDED_WITHIN_S)  # its context ends; the socket stays open
-    assert events[-1]["context_id"] == "0" and events[-1]["fatal"] is False, events[-1]
-    agent.close()
 
     assert wait_until(lambda: bool(_replicas(app_name) - {replica}), REPLACED_WITHIN_S), "no new replica"
     assert wait_until(lambda: replica not in _replicas(app_name), REPLACED_WITHIN_S), "the old one lives on"
