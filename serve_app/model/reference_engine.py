@@ -28,6 +28,7 @@ from serve_app.model.inputs import latents
 from serve_app.model.liveness import Liveness
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
+from serve_app.model.span_audio import SpanAudio
 from serve_app.model.thread_stream import iterate_in_thread
 from serve_app.model.types import Chunk, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore
@@ -97,7 +98,7 @@ class ReferenceEngine(RuntimeEngine):
             yield SegmentEnd(told, ended.text, crossfade.emitted)
 
     def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | Sentence]:
-        """Each sentence's audio in turn, then the sentence itself."""
+        """Each sentence's audio in turn, as its span asks (``span_audio.py``), then the sentence itself."""
         if self.lora is not None:
             self.lora.use(self.runtime.adapter(request))
         if request.seed is not None:
@@ -108,9 +109,13 @@ class ReferenceEngine(RuntimeEngine):
             sentence = next(plan, None)
             while sentence is not None:
                 pieces: list[np.ndarray] = []
+                said = SpanAudio(sentence, self.info.sample_rate)
                 for piece in self._sentence(sentence, request, grouping):
                     pieces.append(piece)
-                    yield piece
+                    if len(out := said.feed(piece)):
+                        yield out
+                if len(tail := said.finish()):
+                    yield tail
                 audio = joined(pieces)
                 yield sentence
                 try:

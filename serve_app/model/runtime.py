@@ -27,7 +27,7 @@ from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.plan import Sentence, Utterance
 from serve_app.model.prompts import PromptEncoder
-from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
+from serve_app.model.types import ModelInfo, PromptAudio, Span, SynthesisRequest
 from serve_app.model.vae import StreamingVAEDecoder, fuse_weight_norm, reserve_kernel_cache
 from serve_app.model.weights import Weights, public_source
 from serve_app.model.weights import resolve as resolve_weights
@@ -153,21 +153,34 @@ class VoxCPMRuntime:
         return DecodeGrouping(self._decode_patches, streaming)
 
     def utterance(self, request: SynthesisRequest) -> Utterance:
-        """The request's plan (``plan.py``), checked against what this model can do. A designed voice brings
-        its description to a request that has none of its own, so that it stays one speaker."""
-        if self.v2 and request.voice is not None and not request.instructions:
-            request = dataclasses.replace(request, instructions=request.voice.description)
+        """The request's plan (``plan.py``), each span checked against what this model can do."""
         if not self.speaks(request.text):
             raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
-        capabilities.check(self.info, request)
-        recorded = request.prompt or request.voice or request.reference
-        prompt = self.prompts.encoded(request) if recorded else None
-        # One split, by the one rule (text/sentences.py); a sentence the WebSocket cut is not cut again.
-        texts = [request.text] if request.one_sentence else split_sentences(request.text)
+        parts = [self._part(request, span) for span in request.spoken]
+        return plan.utterance(request, parts, self.info, lambda own: self.prompts.encode(own, None, denoise=False))
+
+    def _part(self, request: SynthesisRequest, span: Span) -> plan.Part:
+        """A span as the plan takes it: in its own saved voice or the request's, its sentences split by the one
+        rule (``text/sentences.py``; a sentence the WebSocket cut is not cut again) and cleaned, its voice
+        encoded. A designed voice brings its description where the request has none, so that it stays one
+        speaker."""
+        voiced = (
+            request
+            if span.voice is None
+            else dataclasses.replace(request, voice=span.voice, prompt=None, reference=None)
+        )
+        if self.v2 and voiced.voice is not None and not voiced.instructions:
+            voiced = dataclasses.replace(voiced, instructions=voiced.voice.description)
+        capabilities.check(self.info, voiced)
+        recorded = voiced.prompt or voiced.voice or voiced.reference
+        texts = [span.text] if request.one_sentence else split_sentences(span.text)
         cleaned = (self._clean_text(text, request.normalize) for text in texts)
-        sentences = [sentence for sentence in cleaned if self.speaks(sentence)]
-        return plan.utterance(
-            request, sentences, prompt, self.info, lambda own: self.prompts.encode(own, None, denoise=False)
+        return plan.Part(
+            sentences=[sentence for sentence in cleaned if self.speaks(sentence)],
+            prompt=self.prompts.encoded(voiced) if recorded else None,
+            instructions=voiced.instructions,
+            speed=span.speed,
+            pause_after=round(span.pause_after * self.info.sample_rate),
         )
 
     def generation(

@@ -20,10 +20,28 @@ class PromptAudio:
 
 
 @dataclass(frozen=True)
-class SynthesisRequest:
-    """One utterance to synthesize; field meanings and defaults follow the seed API."""
+class Span:
+    """A stretch of an utterance's text said one way: what markup, dialogue and jobs build a request from.
+
+    The span's own voice and rate apply to it alone; the request's other settings (steps, seed, adapter, ...)
+    to every span. Its sentences are generated as any others (one voice kept across them, ``model/plan.py``).
+    """
 
     text: str
+    voice: Voice | None = None  # a saved voice of its own; None: the request's (its prompt, voice or reference)
+    speed: float = 1.0  # its speaking rate, on top of the answer's own ``speed``
+    pause_after: float = 0.0  # seconds of silence after it
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One utterance to synthesize; field meanings and defaults follow the seed API.
+
+    Its text is a list of spans: ``spans``, or when there are none (every route's request today), ``text`` as
+    one span in the request's voice. Given spans, ``text`` is their texts joined (for limits and logs).
+    """
+
+    text: str = ""
     request_id: str = ""
     route: str = ""  # the HTTP route that asked, for the replica's metrics
     prompt: PromptAudio | None = None  # an uploaded recording (with its transcript: a continuation prompt) ...
@@ -43,6 +61,19 @@ class SynthesisRequest:
     adapter: Adapter | None = None  # a LoRA adapter of this model (model/adapters.py); None: the base model
     segments: bool = False  # a stream also says where each sentence ends (SegmentEnd), for timestamps
     one_sentence: bool = False  # the text is one sentence already (the WebSocket cut it): one segment, never split
+    spans: tuple[Span, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.spans:
+            joined = " ".join(span.text for span in self.spans)
+            if self.text and self.text != joined:
+                raise ValueError("a request's text is its spans' texts joined: give one or the other")
+            object.__setattr__(self, "text", joined)
+
+    @property
+    def spoken(self) -> tuple[Span, ...]:
+        """What to say, span by span."""
+        return self.spans or (Span(self.text),)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from serve_app.model.batched.sequence import Sequence
 from serve_app.model.engine import joined
 from serve_app.model.plan import Sentence, Spoken
 from serve_app.model.runtime import VoxCPMRuntime
+from serve_app.model.span_audio import SpanAudio
 from serve_app.model.types import SegmentEnd
 
 GENERATING: Any = object()  # what ``emit`` returns while the sentence goes on
@@ -56,7 +57,7 @@ class Postprocessor:
             return sequence.sentence
         audio = joined(sequence.pieces)
         if not sequence.streaming:
-            self.deliver(sequence, audio)
+            self.deliver(sequence, SpanAudio(sequence.sentence, self.runtime.info.sample_rate).whole(audio))  # type: ignore[arg-type]
         try:
             following = sequence.plan.send(Spoken(audio, sequence.step))  # type: ignore[union-attr]
         except StopIteration:
@@ -75,11 +76,18 @@ class Postprocessor:
             sequence.segments_ended += 1
 
     def _decoded(self, sequence: Sequence, piece: np.ndarray, last: bool) -> None:
-        """A decoded piece of the sentence: kept, and sent at once if the request streams (only the
-        sentence's last piece may keep the crossfade's overlap back)."""
+        """A decoded piece of the sentence: kept as generated, and if the request streams, sent at once as its
+        span asks (``span_audio.py``; only the sentence's last piece may keep the crossfade's overlap back)."""
         sequence.pieces.append(piece)
-        if sequence.streaming:
-            self.deliver(sequence, piece, may_end=last)
+        if not sequence.streaming:
+            return
+        if sequence.said is None:
+            sequence.said = SpanAudio(sequence.sentence, self.runtime.info.sample_rate)  # type: ignore[arg-type]
+        out = sequence.said.feed(piece)
+        if last:
+            out, sequence.said = np.concatenate([out, sequence.said.finish()]), None
+        if len(out) or last:
+            self.deliver(sequence, out, may_end=last)
 
     def _retry_badcase(self, sequence: Sequence, steps: int) -> bool:
         """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""

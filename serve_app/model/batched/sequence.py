@@ -23,6 +23,7 @@ from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import Started
 from serve_app.model.inputs import ModelInputs
 from serve_app.model.plan import Sentence, Utterance
+from serve_app.model.span_audio import SpanAudio
 from serve_app.model.types import SynthesisRequest
 
 
@@ -53,6 +54,7 @@ class Sequence:
     position: int = 0  # the next KV position
     pieces: list[np.ndarray] = field(default_factory=list)  # the current sentence's audio
     latents: list[torch.Tensor] = field(default_factory=list)  # patches not yet through the VAE
+    said: SpanAudio | None = None  # a stream's current sentence on its way out, at its span's rate
 
     @property
     def streaming(self) -> bool:

@@ -12,16 +12,16 @@ import pytest
 from serve_app.audio.seams import Crossfader
 from serve_app.model.batched.postprocess import GENERATING, Outcome, Postprocessor
 from serve_app.model.batched.sequence import Sequence
-from serve_app.model.plan import Spoken
+from serve_app.model.plan import Sentence, Spoken
 from tests.model.batched.engines import make_sequence
 
 TEXT_TOKENS = 4  # every sentence's, in this runtime: retry_badcase retries past 6 x 4 = 24 patches
 
 
 def _sentence(streaming: bool, min_len: int = 2, max_len: int = 100) -> tuple[Postprocessor, Sequence]:
-    runtime = SimpleNamespace(v2=True, text_tokens=lambda text: TEXT_TOKENS)
+    runtime = SimpleNamespace(v2=True, text_tokens=lambda text: TEXT_TOKENS, info=SimpleNamespace(sample_rate=16000))
     sequence = make_sequence("one sentence", streaming)
-    sequence.sentence = SimpleNamespace(text="one sentence")  # type: ignore[assignment]
+    sequence.sentence = Sentence("one sentence", None, min_len, max_len)
     sequence.inputs = SimpleNamespace(min_len=min_len, max_len=max_len, context_patches=0)  # type: ignore[assignment]
     sequence.attempts = 1
     return Postprocessor(runtime), sequence  # type: ignore[arg-type]
