@@ -10,6 +10,7 @@ a step is stuck after 2 s, the check runs every second.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,10 @@ import yaml
 from serve_app.faults import FAULTS_ENV
 from serve_app.ingress.replica_reports import ReplicaReports
 from tests.conftest import LOCAL_CONFIG, Service, error_of, extra_app, in_flight, wait_until
+from tests.service.test_ws import dial, events_until, ws_url
 
 LONG = {"text": "这是一个很长的句子，用来测试健康检查。" * 40, "max_len": 600}  # seconds of generation on CPU
+LONG_CLAUSES = "这是一个很长的句子，用来测试健康检查，" * 40
 MAX_STEP_S = 2.0
 ENDED_WITHIN_S = 15  # the fault, the first failed check (max_step_s + a period), the requests' ends
 REPLACED_WITHIN_S = 90  # three failed checks, the drain, a new replica's start
@@ -90,6 +93,37 @@ def test_a_failed_engine_ends_its_requests_and_its_replica_is_replaced(app: str,
     assert wait_until(lambda: replica not in _replicas(app_name), REPLACED_WITHIN_S), "the old one lives on"
     again = requests.post(f"{app}/api/tts/stream", data={"text": "又好了。", "max_len": 3}, timeout=60)
     assert again.status_code == 200 and len(again.content) > 44
+
+
+def test_a_websocket_context_in_flight_ends_with_an_error_event_and_the_socket_stays_open(app: str) -> None:
+    """The socket's context gets the contract's ``error`` event (the audio made before the fault paced out first),
+    not a hang; the socket stays open and speaks again once the replica is replaced."""
+    from ray import serve
+
+    app_name = app.rsplit("/", 1)[1]
+    (replica,) = _replicas(app_name)
+    ws = dial(ws_url(app), max_size=None)
+    try:
+        ws.send(json.dumps({"type": "init", "max_len": LONG["max_len"]}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "text", "text": LONG_CLAUSES}))  # spoken in pieces of a few clauses each
+        ws.send(json.dumps({"type": "end"}))
+        while not isinstance(ws.recv(timeout=60), bytes):  # its audio has started (after its segment's event)
+            pass
+
+        serve.get_deployment_handle("VoxCPMModel", app_name=app_name).inject_fault.remote("device_error").result()
+        events, _ = events_until(ws, "error", timeout_s=ENDED_WITHIN_S + LONG["max_len"] * 0.1)
+        # the stream had started: the contract's code for a generation that broke off, the socket kept
+        assert events[-1]["code"] == "stream_failed" and events[-1]["fatal"] is False, events[-1]
+        assert "done" not in {event["type"] for event in events}
+
+        assert wait_until(lambda: replica not in _replicas(app_name) and bool(_replicas(app_name)), REPLACED_WITHIN_S)
+        ws.send(json.dumps({"type": "text", "text": "又好了。"}))
+        ws.send(json.dumps({"type": "end"}))
+        events, frames = events_until(ws, "done", timeout_s=60)
+        assert frames and "error" not in {event["type"] for event in events}, events
+    finally:
+        ws.close()
 
 
 def test_an_ingress_whose_status_poller_stopped_is_replaced(app: str) -> None:
