@@ -97,6 +97,14 @@ class ModelConfig(Strict):
         "prefilled together, before every step (in arrival order, while slots are free), so running decodes never "
         "starve a newcomer.",
     )
+    background_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="engine: batched — the share of the batch's slots that background requests (a job's) may hold "
+        "at once; they are admitted only while no live request waits for a slot, and one gives its slot up at its "
+        "next sentence when a live request waits for it (docs/engines.md: Live requests first).",
+    )
     batch_invariant: bool = Field(
         False,
         description="Compute with kernels whose result for a request does not depend on the batch size (on CPU: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -17,6 +18,9 @@ class PromptAudio:
     samples: np.ndarray
     sample_rate: int
     text: str | None
+
+
+Priority = Literal["interactive", "background"]  # a listener waits, or a job does
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class SynthesisRequest:
     adapter: Adapter | None = None  # a LoRA adapter of this model (model/adapters.py); None: the base model
     segments: bool = False  # a stream also says where each sentence ends (SegmentEnd), for timestamps
     one_sentence: bool = False  # the text is one sentence already (the WebSocket cut it): one segment, never split
+    priority: Priority = "interactive"  # background: after every live request (model/batched/scheduler.py)
     spans: tuple[Span, ...] = ()
 
     def __post_init__(self) -> None:

@@ -12,20 +12,14 @@ prompt, a cancel, a failure of its own) never touches the others. Long text, voi
 are the runtime's, as in the reference engine, so a request's audio is the one the reference engine gives
 it alone.
 
-Many async callers, one loop thread: each request has a queue its chunks go into
-(``loop.call_soon_threadsafe``); closing its iterator flags it cancelled (its client disconnected). Output
-is not throttled per request (a slow reader would stall the whole batch): what a client has not read is
-bounded by ``max_len`` and buffered by Serve's proxy, as with the reference engine.
+Many async callers, one loop thread: requests come in and their audio goes out through ``submission.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,21 +28,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from serve_app.audio.seams import Crossfader
 from serve_app.config import ModelConfig
 from serve_app.errors import InvalidField
-from serve_app.model.adapters import LoadedAdapter
 from serve_app.model.batched import graph_check
 from serve_app.model.batched.layers import StepOutput
 from serve_app.model.batched.postprocess import GENERATING, Outcome, Postprocessor
 from serve_app.model.batched.runner import StepRunner
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
+from serve_app.model.batched.submission import END, Submissions
 from serve_app.model.batched.vae_stage import VAEStage
 from serve_app.model.decode_grouping import group_sizes
-from serve_app.model.engine import RuntimeEngine, Started, joined
+from serve_app.model.engine import RuntimeEngine, Started
 from serve_app.model.liveness import Liveness
 from serve_app.model.plan import Sentence
 from serve_app.model.runtime import VoxCPMRuntime
@@ -58,7 +50,6 @@ from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger(__name__)
 
-_END = object()  # a request's last item
 _STOP = object()  # the loop thread's last command
 T = TypeVar("T")
 
@@ -85,9 +76,10 @@ class BatchedEngine(RuntimeEngine):
         graphs = config.cuda_graphs and cuda  # steps replayed from CUDA graphs
         newcomers_first = not graphs if config.first_step_alone is None else config.first_step_alone
         patch_s = runtime.step_samples / runtime.info.sample_rate  # the audio a step makes per request
-        self.scheduler = Scheduler(config.max_batch_size, newcomers_first, patch_s)
+        self.scheduler = Scheduler(config.max_batch_size, newcomers_first, patch_s, config.background_share)
         self.liveness = Liveness(config.max_step_s)  # of the loop thread: it builds the engine, then runs it
         self._inbox: queue.SimpleQueue[Sequence | object] = self.liveness.inbox  # reads: signs of life
+        self.submissions = Submissions(runtime, self._inbox, self.liveness)
         self._closing = False
 
     @classmethod
@@ -119,50 +111,10 @@ class BatchedEngine(RuntimeEngine):
 
     def generate(self, request: SynthesisRequest, streaming: bool) -> np.ndarray:
         """The whole audio of one request, from any thread but the loop's (warm-up, tests, benchmarks)."""
-        done, out = threading.Event(), []
+        return self.submissions.generate(request, streaming)
 
-        def deliver(item: object) -> None:
-            out.append(item)
-            if item is _END or isinstance(item, BaseException):
-                done.set()
-
-        adapter = self.runtime.adapter(request)
-        self._inbox.put(self._sequence(request, lambda: None, deliver, streaming, adapter))
-        done.wait()
-        if isinstance(out[-1], BaseException):
-            raise out[-1]
-        return joined(out[:-1])
-
-    async def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[object] = asyncio.Queue()
-        deliver = functools.partial(loop.call_soon_threadsafe, items.put_nowait)
-        adapter = None  # the base model: no hop to a thread on the way to the engine
-        if request.adapter is not None:
-            adapter = await asyncio.to_thread(self.runtime.adapter, request)  # a file read, off the loop thread
-        sequence = self._sequence(request, started, deliver, streaming, adapter)
-        with self.liveness.serving(deliver):  # refused, or ended, once the loop is found dead or stuck
-            self._inbox.put(sequence)
-            try:
-                while (item := await items.get()) is not _END:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item  # type: ignore[misc]
-            finally:
-                sequence.cancelled = True  # retired at the next step's start, if it still runs
-
-    def _sequence(
-        self,
-        request: SynthesisRequest,
-        started: Started,
-        deliver: Callable[[object], Any],
-        streaming: bool,
-        adapter: LoadedAdapter | None,
-    ) -> Sequence:
-        generator = torch.Generator(device=self.runtime.model.device)
-        generator.manual_seed(request.seed if request.seed is not None else secrets.randbits(63))
-        crossfade, grouping = Crossfader(self.runtime.seam_samples), self.runtime.decode_grouping(streaming)
-        return Sequence(request, started, deliver, crossfade, generator, grouping, adapter)
+    def _generation(self, request: SynthesisRequest, started: Started, streaming: bool) -> AsyncIterator[Chunk]:
+        return self.submissions.generation(request, started, streaming)
 
     # -- the loop thread -------------------------------------------------------------------------
     @classmethod
@@ -317,14 +269,17 @@ class BatchedEngine(RuntimeEngine):
         piece = self.vae.decode_held(sequence) if held else piece
         following = self.postprocessor.emit(sequence, piece, outcome)
         if following is not GENERATING:
-            self._next_sentence(sequence, following)
+            self._next_sentence(sequence, following, may_yield=True)
 
     def _start(self, sequence: Sequence) -> None:
+        if sequence.plan is not None:  # a background request admitted again: its next sentence is set up
+            self.scheduler.start_sentence(sequence)
+            return
         sequence.started()
         sequence.plan = self.runtime.utterance(sequence.request)
         self._next_sentence(sequence, next(sequence.plan, None))
 
-    def _next_sentence(self, sequence: Sequence, sentence: Sentence | None) -> None:
+    def _next_sentence(self, sequence: Sequence, sentence: Sentence | None, may_yield: bool = False) -> None:
         """Set the request up to generate the sentence (prefilled before the next step), or finish it."""
         if sentence is None:
             self._complete(sequence)
@@ -336,7 +291,7 @@ class BatchedEngine(RuntimeEngine):
         if room <= 0:
             raise InvalidField("the text and its prompt are longer than a KV slot holds (kv_cache_length)", "text")
         sequence.inputs = dataclasses.replace(inputs, max_len=min(inputs.max_len, room))
-        self.scheduler.start_sentence(sequence)
+        self.scheduler.start_sentence(sequence, may_yield)
 
     def _prefill(self) -> None:
         """Prefill every request that starts a sentence, together; each alone if that fails, so that a
@@ -374,7 +329,7 @@ class BatchedEngine(RuntimeEngine):
         if len(tail := sequence.crossfade.flush()):
             sequence.deliver(tail)
         self.postprocessor.segment_ended(sequence, sequence.crossfade.emitted)
-        sequence.deliver(_END)
+        sequence.deliver(END)
         self._retire(sequence)
 
     def _fail_all(self, sequences: list[Sequence], error: BaseException) -> None:

@@ -1,11 +1,14 @@
 """Which requests generate now, and how: the batched engine's admission policy, all of it.
 
-A queue of waiting requests in front of a bounded batch of running ones. Requests are admitted in arrival
-order while a KV slot is free (``max_batch_size`` slots); a request starting a sentence (its first, the
-next, or the same again for retry_badcase) is queued for the next prefill; newcomers may take their first
-step on their own before the batch's (``newcomers_first``). Running requests occupy slots 0..n-1 in
-``running``'s order. One that leaves (finished, cancelled, failed) keeps its slot until the step is over;
-between steps ``compact`` moves the last ones into the gaps and says which slot moved where, so the caller
+A queue of waiting requests in front of a bounded batch of running ones. Requests are admitted while a KV
+slot is free (``max_batch_size`` slots): live (interactive) ones in arrival order, then background ones (a
+job's) in theirs, while no live request waits and within their share of the slots; a background request gives
+its slot up at its next sentence where a live one waits for a slot, and resumes from that sentence when it is
+admitted again (each sentence is prefilled afresh, so nothing of its audio changes). A request starting a
+sentence (its first, the next, or the same again for retry_badcase) is queued for the next prefill; newcomers
+may take their first step on their own before the batch's (``newcomers_first``). Running requests occupy slots
+0..n-1 in ``running``'s order. One that leaves (finished, cancelled, failed) keeps its slot until the step is
+over; between steps ``compact`` moves the last ones into the gaps and says which slot moved where, so the caller
 carries their state along. Knows nothing about VoxCPM.
 """
 
@@ -25,10 +28,13 @@ STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running me
 
 
 class Scheduler:
-    def __init__(self, max_batch_size: int, newcomers_first: bool = False, patch_s: float = 0.0) -> None:
+    def __init__(
+        self, max_batch_size: int, newcomers_first: bool = False, patch_s: float = 0.0, background_share: float = 1.0
+    ) -> None:
         """``newcomers_first``: whether newcomers may take their first step on their own; ``patch_s``: the audio
-        a step makes per request."""
+        a step makes per request; ``background_share``: of the slots, what background requests may hold."""
         self.max_batch_size = max_batch_size
+        self.background_slots = max(1, int(background_share * max_batch_size))
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.starting: list[Sequence] = []  # running requests whose next sentence waits for its prefill
@@ -43,18 +49,37 @@ class Scheduler:
         self.waiting.append(sequence)
 
     def admit(self) -> list[Sequence]:
-        """Waiting requests moved into free slots, oldest first."""
+        """Waiting requests moved into free slots: live ones oldest first, then background ones within their share."""
         admitted = []
-        while self.waiting and len(self.running) < self.max_batch_size:
-            sequence = self.waiting.popleft()
+        while len(self.running) < self.max_batch_size and (sequence := self._next_waiting()) is not None:
+            self.waiting.remove(sequence)
             sequence.slot, sequence.status = len(self.running), Status.RUNNING
             self.running.append(sequence)
             admitted.append(sequence)
         return admitted
 
-    def start_sentence(self, sequence: Sequence) -> None:
-        """The request's next sentence is ready to prefill (its inputs set)."""
+    def _next_waiting(self) -> Sequence | None:
+        live = next((sequence for sequence in self.waiting if not sequence.background), None)
+        if live is not None or not self.waiting:
+            return live
+        held = sum(sequence.background and sequence.status is Status.RUNNING for sequence in self.running)
+        return self.waiting[0] if held < self.background_slots else None
+
+    def start_sentence(self, sequence: Sequence, may_yield: bool = False) -> None:
+        """The request's next sentence is ready to prefill (its inputs set). With ``may_yield`` (a sentence that
+        follows one just spoken), a background request waits again instead while live ones wait for more slots
+        than are free: its slot is theirs once the step is over."""
+        if may_yield and sequence.background and self._live_waiting() > self._free_slots():
+            sequence.status = Status.WAITING
+            self.waiting.append(sequence)  # live requests go first anyway; among jobs' it takes its turn
+            return
         self.starting.append(sequence)
+
+    def _live_waiting(self) -> int:
+        return sum(not sequence.background for sequence in self.waiting)
+
+    def _free_slots(self) -> int:
+        return self.max_batch_size - sum(sequence.status is Status.RUNNING for sequence in self.running)
 
     def to_prefill(self) -> list[Sequence]:
         """The requests starting a sentence, still running: prefilled together next."""
@@ -98,12 +123,12 @@ class Scheduler:
     def newcomers_first(self, fresh: list[Sequence]) -> int | None:
         """The first slot of ``fresh`` (requests that just joined and run) when they take their first step on
         their own, before the batch's; None where the batch's next step is theirs instead: not allowed
-        (``first_step_alone``), the batch has no room or time to spare (``NEWCOMERS_FIRST_*``; requests
+        (``first_step_alone``), the batch has no room or time to spare (``NEWCOMERS_FIRST_*``; live requests
         waiting for a slot), none of them streams (nobody hears a first patch before its sentence ends), they
         are more than half as many as the streams running (their own step would cost about the batch's), or
         they do not hold the batch's last slots (one that left meanwhile keeps its slot until the step ends)."""
         first = len(self.running) - len(fresh)
-        spare = first <= NEWCOMERS_FIRST_OCCUPANCY * self.max_batch_size and not self.waiting
+        spare = first <= NEWCOMERS_FIRST_OCCUPANCY * self.max_batch_size and not self._live_waiting()
         spare = spare and self.allow_newcomers_first and self.step_s <= NEWCOMERS_FIRST_STEP_SHARE * self.patch_s
         few = 0 < 2 * len(fresh) <= first
         at_end = sorted(sequence.slot for sequence in fresh) == list(range(first, len(self.running)))

@@ -57,6 +57,11 @@ class Sequence:
     said: SpanAudio | None = None  # a stream's current sentence on its way out, at its span's rate
 
     @property
+    def background(self) -> bool:
+        """Whether it waits for every live request (a job's), which it never makes wait."""
+        return self.request.priority == "background"
+
+    @property
     def streaming(self) -> bool:
         """Audio as it is decoded, or each sentence once complete."""
         return self.grouping.streaming

@@ -14,7 +14,7 @@ from serve_app.model.batched.sequence import Sequence
 from serve_app.model.decode_grouping import DecodeGrouping
 from serve_app.model.engine import joined
 from serve_app.model.reference_engine import ReferenceEngine
-from serve_app.model.types import PromptAudio, SynthesisRequest
+from serve_app.model.types import Priority, PromptAudio, SynthesisRequest
 
 PRESETS = ["tiny-voxcpm1.5", "tiny-voxcpm2"]
 
@@ -106,7 +106,8 @@ def idle(engine: BatchedEngine) -> bool:
     return False
 
 
-def make_sequence(name: str, streaming: bool = True) -> Sequence:
+def make_sequence(name: str, streaming: bool = True, priority: Priority = "interactive") -> Sequence:
     """A request's state with none of a model's: for the scheduler and the VAE stage alone."""
     grouping = DecodeGrouping(16, streaming=streaming)
-    return Sequence(SynthesisRequest(text=name), lambda: None, lambda _: None, None, None, grouping)  # type: ignore[arg-type]
+    request = SynthesisRequest(text=name, priority=priority)
+    return Sequence(request, lambda: None, lambda _: None, None, None, grouping)  # type: ignore[arg-type]

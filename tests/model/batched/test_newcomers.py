@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.model.batched import batch_engine, scheduler
+from serve_app.model.batched import scheduler, submission
 from serve_app.model.types import SynthesisRequest
 from tests.model.batched.engines import (
     TWO_RUNNING_AND_A_NEWCOMER,
@@ -111,7 +111,7 @@ def test_a_stream_arriving_during_the_batch_model_call_is_heard_before_the_batch
             send(newcomer)
             gone = batched.scheduler.running[0]
             gone.cancelled = True  # as its consumer's closing flags it
-            gone.deliver(batch_engine._END)  # what its consumer sees as it closes
+            gone.deliver(submission.END)  # what its consumer sees as it closes
         return output
 
     def decoded(rows: list, latents: torch.Tensor, *placement: Any) -> tuple:

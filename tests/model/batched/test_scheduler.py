@@ -100,3 +100,50 @@ def test_newcomers_wait_for_the_batch_while_requests_wait_for_a_slot_or_one_left
     scheduler.waiting.clear()
     scheduler.retire(fresh[1])  # it left; its slot is kept until the step ends: fresh[0] is not at the end
     assert scheduler.newcomers_first([fresh[0]]) is None
+
+
+def test_live_requests_are_admitted_before_background_ones_which_keep_to_their_share() -> None:
+    scheduler = Scheduler(max_batch_size=4, background_share=0.5)
+    jobs = [make_sequence(f"job{index}", priority="background") for index in range(3)]
+    live = [make_sequence(f"live{index}") for index in range(3)]
+    for sequence in (*jobs, live[0]):
+        scheduler.add(sequence)
+    assert scheduler.admit() == [live[0], jobs[0], jobs[1]]  # the live one first; jobs hold 2 slots of 4
+    assert scheduler.admit() == [] and jobs[2].status is Status.WAITING
+    scheduler.add(live[1])
+    assert scheduler.admit() == [live[1]]  # the last slot is a live request's
+
+
+def test_a_background_request_gives_its_slot_up_at_its_next_sentence_while_live_ones_wait() -> None:
+    scheduler = Scheduler(max_batch_size=2)
+    job, live = make_sequence("job", priority="background"), make_sequence("live")
+    scheduler.add(job)
+    scheduler.add(live)
+    scheduler.admit()
+    late = make_sequence("late")
+    scheduler.add(late)
+    scheduler.start_sentence(job)  # its first sentence, as it is admitted: never yields
+    assert scheduler.to_prefill() == [job]
+    scheduler.start_sentence(live, may_yield=True)  # live requests never yield
+    assert scheduler.to_prefill() == [live]
+    scheduler.start_sentence(job, may_yield=True)  # its next sentence, with a live request waiting: it yields
+    assert job.status is Status.WAITING and scheduler.to_prefill() == []
+    assert scheduler.compact() == [] and job.slot == -1 and scheduler.running == [live]  # the live one went first
+    assert scheduler.admit() == [late]
+    scheduler.retire(live)
+    scheduler.compact()
+    assert scheduler.admit() == [job]  # back once no live request waits
+    scheduler.start_sentence(job, may_yield=True)  # nobody waits: it goes on
+    assert scheduler.to_prefill() == [job]
+
+
+def test_a_background_request_keeps_its_slot_where_one_is_free_for_the_live_request() -> None:
+    scheduler = Scheduler(max_batch_size=2)
+    job, ending, live = make_sequence("job", priority="background"), make_sequence("ending"), make_sequence("live")
+    for sequence in (job, ending):
+        scheduler.add(sequence)
+    scheduler.admit()
+    scheduler.add(live)
+    scheduler.retire(ending)  # its slot is free at the step's end
+    scheduler.start_sentence(job, may_yield=True)
+    assert job.status is Status.RUNNING and scheduler.to_prefill() == [job]

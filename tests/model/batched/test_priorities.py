@@ -1,0 +1,52 @@
+"""Live requests before a job's, in the real batched engine: background requests are admitted only into what live
+ones leave, give their slots up at a sentence's end while live ones wait, resume later, and every request's audio
+is still the one the reference engine gives it alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app.model.types import SynthesisRequest
+from tests.model.batched.engines import alone, counted_steps, idle, together
+
+JOBS = [  # several short sentences each: boundaries to give a slot up at
+    SynthesisRequest(text="第一句。第二句。第三句。第四句。", seed=21, max_len=120, priority="background"),
+    SynthesisRequest(
+        text="Job two. It has sentences. Four of them. The end.", seed=22, max_len=120, priority="background"
+    ),
+]
+LIVE = [  # long enough to hold their slots while the jobs reach a sentence's end
+    SynthesisRequest(text="一个正在说话的长句子，还要说很久。", seed=31, min_len=40, max_len=50),
+    SynthesisRequest(text="另一个正在说话的长句子，也要说很久。", seed=32, min_len=40, max_len=50),
+    SynthesisRequest(text="第三个实时请求，说得也很长。", seed=33, min_len=40, max_len=50),
+    SynthesisRequest(text="第四个实时请求，同样很长。", seed=34, min_len=40, max_len=50),
+]
+
+
+def test_live_requests_take_the_slots_jobs_give_up_and_nothing_sounds_different(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, batched, _ = engines
+    requests = [*JOBS, *LIVE]
+    expected = [alone(reference, request) for request in requests]
+    admitted: list[str] = []
+    admit = batched.scheduler.admit
+
+    def logged() -> list:
+        sequences = admit()
+        admitted.extend(sequence.request.priority[0] + str(requests.index(sequence.request)) for sequence in sequences)
+        return sequences
+
+    monkeypatch.setattr(batched.scheduler, "admit", logged)
+    _, jobs_running = counted_steps(batched, monkeypatch, running=2)
+    results = together(batched, requests, stagger_s=0, gate=(2, jobs_running))  # the live ones join the jobs
+
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
+    assert admitted[:2] == ["b0", "b1"]  # the jobs alone at first
+    resumed = [index for index, name in enumerate(admitted) if name.startswith("b") and index >= 2]
+    assert resumed, f"no job gave its slot up: {admitted}"  # 4 live requests in 4 slots: both jobs waited
+    last_live = max(index for index, name in enumerate(admitted) if name.startswith("i"))
+    assert min(resumed) > last_live, admitted  # no job came back while a live request waited
+    assert idle(batched)
