@@ -72,7 +72,7 @@ def test_requests_joining_together_are_prefilled_together_bit_for_bit(engines: t
         time.sleep(0.01)
     for thread in threads[1:]:
         thread.start()
-    time.sleep(0.3)
+    assert wait_until(lambda: batched._inbox.qsize() == len(threads) - 1, 30)  # the others wait in the inbox
     held.set()
     for thread in threads:
         thread.join()
