@@ -3,8 +3,9 @@
 A queue of waiting requests in front of a bounded batch of running ones. Requests are admitted while a KV
 slot is free (``max_batch_size`` slots): live (interactive) ones in arrival order, then background ones (a
 job's) in theirs, while no live request waits, within their share of the slots and, while live requests run,
-within a step-time budget; a background request gives its slot up at its next sentence where a live one waits
-for a slot or the batch's steps are too slow for the live ones, and resumes from that sentence when it is
+within a step-time budget; past that budget background rows skip steps (they sit in the slots above the live
+ones, so that a step can leave them out) and leave at their next sentence; a background request also gives its
+slot up at its next sentence where a live one waits for a slot, and resumes from that sentence when it is
 admitted again (each sentence is prefilled afresh, so nothing of its audio changes). A request starting a
 sentence (its first, the next, or the same again for retry_badcase) is queued for the next prefill; newcomers
 may take their first step on their own before the batch's (``newcomers_first``). Running requests occupy slots
@@ -125,6 +126,31 @@ class Scheduler:
             self.running[gap], sequence.slot = sequence, gap
         del self.running[live:]
         return moves
+
+    def partition(self) -> list[tuple[int, int]]:
+        """Between steps, after ``compact``: live requests in the lower slots, background ones above them, so that
+        a step can leave the background rows out (``step_rows``). The slots swapped."""
+        swaps = []
+        low, high = 0, len(self.running) - 1
+        while True:
+            while low < high and not self.running[low].background:
+                low += 1
+            while low < high and self.running[high].background:
+                high -= 1
+            if low >= high:
+                return swaps
+            one, other = self.running[low], self.running[high]
+            self.running[low], self.running[high] = other, one
+            one.slot, other.slot = high, low
+            swaps.append((low, high))
+
+    def step_rows(self) -> int:
+        """How many of the running requests (from slot 0) the batch's next step takes: all, or only the live
+        ones (below the background ones: ``partition``) while the steps are too slow for them; but all while live
+        requests wait for the slots background ones hold, which give them up only at a sentence's end."""
+        live = sum(not sequence.background for sequence in self.running)
+        paused = self._too_slow_for_live() and self._live_waiting() <= self._free_slots()
+        return live if paused else len(self.running)
 
     def stepped(self, seconds: float) -> None:
         """The batch's step just took ``seconds`` (its own work, not the newcomers' in between)."""

@@ -168,3 +168,25 @@ def test_background_requests_leave_and_stay_out_while_the_steps_are_too_slow_for
     scheduler.retire(live)
     scheduler.compact()
     assert scheduler.admit() == [job, other_job]  # no live request runs: the jobs are back
+
+
+def test_live_requests_are_kept_below_background_ones_and_a_slow_batch_steps_them_alone() -> None:
+    scheduler = Scheduler(max_batch_size=5, patch_s=0.04)
+    sequences = [
+        make_sequence(name, priority="background" if name.startswith("j") else "interactive")
+        for name in ("j0", "l1", "j2", "l3", "l4")
+    ]
+    for sequence in sequences:
+        scheduler.add(sequence)
+    scheduler.background_slots = 5
+    running = scheduler.admit()
+    assert [s.request.text for s in running] == ["l1", "l3", "l4", "j0", "j2"]  # live first: already in order
+    assert scheduler.partition() == []
+    scheduler.retire(running[0])
+    scheduler.compact()  # j2 moves into slot 0, below live ones
+    assert [s.request.text for s in scheduler.running] == ["j2", "l3", "l4", "j0"]
+    assert scheduler.partition() == [(0, 2)]
+    assert [(s.request.text, s.slot) for s in scheduler.running] == [("l4", 0), ("l3", 1), ("j2", 2), ("j0", 3)]
+    assert scheduler.step_rows() == 4  # steps within the budget: every row
+    scheduler.stepped(0.1 / STEP_TIME_SMOOTHING)
+    assert scheduler.step_rows() == 2  # too slow for the live streams: theirs alone
