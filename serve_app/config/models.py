@@ -102,8 +102,9 @@ class ModelConfig(Strict):
         gt=0,
         le=1,
         description="engine: batched — the share of the batch's slots that background requests (a job's) may hold "
-        "at once; they are admitted only while no live request waits for a slot, and one gives its slot up at its "
-        "next sentence when a live request waits for it (docs/engines.md: Live requests first).",
+        "at once; they are admitted only while no live request waits for a slot, skip steps while the live ones "
+        "need the time, and give their slots up at a sentence's end to live requests waiting for them "
+        "(docs/engines.md: Live requests first).",
     )
     batch_invariant: bool = Field(
         False,

@@ -138,6 +138,11 @@ class StreamingVAEDecoder:
         for *_, state in self._layers:
             state[target].copy_(state[source])
 
+    def swap(self, one: int, other: int) -> None:
+        """Two streams' states, each in the other's slot."""
+        for *_, state in self._layers:
+            state[[one, other]] = state[[other, one]]
+
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, slots: list[int]) -> torch.Tensor:
         """Audio for ``latents`` (rows, latent_dim, frames), row i continuing slot ``slots[i]``: (rows, samples)."""

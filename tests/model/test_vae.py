@@ -73,3 +73,14 @@ def test_pointwise_convolutions_give_each_row_the_bits_of_a_row_alone(vae: torch
         batched = pointwise_step(module, rows)
         assert torch.equal(batched[2:3], pointwise_step(module, rows[2:3]))
         assert torch.equal(pointwise_step(module, rows[:1]), module(rows[:1]))
+
+
+@torch.inference_mode()
+def test_a_swap_carries_each_row_into_the_other_slot(vae: torch.nn.Module) -> None:
+    torch.manual_seed(1)
+    first, then = torch.randn(2, vae.latent_dim, 4), torch.randn(2, vae.latent_dim, 2)
+    swapped, kept = StreamingVAEDecoder(vae, slots=2), StreamingVAEDecoder(vae, slots=2)
+    for decoder in (swapped, kept):
+        decoder.decode(first, [0, 1])
+    swapped.swap(0, 1)
+    assert torch.equal(swapped.decode(then, [1, 0]), kept.decode(then, [0, 1]))

@@ -169,7 +169,7 @@ class BatchedEngine(RuntimeEngine):
         if not self.scheduler.running:
             return
         started = time.perf_counter()
-        batch = self._launch(0)
+        batch = self._launch(0, self.scheduler.step_rows())
         if self.scheduler.allow_newcomers_first and not self._inbox.empty() and self._take_commands(block=False):
             aside = time.perf_counter()
             self._newcomers_step(self._admit())
@@ -194,12 +194,16 @@ class BatchedEngine(RuntimeEngine):
         return not self._closing
 
     def _between_steps(self) -> None:
-        """Cancelled requests retired, and the running ones back in slots 0..n-1, their state moved along."""
+        """Cancelled requests retired, the running ones back in slots 0..n-1 and the live ones below the background
+        ones, their state moved along."""
         for sequence in self.scheduler.cancelled():
             self._retire(sequence)
         for source, target in self.scheduler.compact():
             self.runner.move(source, target)
             self.decoder.move(source, target)
+        for one, other in self.scheduler.partition():
+            self.runner.swap(one, other)
+            self.decoder.swap(one, other)
 
     def _admit(self) -> list[Sequence]:
         """Admit waiting requests into free slots and start them, take in the requests that arrived meanwhile
@@ -225,9 +229,10 @@ class BatchedEngine(RuntimeEngine):
             self._finish(step)
         self._prefill()
 
-    def _launch(self, first: int) -> Launched | None:
-        """A step's first half: the model call for the running requests in slots ``first``.. (on a GPU, queued)."""
-        sequences = self.scheduler.running[first:]
+    def _launch(self, first: int, end: int | None = None) -> Launched | None:
+        """A step's first half: the model call for the running requests in slots ``first``..``end`` (on a GPU,
+        queued)."""
+        sequences = self.scheduler.running[first:end]
         try:
             return Launched(sequences, first, self.runner.step([sequence.row() for sequence in sequences], first))
         except Exception as exc:  # a failure of the shared step fails its rows, not the replica

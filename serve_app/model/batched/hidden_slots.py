@@ -45,3 +45,7 @@ class HiddenSlots:
     def move(self, source: int, target: int) -> None:
         for buffer in (self.lm_hidden, self.residual_hidden, self.condition):
             buffer[target].copy_(buffer[source])
+
+    def swap(self, one: int, other: int) -> None:
+        for buffer in (self.lm_hidden, self.residual_hidden, self.condition):
+            buffer[[one, other]] = buffer[[other, one]]

@@ -63,3 +63,8 @@ class KVSlots:
         span = max(self._written[source], self._written[target])  # the source's zeros cover the target's rest
         self.cache[:, :, target, :, :span] = self.cache[:, :, source, :, :span]
         self._written[target] = self._written[source]
+
+    def swap(self, one: int, other: int) -> None:
+        span = max(self._written[one], self._written[other])
+        self.cache[:, :, [one, other], :, :span] = self.cache[:, :, [other, one], :, :span]
+        self._written[one], self._written[other] = self._written[other], self._written[one]

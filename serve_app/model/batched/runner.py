@@ -133,6 +133,11 @@ class StepRunner:
         self.residual_kv.move(source, target)
         self.hidden.move(source, target)
 
+    def swap(self, one: int, other: int) -> None:
+        self.base_kv.swap(one, other)
+        self.residual_kv.swap(one, other)
+        self.hidden.swap(one, other)
+
     @torch.inference_mode()
     def step(self, rows: list[Row], first: int = 0) -> StepOutput:
         """One generation step for the rows in slots ``first``.. (one loop iteration of voxcpm's ``_inference``):

@@ -2,8 +2,10 @@
 
 A queue of waiting requests in front of a bounded batch of running ones. Requests are admitted while a KV
 slot is free (``max_batch_size`` slots): live (interactive) ones in arrival order, then background ones (a
-job's) in theirs, while no live request waits and within their share of the slots; a background request gives
-its slot up at its next sentence where a live one waits for a slot, and resumes from that sentence when it is
+job's) in theirs, while no live request waits, within their share of the slots and, while live requests run,
+within a step-time budget; past that budget background rows skip steps (they sit in the slots above the live
+ones, so that a step can leave them out) and leave at their next sentence; a background request also gives its
+slot up at its next sentence where a live one waits for a slot, and resumes from that sentence when it is
 admitted again (each sentence is prefilled afresh, so nothing of its audio changes). A request starting a
 sentence (its first, the next, or the same again for retry_badcase) is queued for the next prefill; newcomers
 may take their first step on their own before the batch's (``newcomers_first``). Running requests occupy slots
@@ -25,6 +27,9 @@ from serve_app.model.batched.sequence import Sequence, Status
 NEWCOMERS_FIRST_OCCUPANCY = 0.75
 NEWCOMERS_FIRST_STEP_SHARE = 0.5
 STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running mean step time
+# While live requests run, background ones keep to a batch whose steps take at most this share of a patch's
+# audio (the live streams' margin over real time); past it they leave at their next sentence and are not admitted.
+LIVE_STEP_SHARE = 0.5
 
 
 class Scheduler:
@@ -60,7 +65,7 @@ class Scheduler:
 
     def _next_waiting(self) -> Sequence | None:
         live = next((sequence for sequence in self.waiting if not sequence.background), None)
-        if live is not None or not self.waiting:
+        if live is not None or not self.waiting or self._too_slow_for_live():
             return live
         held = sum(sequence.background and sequence.status is Status.RUNNING for sequence in self.running)
         return self.waiting[0] if held < self.background_slots else None
@@ -68,12 +73,18 @@ class Scheduler:
     def start_sentence(self, sequence: Sequence, may_yield: bool = False) -> None:
         """The request's next sentence is ready to prefill (its inputs set). With ``may_yield`` (a sentence that
         follows one just spoken), a background request waits again instead while live ones wait for more slots
-        than are free: its slot is theirs once the step is over."""
-        if may_yield and sequence.background and self._live_waiting() > self._free_slots():
+        than are free, or the batch's steps are too slow for the live ones running: its slot is theirs, or the
+        time its rows took, once the step is over."""
+        wanted = self._live_waiting() > self._free_slots() or self._too_slow_for_live()
+        if may_yield and sequence.background and wanted:
             sequence.status = Status.WAITING
             self.waiting.append(sequence)  # live requests go first anyway; among jobs' it takes its turn
             return
         self.starting.append(sequence)
+
+    def _too_slow_for_live(self) -> bool:
+        live = any(not sequence.background and sequence.status is Status.RUNNING for sequence in self.running)
+        return live and self.step_s > LIVE_STEP_SHARE * self.patch_s
 
     def _live_waiting(self) -> int:
         return sum(not sequence.background for sequence in self.waiting)
@@ -115,6 +126,31 @@ class Scheduler:
             self.running[gap], sequence.slot = sequence, gap
         del self.running[live:]
         return moves
+
+    def partition(self) -> list[tuple[int, int]]:
+        """Between steps, after ``compact``: live requests in the lower slots, background ones above them, so that
+        a step can leave the background rows out (``step_rows``). The slots swapped."""
+        swaps = []
+        low, high = 0, len(self.running) - 1
+        while True:
+            while low < high and not self.running[low].background:
+                low += 1
+            while low < high and self.running[high].background:
+                high -= 1
+            if low >= high:
+                return swaps
+            one, other = self.running[low], self.running[high]
+            self.running[low], self.running[high] = other, one
+            one.slot, other.slot = high, low
+            swaps.append((low, high))
+
+    def step_rows(self) -> int:
+        """How many of the running requests (from slot 0) the batch's next step takes: all, or only the live
+        ones (below the background ones: ``partition``) while the steps are too slow for them; but all while live
+        requests wait for the slots background ones hold, which give them up only at a sentence's end."""
+        live = sum(not sequence.background for sequence in self.running)
+        paused = self._too_slow_for_live() and self._live_waiting() <= self._free_slots()
+        return live if paused else len(self.running)
 
     def stepped(self, seconds: float) -> None:
         """The batch's step just took ``seconds`` (its own work, not the newcomers' in between)."""

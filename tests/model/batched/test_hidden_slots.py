@@ -24,3 +24,5 @@ def test_a_prefill_writes_its_slots_a_step_reads_views_and_writes_back_and_a_mov
     assert hidden.residual_hidden[:, 0].tolist() == [17.0, 11.0, 12.0, 0.0]
     hidden.move(2, 0)
     assert hidden.lm_hidden[0].tolist() == [2.0] * 3 and (hidden.condition[0] == 2.0).all()
+    hidden.swap(0, 1)
+    assert hidden.lm_hidden[:2, 0].tolist() == [1.0, 2.0] and hidden.condition[1].eq(2.0).all()

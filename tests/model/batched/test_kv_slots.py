@@ -35,3 +35,8 @@ def test_kv_slots_hold_zeros_past_what_their_request_wrote() -> None:
     slots.fill([1, 0], [5, 2], prefill((5, 6.0), (2, 7.0)))  # two requests joining together, packed
     assert (slots.cache[:, :, 1, :, :5] == 6).all() and (slots.cache[:, :, 1, :, 5:] == 0).all()
     assert (slots.cache[:, :, 0, :, :2] == 7).all() and (slots.cache[:, :, 0, :, 2:] == 0).all()
+    slots.writing([0, 9])  # slot 1 written further than slot 0
+    slots.cache[:, :, 1, :, 9] = 5.0
+    slots.swap(0, 1)  # each request in the other's slot, with what it wrote
+    assert (slots.cache[:, :, 0, :, :5] == 6).all() and (slots.cache[:, :, 0, :, 9] == 5).all()
+    assert (slots.cache[:, :, 1, :, :2] == 7).all() and (slots.cache[:, :, 1, :, 2:] == 0).all()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serve_app.model.batched import scheduler
 from serve_app.model.types import SynthesisRequest
 from tests.model.batched.engines import alone, counted_steps, idle, together
 
@@ -44,9 +45,36 @@ def test_live_requests_take_the_slots_jobs_give_up_and_nothing_sounds_different(
 
     for want, got in zip(expected, results, strict=True):
         assert np.array_equal(got, want)
-    assert admitted[:2] == ["b0", "b1"]  # the jobs alone at first
+    assert sorted(admitted[:2]) == ["b0", "b1"]  # the jobs alone at first
     resumed = [index for index, name in enumerate(admitted) if name.startswith("b") and index >= 2]
     assert resumed, f"no job gave its slot up: {admitted}"  # 4 live requests in 4 slots: both jobs waited
     last_live = max(index for index, name in enumerate(admitted) if name.startswith("i"))
     assert min(resumed) > last_live, admitted  # no job came back while a live request waited
+    assert idle(batched)
+
+
+def test_background_rows_skip_steps_while_the_live_ones_need_the_time(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no step-time budget at all for background work, the jobs' rows are left out of every step while live
+    requests run (below them in the slots), go on once the live ones are done, and sound as they would alone."""
+    reference, batched, _ = engines
+    monkeypatch.setattr(scheduler, "LIVE_STEP_SHARE", 0.0)
+    requests = [*JOBS, *LIVE[:2]]
+    expected = [alone(reference, request) for request in requests]
+    _, jobs_running = counted_steps(batched, monkeypatch, running=2)
+    step, paused = batched.runner.step, []
+
+    def logged(rows: list, first: int = 0) -> object:
+        running = batched.scheduler.running
+        if first == 0 and len(rows) < len(running):
+            paused.append([sequence.request.priority for sequence in running[len(rows) :]])
+        return step(rows, first)
+
+    monkeypatch.setattr(batched.runner, "step", logged)
+    results = together(batched, requests, stagger_s=0, gate=(2, jobs_running))
+
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
+    assert paused and all(left == ["background", "background"] for left in paused), paused  # the jobs' rows, left out
     assert idle(batched)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.model.batched.scheduler import Scheduler
+from serve_app.model.batched.scheduler import STEP_TIME_SMOOTHING, Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
 from tests.model.batched.engines import make_sequence
 
@@ -147,3 +147,46 @@ def test_a_background_request_keeps_its_slot_where_one_is_free_for_the_live_requ
     scheduler.retire(ending)  # its slot is free at the step's end
     scheduler.start_sentence(job, may_yield=True)
     assert job.status is Status.RUNNING and scheduler.to_prefill() == [job]
+
+
+def test_background_requests_leave_and_stay_out_while_the_steps_are_too_slow_for_the_live_ones() -> None:
+    scheduler = Scheduler(max_batch_size=4, patch_s=0.04)
+    job, other_job = (make_sequence(name, priority="background") for name in ("job", "other"))
+    live = make_sequence("live")
+    for sequence in (job, live):
+        scheduler.add(sequence)
+    scheduler.admit()
+    scheduler.stepped(0.019 / STEP_TIME_SMOOTHING)  # a mean step of 19 ms: within half a 40 ms patch
+    scheduler.start_sentence(job, may_yield=True)
+    assert job.status is Status.RUNNING and scheduler.to_prefill() == [job]
+    scheduler.stepped(0.1)  # now well past it
+    scheduler.start_sentence(job, may_yield=True)
+    assert job.status is Status.WAITING and scheduler.to_prefill() == []
+    scheduler.compact()
+    scheduler.add(other_job)
+    assert scheduler.admit() == []  # free slots, but not for background work while the live stream needs the time
+    scheduler.retire(live)
+    scheduler.compact()
+    assert scheduler.admit() == [job, other_job]  # no live request runs: the jobs are back
+
+
+def test_live_requests_are_kept_below_background_ones_and_a_slow_batch_steps_them_alone() -> None:
+    scheduler = Scheduler(max_batch_size=5, patch_s=0.04)
+    sequences = [
+        make_sequence(name, priority="background" if name.startswith("j") else "interactive")
+        for name in ("j0", "l1", "j2", "l3", "l4")
+    ]
+    for sequence in sequences:
+        scheduler.add(sequence)
+    scheduler.background_slots = 5
+    running = scheduler.admit()
+    assert [s.request.text for s in running] == ["l1", "l3", "l4", "j0", "j2"]  # live first: already in order
+    assert scheduler.partition() == []
+    scheduler.retire(running[0])
+    scheduler.compact()  # j2 moves into slot 0, below live ones
+    assert [s.request.text for s in scheduler.running] == ["j2", "l3", "l4", "j0"]
+    assert scheduler.partition() == [(0, 2)]
+    assert [(s.request.text, s.slot) for s in scheduler.running] == [("l4", 0), ("l3", 1), ("j2", 2), ("j0", 3)]
+    assert scheduler.step_rows() == 4  # steps within the budget: every row
+    scheduler.stepped(0.1 / STEP_TIME_SMOOTHING)
+    assert scheduler.step_rows() == 2  # too slow for the live streams: theirs alone
