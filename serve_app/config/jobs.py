@@ -1,0 +1,39 @@
+"""Background jobs: ``jobs:`` of the Serve config's ``args:`` block (docs/jobs.md)."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt
+
+from serve_app.config.base import Strict
+from serve_app.text.sentences import MAX_SENTENCE_CHARS
+
+
+class JobPauses(Strict):
+    """Seconds of silence a document's audio gets after each unit."""
+
+    sentence_s: float = Field(0.0, ge=0, le=10, description="After every sentence, beyond the model's own.")
+    paragraph_s: float = Field(0.6, ge=0, le=10, description="After a paragraph's last sentence, and a heading.")
+    chapter_s: float = Field(1.5, ge=0, le=10, description="After a chapter's last sentence.")
+
+
+class JobsConfig(Strict):
+    """What a job may ask for and how the service renders it."""
+
+    jobs_dir: str = Field(
+        "voices/jobs",
+        description="Where jobs live (specs, progress, audio): durable storage every ingress replica and the job "
+        "runner see, like voices_dir.",
+    )
+    max_document_chars: PositiveInt = Field(1_000_000, description="A document's length: 413 naming `document`.")
+    max_items: PositiveInt = Field(10_000, description="Items in one job: 413 naming `items`.")
+    chunk_chars: int = Field(
+        600,
+        ge=MAX_SENTENCE_CHARS,
+        le=5000,
+        description="A document is rendered in chunks of whole sentences up to this many characters, each anchored "
+        "on the job's voice.",
+    )
+    pauses: JobPauses = JobPauses()
+    retention_s: float = Field(
+        7 * 24 * 3600, gt=0, description="A job's text and results are removed this long after it was submitted."
+    )
