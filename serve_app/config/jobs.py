@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field, PositiveInt
 
 from serve_app.config.base import Strict
-from serve_app.text.sentences import MAX_SENTENCE_CHARS
 
 
 class JobPauses(Strict):
@@ -28,10 +27,10 @@ class JobsConfig(Strict):
     max_items: PositiveInt = Field(10_000, description="Items in one job: 413 naming `items`.")
     chunk_chars: int = Field(
         600,
-        ge=MAX_SENTENCE_CHARS,
+        ge=1,
         le=5000,
-        description="A document is rendered in chunks of whole sentences up to this many characters, each anchored "
-        "on the job's voice.",
+        description="A document is rendered in chunks of whole sentences up to this many characters (at least one "
+        "sentence each), each anchored on the job's voice.",
     )
     pauses: JobPauses = JobPauses()
     retention_s: float = Field(
