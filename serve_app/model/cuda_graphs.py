@@ -11,7 +11,8 @@ call for n rows copies its inputs into the static buffers of the smallest graph 
 the padding rows and replays; the caller gets copies of the first n rows of the outputs (the next replay
 overwrites them). A graph may also be captured per key: another shape of the work than its rows (the
 decode step's attended span). Padding rows compute from zeros; whatever state they write must belong to
-no request (the batch holds slots 0..n-1, so rows n.. are free slots, which a joining request resets).
+no request: rows n.. must be free slots (which a joining request resets), so a call over only some of the
+requests held (a step that leaves background rows out) pads nothing (``pad``).
 
 On CPU nothing is captured: the same static buffers and padding are used and a "replay" computes eagerly
 on them, which is how the tests check that neither changes a bit.
@@ -72,11 +73,11 @@ class PaddedGraphs(Generic[Inputs, Outputs]):
         """Graphs held (each batch size and key)."""
         return len(self._graphs)
 
-    def run(self, inputs: Inputs, rows: int, key: Any) -> Outputs | None:
+    def run(self, inputs: Inputs, rows: int, key: Any, pad: bool = True) -> Outputs | None:
         """The work over ``inputs``' ``rows`` rows from a graph, or None where none holds it (the caller computes
-        it eagerly)."""
+        it eagerly); without ``pad``, only from a graph of exactly that many rows."""
         size = next((size for size in self.sizes if size >= rows), None)
-        if size is None or (size, key) not in self._graphs:
+        if size is None or (size, key) not in self._graphs or (size != rows and not pad):
             return None
         static, outputs, graph = self._graphs[size, key]
         for field in dataclasses.fields(static):  # type: ignore[arg-type]

@@ -109,7 +109,7 @@ class ReferenceEngine(RuntimeEngine):
             sentence = next(plan, None)
             while sentence is not None:
                 pieces: list[np.ndarray] = []
-                said = SpanAudio(sentence, self.info.sample_rate)
+                said = SpanAudio(sentence, self.info.sample_rate, self.runtime.seam_samples)
                 for piece in self._sentence(sentence, request, grouping):
                     pieces.append(piece)
                     if len(out := said.feed(piece)):

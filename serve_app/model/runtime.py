@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.audio.stretch import check_speed
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest
 from serve_app.model import adapters, capabilities, inputs, plan
@@ -37,6 +38,7 @@ from serve_app.text.sentences import split_sentences
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
+MAX_PAUSE_S = 10.0  # a span's pause: SSML's longest break (W3C leaves it open; the big services cap it at 10 s)
 TOKENIZED_TEXTS = 256  # texts whose tokens a replica keeps (a sentence is tokenized 7 times as it starts)
 
 
@@ -160,10 +162,19 @@ class VoxCPMRuntime:
         return plan.utterance(request, parts, self.info, lambda own: self.prompts.encode(own, None, denoise=False))
 
     def _part(self, request: SynthesisRequest, span: Span) -> plan.Part:
-        """A span as the plan takes it: in its own saved voice or the request's, its sentences split by the one
-        rule (``text/sentences.py``; a sentence the WebSocket cut is not cut again) and cleaned, its voice
-        encoded. A designed voice brings its description where the request has none, so that it stays one
-        speaker."""
+        """A span as the plan takes it: its sentences split by the one rule (``text/sentences.py``; a sentence the
+        WebSocket cut is not cut again) and cleaned, in its own saved voice or the request's, checked against
+        what this model can do and encoded (a span with nothing to say is only its pause). A designed voice
+        brings its description where the request has none, so that it stays one speaker. Its rate and pause are
+        checked here too, before any audio: markup names them in ``text``."""
+        check_speed(span.speed, "text")
+        if not 0 <= span.pause_after <= MAX_PAUSE_S:
+            raise BadRequest(f"a pause must be 0 to {MAX_PAUSE_S:g} seconds (got {span.pause_after:g})", "text")
+        pause = round(span.pause_after * self.info.sample_rate)
+        texts = [span.text] if request.one_sentence else split_sentences(span.text)
+        cleaned = (self._clean_text(text, request.normalize) for text in texts)
+        if not (sentences := [sentence for sentence in cleaned if self.speaks(sentence)]):
+            return plan.Part([], None, None, pause_after=pause)
         voiced = (
             request
             if span.voice is None
@@ -173,14 +184,12 @@ class VoxCPMRuntime:
             voiced = dataclasses.replace(voiced, instructions=voiced.voice.description)
         capabilities.check(self.info, voiced)
         recorded = voiced.prompt or voiced.voice or voiced.reference
-        texts = [span.text] if request.one_sentence else split_sentences(span.text)
-        cleaned = (self._clean_text(text, request.normalize) for text in texts)
         return plan.Part(
-            sentences=[sentence for sentence in cleaned if self.speaks(sentence)],
+            sentences=sentences,
             prompt=self.prompts.encoded(voiced) if recorded else None,
             instructions=voiced.instructions,
             speed=span.speed,
-            pause_after=round(span.pause_after * self.info.sample_rate),
+            pause_after=pause,
         )
 
     def generation(

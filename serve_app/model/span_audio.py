@@ -18,17 +18,29 @@ from serve_app.model.plan import Sentence
 
 class SpanAudio:
     """One sentence's audio on its way out: ``feed`` its pieces, ``finish`` at its end (the stretcher's tail
-    and the pause)."""
+    and the pause). A stretched sentence's first audio is held until it is at least ``seam`` samples long: the
+    stretcher's first output after its start-up can be a few dozen samples, too short to crossfade the seam
+    with the sentence before (``audio/seams.py`` would join them without a fade)."""
 
-    def __init__(self, sentence: Sentence, sample_rate: int) -> None:
+    def __init__(self, sentence: Sentence, sample_rate: int, seam: int = 0) -> None:
         self._stretch = stretcher(sentence.speed, sample_rate)
         self._pause = sentence.pause_after
+        self._first: np.ndarray | None = np.zeros(0, dtype=np.float32) if sentence.speed != 1.0 else None
+        self._seam = seam
 
     def feed(self, piece: np.ndarray) -> np.ndarray:
-        return self._stretch.feed(piece)
+        out = self._stretch.feed(piece)
+        if self._first is None:
+            return out
+        self._first = np.concatenate([self._first, out])
+        if len(self._first) < self._seam:
+            return np.zeros(0, dtype=np.float32)
+        out, self._first = self._first, None
+        return out
 
     def finish(self) -> np.ndarray:
-        return np.concatenate([self._stretch.finish(), np.zeros(self._pause, dtype=np.float32)])
+        held = np.zeros(0, dtype=np.float32) if self._first is None else self._first
+        return np.concatenate([held, self._stretch.finish(), np.zeros(self._pause, dtype=np.float32)])
 
     def whole(self, audio: np.ndarray) -> np.ndarray:
         """A sentence generated whole, as it is sent."""

@@ -42,7 +42,8 @@ class SynthesisRequest:
     """One utterance to synthesize; field meanings and defaults follow the seed API.
 
     Its text is a list of spans: ``spans``, or when there are none (every route's request today), ``text`` as
-    one span in the request's voice. Given spans, ``text`` is their texts joined (for limits and logs).
+    one span in the request's voice. Given spans, ``text`` is their texts joined (for limits and logs), so a copy
+    with other spans is made with ``text=""`` beside them (``dataclasses.replace`` refuses a text that is not).
     """
 
     text: str = ""

@@ -34,3 +34,18 @@ def test_graphs_are_captured_for_a_few_batch_sizes_and_a_call_takes_the_smallest
     assert output is not None and output.values.tolist() == [2.0, 4.0, 6.0]
     assert seen[-1][0].tolist() == [1.0, 2.0, 3.0, 0.0] and seen[-1][1] == 2  # padded to 4 with zeros
     assert graphs.run(Rows(torch.ones(97)), 97, 1) is None and graphs.run(Rows(torch.ones(3)), 3, 5) is None
+
+
+def test_a_call_that_may_not_pad_takes_only_a_graph_of_its_own_size() -> None:
+    """A step over some of the slots held (live rows below background ones) must not pad into the others."""
+
+    @dataclasses.dataclass
+    class Rows:
+        values: torch.Tensor
+
+        def first(self, rows: int) -> Rows:
+            return Rows(self.values[:rows].clone())
+
+    graphs = PaddedGraphs("test", lambda inputs, key: inputs, lambda rows: Rows(torch.zeros(rows)), 8, [1], False)
+    assert graphs.run(Rows(torch.ones(3)), 3, 1, pad=False) is None
+    assert graphs.run(Rows(torch.ones(4)), 4, 1, pad=False) is not None

@@ -234,7 +234,8 @@ class BatchedEngine(RuntimeEngine):
         queued)."""
         sequences = self.scheduler.running[first:end]
         try:
-            return Launched(sequences, first, self.runner.step([sequence.row() for sequence in sequences], first))
+            rows, held = [sequence.row() for sequence in sequences], len(self.scheduler.running)
+            return Launched(sequences, first, self.runner.step(rows, first, held=held))
         except Exception as exc:  # a failure of the shared step fails its rows, not the replica
             logger.exception("batched step failed for %d requests", len(sequences))
             self._fail_all(sequences, exc)

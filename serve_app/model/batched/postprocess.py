@@ -82,7 +82,7 @@ class Postprocessor:
         if not sequence.streaming:
             return
         if sequence.said is None:
-            sequence.said = SpanAudio(sequence.sentence, self.runtime.info.sample_rate)  # type: ignore[arg-type]
+            sequence.said = SpanAudio(sequence.sentence, self.runtime.info.sample_rate, self.runtime.seam_samples)  # type: ignore[arg-type]
         out = sequence.said.feed(piece)
         if last:
             out, sequence.said = np.concatenate([out, sequence.said.finish()]), None

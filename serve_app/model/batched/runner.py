@@ -139,16 +139,18 @@ class StepRunner:
         self.hidden.swap(one, other)
 
     @torch.inference_mode()
-    def step(self, rows: list[Row], first: int = 0) -> StepOutput:
+    def step(self, rows: list[Row], first: int = 0, held: int = 0) -> StepOutput:
         """One generation step for the rows in slots ``first``.. (one loop iteration of voxcpm's ``_inference``):
-        the whole batch from slot 0, or the requests that just joined it, at its end; their slots' hidden state
-        is the step's afterwards. Steps with adapters run eagerly (a graph replays the base model's)."""
-        output = self._step(rows, first)
+        the whole batch from slot 0, the live rows below background ones (``held``: the slots the batch holds,
+        which a graph's padding must not write), or the requests that just joined it, at its end; their slots'
+        hidden state is the step's afterwards. Steps with adapters run eagerly (a graph replays the base
+        model's)."""
+        output = self._step(rows, first, held)
         written = HiddenRows(output.lm_hidden, output.residual_hidden, output.patches)
         self.hidden.write(slice(first, first + len(rows)), written)
         return output
 
-    def _step(self, rows: list[Row], first: int) -> StepOutput:
+    def _step(self, rows: list[Row], first: int, held: int) -> StepOutput:
         inputs = self._inputs(rows, first)
         written = [row.position for row in rows]
         self.base_kv.writing(written, first)
@@ -160,7 +162,8 @@ class StepRunner:
         adapters = [row.adapter for row in rows]
         base = all(adapter is None for adapter in adapters)
         if self.graphs is not None and first == 0 and base and groups.keys() == {self._graph_timesteps}:
-            if (replayed := self.graphs.run(inputs, len(rows), self.span(filled, GRAPH_SPAN_STEP))) is not None:
+            key, pad = self.span(filled, GRAPH_SPAN_STEP), held <= len(rows)
+            if (replayed := self.graphs.run(inputs, len(rows), key, pad)) is not None:
                 return replayed
         return self.compute(inputs, groups, self.span(filled, ATTENDED_POSITIONS_STEP), first, adapters)
 

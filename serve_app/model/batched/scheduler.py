@@ -99,7 +99,8 @@ class Scheduler:
 
     def holding(self) -> list[Sequence]:
         """Every request not yet finished, waiting or running."""
-        return [sequence for sequence in (*self.waiting, *self.running) if sequence.status is not Status.FINISHED]
+        held = (sequence for sequence in (*self.waiting, *self.running) if sequence.status is not Status.FINISHED)
+        return list(dict.fromkeys(held))  # one that gave its slot up is in both until the step is over
 
     def cancelled(self) -> list[Sequence]:
         """The requests whose consumers have gone: retired between steps."""

@@ -79,11 +79,11 @@ def counted_steps(
     batch_running = threading.Event()
     step = batched.runner.step
 
-    def counted(rows: list, first: int = 0) -> object:
+    def counted(rows: list, first: int = 0, **options: int) -> object:
         steps.append((len(rows), first))
         if first == 0 and len(rows) == running:
             batch_running.set()
-        return step(rows, first)
+        return step(rows, first, **options)
 
     monkeypatch.setattr(batched.runner, "step", counted)
     return steps, batch_running

@@ -101,8 +101,8 @@ def test_steps_as_cuda_graphs_run_them_give_the_reference_audio_bit_for_bit(engi
     calls: dict[str, list] = {"step": [], "run": [], "decode": []}
 
     def counted(name: str, method: Callable) -> Callable:
-        def call(*arguments: object) -> object:
-            calls[name].append(output := method(*arguments))
+        def call(*arguments: object, **options: object) -> object:
+            calls[name].append(output := method(*arguments, **options))
             return output
 
         return call

@@ -103,8 +103,8 @@ def test_a_stream_arriving_during_the_batch_model_call_is_heard_before_the_batch
         while batched._inbox.empty() and len(batched.scheduler.running) == count and time.monotonic() < deadline:
             time.sleep(0.001)
 
-    def stepped(rows: list, first: int = 0) -> object:
-        output = step(rows, first)
+    def stepped(rows: list, first: int = 0, **options: int) -> object:
+        output = step(rows, first, **options)
         if events or (first == 0 and len(rows) == 2):  # both streams run: record from here
             events.append(f"model call: {len(rows)} rows from slot {first}")
         if events == ["model call: 2 rows from slot 0"]:  # meanwhile the first one leaves, a third arrives

@@ -19,7 +19,8 @@ TEXT_TOKENS = 4  # every sentence's, in this runtime: retry_badcase retries past
 
 
 def _sentence(streaming: bool, min_len: int = 2, max_len: int = 100) -> tuple[Postprocessor, Sequence]:
-    runtime = SimpleNamespace(v2=True, text_tokens=lambda text: TEXT_TOKENS, info=SimpleNamespace(sample_rate=16000))
+    info = SimpleNamespace(sample_rate=16000)
+    runtime = SimpleNamespace(v2=True, text_tokens=lambda text: TEXT_TOKENS, info=info, seam_samples=0)
     sequence = make_sequence("one sentence", streaming)
     sequence.sentence = Sentence("one sentence", None, min_len, max_len)
     sequence.inputs = SimpleNamespace(min_len=min_len, max_len=max_len, context_patches=0)  # type: ignore[assignment]

@@ -65,11 +65,11 @@ def test_background_rows_skip_steps_while_the_live_ones_need_the_time(
     _, jobs_running = counted_steps(batched, monkeypatch, running=2)
     step, paused = batched.runner.step, []
 
-    def logged(rows: list, first: int = 0) -> object:
+    def logged(rows: list, first: int = 0, **options: int) -> object:
         running = batched.scheduler.running
         if first == 0 and len(rows) < len(running):
             paused.append([sequence.request.priority for sequence in running[len(rows) :]])
-        return step(rows, first)
+        return step(rows, first, **options)
 
     monkeypatch.setattr(batched.runner, "step", logged)
     results = together(batched, requests, stagger_s=0, gate=(2, jobs_running))
@@ -77,4 +77,22 @@ def test_background_rows_skip_steps_while_the_live_ones_need_the_time(
     for want, got in zip(expected, results, strict=True):
         assert np.array_equal(got, want)
     assert paused and all(left == ["background", "background"] for left in paused), paused  # the jobs' rows, left out
+    assert idle(batched)
+
+
+def test_a_step_that_leaves_background_rows_out_pads_no_graph_over_their_slots(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three live rows below a background one, steps from CUDA graphs (emulated on CPU): the graph for four rows
+    would pad into the background row's slot, so those steps run eagerly, and every request stays exact."""
+    reference, batched, _ = engines
+    monkeypatch.setattr(scheduler, "LIVE_STEP_SHARE", 0.0)
+    monkeypatch.setattr(batched.runner, "graphs", None)  # restored after the test
+    batched.runner.use_graphs(SynthesisRequest.inference_timesteps, capture=False)
+    requests = [JOBS[0], *LIVE[:3]]
+    expected = [alone(reference, request) for request in requests]
+    _, job_running = counted_steps(batched, monkeypatch, running=1)
+    results = together(batched, requests, stagger_s=0, gate=(1, job_running))
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
     assert idle(batched)

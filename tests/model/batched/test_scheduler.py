@@ -190,3 +190,14 @@ def test_live_requests_are_kept_below_background_ones_and_a_slow_batch_steps_the
     assert scheduler.step_rows() == 4  # steps within the budget: every row
     scheduler.stepped(0.1 / STEP_TIME_SMOOTHING)
     assert scheduler.step_rows() == 2  # too slow for the live streams: theirs alone
+
+
+def test_a_request_that_gave_its_slot_up_is_held_once() -> None:
+    scheduler = Scheduler(max_batch_size=1)
+    job, live = make_sequence("job", priority="background"), make_sequence("live")
+    scheduler.add(job)
+    scheduler.admit()
+    scheduler.add(live)
+    scheduler.start_sentence(job, may_yield=True)  # in the queue again, in its slot until the step is over
+    assert job in scheduler.waiting and job in scheduler.running
+    assert scheduler.holding() == [live, job]

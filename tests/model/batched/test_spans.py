@@ -5,7 +5,9 @@ stretches its audio alone, and a span in a saved voice speaks with that voice's 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from serve_app.errors import BadRequest
 from serve_app.model.engine import joined
 from serve_app.model.plan import Spoken
 from serve_app.model.types import SegmentEnd, Span, SynthesisRequest
@@ -97,3 +99,11 @@ def test_a_span_in_a_saved_voice_speaks_with_it(engines: tuple) -> None:
     second = plan.send(Spoken(joined(reference.generate(SynthesisRequest(text=FIRST, **SETTINGS), True)), 10))
     assert second.prompt is reference.runtime.prompts.encoded(in_voice)
     plan.close()
+
+
+def test_a_span_rate_or_pause_out_of_range_is_refused_before_any_audio(engines: tuple) -> None:
+    reference = engines[0]
+    for span in (Span(FIRST, speed=5.0), Span(FIRST, pause_after=-1.0), Span(FIRST, pause_after=60.0)):
+        with pytest.raises(BadRequest) as refused:
+            next(reference.runtime.utterance(SynthesisRequest(spans=(span,), **SETTINGS)))
+        assert refused.value.field == "text"
