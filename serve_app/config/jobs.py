@@ -18,13 +18,13 @@ class JobPauses(Strict):
 class JobsConfig(Strict):
     """What a job may ask for and how the service renders it."""
 
-    jobs_dir: str = Field(
-        "voices/jobs",
-        description="Where jobs live (specs, progress, audio): durable storage every ingress replica and the job "
-        "runner see, like voices_dir.",
-    )
     max_document_chars: PositiveInt = Field(1_000_000, description="A document's length: 413 naming `document`.")
     max_items: PositiveInt = Field(10_000, description="Items in one job: 413 naming `items`.")
+    max_body_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="The largest `POST /api/jobs` body (JSON); the item texts are each capped by "
+        "limits.max_text_chars as a request's.",
+    )
     chunk_chars: int = Field(
         600,
         ge=1,
@@ -33,6 +33,19 @@ class JobsConfig(Strict):
         "sentence each), each anchored on the job's voice.",
     )
     pauses: JobPauses = JobPauses()
+    replica_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="The share of each model replica's batch (max_batch_size; 1 for engine: voxcpm) the job runner "
+        "keeps in flight, at least one request per replica: the rest of the replica's slots stay free for live "
+        "requests.",
+    )
     retention_s: float = Field(
         7 * 24 * 3600, gt=0, description="A job's text and results are removed this long after it was submitted."
+    )
+    attempts: PositiveInt = Field(
+        3,
+        description="Tries of an item whose model replica failed (not one the model refused: that fails at once) "
+        "before it is reported failed.",
     )

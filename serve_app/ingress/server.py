@@ -11,14 +11,16 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import faults
 from serve_app.config import AppConfig
-from serve_app.ingress import adapters, console, forms, openai, playground, status, tts, voices, ws
+from serve_app.ingress import adapters, console, forms, jobs, openai, playground, status, tts, voices, ws
 from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.error_responses import install_error_handlers
+from serve_app.ingress.job_requests import JobBuilder
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.store.adapter_store import AdapterStore, declared
+from serve_app.store.job_store import JobStore
 from serve_app.store.voice_store import VoiceStore
 from serve_app.timing.aligner import Aligner
 
@@ -41,6 +43,7 @@ def create_app() -> FastAPI:
     app.include_router(ws.router)
     app.include_router(voices.router)
     app.include_router(adapters.router)
+    app.include_router(jobs.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.assets, name="playground")
     app.include_router(status.router)
@@ -64,7 +67,13 @@ fastapi_app = create_app()
 )
 @serve.ingress(fastapi_app)
 class TTSIngress:
-    def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        status_board: DeploymentHandle,
+        job_runner: DeploymentHandle,
+        config: AppConfig,
+    ) -> None:
         self.config = config  # read by the edge middleware (rate limits, caps, CORS, body cap)
         self.keyring = Keyring(config.access)  # the keys and their tenants, from the config and the environment
         console.announce_access(self.keyring)
@@ -75,6 +84,8 @@ class TTSIngress:
         voices.recover()  # what a crash of any replica left in the shared stores
         adapter_store.recover()
         self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
+        job_store = JobStore(config.jobs_dir)
+        self.jobs = jobs.JobDesk(JobBuilder(self.requests, job_store, config), job_store, job_runner)
         self.aligner = Aligner.load(config.aligner) if config.aligner is not None else None
         self.reports = ReplicaReports(status_board)
         announcing = console.announce_when_ready(self.reports, self.models.model_names)

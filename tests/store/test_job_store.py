@@ -33,7 +33,7 @@ def test_a_job_is_its_owner_s_and_its_progress_is_its_results(tmp_path: Path) ->
     store.item_failed(job, 0, "bad_request", "text has nothing to speak")
     assert path.read_bytes() == b"RIFF" and store.item_audio(job, 1) == path and store.item_audio(job, 2) is None
     again = JobStore(tmp_path).progress(job)  # another replica, or after a restart: the same
-    assert again.done == {1: {"seconds": 1.5, "file": "1.wav"}} and again.failed[0]["code"] == "bad_request"
+    assert again.done == {1: {"seconds": 1.5, "file": "1.wav", "bytes": 4}} and again.failed[0]["code"] == "bad_request"
     assert again.pending(3) == [2]
     store.item_done(job, 2, b"RIFF", "wav", {"seconds": 0.5})
     assert store.progress(job).status(3) == "failed" and store.unfinished() == []  # finished, one item failed
