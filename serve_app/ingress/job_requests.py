@@ -62,17 +62,18 @@ class JobBuilder:
                 return
             unfinished = [job for job in ours if self._store.progress(job).status(job.items_total) in _UNFINISHED]
             if quota.jobs is not None and len(unfinished) >= quota.jobs:
-                raise QuotaExceeded(f"your tenant has {len(unfinished)} unfinished jobs, its quota", "jobs")
+                raise QuotaExceeded(f"your tenant has {len(unfinished)} unfinished jobs, its quota", "quotas.jobs")
             queued = sum(job.chars for job in unfinished) + chars
             if quota.job_chars is not None and queued > quota.job_chars:
                 raise QuotaExceeded(
                     f"your tenant's unfinished jobs would hold {queued} characters; its quota is {quota.job_chars}",
-                    "job_chars",
+                    "quotas.job_chars",
                 )
             stored = sum(self._store.stored_bytes(job) for job in ours)
             if quota.job_bytes is not None and stored >= quota.job_bytes:
                 raise QuotaExceeded(
-                    f"your tenant's jobs keep {stored} bytes of audio, its quota: delete finished jobs", "job_bytes"
+                    f"your tenant's jobs keep {stored} bytes of audio, its quota: delete finished jobs",
+                    "quotas.job_bytes",
                 )
 
         kind = "document" if body.document is not None else "items"
@@ -109,7 +110,8 @@ class JobBuilder:
         items = []
         for index, item in enumerate(body.items):
             self._requests.check_text_length(item.text, f"items[{index}].text")
-            settings = await self._settings(item.settings(body.defaults), model, caller, f"items[{index}]", resolved)
+            where = f"items[{index}]" if "voice_id" in item.model_fields_set else "defaults"  # where a name came from
+            settings = await self._settings(item.settings(body.defaults), model, caller, where, resolved)
             items.append({"id": item.id, "text": item.text, "settings": settings})
         return items
 

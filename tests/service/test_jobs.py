@@ -18,7 +18,7 @@ import pytest
 import ray
 import requests
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, wait_until
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, run, wait_until
 
 ALICE, BOB = "alice-jobs-key", "bob-jobs-key"
 SETTINGS = {"max_len": 6, "min_len": 6, "seed": 7, "inference_timesteps": 2}  # every sentence 6 steps long
@@ -157,7 +157,7 @@ def test_tenants_quotas_limits_and_idempotency(tenants_url: str) -> None:
     }
     second = submit(tenants_url, slow, ALICE)
     over = submit(tenants_url, slow, ALICE)
-    assert second.status_code == 202 and over.status_code == 403 and error_of(over)["field"] == "jobs"
+    assert second.status_code == 202 and over.status_code == 403 and error_of(over)["field"] == "quotas.jobs"
     too_many = submit(tenants_url, {"items": [{"text": "一。"}] * 5}, BOB)
     assert too_many.status_code == 413 and error_of(too_many)["field"] == "items"
     early = requests.get(f"{tenants_url}/api/jobs/{job_id}/items/0", headers=bearer(ALICE))
@@ -187,3 +187,26 @@ def test_a_killed_runner_resumes_every_job_with_no_item_lost(tenants_url: str) -
         assert audio.status_code == 200 and (len(audio.content) - 44) % (TINY_V15_STEP_FRAMES * 2) == 0
         sizes.add(len(audio.content))
     assert len(sizes) == 1 and sizes.pop() > 44  # texts of one length: as many steps each
+
+
+def test_the_command_submits_waits_and_fetches(url: str, tmp_path: Path) -> None:
+    book = tmp_path / "book.md"
+    book.write_text("# 一\n\n第一句。\n", encoding="utf-8")
+    submitted = run(url, "jobs", "submit", str(book), "--seed", "3", "--max-len", "6", "--timestamps", "word")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    waited = run(url, "jobs", "wait", job_id)
+    assert waited.returncode == 0 and waited.stdout.startswith("succeeded"), waited.stderr
+    fetched = run(url, "jobs", "fetch", job_id, "-o", str(tmp_path / "out"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["document.wav", "manifest.jsonl"]
+    assert job_id in run(url, "jobs", "list").stdout
+    assert json.loads(run(url, "jobs", "status", job_id).stdout)["status"] == "succeeded"
+    items = tmp_path / "items.jsonl"
+    items.write_text('"第一句。"\n{"id": "b", "text": "第二句。"}\n', encoding="utf-8")
+    listed = run(url, "jobs", "submit", "--items", str(items), "--max-len", "4000")
+    assert listed.returncode == 0, listed.stderr
+    assert run(url, "jobs", "cancel", listed.stdout.strip()).returncode == 0
+    assert json.loads(run(url, "jobs", "status", listed.stdout.strip()).stdout)["status"] == "cancelled"
+    refused = run(url, "jobs", "submit", "--items", str(tmp_path / "missing.jsonl"))
+    assert refused.returncode == 2
