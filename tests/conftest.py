@@ -122,7 +122,8 @@ def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Call
 def stores(checkpoints: Path) -> dict[str, str]:
     """The session's stores (voices, adapters, jobs), shared by every app it deploys."""
     root = checkpoints.parent
-    return {"voices_dir": str(root / "voices"), "adapters_dir": str(root / "adapters"), "jobs_dir": str(root / "jobs")}
+    dirs = ("voices", "adapters", "jobs", "usage")
+    return {f"{name}_dir": str(root / name) for name in dirs}
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,11 @@ class AppConfig(Strict):
         description="Where background jobs live (what was asked, progress, audio); like voices_dir, every ingress "
         "replica and the job runner must see it.",
     )
+    usage_dir: str = Field(
+        "usage",
+        description="Where each replica writes the usage it counted, per tenant and day (GET /api/usage); every "
+        "ingress replica and the job runner must see it, like voices_dir.",
+    )
     aligner: AlignerConfig | None = Field(
         None,
         description="A forced aligner for word timestamps, run by the ingress (source: aligned); none: word times "

@@ -196,6 +196,11 @@ def _status(store: JobStore, job: Job, with_errors: bool) -> dict[str, Any]:
         "created": job.created,
         "characters": job.chars,
     }
+    described["usage"] = {
+        "characters": job.chars,
+        "audio_seconds": described["audio_seconds"],
+        "items": described["items_done"],
+    }
     if with_errors:
         spec = store.spec(job) if job.kind == "items" and progress.failed else None
         described["errors"] = [

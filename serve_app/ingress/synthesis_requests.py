@@ -69,6 +69,7 @@ class RequestBuilder:
         output = await self.output(model, form.format, form.sample_rate, trace, form.speed)
         self.check_text_length(form.text, "text")
         self.check_text_length(form.prompt_text or "", "prompt_text")
+        trace.characters = len(form.text)
         await self._client.require(
             model, {"instructions": form.instructions, "reference_audio": reference_audio or None}
         )
@@ -92,6 +93,7 @@ class RequestBuilder:
             raise BadRequest("timestamps come as events of an SSE stream: set stream_format to sse", "timestamps")
         model = served_model(body.model, self._client)
         self.check_text_length(body.input, "input")
+        trace.characters = len(body.input)
         rate = body.sample_rate or (OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None)
         output = await self.output(model, body.response_format, rate, trace, body.speed)
         instructions, ignored = await self._openai_instructions(body, output.model, config.strict)

@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app import metrics
 from serve_app.config import AppConfig
 from serve_app.errors import ServiceError
 from serve_app.jobs.queue import JobQueue, QueuedJob
@@ -31,6 +32,7 @@ from serve_app.model.remote_errors import model_errors
 from serve_app.model.types import ModelInfo, PromptAudio, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore, declared
 from serve_app.store.job_store import Job, JobStore
+from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 
 logger = logging.getLogger("ray.serve")
@@ -69,7 +71,11 @@ class JobRunner:
         self._tasks: dict[tuple[str, int], asyncio.Task] = {}
         self._swept = 0.0
         self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop().create_task(self._run())
+        self._usage = UsageLedger(config.usage_dir, f"jobs-{serve.get_replica_context().replica_id.unique_id}")
+        metrics.usage().sink = self._usage.add
+        loop = asyncio.get_running_loop()
+        self._usage_flushed = loop.create_task(keep_flushed(self._usage))
+        self._loop = loop.create_task(self._run())
 
     async def changed(self) -> None:
         """An ingress accepted, cancelled or deleted a job: look now rather than at the next poll."""
@@ -87,6 +93,11 @@ class JobRunner:
         """Serve's probe: the loop that starts items still runs."""
         if self._loop.done():
             raise RuntimeError("the job runner's loop stopped")
+
+    def __del__(self) -> None:
+        """As Serve stops the replica: the usage counted since the last write, written."""
+        with contextlib.suppress(OSError, AttributeError):
+            self._usage.flush()
 
     async def _run(self) -> None:
         while True:
@@ -188,6 +199,7 @@ class JobRunner:
         audio_format = "flac" if job.kind == "document" else spec["output"]["format"]
         facts = {**rendered.facts, "rendered_at": time.time()}
         await asyncio.to_thread(self._store.item_done, job, index, rendered.audio, audio_format, facts)
+        metrics.usage().record(job.owner, "job", len(request.text), rendered.facts["seconds"])
 
     async def _generate(self, model: str, request: SynthesisRequest) -> tuple[np.ndarray, list[SegmentEnd]]:
         """The model's audio for the request, and where each sentence ends in it."""

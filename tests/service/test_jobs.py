@@ -18,9 +18,9 @@ import pytest
 import ray
 import requests
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, run, wait_until
+from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, run, scrape, total, wait_until
 
-ALICE, BOB = "alice-jobs-key", "bob-jobs-key"
+ALICE, BOB, METER = "alice-jobs-key", "bob-jobs-key", "meter-jobs-key"  # meter: the usage test's alone
 SETTINGS = {"max_len": 6, "min_len": 6, "seed": 7, "inference_timesteps": 2}  # every sentence 6 steps long
 
 
@@ -57,7 +57,7 @@ def tenants_url(service: Service, checkpoints: Path, jobs_dir: Path) -> Iterator
     """A deployment of its own: two tenants, a quota of two unfinished jobs each, at most four items a job, a
     document's every sentence a chunk of its own (so that each has the step budget: synthetic weights never stop)."""
     args = {
-        "access": {"api_keys": [f"alice={ALICE}", f"bob={BOB}"], "quotas": {"jobs": 2}},
+        "access": {"api_keys": [f"alice={ALICE}", f"bob={BOB}", f"meter={METER}"], "quotas": {"jobs": 2}},
         "jobs": {"max_items": 4, "chunk_chars": 1},
         "jobs_dir": str(jobs_dir),
     }
@@ -210,3 +210,44 @@ def test_the_command_submits_waits_and_fetches(url: str, tmp_path: Path) -> None
     assert json.loads(run(url, "jobs", "status", listed.stdout.strip()).stdout)["status"] == "cancelled"
     refused = run(url, "jobs", "submit", "--items", str(tmp_path / "missing.jsonl"))
     assert refused.returncode == 2
+
+
+def usage_of(url: str, key: str, **query: str | int) -> dict:
+    """Today's usage of the key's tenant."""
+    response = requests.get(f"{url}/api/usage", params=query, headers=bearer(key))
+    assert response.status_code == 200, response.text
+    days = response.json()["usage"]
+    return days[0] if days else {"requests": 0, "characters": 0, "audio_seconds": 0.0, "job_items": 0}
+
+
+def test_usage_is_counted_per_tenant_for_requests_and_jobs(tenants_url: str) -> None:
+    spoken = requests.post(f"{tenants_url}/api/tts", data={"text": "四个字。", **SETTINGS}, headers=bearer(METER))
+    seconds = (len(spoken.content) - 44) / 2 / 44100
+    body = {"model": "tts-1", "input": "你好。", "voice": "alloy", "stream_format": "sse", "max_len": 6}
+    events = requests.post(f"{tenants_url}/v1/audio/speech", json=body, headers=bearer(METER)).text
+    done = json.loads(events.strip().split("data: ")[-1])
+    assert done["type"] == "speech.audio.done" and done["usage"]["characters"] == 3
+    assert done["usage"]["audio_seconds"] == pytest.approx(6 * TINY_V15_STEP_FRAMES / 44100, abs=1e-3)
+    job = submit(tenants_url, {"items": [{"text": "一二。"}, {"text": "三。"}], "defaults": SETTINGS}, METER).json()
+    status = finished(tenants_url, job["job_id"], METER)
+    assert status["usage"] == {"characters": 5, "audio_seconds": status["audio_seconds"], "items": 2}
+    expected = {"requests": 2, "characters": 4 + 3 + 5, "job_items": 2}
+    audio_seconds = seconds + done["usage"]["audio_seconds"] + status["audio_seconds"]
+
+    def counted() -> bool:  # each replica (the ingress, the job runner) writes what it counted within seconds
+        today = usage_of(tenants_url, METER)
+        same = all(today[name] == value for name, value in expected.items())
+        return same and today["audio_seconds"] == pytest.approx(audio_seconds, abs=2e-3)
+
+    assert wait_until(counted, 30), usage_of(tenants_url, METER)
+
+    def exported() -> bool:  # and as Prometheus metrics, labelled by tenant and kind
+        samples = scrape()
+        requests_done = total(samples, "ray_voxcpm_tenant_requests_total", tenant="meter", kind="request")
+        return requests_done == 2 and total(samples, "ray_voxcpm_tenant_job_items_total", tenant="meter") == 2
+
+    assert wait_until(exported, 30)
+    refused = requests.get(f"{tenants_url}/api/usage", params={"tenant": "alice"}, headers=bearer(METER))
+    assert refused.status_code == 403 and error_of(refused)["field"] == "tenant"
+    mine = requests.get(f"{tenants_url}/api/usage", headers=bearer(METER)).json()["usage"]
+    assert {day["tenant"] for day in mine} == {"meter"}
