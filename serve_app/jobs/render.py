@@ -11,8 +11,9 @@ looked up here as its submitter would (a voice deleted since fails the item, nam
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +28,7 @@ from serve_app.store.adapter_store import Adapter, AdapterStore
 from serve_app.store.job_store import Job
 from serve_app.store.voice_store import Voice, VoiceStore
 
+Record = TypeVar("Record")
 CHUNK_FORMAT = "flac"  # how a document's chunks are kept
 ROUTE = "/api/jobs"  # the model replicas' metrics label for job work
 
@@ -115,18 +117,18 @@ def _anchor(samples: np.ndarray, ends: list[SegmentEnd], info: ModelInfo, instru
 
 
 def _voice(voice_id: str | None, job: Job, voices: VoiceStore) -> Voice | None:
-    if voice_id is None:
-        return None
-    try:
-        return voices.get(voice_id, job.principal())
-    except NotFound:
-        raise ItemFailed("voice_deleted", f"voice {voice_id!r} was deleted after the job was submitted") from None
+    return None if voice_id is None else _kept("voice", voice_id, lambda: voices.get(voice_id, job.principal()))
 
 
 def _adapter(adapter_id: str | None, job: Job, adapters: AdapterStore) -> Adapter | None:
-    if adapter_id is None:
-        return None
+    return (
+        None if adapter_id is None else _kept("adapter", adapter_id, lambda: adapters.get(adapter_id, job.principal()))
+    )
+
+
+def _kept(what: str, record_id: str, lookup: Callable[[], Record]) -> Record:
+    """A voice or adapter the job was submitted with, as its submitter sees it now; one deleted since fails the item."""
     try:
-        return adapters.get(adapter_id, job.principal())
+        return lookup()
     except NotFound:
-        raise ItemFailed("adapter_deleted", f"adapter {adapter_id!r} was deleted after the job was submitted") from None
+        raise ItemFailed(f"{what}_deleted", f"{what} {record_id!r} was deleted after the job was submitted") from None

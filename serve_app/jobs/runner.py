@@ -27,7 +27,7 @@ from serve_app import metrics
 from serve_app.config import AppConfig
 from serve_app.errors import ServiceError
 from serve_app.jobs.queue import JobQueue, QueuedJob
-from serve_app.jobs.render import ItemFailed, kept, needs_anchor, request_for
+from serve_app.jobs.render import CHUNK_FORMAT, ItemFailed, kept, needs_anchor, request_for
 from serve_app.model.remote_errors import model_errors
 from serve_app.model.types import ModelInfo, PromptAudio, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore, declared
@@ -196,10 +196,11 @@ class JobRunner:
         if (anchor := rendered.anchor) is not None:  # before chunk 0 counts as done: a restart finds it with it
             await asyncio.to_thread(self._store.save_anchor, job, anchor.samples, anchor.sample_rate, anchor.text)
             queued.anchored = True
-        audio_format = "flac" if job.kind == "document" else spec["output"]["format"]
+        audio_format = CHUNK_FORMAT if job.kind == "document" else spec["output"]["format"]
         facts = {**rendered.facts, "rendered_at": time.time()}
         await asyncio.to_thread(self._store.item_done, job, index, rendered.audio, audio_format, facts)
-        metrics.usage().record(job.owner, "job", len(request.text), rendered.facts["seconds"])
+        characters = sum(len(span.text) for span in request.spoken)  # as sent (a document's: its chunk's)
+        metrics.usage().record(job.owner, "job", characters, rendered.facts["seconds"])
 
     async def _generate(self, model: str, request: SynthesisRequest) -> tuple[np.ndarray, list[SegmentEnd]]:
         """The model's audio for the request, and where each sentence ends in it."""

@@ -54,11 +54,11 @@ def jobs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tenants_url(service: Service, checkpoints: Path, jobs_dir: Path) -> Iterator[str]:
-    """A deployment of its own: two tenants, a quota of two unfinished jobs each, at most four items a job, a
+    """A deployment of its own: two tenants, a quota of two unfinished jobs each, at most eight items a job, a
     document's every sentence a chunk of its own (so that each has the step budget: synthetic weights never stop)."""
     args = {
         "access": {"api_keys": [f"alice={ALICE}", f"bob={BOB}", f"meter={METER}"], "quotas": {"jobs": 2}},
-        "jobs": {"max_items": 4, "chunk_chars": 1},
+        "jobs": {"max_items": 8, "chunk_chars": 1},
         "jobs_dir": str(jobs_dir),
     }
     with extra_app(service, checkpoints, "jobs", args) as url:
@@ -158,7 +158,7 @@ def test_tenants_quotas_limits_and_idempotency(tenants_url: str) -> None:
     second = submit(tenants_url, slow, ALICE)
     over = submit(tenants_url, slow, ALICE)
     assert second.status_code == 202 and over.status_code == 403 and error_of(over)["field"] == "quotas.jobs"
-    too_many = submit(tenants_url, {"items": [{"text": "一。"}] * 5}, BOB)
+    too_many = submit(tenants_url, {"items": [{"text": "一。"}] * 9}, BOB)
     assert too_many.status_code == 413 and error_of(too_many)["field"] == "items"
     early = requests.get(f"{tenants_url}/api/jobs/{job_id}/items/0", headers=bearer(ALICE))
     assert early.status_code == 409 and error_of(early)["field"] == "index"
@@ -171,18 +171,25 @@ def test_tenants_quotas_limits_and_idempotency(tenants_url: str) -> None:
     assert submit(tenants_url, {"items": [{"text": "一。"}], "defaults": SETTINGS}, ALICE).status_code == 202
 
 
-def test_a_killed_runner_resumes_every_job_with_no_item_lost(tenants_url: str) -> None:
-    items = [{"text": f"第{n}句。"} for n in range(4)]
+def kill_replica(deployment: str) -> None:
+    """Kill the tenants app's replica of ``deployment``, as a crash would: Serve starts another."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    replica = next(name for name in names if name.startswith(f"SERVE_REPLICA::jobs#{deployment}#"))
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+
+
+@pytest.mark.parametrize("deployment", ["JobRunner", "VoxCPMModel"])
+def test_a_killed_replica_loses_no_item(tenants_url: str, deployment: str) -> None:
+    """The runner resumes from the store; items a dead model replica held are tried again."""
+    items = [{"text": f"第{n}句。"} for n in range(8)]  # twice what the runner keeps in flight: 4
     job = submit(tenants_url, {"items": items, "defaults": {**SETTINGS, "max_len": 60, "min_len": 60}}, BOB).json()
     status = lambda: requests.get(f"{tenants_url}/api/jobs/{job['job_id']}", headers=bearer(BOB)).json()  # noqa: E731
-    assert wait_until(lambda: status()["status"] == "running", 60)
-    runners = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#JobRunner#" in a["name"]]
-    runner = next(name for name in runners if name.startswith("SERVE_REPLICA::jobs#"))
-    ray.kill(ray.get_actor(runner, namespace="serve"), no_restart=True)  # Serve starts another
+    assert wait_until(lambda: status()["items_done"] > 0, 60)  # the next items are in flight now
+    kill_replica(deployment)
     done = finished(tenants_url, job["job_id"], BOB, timeout_s=180)
-    assert done["status"] == "succeeded" and done["items_done"] == 4
+    assert done["status"] == "succeeded" and done["items_done"] == 8
     sizes = set()
-    for index in range(4):  # each item's file whole (an item in flight when the runner died was rendered again)
+    for index in range(8):  # each item's file whole (an item in flight when the runner died was rendered again)
         audio = requests.get(f"{tenants_url}/api/jobs/{job['job_id']}/items/{index}", headers=bearer(BOB))
         assert audio.status_code == 200 and (len(audio.content) - 44) % (TINY_V15_STEP_FRAMES * 2) == 0
         sizes.add(len(audio.content))
