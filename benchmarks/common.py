@@ -261,24 +261,29 @@ def local_service(
     env: Mapping[str, str] | None = None,
     model_deployment: Mapping[str, Any] | None = None,
     metrics_port: int | None = None,
+    args_overrides: Mapping[str, Any] | None = None,
     **model_overrides: Any,
 ) -> Iterator[str]:
     """configs/local.yaml with its synthetic checkpoint, on a fresh local Ray cluster and a free loopback port;
     yields the base URL.
 
     ``env`` is set for the cluster's processes (Ray Serve reads its data-plane flags from there);
-    ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``;
+    ``model_deployment`` overrides the model's ``deployments:`` entry, ``model_overrides`` its ``args``,
+    ``args_overrides`` the app's ``args`` (the stores are this run's own, in a temporary directory);
     with ``metrics_port``, Ray's Prometheus endpoint is there, with samples at most a second old.
     """
     deployment = {"num_replicas": replicas, **(model_deployment or {})}
     # the synthetic checkpoint, as the tests use it: no wait on a model hub, the same model every run
     model_overrides = {"source": str(REPO / "checkpoints" / "tiny-voxcpm1.5"), **model_overrides}
     with environment({"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}):
-        yield from _local_service(deployment, model_overrides, metrics_port)
+        yield from _local_service(deployment, model_overrides, metrics_port, dict(args_overrides or {}))
 
 
 def _local_service(
-    model_deployment: dict[str, Any], model_overrides: dict[str, Any], metrics_port: int | None
+    model_deployment: dict[str, Any],
+    model_overrides: dict[str, Any],
+    metrics_port: int | None,
+    args_overrides: dict[str, Any],
 ) -> Iterator[str]:
     import ray
     from ray import serve
@@ -290,11 +295,12 @@ def _local_service(
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, **(metrics if metrics_port else {}))
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        with tempfile.TemporaryDirectory() as voices:  # saved voices of this run only
+        with tempfile.TemporaryDirectory() as stores:  # saved voices, jobs and usage of this run only
+            dirs = {f"{name}_dir": f"{stores}/{name}" for name in ("voices", "adapters", "jobs", "usage")}
             app, _ = from_config_file(
                 LOCAL_CONFIG,
                 deployment_overrides={"VoxCPMModel": model_deployment},
-                args_overrides={"voices_dir": voices},
+                args_overrides={**dirs, **args_overrides},
                 **model_overrides,
             )
             serve.run(app, name="voxcpm", route_prefix="/")

@@ -28,7 +28,11 @@ import requests
 import soundfile as sf
 from common import SEED_SENTENCE, local_service, png, save, table
 
-ROLES = {"ingress": ":TTSIngress", "model": ":VoxCPMModel"}  # in the title Ray gives each replica process
+ROLES = {
+    "ingress": ":TTSIngress",
+    "model": ":VoxCPMModel",
+    "runner": ":JobRunner",
+}  # in the title Ray gives each replica process
 
 
 def reference() -> bytes:

@@ -34,7 +34,9 @@ CONTAINER_LINES = [
     (
         r"^      model:$",
         "      voices_dir: /var/lib/voxcpm-serve/voices\n"
-        "      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n      model:",
+        "      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n"
+        "      jobs_dir: /var/lib/voxcpm-serve/voices/.jobs\n"
+        "      usage_dir: /var/lib/voxcpm-serve/voices/.usage\n      model:",
     ),
 ]
 EMBEDDED = re.compile(r"^(  serveConfigV2: \|\n)((?:    .*\n|\n)*)", re.MULTILINE)

@@ -3,7 +3,7 @@
 Ray Serve validates the config's ``args:`` against :class:`AppConfig` and calls
 :func:`build_app`; per-deployment resources (``num_gpus``, ``autoscaling_config``,
 ``max_ongoing_requests``) are set in the config's ``deployments:`` by deployment name
-(each model's ``deployment_name``, ``TTSIngress`` and ``StatusBoard``). No
+(each model's ``deployment_name``, ``TTSIngress``, ``StatusBoard`` and ``JobRunner``). No
 ``from __future__ import annotations`` here: Serve reads the builder's annotation at run time
 to validate ``args``.
 """
@@ -18,6 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
 from serve_app.ingress.server import TTSIngress
+from serve_app.jobs.runner import JobRunner
 from serve_app.model.deployment import VoxCPMDeployment
 from serve_app.model.status_board import StatusBoard
 
@@ -27,8 +28,9 @@ def build_app(args: AppConfig) -> Application:
 
 
 def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
-    """The graph: the ingress bound to one model deployment per model, and the status board the model
-    replicas report to and the ingress reads; with per-deployment options."""
+    """The graph: the ingress bound to one model deployment per model, the status board the model replicas
+    report to and the ingress reads, and the job runner (bound to the models and the board); with
+    per-deployment options."""
     options = deployment_options or {}
     board = StatusBoard.options(**options.get("StatusBoard", {})).bind()
     models = {
@@ -37,7 +39,8 @@ def compose(args: AppConfig, deployment_options: Mapping[str, Mapping[str, Any]]
         )
         for model in args.models
     }
-    return TTSIngress.options(**options.get("TTSIngress", {})).bind(models, board, args)
+    runner = JobRunner.options(**options.get("JobRunner", {})).bind(models, board, args)
+    return TTSIngress.options(**options.get("TTSIngress", {})).bind(models, board, runner, args)
 
 
 def from_config_file(
@@ -66,10 +69,13 @@ def from_config_file(
         options[name] = {**options.get(name, {}), **overrides}
     # As Serve does for a deployed config: every deployment inherits the app's runtime_env and logging.
     logging_config = app_schema.logging_config or schema.logging_config
-    for name in [*(model.deployment_name for model in config.models), "TTSIngress", "StatusBoard"]:
+    # (Options given replace a deployment's own ray_actor_options whole: start from its own, as Serve merges them.)
+    classes = {model.deployment_name: VoxCPMDeployment for model in config.models}
+    classes |= {"TTSIngress": TTSIngress, "StatusBoard": StatusBoard, "JobRunner": JobRunner}
+    for name, deployment_class in classes.items():
         deployment = options.setdefault(name, {})
         if app_schema.runtime_env:
-            actor = deployment.setdefault("ray_actor_options", {})
+            actor = deployment.setdefault("ray_actor_options", dict(deployment_class.ray_actor_options or {}))
             actor["runtime_env"] = {**app_schema.runtime_env, **(actor.get("runtime_env") or {})}
         if logging_config is not None:
             deployment.setdefault("logging_config", logging_config.model_dump())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -29,6 +30,8 @@ class RequestTrace:
     route: str
     started: float = field(default_factory=time.perf_counter)
     model: str = "none"
+    tenant: str = ""  # who asked (the configured tenants only: the edge authenticated them), for usage
+    characters: int = 0  # of text in, as sent
     first_audio_s: float | None = None  # after the start, once the first audio byte is out
     audio_seconds: float = 0.0  # sent, once complete
 
@@ -43,6 +46,33 @@ class RequestTrace:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+
+class UsageMetrics:
+    """What each tenant used: requests completed, characters in, audio seconds out, job items; ``kind``:
+    ``request`` (a live route's) or ``job``. Tenants are the configured ones (the keys' tenants), so the
+    labels are bounded. The same amounts go to the usage ledger (``store/usage_store.py``) through ``sink``,
+    which the replica that records them sets."""
+
+    def __init__(self) -> None:
+        tags = ("tenant", "kind")
+        self.requests = metrics.Counter("voxcpm_tenant_requests", description="Requests completed.", tag_keys=tags)
+        self.characters = metrics.Counter("voxcpm_tenant_characters", description="Text in.", tag_keys=tags)
+        self.audio_seconds = metrics.Counter(
+            "voxcpm_tenant_audio_seconds", description="Audio out, in seconds.", tag_keys=tags
+        )
+        self.job_items = metrics.Counter("voxcpm_tenant_job_items", description="Job items rendered.", tag_keys=tags)
+        self.sink: Callable[..., None] | None = None
+
+    def record(self, tenant: str, kind: str, characters: int, audio_seconds: float) -> None:
+        tags = {"tenant": tenant, "kind": kind}
+        job_items = 1 if kind == "job" else 0
+        (self.job_items if job_items else self.requests).inc(1, tags=tags)
+        self.characters.inc(characters, tags=tags)
+        self.audio_seconds.inc(audio_seconds, tags=tags)
+        if self.sink is not None:
+            amounts = {"characters": characters, "audio_seconds": audio_seconds}
+            self.sink(tenant, **amounts, **({"job_items": 1} if job_items else {"requests": 1}))
 
 
 class IngressMetrics:
@@ -113,6 +143,8 @@ class IngressMetrics:
         self.audio_seconds.inc(audio_seconds, tags=trace.tags)
         if audio_seconds > 0:
             self.real_time_factor.observe(elapsed / audio_seconds, tags=trace.tags)
+        if trace.tenant:
+            usage().record(trace.tenant, "request", trace.characters, audio_seconds)
 
     def failed(self, trace: RequestTrace, code: str) -> None:
         self.errors.inc(tags={**trace.tags, "code": code})
@@ -181,3 +213,8 @@ def ingress() -> IngressMetrics:
 @cache
 def model() -> ModelMetrics:
     return ModelMetrics()
+
+
+@cache
+def usage() -> UsageMetrics:
+    return UsageMetrics()

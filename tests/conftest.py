@@ -119,6 +119,13 @@ def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Call
         engine.close()
 
 
+def stores(checkpoints: Path) -> dict[str, str]:
+    """The session's stores (voices, adapters, jobs), shared by every app it deploys."""
+    root = checkpoints.parent
+    dirs = ("voices", "adapters", "jobs", "usage")
+    return {f"{name}_dir": str(root / name) for name in dirs}
+
+
 @pytest.fixture(scope="session")
 def service(checkpoints: Path) -> Iterator[Service]:
     import ray
@@ -139,7 +146,7 @@ def service(checkpoints: Path) -> Iterator[Service]:
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # one store of each, shared by both apps
-    voices = {"voices_dir": str(checkpoints.parent / "voices"), "adapters_dir": str(checkpoints.parent / "adapters")}
+    voices = stores(checkpoints)
     app, _ = from_config_file(LOCAL_CONFIG, args_overrides=voices, source=str(checkpoints / "tiny-voxcpm1.5"))
     serve.run(app, name="voxcpm", route_prefix="/")
     multi_app, _ = from_config_file(
@@ -177,8 +184,7 @@ def extra_app(
 
     from serve_app.app import from_config_file
 
-    stores = {"voices_dir": str(checkpoints.parent / "voices"), "adapters_dir": str(checkpoints.parent / "adapters")}
-    args = {**stores, **(args_overrides or {})}
+    args = {**stores(checkpoints), **(args_overrides or {})}
     model = {"source": str(checkpoints / "tiny-voxcpm1.5"), **model}
     app, _ = from_config_file(LOCAL_CONFIG, 0, deployments, args, **model)
     serve.run(app, name=app_name, route_prefix=f"/{app_name}")

@@ -26,8 +26,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "timing": {"config", "errors", "audio", "text", "hub"},
     "store": {"config", "errors"},
     "model": {"config", "errors", "faults", "metrics", "audio", "text", "store", "hub"},
-    "ingress": {"config", "errors", "faults", "metrics", "audio", "text", "store", "model", "timing"},
-    "app": {"config", "ingress", "model"},
+    "jobs": {"config", "errors", "metrics", "audio", "text", "store", "model", "timing"},
+    "ingress": {"config", "errors", "faults", "metrics", "audio", "text", "store", "model", "timing", "jobs"},
+    "app": {"config", "ingress", "model", "jobs"},
     "cli": set(),  # the client command: the service's public HTTP and WebSocket API only
 }
 

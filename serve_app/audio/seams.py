@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SEAM_SECONDS = 0.01  # the crossfade between pieces generated separately (sentences, a document's chunks)
+
 
 class Crossfader:
     def __init__(self, overlap: int) -> None:

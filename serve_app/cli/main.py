@@ -11,6 +11,9 @@
     voxcpm-serve adapters add my-voice lora_weights.safetensors     (a LoRA adapter from voxcpm's trainer)
     voxcpm-serve say "Fine-tuned." --adapter my-voice -o tuned.wav
     voxcpm-serve adapters list
+    voxcpm-serve jobs submit book.md --voice narrator --format mp3      (prints the job's id)
+    voxcpm-serve jobs wait JOB_ID && voxcpm-serve jobs fetch JOB_ID -o book/
+    voxcpm-serve jobs submit --items sentences.jsonl --seed 1 --timestamps word
     voxcpm-serve health
 
 The server is ``--url``, else $VOXCPM_SERVE_URL, else http://localhost:7861; its API key ``--api-key``, else
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import requests
 
+from serve_app.cli import manage_jobs
 from serve_app.cli.common import EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from serve_app.cli.manage_adapters import adapters
 from serve_app.cli.manage_voices import voices
@@ -113,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     drop.add_argument("adapter_ids", nargs="+")
     adapter.set_defaults(run=adapters)
 
+    manage_jobs.add_parser(commands, FORMATS)
     commands.add_parser("health", help="the service's state").set_defaults(run=health)
     return top
 

@@ -23,6 +23,7 @@ from serve_app.config.access import (
     TenantQuotas,
 )
 from serve_app.config.base import Strict
+from serve_app.config.jobs import JobsConfig
 from serve_app.config.models import LoRAShape, ModelConfig, SyntheticPreset
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "AccessConfig",
     "AlignerConfig",
     "AppConfig",
+    "JobsConfig",
     "LimitsConfig",
     "LoRAShape",
     "ModelConfig",
@@ -135,6 +137,17 @@ class AppConfig(Strict):
     adapters_dir: str = Field(
         "adapters",
         description="Where uploaded LoRA adapters live; like voices_dir, every ingress and model replica must see it.",
+    )
+    jobs: JobsConfig = JobsConfig()
+    jobs_dir: str = Field(
+        "jobs",
+        description="Where background jobs live (what was asked, progress, audio); like voices_dir, every ingress "
+        "replica and the job runner must see it.",
+    )
+    usage_dir: str = Field(
+        "usage",
+        description="Where each replica writes the usage it counted, per tenant and day (GET /api/usage); every "
+        "ingress replica and the job runner must see it, like voices_dir.",
     )
     aligner: AlignerConfig | None = Field(
         None,

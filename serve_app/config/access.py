@@ -98,6 +98,18 @@ class TenantQuotas(Strict):
     adapter_bytes: PositiveInt | None = Field(
         2 * 1024**3, description="Bytes of uploaded adapter weights per tenant; past it an upload is a 403."
     )
+    jobs: PositiveInt | None = Field(
+        10, description="Unfinished (queued or running) jobs per tenant; past it a submission is a 403."
+    )
+    job_chars: PositiveInt | None = Field(
+        5_000_000,
+        description="Characters of text in a tenant's unfinished jobs, the new one's included; past it a 403.",
+    )
+    job_bytes: PositiveInt | None = Field(
+        20 * 1024**3,
+        description="Bytes of finished job audio a tenant keeps (until its jobs are deleted or expire); at it a "
+        "submission is a 403, and a running job's next item fails with the quota named.",
+    )
 
 
 class AccessConfig(Strict):

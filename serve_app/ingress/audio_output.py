@@ -64,16 +64,20 @@ async def whole_timed(
             pieces.append(item)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     pieces.clear()  # the one copy left is ``samples``
-    return await whole(output, samples), segments
+    return await _encoded_whole(output, samples), segments  # counted by the model client, as a stream is
 
 
 async def whole(output: Output, samples: np.ndarray) -> bytes:
     """A whole utterance (at the model's rate) at ``output``'s speaking rate, in its format, counted."""
+    body = await _encoded_whole(output, samples)
+    metrics.ingress().first_byte(output.trace)
+    metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate / output.speed)
+    return body
+
+
+async def _encoded_whole(output: Output, samples: np.ndarray) -> bytes:
     if output.speed != 1.0:
         samples = await asyncio.to_thread(stretch, samples, output.speed, output.model.sample_rate)
-    body = await asyncio.to_thread(
+    return await asyncio.to_thread(
         codecs.encode_whole, output.format, samples, output.model.sample_rate, output.sample_rate
     )
-    metrics.ingress().first_byte(output.trace)
-    metrics.ingress().completed(output.trace, len(samples) / output.model.sample_rate)
-    return body

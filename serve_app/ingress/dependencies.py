@@ -51,9 +51,11 @@ def request_trace(request: Request) -> RequestTrace:
     with it in X-Request-ID, and tags the replicas' log lines with it.
     """
     route = request.scope.get("route")
+    who = request.scope.get("state", {}).get("caller")
     trace = RequestTrace(
         request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
         route=getattr(route, "path", request.url.path),
+        tenant=who.tenant if who is not None else "",
     )
     request.state.trace = trace
     return trace

@@ -47,8 +47,9 @@ PUBLIC_PREFIXES = ("/playground/",)
 SYNTHESIS_PATHS = frozenset(
     {"/api/tts/stream", "/api/tts", "/api/tts/with-timestamps", "/v1/audio/speech", "/api/tts/ws"}
 )
-# The one route whose body may pass the reference-audio cap: an adapter upload (max_adapter_bytes).
-ADAPTER_UPLOADS = "/api/adapters"
+# The routes whose bodies may pass the reference-audio cap: an adapter upload (max_adapter_bytes), a job
+# (jobs.max_body_bytes).
+ADAPTER_UPLOADS, JOBS = "/api/adapters", "/api/jobs"
 # Upload routes' quota checks, run before their bodies are read: (caller, the body's length or 0) -> raise or not.
 RoomCheck = Callable[[Principal, int], None]
 # Browsers cannot set headers on a WebSocket: they offer the key as this subprotocol's suffix.
@@ -107,7 +108,7 @@ def build_chain(
     rooms: Mapping[str, RoomCheck] | None = None,
     forms: Mapping[str, FormParts] | None = None,
 ) -> ASGIApp:
-    larger = {ADAPTER_UPLOADS: config.limits.max_adapter_bytes + FORM_OVERHEAD_BYTES}
+    larger = {ADAPTER_UPLOADS: config.limits.max_adapter_bytes + FORM_OVERHEAD_BYTES, JOBS: config.jobs.max_body_bytes}
     guard = Guard(app, config.access, keyring, config.limits.max_request_bytes, full, larger, rooms, forms)
     guarded = SocketGuard(guard, config.websocket.max_connections)
     if not config.access.cors_allow_origins:

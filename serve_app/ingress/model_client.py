@@ -9,22 +9,21 @@ free: the HTTP routers and the WebSocket wrap what it returns in their own respo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import numpy as np
-from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serve_app import metrics
-from serve_app.errors import NotFound, Overloaded, ServiceError
+from serve_app.errors import NotFound, Overloaded
 from serve_app.ingress.outputs import Output
 from serve_app.model import capabilities
+from serve_app.model.remote_errors import model_errors
 from serve_app.model.types import Chunk, ModelInfo, SynthesisRequest
 
 logger = logging.getLogger("ray.serve")
@@ -34,17 +33,6 @@ OVERLOAD_RETRY_PAUSE_S = 0.05
 # After the router refused a model's request, the next ones are refused without asking it, until one
 # of this replica's streams of that model ends or this long has passed (another ingress replica's may).
 FULL_FOR_S = 0.25
-
-
-@contextlib.contextmanager
-def model_errors() -> Iterator[None]:
-    """Re-raise a client error raised inside a model replica as itself, not wrapped by Ray."""
-    try:
-        yield
-    except RayTaskError as exc:
-        if isinstance(exc.cause, ServiceError):
-            raise exc.cause from None
-        raise
 
 
 class ModelClient:

@@ -81,16 +81,17 @@ async def speech(
     if body.stream_format == "audio":
         response = http_audio.streaming(audio, output)  # type: ignore[arg-type]
     else:
-        events = _events(audio, len(body.input))
+        events = _events(audio, output.trace)
         response = StreamingResponse(events, media_type="text/event-stream", headers=output.headers())
     if ignored:
         response.headers[IGNORED_HEADER] = ", ".join(ignored)
     return response
 
 
-async def _events(audio: AsyncIterator[bytes | TimedSegment], input_chars: int) -> AsyncIterator[str]:
+async def _events(audio: AsyncIterator[bytes | TimedSegment], trace: RequestTrace) -> AsyncIterator[str]:
     """OpenAI's speech SSE: a delta event per piece of encoded audio (and, where asked, a timestamps event per
-    sentence once its audio has gone), then a done event."""
+    sentence once its audio has gone), then a done event with the request's usage (OpenAI's tokens are its
+    characters; ours beside them, as counted for the tenant)."""
     async for piece in audio:
         if isinstance(piece, TimedSegment):
             timed = {"type": "speech.audio.timestamps", **piece.bounds_public(), "words": piece.words_public()}
@@ -98,10 +99,9 @@ async def _events(audio: AsyncIterator[bytes | TimedSegment], input_chars: int) 
         elif piece:
             delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
             yield f"event: speech.audio.delta\ndata: {json.dumps(delta)}\n\n"
-    done = {
-        "type": "speech.audio.done",
-        "usage": {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars},
-    }
+    chars = trace.characters
+    usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars, "characters": chars}
+    done = {"type": "speech.audio.done", "usage": {**usage, "audio_seconds": round(trace.audio_seconds, 3)}}
     yield f"event: speech.audio.done\ndata: {json.dumps(done)}\n\n"
 
 

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import faults
+from serve_app import faults, metrics
 from serve_app.config import AppConfig
-from serve_app.ingress import adapters, console, forms, openai, playground, status, tts, voices, ws
+from serve_app.ingress import adapters, console, forms, jobs, openai, playground, status, tts, usage, voices, ws
 from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.error_responses import install_error_handlers
+from serve_app.ingress.job_requests import JobBuilder
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.store.adapter_store import AdapterStore, declared
+from serve_app.store.job_store import JobStore
+from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 from serve_app.timing.aligner import Aligner
 
@@ -41,6 +45,8 @@ def create_app() -> FastAPI:
     app.include_router(ws.router)
     app.include_router(voices.router)
     app.include_router(adapters.router)
+    app.include_router(jobs.router)
+    app.include_router(usage.router)
     app.include_router(playground.router)
     app.mount("/playground", playground.assets, name="playground")
     app.include_router(status.router)
@@ -64,7 +70,13 @@ fastapi_app = create_app()
 )
 @serve.ingress(fastapi_app)
 class TTSIngress:
-    def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        status_board: DeploymentHandle,
+        job_runner: DeploymentHandle,
+        config: AppConfig,
+    ) -> None:
         self.config = config  # read by the edge middleware (rate limits, caps, CORS, body cap)
         self.keyring = Keyring(config.access)  # the keys and their tenants, from the config and the environment
         console.announce_access(self.keyring)
@@ -75,7 +87,12 @@ class TTSIngress:
         voices.recover()  # what a crash of any replica left in the shared stores
         adapter_store.recover()
         self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
+        job_store = JobStore(config.jobs_dir)
+        self.jobs = jobs.JobDesk(JobBuilder(self.requests, job_store, config), job_store, job_runner)
         self.aligner = Aligner.load(config.aligner) if config.aligner is not None else None
+        self.usage = UsageLedger(config.usage_dir, f"ingress-{serve.get_replica_context().replica_id.unique_id}")
+        metrics.usage().sink = self.usage.add
+        self._usage_flushed = asyncio.get_running_loop().create_task(keep_flushed(self.usage))
         self.reports = ReplicaReports(status_board)
         announcing = console.announce_when_ready(self.reports, self.models.model_names)
         self._announcing = asyncio.get_running_loop().create_task(announcing)
@@ -83,6 +100,11 @@ class TTSIngress:
     async def check_health(self) -> None:
         """Serve's probe: this replica's poller of the model replicas' reports still runs (``replica_reports.py``)."""
         self.reports.check()
+
+    def __del__(self) -> None:
+        """As Serve stops the replica: what it counted since the last write, written."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.usage.flush()
 
     async def inject_fault(self) -> None:
         """Tests only (``faults.py``): the status poller stops, as a task that crashed would."""

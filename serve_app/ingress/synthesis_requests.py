@@ -46,6 +46,10 @@ class RequestBuilder:
         self._decodes = DecodePool(limits.decode_workers)
 
     @property
+    def client(self) -> ModelClient:
+        return self._client
+
+    @property
     def max_adapter_bytes(self) -> int:
         return self._limits.max_adapter_bytes
 
@@ -62,9 +66,10 @@ class RequestBuilder:
         prompt_audio = await self.upload(form.prompt_audio, "prompt_audio")
         reference_audio = await self.upload(form.reference_audio, "reference_audio")
         model = self._client.resolve(form.model)
-        output = await self._output(model, form.format, form.sample_rate, trace, form.speed)
+        output = await self.output(model, form.format, form.sample_rate, trace, form.speed)
         self.check_text_length(form.text, "text")
         self.check_text_length(form.prompt_text or "", "prompt_text")
+        trace.characters = len(form.text)
         await self._client.require(
             model, {"instructions": form.instructions, "reference_audio": reference_audio or None}
         )
@@ -88,8 +93,9 @@ class RequestBuilder:
             raise BadRequest("timestamps come as events of an SSE stream: set stream_format to sse", "timestamps")
         model = served_model(body.model, self._client)
         self.check_text_length(body.input, "input")
+        trace.characters = len(body.input)
         rate = body.sample_rate or (OPENAI_PCM_RATE if body.response_format is AudioFormat.PCM else None)
-        output = await self._output(model, body.response_format, rate, trace, body.speed)
+        output = await self.output(model, body.response_format, rate, trace, body.speed)
         instructions, ignored = await self._openai_instructions(body, output.model, config.strict)
         voice = await self._openai_voice(body.voice_name, config, caller)
         adapter = await self.adapter(None, voice, model, caller)
@@ -132,11 +138,11 @@ class RequestBuilder:
         await self._client.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
         voice = await self.voice(init.voice_id, "voice_id", caller) if init.voice_id else None
         adapter = await self.adapter(init.adapter, voice, model, caller)
-        output = await self._output(model, init.audio_format, init.sample_rate, trace)
+        output = await self.output(model, init.audio_format, init.sample_rate, trace)
         knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
         return SynthesisRequest(text="", voice=voice, one_sentence=True, **knobs), output
 
-    async def _output(
+    async def output(
         self, model: str, fmt: AudioFormat, rate: int | None, trace: RequestTrace, speed: float = 1.0
     ) -> Output:
         return outputs.checked(await self._client.model_info(model), fmt, rate, trace, speed)

@@ -169,7 +169,10 @@ class Conversation:
 
     async def _init(self, init: Init) -> None:
         try:
-            request, output = await self.requests.from_init(init, self._trace(), caller(self.ws))
+            who = caller(self.ws)
+            trace = self._trace()
+            trace.tenant = who.tenant  # every sentence's trace takes it (ws_speaker.py), for usage
+            request, output = await self.requests.from_init(init, trace, who)
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
         self.settings = Settings(request, output, init.timestamps)  # one_sentence: from_init says why

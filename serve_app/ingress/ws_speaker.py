@@ -137,6 +137,8 @@ class Speaker:
             request_id=f"{settled.trace.request_id}-{context.id}-{index}",
             route=settled.trace.route,
             model=settled.model.name,
+            tenant=settled.trace.tenant,
+            characters=len(sentence),
         )
         output = replace(settled, trace=trace)
         request = replace(self.settings.request, text=sentence, prompt=context.anchor, **trace.ids)

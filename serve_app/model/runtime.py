@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.audio.seams import SEAM_SECONDS
 from serve_app.audio.stretch import check_speed
 from serve_app.config import ModelConfig
 from serve_app.errors import BadRequest
@@ -37,7 +38,6 @@ from serve_app.store.voice_store import VoiceStore
 from serve_app.text.sentences import split_sentences
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
-SEAM_SECONDS = 0.01  # crossfade between sentences generated separately
 MAX_PAUSE_S = 10.0  # a span's pause: SSML's longest break (W3C leaves it open; the big services cap it at 10 s)
 TOKENIZED_TEXTS = 256  # texts whose tokens a replica keeps (a sentence is tokenized 7 times as it starts)
 

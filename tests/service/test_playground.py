@@ -234,3 +234,21 @@ def test_the_two_protocol_form_is_answered_voxcpm_and_the_single_form_still_work
         connect(keyed, subprotocols=["voxcpm", "bearer.wrong"], open_timeout=30)  # type: ignore[list-item]
     assert refused.value.response.status_code == 401
     assert "wrong" not in str(refused.value.response.headers)
+
+
+def test_renders_a_document_in_the_background_and_downloads_it(page: Page) -> None:
+    page.fill("#max_len", "6")
+    page.fill("#seed", "5")
+    page.fill("#job-document", "# 第一章\n\n浏览器里提交的后台任务。")
+    page.click("#job-submit")
+    newest = page.locator("#job-list li").first  # the list is newest first
+    download_button = newest.get_by_role("button", name="Download")
+    download_button.wait_for(timeout=60_000)
+    assert "document" in newest.inner_text() and "succeeded — 1/1 chunks" in newest.inner_text()
+    with page.expect_download() as download:
+        download_button.click()
+    audio = Path(download.value.path()).read_bytes()  # the document's WAV, streamed (a header of unknown length)
+    assert audio[:4] == b"RIFF" and len(audio) > 44 + 6 * TINY_V15_STEP_FRAMES * 2  # its 6 steps, and a pause
+    job = newest.get_by_role("button", name="Delete").get_attribute("aria-label").removeprefix("Delete job ")
+    newest.get_by_role("button", name="Delete").click()
+    page.locator(f"button[aria-label='Delete job {job}']").wait_for(state="detached")

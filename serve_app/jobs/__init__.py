@@ -1,0 +1,1 @@
+"""Jobs: long-form and bulk synthesis rendered in the background (docs/jobs.md)."""

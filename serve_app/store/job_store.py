@@ -1,0 +1,222 @@
+"""Jobs as they are kept: what was asked (written once, durably, when the job is accepted) and what is done so
+far (each item's result written durably the moment it is rendered), so that a runner that dies, or the whole
+service, resumes every unfinished job from its results: an item is done exactly when its result is there.
+
+A job is a record of the durable directory (``durable.py``): ``job.json`` (its id, owner, kind, size, creation
+time, idempotency key) and ``spec.json`` (what to render, as the ingress resolved it: kept out of listings,
+which read ``job.json`` only). Beside them, written later: ``items/<index>.json`` (a finished item's facts)
+after ``items/<index>.<format>`` (its audio), ``items/<index>.failed.json`` (why it failed), ``started`` and
+``cancelled`` markers, and a document's anchor (``anchor.flac`` and ``anchor.json``: the recording its later
+chunks are spoken after). File names are the service's (an index, a fixed format name), never a client's.
+Each file is written to a temporary name, fsynced and renamed, so a crash leaves it whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from serve_app.errors import NotFound
+from serve_app.store.durable import RECORD_ID, DurableDirectory, fsync_directory, new_id, write_durably
+from serve_app.store.tenants import Principal
+
+_META, _SPEC, _ITEMS, _STARTED, _CANCELLED = "job.json", "spec.json", "items", "started", "cancelled"
+_ANCHOR, _ANCHOR_AUDIO = "anchor.json", "anchor.flac"
+_ITEM = re.compile(r"^(?P<index>\d+)\.(?P<kind>json|failed\.json)$")
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    owner: str  # the tenant that submitted it (an admin's own tenant too): another tenant's job is a 404
+    kind: str  # "items" or "document"
+    items_total: int
+    created: float
+    idempotency_key: str | None = None
+    model: str = ""
+    chars: int = 0  # the text's characters, as sent: what the tenant's job_chars quota counts
+    admin: bool = False  # submitted by an admin: the job may use what an admin may (shared voices' owners)
+
+    def principal(self) -> Principal:
+        """Who the job acts as when it resolves its voices and adapters: its submitter's tenant."""
+        return Principal(self.owner, self.admin, key_id=f"job-{self.job_id}")
+
+
+@dataclass
+class Progress:
+    """What is done of a job: finished items' facts by index, failed items' errors, and its markers."""
+
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[int, dict[str, str]] = field(default_factory=dict)
+    started: bool = False
+    cancelled: bool = False
+
+    def status(self, total: int) -> str:
+        if self.cancelled:
+            return "cancelled"
+        if len(self.done) + len(self.failed) >= total:
+            return "failed" if self.failed else "succeeded"
+        return "running" if self.started or self.done or self.failed else "queued"
+
+    def pending(self, total: int) -> list[int]:
+        """The items still to render, in order."""
+        return [index for index in range(total) if index not in self.done and index not in self.failed]
+
+
+class JobStore:
+    def __init__(self, root: str | Path) -> None:
+        self.records = DurableDirectory(root, "job")
+        self.root = self.records.root
+
+    def recover(self) -> None:
+        self.records.recover()
+
+    def create(
+        self,
+        caller: Principal,
+        kind: str,
+        spec: dict[str, Any],
+        items_total: int,
+        idempotency_key: str | None,
+        model: str = "",
+        chars: int = 0,
+        check_quota: Callable[[list[Job]], None] | None = None,
+    ) -> tuple[Job, bool]:
+        """The job, accepted durably; or, for a key the caller's tenant already submitted a job with, that job.
+        Whether it is new. ``check_quota`` (given the tenant's jobs, under the store's lock, so that two
+        submissions together cannot both pass) refuses a job past the tenant's quotas."""
+        job = Job(new_id(), caller.tenant, kind, items_total, time.time(), idempotency_key, model, chars, caller.admin)
+        existing: list[Job] = []
+
+        def admit() -> None:  # under the store's lock: two submissions with one key make one job
+            ours = [j for j in self._all() if j.owner == job.owner]
+            if idempotency_key is not None:
+                existing.extend(j for j in ours if j.idempotency_key == idempotency_key)
+            if existing:
+                raise _Duplicate
+            if check_quota is not None:
+                check_quota(ours)
+
+        with self.records.staging("items") as staging:
+            write_durably(staging / _SPEC, json.dumps(spec, ensure_ascii=False).encode())
+            write_durably(staging / _META, json.dumps(dataclasses.asdict(job)).encode())
+            (staging / _ITEMS).mkdir()
+            try:
+                self.records.commit(staging, job.job_id, admit)
+            except _Duplicate:
+                return existing[0], False
+        return job, True
+
+    def get(self, job_id: str, caller: Principal) -> Job:
+        job = self.records.read(job_id, _META, Job) if RECORD_ID.match(job_id) else None
+        if job is None or not (caller.admin or job.owner == caller.tenant):
+            raise NotFound(f"no job {job_id!r}", "job_id")
+        return job
+
+    def list(self, caller: Principal) -> list[Job]:
+        """The caller's jobs, oldest first (an admin: every tenant's)."""
+        return [job for job in self._all() if caller.admin or job.owner == caller.tenant]
+
+    def all(self) -> list[Job]:
+        """Every job, oldest first, from their ``job.json`` alone (no progress read)."""
+        return self._all()
+
+    def unfinished(self) -> list[Job]:
+        """Every job with items left to render and not cancelled, oldest first: what a runner resumes."""
+        return [job for job in self._all() if self.progress(job).status(job.items_total) in ("queued", "running")]
+
+    def is_cancelled(self, job: Job) -> bool:
+        return (self.records.path(job.job_id) / _CANCELLED).exists()
+
+    def spec(self, job: Job) -> dict[str, Any]:
+        return json.loads((self.records.path(job.job_id) / _SPEC).read_text())
+
+    def progress(self, job: Job) -> Progress:
+        path = self.records.path(job.job_id)
+        progress = Progress(started=(path / _STARTED).exists(), cancelled=(path / _CANCELLED).exists())
+        for entry in (path / _ITEMS).iterdir() if (path / _ITEMS).is_dir() else ():
+            if (match := _ITEM.match(entry.name)) is None:
+                continue
+            facts = json.loads(entry.read_text())
+            target = progress.failed if match["kind"] == "failed.json" else progress.done
+            target[int(match["index"])] = facts
+        return progress
+
+    def stored_bytes(self, job: Job) -> int:
+        """Bytes of the job's finished audio."""
+        return sum(facts.get("bytes", 0) for facts in self.progress(job).done.values())
+
+    def save_anchor(self, job: Job, samples: np.ndarray, rate: int, text: str | None) -> None:
+        """The recording a document's later chunks are spoken after (its voice, when the job named none), kept
+        with the job so that the voice holds across restarts."""
+        path = self.records.path(job.job_id)
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_24")
+        self._write(path, _ANCHOR_AUDIO, buffer.getvalue())
+        self._write(path, _ANCHOR, json.dumps({"text": text, "sample_rate": rate}, ensure_ascii=False).encode())
+
+    def anchor(self, job: Job) -> tuple[np.ndarray, int, str | None] | None:
+        """The stored anchor (samples, rate, its text); None until the first chunk made one."""
+        path = self.records.path(job.job_id)
+        if not (path / _ANCHOR).exists():
+            return None
+        facts = json.loads((path / _ANCHOR).read_text())
+        samples, rate = sf.read(path / _ANCHOR_AUDIO, dtype="float32")
+        return samples, rate, facts["text"]
+
+    def started(self, job: Job) -> None:
+        self._write(self.records.path(job.job_id), _STARTED, b"")
+
+    def item_done(self, job: Job, index: int, audio: bytes, audio_format: str, facts: dict[str, Any]) -> Path:
+        """An item's audio, then its facts (the mark that it is done): its audio file."""
+        items = self.records.path(job.job_id) / _ITEMS
+        name = f"{index}.{audio_format}"
+        self._write(items, name, audio)
+        facts = {**facts, "file": name, "bytes": len(audio)}
+        self._write(items, f"{index}.json", json.dumps(facts, ensure_ascii=False).encode())
+        return items / name
+
+    def item_failed(self, job: Job, index: int, code: str, message: str) -> None:
+        items = self.records.path(job.job_id) / _ITEMS
+        self._write(items, f"{index}.failed.json", json.dumps({"code": code, "message": message}).encode())
+
+    def item_audio(self, job: Job, index: int) -> Path | None:
+        """A finished item's audio file; None while it is not done."""
+        facts = self.progress(job).done.get(index)
+        return None if facts is None else self.records.path(job.job_id) / _ITEMS / facts["file"]
+
+    def cancel(self, job: Job) -> None:
+        self._write(self.records.path(job.job_id), _CANCELLED, b"")
+
+    def delete(self, job: Job) -> bool:
+        return self.records.discard(job.job_id)
+
+    def expired(self, retention_s: float, now: float | None = None) -> list[Job]:
+        """Jobs created longer than ``retention_s`` ago: their results and text are due for removal."""
+        cutoff = (time.time() if now is None else now) - retention_s
+        return [job for job in self._all() if job.created < cutoff]
+
+    def _all(self) -> list[Job]:
+        return self.records.read_all(_META, Job)
+
+    @staticmethod
+    def _write(directory: Path, name: str, data: bytes) -> None:
+        temporary = directory / f".{name}.{new_id()}"
+        write_durably(temporary, data)
+        os.replace(temporary, directory / name)
+        fsync_directory(directory)
+
+
+class _Duplicate(Exception):
+    """A submission whose idempotency key names a job already there."""
