@@ -141,8 +141,8 @@ class AppConfig(Strict):
     jobs: JobsConfig = JobsConfig()
     jobs_dir: str = Field(
         "jobs",
-        description="Where background jobs live (what was asked, progress, audio); like voices_dir, every ingress "
-        "replica and the job runner must see it.",
+        description="Where background jobs live (what was asked, progress, audio), each Serve application's in a "
+        "directory of its own named after it; like voices_dir, every ingress replica and the job runner must see it.",
     )
     usage_dir: str = Field(
         "usage",

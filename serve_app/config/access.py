@@ -108,7 +108,7 @@ class TenantQuotas(Strict):
     job_bytes: PositiveInt | None = Field(
         20 * 1024**3,
         description="Bytes of finished job audio a tenant keeps (until its jobs are deleted or expire); at it a "
-        "submission is a 403, and a running job's next item fails with the quota named.",
+        "submission is a 403 (checked at submission: a running job finishes).",
     )
 
 

@@ -60,7 +60,8 @@ class JobBuilder:
         def check_quota(ours: list[Job]) -> None:
             if caller.admin:
                 return
-            unfinished = [job for job in ours if self._store.progress(job).status(job.items_total) in _UNFINISHED]
+            progress = {job.job_id: self._store.progress(job) for job in ours}  # read once per job
+            unfinished = [job for job in ours if progress[job.job_id].status(job.items_total) in _UNFINISHED]
             if quota.jobs is not None and len(unfinished) >= quota.jobs:
                 raise QuotaExceeded(f"your tenant has {len(unfinished)} unfinished jobs, its quota", "quotas.jobs")
             queued = sum(job.chars for job in unfinished) + chars
@@ -69,7 +70,7 @@ class JobBuilder:
                     f"your tenant's unfinished jobs would hold {queued} characters; its quota is {quota.job_chars}",
                     "quotas.job_chars",
                 )
-            stored = sum(self._store.stored_bytes(job) for job in ours)
+            stored = sum(facts.get("bytes", 0) for done in progress.values() for facts in done.done.values())
             if quota.job_bytes is not None and stored >= quota.job_bytes:
                 raise QuotaExceeded(
                     f"your tenant's jobs keep {stored} bytes of audio, its quota: delete finished jobs",
@@ -77,8 +78,9 @@ class JobBuilder:
                 )
 
         kind = "document" if body.document is not None else "items"
+        output_of_files = (output.format.value, output.sample_rate)
         return await asyncio.to_thread(
-            self._store.create, caller, kind, spec, total, idempotency_key, model, chars, check_quota
+            self._store.create, caller, kind, spec, total, idempotency_key, model, chars, check_quota, output_of_files
         )
 
     async def _document(

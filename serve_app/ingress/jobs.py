@@ -9,8 +9,11 @@ job runner deployment (``serve_app/jobs/runner.py``), which an ingress tells whe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi import Path as PathParameter
@@ -33,7 +36,11 @@ from serve_app.metrics import RequestTrace
 from serve_app.store.job_store import Job, JobStore, Progress
 from serve_app.store.tenants import Principal
 
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
+
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+RUNNER_ANSWER_S = 1.0
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -79,23 +86,27 @@ async def submit(
         raise RequestValidationError(exc.errors()) from None
     job, new = await desk.builder.submit(body, who, trace, key)
     if new:
-        await desk.runner.changed.remote()
-    status = await asyncio.to_thread(_status, desk.store, job, False)
+        await _tell_runner(desk.runner.changed)
+    status = await _stored(_status, desk.store, job, False)
     return JSONResponse(status, status_code=202, headers={} if new else {"Idempotent-Replayed": "true"})
 
 
 @router.get("", summary="The caller's jobs (an admin: every tenant's), oldest first")
 async def list_jobs(desk: Desk, who: Caller) -> dict:
     def listed() -> list[dict]:
-        return [_status(desk.store, job, False) for job in desk.store.list(who)]
+        found = []
+        for job in desk.store.list(who):
+            with contextlib.suppress(FileNotFoundError):  # deleted while listed
+                found.append(_status(desk.store, job, False))
+        return found
 
-    return {"jobs": await asyncio.to_thread(listed)}
+    return {"jobs": await _stored(listed)}
 
 
 @router.get("/{job_id}", summary="A job's status: progress, audio seconds so far, an ETA, each failed item's error")
 async def get_job(job_id: JobId, desk: Desk, who: Caller) -> dict:
-    job = await asyncio.to_thread(desk.store.get, job_id, who)
-    return await asyncio.to_thread(_status, desk.store, job, True)
+    job = await _stored(desk.store.get, job_id, who)
+    return await _stored(_status, desk.store, job, True)
 
 
 @router.delete(
@@ -104,15 +115,15 @@ async def get_job(job_id: JobId, desk: Desk, who: Caller) -> dict:
     responses={200: {"description": "Cancelled: its status."}, 204: {"description": "Deleted."}},
 )
 async def delete_job(job_id: JobId, desk: Desk, who: Caller) -> Response:
-    job = await asyncio.to_thread(desk.store.get, job_id, who)
-    progress = await asyncio.to_thread(desk.store.progress, job)
+    job = await _stored(desk.store.get, job_id, who)
+    progress = await _stored(desk.store.progress, job)
     if progress.status(job.items_total) in FINISHED:
-        await desk.runner.cancel.remote(job.job_id)
-        await asyncio.to_thread(desk.store.delete, job)
+        await _stored(desk.store.delete, job)
+        await _tell_runner(desk.runner.cancel, job.job_id)
         return Response(status_code=204)
-    await asyncio.to_thread(desk.store.cancel, job)
-    await desk.runner.cancel.remote(job.job_id)  # its items in flight stop now, freeing their model slots
-    return JSONResponse(await asyncio.to_thread(_status, desk.store, job, True))
+    await _stored(desk.store.cancel, job)
+    await _tell_runner(desk.runner.cancel, job.job_id)  # its items in flight stop now, freeing their model slots
+    return JSONResponse(await _stored(_status, desk.store, job, True))
 
 
 @router.get(
@@ -121,24 +132,20 @@ async def delete_job(job_id: JobId, desk: Desk, who: Caller) -> Response:
     responses=documented_errors(409),
 )
 async def item_audio(job_id: JobId, index: int, desk: Desk, who: Caller) -> Response:
-    job = await asyncio.to_thread(desk.store.get, job_id, who)
+    job = await _stored(desk.store.get, job_id, who)
     if not 0 <= index < job.items_total:
         raise NotFound(f"job {job_id!r} has items 0 to {job.items_total - 1}", "index")
-    progress = await asyncio.to_thread(desk.store.progress, job)
+    progress = await _stored(desk.store.progress, job)
     if index in progress.failed:
         raise Conflict(f"item {index} failed: {progress.failed[index]['message']}", "index")
-    path = await asyncio.to_thread(desk.store.item_audio, job, index)
-    if path is None:
+    if index not in progress.done:
         raise Conflict(f"item {index} is not rendered yet", "index")
-    spec = await asyncio.to_thread(desk.store.spec, job)
-    fmt = AudioFormat(spec["output"]["format"])
+    path, fmt = desk.store.item_audio(job, progress.done[index]), AudioFormat(job.audio_format)
     if job.kind == "items":
-        body = await asyncio.to_thread(path.read_bytes)
+        body = await _stored(path.read_bytes)
     else:  # a document's chunk is kept as FLAC at the model's rate
-        body = await asyncio.to_thread(results.chunk_encoded, path, fmt, spec["output"]["sample_rate"])
-    return Response(
-        body, media_type=codecs.MEDIA_TYPES[fmt], headers={"X-Sample-Rate": str(spec["output"]["sample_rate"])}
-    )
+        body = await _stored(results.chunk_encoded, path, fmt, job.sample_rate)
+    return Response(body, media_type=codecs.MEDIA_TYPES[fmt], headers={"X-Sample-Rate": str(job.sample_rate)})
 
 
 @router.get(
@@ -164,47 +171,61 @@ async def document_audio(job_id: JobId, desk: Desk, who: Caller) -> StreamingRes
     job, spec, progress = await _finished(job_id, desk, who, ("succeeded",))
     if job.kind != "document":
         raise Conflict("this job renders items, each its own file: fetch /result or /items/{index}", "job_id")
-    fmt = AudioFormat(spec["output"]["format"])
     body = results.document_audio(desk.store, job, spec, progress)
-    return StreamingResponse(body, media_type=codecs.MEDIA_TYPES[fmt])
+    return StreamingResponse(body, media_type=codecs.MEDIA_TYPES[AudioFormat(job.audio_format)])
+
+
+async def _stored(read: Callable[..., T], *args: Any) -> T:
+    """A job store call, off the event loop; a job deleted meanwhile (by its owner, or expired) is a 404."""
+    try:
+        return await asyncio.to_thread(read, *args)
+    except FileNotFoundError:
+        raise NotFound("the job was deleted", "job_id") from None
+
+
+async def _tell_runner(method: Any, *args: Any) -> None:
+    """The job runner told at once that a job came or went, if it answers within a second: it also reads the
+    store every second, so a runner restarting costs the client nothing (the job is already stored)."""
+    try:
+        await asyncio.wait_for(method.remote(*args), RUNNER_ANSWER_S)
+    except Exception:  # noqa: BLE001 - whatever Ray raises for a replica that is not there
+        logger.warning("the job runner did not answer %s; it finds the change at its next poll", method)
 
 
 async def _finished(
     job_id: str, desk: JobDesk, who: Principal, statuses: tuple[str, ...]
 ) -> tuple[Job, dict[str, Any], Progress]:
-    job = await asyncio.to_thread(desk.store.get, job_id, who)
-    progress = await asyncio.to_thread(desk.store.progress, job)
+    job = await _stored(desk.store.get, job_id, who)
+    progress = await _stored(desk.store.progress, job)
     status = progress.status(job.items_total)
     if status not in statuses:
         raise Conflict(f"job {job_id!r} is {status}; this result is ready when it is {' or '.join(statuses)}", "job_id")
-    return job, await asyncio.to_thread(desk.store.spec, job), progress
+    return job, await _stored(desk.store.spec, job), progress
 
 
 def _status(store: JobStore, job: Job, with_errors: bool) -> dict[str, Any]:
-    """A job as its routes describe it."""
+    """A job as its routes describe it (from its ``job.json`` and its items' facts, never its whole spec)."""
     progress = store.progress(job)
+    audio_seconds = round(sum(facts["seconds"] for facts in progress.done.values()), 3)
     described: dict[str, Any] = {
         "job_id": job.job_id,
         "kind": job.kind,
         "model": job.model,
+        "format": job.audio_format,
+        "sample_rate": job.sample_rate,
         "status": progress.status(job.items_total),
         "items_total": job.items_total,
         "items_done": len(progress.done),
         "items_failed": len(progress.failed),
-        "audio_seconds": round(sum(facts["seconds"] for facts in progress.done.values()), 3),
+        "audio_seconds": audio_seconds,
         "eta_s": results.eta_s(job, progress),
         "created": job.created,
         "characters": job.chars,
-    }
-    described["usage"] = {
-        "characters": job.chars,
-        "audio_seconds": described["audio_seconds"],
-        "items": described["items_done"],
+        "usage": {"characters": job.chars, "audio_seconds": audio_seconds, "items": len(progress.done)},
     }
     if with_errors:
-        spec = store.spec(job) if job.kind == "items" and progress.failed else None
         described["errors"] = [
-            {"index": index, "id": spec["items"][index].get("id") if spec else None, **error}
+            {"index": index, "id": error.get("id"), "code": error["code"], "message": error["message"]}
             for index, error in sorted(progress.failed.items())
         ]
     return described

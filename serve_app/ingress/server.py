@@ -21,7 +21,7 @@ from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.store.adapter_store import AdapterStore, declared
-from serve_app.store.job_store import JobStore
+from serve_app.store.job_store import JobStore, application_root
 from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 from serve_app.timing.aligner import Aligner
@@ -87,7 +87,7 @@ class TTSIngress:
         voices.recover()  # what a crash of any replica left in the shared stores
         adapter_store.recover()
         self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
-        job_store = JobStore(config.jobs_dir)
+        job_store = JobStore(application_root(config.jobs_dir, serve.get_replica_context().app_name))
         self.jobs = jobs.JobDesk(JobBuilder(self.requests, job_store, config), job_store, job_runner)
         self.aligner = Aligner.load(config.aligner) if config.aligner is not None else None
         self.usage = UsageLedger(config.usage_dir, f"ingress-{serve.get_replica_context().replica_id.unique_id}")

@@ -97,9 +97,8 @@ def zipped(store: JobStore, job: Job, spec: dict[str, Any], progress: Progress) 
             yield document_name(audio_format), modified, FILE_MODE, ZIP_64, audio
             return
         for index in sorted(progress.done):
-            path = store.item_audio(job, index)
-            if path is not None:
-                yield member_name(job, index, audio_format), modified, FILE_MODE, ZIP_64, _read(path)
+            audio = store.item_audio(job, progress.done[index])
+            yield member_name(job, index, audio_format), modified, FILE_MODE, ZIP_64, _read(audio)
 
     return stream_zip(members())
 
@@ -107,14 +106,11 @@ def zipped(store: JobStore, job: Job, spec: dict[str, Any], progress: Progress) 
 def document_audio(store: JobStore, job: Job, spec: dict[str, Any], progress: Progress) -> Iterator[bytes]:
     """A finished document's chunks joined, in the job's format and rate (a chunk at a time in memory)."""
     out, fmt = spec["output"], AudioFormat(spec["output"]["format"])
-    rate = progress.done[0]["sample_rate"] if progress.done else out["sample_rate"]
+    rate = next(iter(progress.done.values()))["sample_rate"] if progress.done else out["sample_rate"]
     encoder = codecs.encoder(fmt, rate, out["sample_rate"])
     seams = Crossfader(int(SEAM_SECONDS * rate))
     for position, index in enumerate(sorted(progress.done)):
-        path = store.item_audio(job, index)
-        if path is None:
-            continue
-        samples, _ = sf.read(path, dtype="float32")
+        samples, _ = sf.read(store.item_audio(job, progress.done[index]), dtype="float32")
         if position:
             seams.next_segment()
         if data := encoder.encode(seams.feed(np.asarray(samples, np.float32))):

@@ -1,6 +1,8 @@
 """The job runner deployment: renders every unfinished job's items on the model deployments, in the background.
 
-One replica (Serve restarts it if it dies): it alone starts items, so none is rendered twice. Its state is the
+One replica (Serve restarts it if it dies); only the replica holding the store's runner lease starts items
+(during a rolling update Serve starts the new replica before the old one has stopped), so none is rendered by
+two at once. Its state is the
 job store's (``store/job_store.py``): on start, and every ``POLL_S`` (or when an ingress says a job came or
 went), it reads which jobs are unfinished and resumes them from their results, so a killed runner, model
 replica or the whole service loses at most the items that were in flight, rendered again. Items go to the
@@ -31,7 +33,7 @@ from serve_app.jobs.render import CHUNK_FORMAT, ItemFailed, kept, needs_anchor, 
 from serve_app.model.remote_errors import model_errors
 from serve_app.model.types import ModelInfo, PromptAudio, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore, declared
-from serve_app.store.job_store import Job, JobStore
+from serve_app.store.job_store import Job, JobStore, application_root
 from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 
@@ -52,7 +54,7 @@ SWEEP_PERIOD_S = 60.0  # how often expired jobs are removed
 class JobRunner:
     def __init__(self, models: dict[str, DeploymentHandle], status_board: DeploymentHandle, config: AppConfig) -> None:
         self._config = config.jobs
-        self._store = JobStore(config.jobs_dir)
+        self._store = JobStore(application_root(config.jobs_dir, serve.get_replica_context().app_name))
         self._store.recover()
         self._voices = VoiceStore(config.voices_dir)
         self._adapters = AdapterStore(config.adapters_dir, declared=declared(config))
@@ -68,6 +70,7 @@ class JobRunner:
         self._queue = JobQueue()
         self._specs: dict[str, dict[str, Any]] = {}
         self._finished: set[str] = set()  # read once and found finished: not read again
+        self._cancelled: set[str] = set()
         self._tasks: dict[tuple[str, int], asyncio.Task] = {}
         self._swept = 0.0
         self._wake = asyncio.Event()
@@ -83,6 +86,7 @@ class JobRunner:
 
     async def cancel(self, job_id: str) -> None:
         """Stop a cancelled or deleted job: its items in flight are cancelled (their model slots freed)."""
+        self._cancelled.add(job_id)  # a job being resumed right now is not queued after all
         self._queue.drop(job_id)
         self._specs.pop(job_id, None)
         for (owner, _), task in list(self._tasks.items()):
@@ -104,15 +108,16 @@ class JobRunner:
             self._wake.clear()
             try:
                 await self._refresh()
-                self._start()
             except Exception:
                 logger.exception("job runner: reading the job store failed; trying again in %s s", POLL_S)
+            if self._store.runner_lease() is not None:  # one runner starts items, even during a rolling update
+                self._start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
 
     async def _refresh(self) -> None:
         """The queue made the store's: new and resumed jobs added, cancelled and deleted ones stopped, expired
-        ones removed; the model replicas counted."""
+        ones removed; the model replicas counted (the last count kept while the status board cannot answer)."""
         jobs = await asyncio.to_thread(self._store.all)
         present = {job.job_id for job in jobs}
         for job_id in [*self._queue.known()]:
@@ -127,14 +132,27 @@ class JobRunner:
                 logger.info("job %s: removed, %g s after it was submitted", job.job_id, self._config.retention_s)
         for job in jobs:
             if job.job_id not in self._queue.jobs and job.job_id not in self._finished:
-                await self._resume(job)
-        reports = await self._board.reports.remote()
+                try:
+                    await self._resume(job)
+                except Exception:  # that job's files (deleted meanwhile, damaged): the others go on
+                    logger.exception("job %s: cannot be resumed; tried again at the next poll", job.job_id)
+        try:
+            reports = await self._board.reports.remote()
+        except Exception:  # noqa: BLE001 - the board restarting: keep the last counts
+            logger.warning("job runner: the status board did not answer; keeping the replica counts")
+            return
         for model in self._models:
             self._replicas[model] = max(1, sum(1 for info, _ in reports if info.name == model))
 
     async def _resume(self, job: Job) -> None:
         progress = await asyncio.to_thread(self._store.progress, job)
-        if progress.status(job.items_total) not in ("queued", "running") or job.model not in self._models:
+        if progress.status(job.items_total) not in ("queued", "running") or job.job_id in self._cancelled:
+            self._finished.add(job.job_id)
+            return
+        if job.model not in self._models:  # the config no longer serves it: said, not left queued for ever
+            message = f"model {job.model!r} is no longer served here"
+            for index in progress.pending(job.items_total):
+                await self._failed(job, index, "model_unavailable", message)
             self._finished.add(job.job_id)
             return
         spec = await asyncio.to_thread(self._store.spec, job)
@@ -160,23 +178,23 @@ class JobRunner:
         try:
             await self._render_item(queued, index)
         except BackPressureError:  # Serve's router: the model is full; the item was not started
-            queued.pending.appendleft(index)
-            self._busy_until[job.model] = time.monotonic() + BUSY_PAUSE_S
-        except (ItemFailed, ServiceError) as failed:
-            code, message = (failed.code, failed.message)
-            logger.warning("job %s: item %d failed: %s", job.job_id, index, message)
-            await self._failed(job, index, code, message)
+            self._again(queued, index)
+        except ItemFailed as failed:
+            await self._gave_up(queued, index, failed.code, failed.message)
+        except ServiceError as refused:
+            if refused.status < 500:  # the model refused this item (its text, its settings): for good
+                await self._gave_up(queued, index, refused.code, refused.message)
+            else:  # the replica is failing (503 while Serve replaces it): another try, later
+                await self._tried(queued, index, refused)
         except asyncio.CancelledError:
             pass  # the job was cancelled or deleted: nothing of the item is kept
         except FileNotFoundError:
             logger.info("job %s: deleted while item %d was rendered", job.job_id, index)
-        except Exception as exc:
-            queued.attempts[index] = tries = queued.attempts.get(index, 0) + 1
-            logger.exception("job %s: item %d failed (try %d of %d)", job.job_id, index, tries, self._config.attempts)
-            if tries < self._config.attempts:
-                queued.pending.appendleft(index)
-            else:
-                await self._failed(job, index, "model_failed", f"the model failed {tries} times: {exc}")
+        except OSError:  # the store (a full disk): not the model's fault, so no try is counted
+            logger.exception("job %s: item %d could not be kept; tried again later", job.job_id, index)
+            self._again(queued, index)
+        except Exception as exc:  # noqa: BLE001 - the model replica died or failed (Ray says how): another try
+            await self._tried(queued, index, exc)
         finally:
             queued.in_flight.discard(index)
             self._tasks.pop((job.job_id, index), None)
@@ -184,6 +202,30 @@ class JobRunner:
                 self._queue.drop(job.job_id)
                 self._finished.add(job.job_id)
             self._wake.set()
+
+    def _again(self, queued: QueuedJob, index: int) -> None:
+        """The item back at the head of its job's queue; its model's items wait a moment first."""
+        queued.pending.appendleft(index)
+        self._busy_until[queued.job.model] = time.monotonic() + BUSY_PAUSE_S
+
+    async def _tried(self, queued: QueuedJob, index: int, exc: BaseException) -> None:
+        """A failed try: again, up to ``jobs.attempts``, then the item fails."""
+        queued.attempts[index] = tries = queued.attempts.get(index, 0) + 1
+        job, most = queued.job, self._config.attempts
+        logger.warning("job %s: item %d failed (try %d of %d): %r", job.job_id, index, tries, most, exc)
+        if tries < most:
+            self._again(queued, index)
+        else:
+            await self._gave_up(queued, index, "model_failed", f"the model failed {tries} times: {exc}")
+
+    async def _gave_up(self, queued: QueuedJob, index: int, code: str, message: str) -> None:
+        """The item failed for good. A document's first chunk that would have set the voice of the rest: they go
+        on without it (each chunk in the model's own voice), rather than waiting for ever."""
+        logger.warning("job %s: item %d failed: %s", queued.job.job_id, index, message)
+        if not await self._failed(queued.job, index, code, message):
+            self._again(queued, index)  # not even its failure could be written: later
+        elif index == 0:
+            queued.anchored = True
 
     async def _render_item(self, queued: QueuedJob, index: int) -> None:
         job, spec = queued.job, self._specs[queued.job.job_id]
@@ -228,6 +270,15 @@ class JobRunner:
         stored = self._store.anchor(job)
         return None if stored is None else PromptAudio(samples=stored[0], sample_rate=stored[1], text=stored[2])
 
-    async def _failed(self, job: Job, index: int, code: str, message: str) -> None:
-        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-            await asyncio.to_thread(self._store.item_failed, job, index, code, message)
+    async def _failed(self, job: Job, index: int, code: str, message: str) -> bool:
+        """The item's failure written, with the client's id for it; False when the store could not keep it."""
+        items = self._specs.get(job.job_id, {}).get("items")
+        item_id = items[index].get("id") if items else None
+        try:
+            await asyncio.to_thread(self._store.item_failed, job, index, code, message, item_id)
+        except FileNotFoundError:
+            return True  # deleted meanwhile: nothing to keep
+        except OSError:
+            logger.exception("job %s: the failure of item %d could not be written", job.job_id, index)
+            return False
+        return True

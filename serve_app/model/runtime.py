@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,8 @@ from serve_app.model.weights import resolve as resolve_weights
 from serve_app.store.adapter_store import AdapterStore, declared_id
 from serve_app.store.voice_store import VoiceStore
 from serve_app.text.sentences import split_sentences
+
+logger = logging.getLogger("ray.serve")
 
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 MAX_PAUSE_S = 10.0  # a span's pause: SSML's longest break (W3C leaves it open; the big services cap it at 10 s)
@@ -216,5 +219,10 @@ class VoxCPMRuntime:
                 from voxcpm.utils.text_normalize import TextNormalizer
 
                 self.tts.text_normalizer = TextNormalizer()
-            text = self.tts.text_normalizer.normalize(text)
+            try:
+                text = self.tts.text_normalizer.normalize(text)
+            except Exception:  # noqa: BLE001 - wetext asserts on some inputs ("0¢"): the text is then read as written
+                logger.warning(
+                    "the text normalizer failed on a sentence (%d characters); it is read as written", len(text)
+                )
         return text

@@ -14,6 +14,7 @@ Each file is written to a temporary name, fsynced and renamed, so a crash leaves
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -33,6 +34,7 @@ from serve_app.store.tenants import Principal
 
 _META, _SPEC, _ITEMS, _STARTED, _CANCELLED = "job.json", "spec.json", "items", "started", "cancelled"
 _ANCHOR, _ANCHOR_AUDIO = "anchor.json", "anchor.flac"
+_LEASE = ".runner"
 _ITEM = re.compile(r"^(?P<index>\d+)\.(?P<kind>json|failed\.json)$")
 
 
@@ -47,6 +49,8 @@ class Job:
     model: str = ""
     chars: int = 0  # the text's characters, as sent: what the tenant's job_chars quota counts
     admin: bool = False  # submitted by an admin: the job may use what an admin may (shared voices' owners)
+    audio_format: str = "wav"  # every file's (a document's chunks are kept as FLAC, served in this format)
+    sample_rate: int = 0  # every file's
 
     def principal(self) -> Principal:
         """Who the job acts as when it resolves its voices and adapters: its submitter's tenant."""
@@ -74,10 +78,19 @@ class Progress:
         return [index for index in range(total) if index not in self.done and index not in self.failed]
 
 
+def application_root(jobs_dir: str | Path, application: str) -> Path:
+    """Where one Serve application's jobs live, under the configured ``jobs_dir``: applications that share the
+    directory (several apps of one cluster, with one config's stores) each render only their own jobs, on their
+    own models, each with its own runner lease. The name is the operator's, made safe for a path all the same."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", application).lstrip(".") or "_"
+    return Path(jobs_dir) / safe
+
+
 class JobStore:
     def __init__(self, root: str | Path) -> None:
         self.records = DurableDirectory(root, "job")
         self.root = self.records.root
+        self._lease: BinaryIO | None = None
 
     def recover(self) -> None:
         self.records.recover()
@@ -92,11 +105,14 @@ class JobStore:
         model: str = "",
         chars: int = 0,
         check_quota: Callable[[list[Job]], None] | None = None,
+        output: tuple[str, int] = ("wav", 0),
     ) -> tuple[Job, bool]:
         """The job, accepted durably; or, for a key the caller's tenant already submitted a job with, that job.
         Whether it is new. ``check_quota`` (given the tenant's jobs, under the store's lock, so that two
-        submissions together cannot both pass) refuses a job past the tenant's quotas."""
+        submissions together cannot both pass) refuses a job past the tenant's quotas. ``output``: every file's
+        format and rate, kept in ``job.json`` for the routes that serve them."""
         job = Job(new_id(), caller.tenant, kind, items_total, time.time(), idempotency_key, model, chars, caller.admin)
+        job = dataclasses.replace(job, audio_format=output[0], sample_rate=output[1])
         existing: list[Job] = []
 
         def admit() -> None:  # under the store's lock: two submissions with one key make one job
@@ -153,10 +169,6 @@ class JobStore:
             target[int(match["index"])] = facts
         return progress
 
-    def stored_bytes(self, job: Job) -> int:
-        """Bytes of the job's finished audio."""
-        return sum(facts.get("bytes", 0) for facts in self.progress(job).done.values())
-
     def save_anchor(self, job: Job, samples: np.ndarray, rate: int, text: str | None) -> None:
         """The recording a document's later chunks are spoken after (its voice, when the job named none), kept
         with the job so that the voice holds across restarts."""
@@ -187,14 +199,29 @@ class JobStore:
         self._write(items, f"{index}.json", json.dumps(facts, ensure_ascii=False).encode())
         return items / name
 
-    def item_failed(self, job: Job, index: int, code: str, message: str) -> None:
+    def item_failed(self, job: Job, index: int, code: str, message: str, item_id: str | None = None) -> None:
+        """Why an item failed, with the client's id for it (so that a status names it without the spec)."""
         items = self.records.path(job.job_id) / _ITEMS
-        self._write(items, f"{index}.failed.json", json.dumps({"code": code, "message": message}).encode())
+        failure = {"code": code, "message": message, "id": item_id}
+        self._write(items, f"{index}.failed.json", json.dumps(failure, ensure_ascii=False).encode())
 
-    def item_audio(self, job: Job, index: int) -> Path | None:
-        """A finished item's audio file; None while it is not done."""
-        facts = self.progress(job).done.get(index)
-        return None if facts is None else self.records.path(job.job_id) / _ITEMS / facts["file"]
+    def item_audio(self, job: Job, facts: dict[str, Any]) -> Path:
+        """A finished item's audio file, from its facts (``Progress.done``)."""
+        return self.records.path(job.job_id) / _ITEMS / facts["file"]
+
+    def runner_lease(self) -> BinaryIO | None:
+        """The job runner's lease: an exclusive ``flock`` on ``.runner`` in the store, held while this process
+        lives (so a replica starting while another stops waits for it); None while another process holds it."""
+        if self._lease is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / _LEASE, "ab")  # held open for the process's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return None
+            self._lease = handle
+        return self._lease
 
     def cancel(self, job: Job) -> None:
         self._write(self.records.path(job.job_id), _CANCELLED, b"")

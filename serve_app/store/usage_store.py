@@ -60,7 +60,6 @@ class UsageLedger:
         with self._lock:
             changed = {day: {t: dict(a) for t, a in self._days[day].items()} for day in self._dirty}
             self._dirty.clear()  # a failed write below marks them again
-            self._days = {day: tenants for day, tenants in self._days.items() if day >= today()}  # past days done
         for day, tenants in changed.items():
             try:
                 directory = self.root / day
@@ -73,6 +72,8 @@ class UsageLedger:
                 with self._lock:
                     self._dirty.add(day)
                 raise
+        with self._lock:  # past days written and unchanged since: done with
+            self._days = {day: t for day, t in self._days.items() if day >= today() or day in self._dirty}
 
 
 async def keep_flushed(ledger: UsageLedger) -> None:
@@ -81,18 +82,19 @@ async def keep_flushed(ledger: UsageLedger) -> None:
         await asyncio.sleep(FLUSH_PERIOD_S)
         try:
             await asyncio.to_thread(ledger.flush)
-        except OSError:
+        except Exception:  # a full disk, or anything else: the counts are kept, and the task goes on
             logger.exception("usage: writing %s failed; the counts are kept and written next time", ledger.root)
 
 
 def read(root: str | Path, tenant: str | None, days: int) -> list[dict[str, Any]]:
-    """The last ``days`` UTC days' usage (every writer's summed), one entry per day and tenant, newest first;
+    """The last ``days`` UTC calendar days' usage (every writer's summed), one entry per day and tenant, newest first;
     ``tenant``: that tenant's only (None: every tenant's)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = []
-    for day in sorted((p.name for p in root.iterdir() if _DAY.match(p.name)), reverse=True)[:days]:
+    first = time.strftime("%Y-%m-%d", time.gmtime(time.time() - (days - 1) * 86400))  # calendar days, today's included
+    for day in sorted((p.name for p in root.iterdir() if _DAY.match(p.name) and p.name >= first), reverse=True):
         sums: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(AMOUNTS, 0.0))
         for path in (root / day).glob("*.json"):
             try:

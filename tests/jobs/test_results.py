@@ -73,6 +73,18 @@ def test_a_document_is_its_chunks_joined_and_timed_from_its_start(tmp_path: Path
     assert lines[2]["segments"][0]["start_s"] == 0.98 and lines[2]["chapter"] == 1
 
 
+def test_a_cancelled_document_without_its_first_chunk_is_what_is_done(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    chunks = [{"chapter": 0, "spans": [{"text": f"chunk {n}.", "pause_after": 0.0}]} for n in range(2)]
+    spec = {"output": OUTPUT, "document": {"settings": {}, "chunks": chunks}}
+    job, _ = store.create(ALICE, "document", spec, 2, None)
+    facts = {"seconds": 0.5, "sample_rate": RATE, "segments": [segment("chunk 1.", 0.0, 0.5)]}
+    store.item_done(job, 1, flac(np.full(RATE // 2, 0.2, np.float32)), "flac", facts)
+    store.cancel(job)
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(results.zipped(store, job, spec, store.progress(job)))))
+    assert len(archive.read("document.wav")) == 44 + 2 * RATE // 2
+
+
 def test_eta_follows_the_pace_so_far(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     job, _ = store.create(ALICE, "items", {"output": OUTPUT, "items": []}, 4, None)

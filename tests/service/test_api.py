@@ -54,6 +54,11 @@ class TestStream:
         )
         assert stream_frames(response)[0].size == 4 * TINY_V15_STEP_FRAMES
 
+    def test_a_text_the_normalizer_cannot_read_is_read_as_written(self, url: str) -> None:
+        """wetext's English normalizer asserts on "0¢" (found by the fuzzer): spoken as written, not a 500."""
+        response = requests.post(f"{url}/api/tts/stream", data={"text": "0¢", "normalize": "true", "max_len": 4})
+        assert response.status_code == 200 and stream_frames(response)[0].size == 4 * TINY_V15_STEP_FRAMES
+
     def test_streamed_header_announces_unknown_length(self, url: str) -> None:
         body = requests.post(f"{url}/api/tts/stream", data={"text": "你好", "max_len": 3}).content
         assert body[:4] == b"RIFF" and body[8:12] == b"WAVE"

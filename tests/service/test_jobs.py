@@ -123,7 +123,7 @@ def test_a_document_is_one_file_of_its_chunks(tenants_url: str) -> None:
 def test_a_document_without_a_voice_speaks_after_its_first_sentence(tenants_url: str, jobs_dir: Path) -> None:
     job = submit(tenants_url, {"document": "第一句。第二句。第三句。", "defaults": SETTINGS}, BOB).json()
     assert finished(tenants_url, job["job_id"], BOB)["status"] == "succeeded"
-    anchor = jobs_dir / job["job_id"] / "anchor.json"  # kept with the job: a restart speaks on in its voice
+    anchor = jobs_dir / "jobs" / job["job_id"] / "anchor.json"  # kept with the job (app "jobs")
     assert json.loads(anchor.read_text())["text"] == "第一句。"
 
 

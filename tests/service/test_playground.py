@@ -240,8 +240,11 @@ def test_renders_a_document_in_the_background_and_downloads_it(page: Page) -> No
     page.fill("#max_len", "6")
     page.fill("#seed", "5")
     page.fill("#job-document", "# 第一章\n\n浏览器里提交的后台任务。")
+    page.locator("#job-list[data-loaded]").wait_for(state="attached")  # the jobs there before this one
+    before = page.locator("#job-list li").count()
     page.click("#job-submit")
-    newest = page.locator("#job-list li").first  # the list is newest first
+    page.wait_for_function(f"document.querySelectorAll('#job-list li').length > {before}")
+    newest = page.locator("#job-list li").first  # the list is newest first: this one
     download_button = newest.get_by_role("button", name="Download")
     download_button.wait_for(timeout=60_000)
     assert "document" in newest.inner_text() and "succeeded — 1/1 chunks" in newest.inner_text()

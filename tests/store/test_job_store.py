@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.errors import NotFound
-from serve_app.store.job_store import JobStore
+from serve_app.store.job_store import JobStore, application_root
 from serve_app.store.tenants import Principal
 
 ALICE, BOB = Principal("alice", False, "a"), Principal("bob", False, "b")
@@ -31,9 +31,10 @@ def test_a_job_is_its_owner_s_and_its_progress_is_its_results(tmp_path: Path) ->
     assert store.progress(job).status(3) == "running"
     path = store.item_done(job, 1, b"RIFF", "wav", {"seconds": 1.5})
     store.item_failed(job, 0, "bad_request", "text has nothing to speak")
-    assert path.read_bytes() == b"RIFF" and store.item_audio(job, 1) == path and store.item_audio(job, 2) is None
+    assert path.read_bytes() == b"RIFF" and store.item_audio(job, store.progress(job).done[1]) == path
     again = JobStore(tmp_path).progress(job)  # another replica, or after a restart: the same
     assert again.done == {1: {"seconds": 1.5, "file": "1.wav", "bytes": 4}} and again.failed[0]["code"] == "bad_request"
+    assert again.failed[0]["id"] is None
     assert again.pending(3) == [2]
     store.item_done(job, 2, b"RIFF", "wav", {"seconds": 0.5})
     assert store.progress(job).status(3) == "failed" and store.unfinished() == []  # finished, one item failed
@@ -57,3 +58,15 @@ def test_cancelled_deleted_and_expired_jobs(tmp_path: Path) -> None:
     assert store.delete(job) and not store.delete(job)
     with pytest.raises(NotFound):
         store.get(job.job_id, ALICE)
+
+
+def test_one_runner_holds_the_lease(tmp_path: Path) -> None:
+    first, second = JobStore(tmp_path), JobStore(tmp_path)
+    assert first.runner_lease() is not None and first.runner_lease() is first.runner_lease()
+    assert second.runner_lease() is None  # until the first's process ends
+
+
+def test_each_application_has_a_directory_of_its_own(tmp_path: Path) -> None:
+    assert application_root(tmp_path, "voxcpm") == tmp_path / "voxcpm"
+    assert application_root(tmp_path, "../etc") == tmp_path / "_etc"
+    assert application_root(tmp_path, "..") == tmp_path / "_"

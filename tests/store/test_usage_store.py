@@ -46,3 +46,26 @@ def test_a_failed_write_is_written_next_time(tmp_path: Path) -> None:
 def test_writer_ids_are_checked_before_they_name_a_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         UsageLedger(tmp_path, "../x")
+
+
+def test_a_day_that_failed_to_write_is_written_after_midnight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = UsageLedger(tmp_path / "usage", "ingress-a")
+    monkeypatch.setattr(usage_store, "today", lambda: "2026-12-06")
+    ledger.add("alice", requests=1)
+    root, ledger.root = ledger.root, tmp_path / "a-file"
+    ledger.root.write_text("")
+    with pytest.raises(OSError):
+        ledger.flush()
+    monkeypatch.setattr(usage_store, "today", lambda: "2026-12-07")
+    ledger.add("alice", requests=2)
+    ledger.root = root
+    ledger.flush()  # yesterday's counts were kept, and are written now beside today's
+    written = {day.name: day for day in root.iterdir()}
+    assert sorted(written) == ["2026-12-06", "2026-12-07"]
+
+
+def test_days_are_calendar_days(tmp_path: Path) -> None:
+    (tmp_path / "2000-01-01").mkdir()
+    (tmp_path / "2000-01-01" / "ingress-a.json").write_text('{"alice": {"requests": 1}}')
+    assert usage_store.read(tmp_path, None, days=1) == []  # an old day is not "the last day"
+    assert usage_store.read(tmp_path, None, days=366) == []

@@ -44,7 +44,7 @@ async function downloadJob(job) {
   }
   const link = document.createElement("a");
   link.href = URL.createObjectURL(await response.blob());
-  link.download = path === "audio" ? `job-${job.job_id}.${$("job-format").value}` : `job-${job.job_id}.zip`;
+  link.download = path === "audio" ? `job-${job.job_id}.${job.format}` : `job-${job.job_id}.zip`;
   link.click();
 }
 
@@ -87,6 +87,7 @@ async function loadJobs() {
   clearTimeout(jobPoll);
   const { jobs } = await loaded("/api/jobs");
   $("job-list").replaceChildren(...jobs.slice().reverse().map(jobItem)); // newest first
+  $("job-list").dataset.loaded = "true"; // for people's scripts and the tests: the list is the service's
   if (jobs.some((job) => UNFINISHED.includes(job.status))) jobPoll = setTimeout(loadJobs, JOB_POLL_MS);
 }
 
