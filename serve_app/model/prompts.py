@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +34,12 @@ from serve_app.store.voice_store import Voice, VoiceStore
 
 class PromptCache:
     """Encoded prompts by content (each recording's audio, rate and transcript, denoise), least recently used
-    dropped first."""
+    dropped first. Thread-safe: the batched engine encodes beside its loop thread (``batched/prompt_workers.py``)."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -51,26 +53,31 @@ class PromptCache:
                 digest.update(np.ascontiguousarray(audio.samples, dtype=np.float32).tobytes())
         return digest.hexdigest()
 
-    def get(self, key: str) -> Any | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return entry
+    def get(self, key: str, count_miss: bool = True) -> Any | None:
+        """The entry, or None; ``count_miss``: whether None counts as a miss (not where the encoding that follows
+        looks again, and counts it)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += count_miss
+                return None
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.hits = self.misses = 0
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = 0
 
     def put(self, key: str, entry: Any) -> None:
         if self._capacity <= 0:
             return
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
 
 class PromptEncoder:
@@ -88,6 +95,10 @@ class PromptEncoder:
         if self._denoise_dir is not None:
             shutil.rmtree(self._denoise_dir, ignore_errors=True)
 
+    def cached(self, request: SynthesisRequest) -> Any | None:
+        """The request's recordings or saved voice as encoded before (a hit), or None (``encoded`` follows)."""
+        return self.cache.get(self._key(request), count_miss=False)
+
     def encoded(self, request: SynthesisRequest) -> Any:
         """The request's recordings or saved voice, encoded: from the cache when it is there.
 
@@ -96,24 +107,26 @@ class PromptEncoder:
         isolated reference (the voice's reference recording, else its recording without transcript): the
         description then styles that voice, which it could not do to a continuation."""
         voice = request.voice
-        takes_reference = REFERENCE_AUDIO in self._info.capabilities
-        if voice is not None:
-            isolated = bool(request.instructions)
-            key = f"voice:{voice.digest}:{request.denoise}:{isolated}:{takes_reference}"
-        else:
-            key = PromptCache.key(request.prompt, request.reference, request.denoise)
+        key = self._key(request)
         encoded = self.cache.get(key)
         if encoded is None:
             if voice is None:
                 encoded = self.encode(request.prompt, request.reference, request.denoise)
             else:
                 recording = self._voice_recording(voice)
+                takes_reference = REFERENCE_AUDIO in self._info.capabilities
                 reference = self._voice_recording(voice, reference=True) if takes_reference else None
-                if isolated:
+                if request.instructions:
                     recording, reference = None, reference or dataclasses.replace(recording, text=None)
                 encoded = self.encode(recording, reference, request.denoise)
             self.cache.put(key, encoded)
         return encoded
+
+    def _key(self, request: SynthesisRequest) -> str:
+        if (voice := request.voice) is None:
+            return PromptCache.key(request.prompt, request.reference, request.denoise)
+        takes_reference = REFERENCE_AUDIO in self._info.capabilities
+        return f"voice:{voice.digest}:{request.denoise}:{bool(request.instructions)}:{takes_reference}"
 
     def encode(self, prompt: PromptAudio | None, reference: PromptAudio | None, denoise: bool) -> Any:
         """voxcpm's ``build_prompt_cache``: a recording with its transcript is a continuation prompt, one

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ logger = logging.getLogger("ray.serve")
 WARMUP_TEXT = "Hello, this is a warm-up sentence."
 MAX_PAUSE_S = 10.0  # a span's pause: SSML's longest break (W3C leaves it open; the big services cap it at 10 s)
 TOKENIZED_TEXTS = 256  # texts whose tokens a replica keeps (a sentence is tokenized 7 times as it starts)
+# How a prompt's encoding runs: handed the work, answers its result (or a future of it).
+Deferral = Callable[[Callable[[], Any]], Any]
+
+
+def _at_once(work: Callable[[], Any]) -> Any:
+    return work()
 
 
 class VoxCPMRuntime:
@@ -157,14 +163,17 @@ class VoxCPMRuntime:
         """A request's count of patches through the VAE, and how many its next call takes."""
         return DecodeGrouping(self._decode_patches, streaming)
 
-    def utterance(self, request: SynthesisRequest) -> Utterance:
-        """The request's plan (``plan.py``), each span checked against what this model can do."""
+    def utterance(self, request: SynthesisRequest, defer: Deferral = _at_once) -> Utterance:
+        """The request's plan (``plan.py``), each span checked against what this model can do. ``defer`` runs each
+        prompt's encoding: at once, or elsewhere (the batched engine's prompt workers: its sentences then carry a
+        future); a prompt encoded before comes from the cache at once either way."""
         if not self.speaks(request.text):
             raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
-        parts = [self._part(request, span) for span in request.spoken]
-        return plan.utterance(request, parts, self.info, lambda own: self.prompts.encode(own, None, denoise=False))
+        parts = [self._part(request, span, defer) for span in request.spoken]
+        own = functools.partial(self.prompts.encode, reference=None, denoise=False)
+        return plan.utterance(request, parts, self.info, lambda audio: defer(functools.partial(own, audio)))
 
-    def _part(self, request: SynthesisRequest, span: Span) -> plan.Part:
+    def _part(self, request: SynthesisRequest, span: Span, defer: Deferral) -> plan.Part:
         """A span as the plan takes it: its sentences split by the one rule (``text/sentences.py``; a sentence the
         WebSocket cut is not cut again) and cleaned, in its own saved voice or the request's, checked against
         what this model can do and encoded (a span with nothing to say is only its pause). A designed voice
@@ -186,10 +195,13 @@ class VoxCPMRuntime:
         if self.v2 and voiced.voice is not None and not voiced.instructions:
             voiced = dataclasses.replace(voiced, instructions=voiced.voice.description)
         capabilities.check(self.info, voiced)
-        recorded = voiced.prompt or voiced.voice or voiced.reference
+        prompt = None
+        if voiced.prompt or voiced.voice or voiced.reference:
+            prompt = self.prompts.cached(voiced)
+            prompt = defer(functools.partial(self.prompts.encoded, voiced)) if prompt is None else prompt
         return plan.Part(
             sentences=sentences,
-            prompt=self.prompts.encoded(voiced) if recorded else None,
+            prompt=prompt,
             instructions=voiced.instructions,
             speed=span.speed,
             pause_after=pause,

@@ -34,6 +34,7 @@ from serve_app.errors import InvalidField
 from serve_app.model.batched import graph_check
 from serve_app.model.batched.layers import StepOutput
 from serve_app.model.batched.postprocess import GENERATING, Outcome, Postprocessor
+from serve_app.model.batched.prompt_workers import PromptWorkers
 from serve_app.model.batched.runner import StepRunner
 from serve_app.model.batched.scheduler import Scheduler
 from serve_app.model.batched.sequence import Sequence, Status
@@ -80,6 +81,7 @@ class BatchedEngine(RuntimeEngine):
         self.liveness = Liveness(config.max_step_s)  # of the loop thread: it builds the engine, then runs it
         self._inbox: queue.SimpleQueue[Sequence | object] = self.liveness.inbox  # reads: signs of life
         self.submissions = Submissions(runtime, self._inbox, self.liveness)
+        self.prompt_workers = PromptWorkers()
         self._closing = False
 
     @classmethod
@@ -107,6 +109,7 @@ class BatchedEngine(RuntimeEngine):
     def close(self) -> None:
         self._inbox.put(_STOP)
         self.liveness.join(10)
+        self.prompt_workers.close()
         self.runtime.close()
 
     def generate(self, request: SynthesisRequest, streaming: bool) -> np.ndarray:
@@ -164,6 +167,7 @@ class BatchedEngine(RuntimeEngine):
         now, and those that arrived while the batch's model call ran, take a step of their own first: a newcomer
         waits for at most one of the batch's two calls in flight, not for a whole step (the batch's next chunk
         waits for that, ahead of its listener: chunks are a patch long and a step takes a fraction of one)."""
+        self._end_deferred()
         self._newcomers_step(self._admit())
         self._between_steps()
         if not self.scheduler.running:
@@ -189,8 +193,8 @@ class BatchedEngine(RuntimeEngine):
             block = False
             if command is _STOP:
                 self._closing = True
-            elif isinstance(command, Sequence) and not command.cancelled:
-                self.scheduler.add(command)
+            elif isinstance(command, Sequence) and not command.cancelled and command.status is Status.WAITING:
+                self.scheduler.add(command)  # a new request, or a parked one whose prompt is ready
         return not self._closing
 
     def _between_steps(self) -> None:
@@ -264,11 +268,26 @@ class BatchedEngine(RuntimeEngine):
             for row, outcome in outcomes.items()
             if outcome is not Outcome.RETRIES and (row in due or (outcome is Outcome.ENDS and sequences[row].latents))
         ]
+        # a group waits a step only where that changes no bits; a sentence's end keeps its patches however late
+        movable = [row for row in held if outcomes[row] is Outcome.ENDS or not self.vae.batch_invariant]
+        now = self.scheduler.held_decodes([sequences[row] for row in movable])
+        for row in [row for row in movable if sequences[row] not in now]:  # a patch more next step, or its end later
+            sequences[row].ending = outcomes[row] is Outcome.ENDS
+            held.remove(row)
         for row, outcome in outcomes.items():
-            if row not in held:
+            if row not in held and not sequences[row].ending:
                 self._guarded(sequences[row], self._postprocess, sequences[row], outcome, audio.get(row))
         for row in held:
             self._guarded(sequences[row], self._postprocess, sequences[row], outcomes[row], None, True)
+
+    def _end_deferred(self) -> None:
+        """The background requests whose sentence ended in an earlier step with their held patches left for a
+        step with time for them (``Scheduler.held_decodes``): as many as this step has time for."""
+        for sequence in self.scheduler.held_decodes(
+            [sequence for sequence in self.scheduler.running if sequence.ending]
+        ):
+            sequence.ending = False
+            self._guarded(sequence, self._postprocess, sequence, Outcome.ENDS, None, True)
 
     def _postprocess(self, sequence: Sequence, outcome: Outcome, piece: np.ndarray | None, held: bool = False) -> None:
         """One request's step: ``piece`` of audio, or with ``held`` its held patches through the VAE now."""
@@ -278,18 +297,29 @@ class BatchedEngine(RuntimeEngine):
             self._next_sentence(sequence, following, may_yield=True)
 
     def _start(self, sequence: Sequence) -> None:
-        if sequence.plan is not None:  # a background request admitted again: its next sentence is set up
-            self.scheduler.start_sentence(sequence)
+        if sequence.plan is not None:  # admitted again: its next sentence is set up, or its prompt is now ready
+            if sequence.inputs is None:
+                self._next_sentence(sequence, sequence.sentence)
+            else:
+                self.scheduler.start_sentence(sequence)
             return
         sequence.started()
-        sequence.plan = self.runtime.utterance(sequence.request)
+        sequence.plan = self.runtime.utterance(sequence.request, self.prompt_workers.deferral(sequence.background))
         self._next_sentence(sequence, next(sequence.plan, None))
 
     def _next_sentence(self, sequence: Sequence, sentence: Sentence | None, may_yield: bool = False) -> None:
-        """Set the request up to generate the sentence (prefilled before the next step), or finish it."""
+        """Set the request up to generate the sentence (prefilled before the next step), or finish it. A sentence
+        whose prompt is still being encoded parks the request until it is (``prompt_workers.py``)."""
         if sentence is None:
             self._complete(sequence)
             return
+        if isinstance(sentence.prompt, Future):
+            if not sentence.prompt.done():
+                sequence.sentence, sequence.inputs = sentence, None
+                self.scheduler.park(sequence)
+                sentence.prompt.add_done_callback(lambda _: self._inbox.put(sequence))
+                return
+            sentence = dataclasses.replace(sentence, prompt=sentence.prompt.result())  # its error fails the request
         sequence.sentence = sentence
         sequence.attempts += 1
         inputs = self.runtime.model_inputs(sentence, sequence.request)

@@ -6,7 +6,9 @@ job's) in theirs, while no live request waits, within their share of the slots a
 within a step-time budget; past that budget background rows skip steps (they sit in the slots above the live
 ones, so that a step can leave them out) and leave at their next sentence; a background request also gives its
 slot up at its next sentence where a live one waits for a slot, and resumes from that sentence when it is
-admitted again (each sentence is prefilled afresh, so nothing of its audio changes). A request starting a
+admitted again (each sentence is prefilled afresh, so nothing of its audio changes). A request whose next
+sentence waits for its prompt to be encoded (``prompt_workers.py``) gives its slot up the same way, parked
+until the prompt is there. A request starting a
 sentence (its first, the next, or the same again for retry_badcase) is queued for the next prefill; newcomers
 may take their first step on their own before the batch's (``newcomers_first``). Running requests occupy slots
 0..n-1 in ``running``'s order. One that leaves (finished, cancelled, failed) keeps its slot until the step is
@@ -30,6 +32,11 @@ STEP_TIME_SMOOTHING = 0.1  # weight of the newest step in the batch's running me
 # While live requests run, background ones keep to a batch whose steps take at most this share of a patch's
 # audio (the live streams' margin over real time); past it they leave at their next sentence and are not admitted.
 LIVE_STEP_SHARE = 0.5
+# While live requests run, at most this many background requests decode their held patches in a step (a call
+# of ~10-20 ms on a CPU for a group, more at a sentence's end): a job's rows, admitted together, fall due
+# together, and all their calls in one step stalled the live streams for up to seconds. One that waits holds a
+# patch more and is due again next step; one whose sentence ended waits out of the steps (``Sequence.ending``).
+BACKGROUND_HELD_DECODES = 1
 
 
 class Scheduler:
@@ -43,6 +50,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.starting: list[Sequence] = []  # running requests whose next sentence waits for its prefill
+        self.parked: list[Sequence] = []  # requests whose next sentence waits for its prompt, out of the slots
         self.allow_newcomers_first = newcomers_first
         self.patch_s = patch_s
         self.step_s = 0.0  # mean time of the batch's steps (model and VAE calls, post-processing)
@@ -51,7 +59,16 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def add(self, sequence: Sequence) -> None:
+        """A new request, or a parked one whose prompt is ready: waiting for a slot."""
+        if sequence in self.parked:
+            self.parked.remove(sequence)
         self.waiting.append(sequence)
+
+    def park(self, sequence: Sequence) -> None:
+        """The request's next sentence waits for its prompt: its slot is given up (once the step is over) until
+        it is added again."""
+        sequence.status = Status.WAITING
+        self.parked.append(sequence)
 
     def admit(self) -> list[Sequence]:
         """Waiting requests moved into free slots: live ones oldest first, then background ones within their share."""
@@ -83,8 +100,10 @@ class Scheduler:
         self.starting.append(sequence)
 
     def _too_slow_for_live(self) -> bool:
-        live = any(not sequence.background and sequence.status is Status.RUNNING for sequence in self.running)
-        return live and self.step_s > LIVE_STEP_SHARE * self.patch_s
+        return self._live_running() and self.step_s > LIVE_STEP_SHARE * self.patch_s
+
+    def _live_running(self) -> bool:
+        return any(not sequence.background and sequence.status is Status.RUNNING for sequence in self.running)
 
     def _live_waiting(self) -> int:
         return sum(not sequence.background for sequence in self.waiting)
@@ -98,8 +117,9 @@ class Scheduler:
         return [sequence for sequence in starting if sequence.status is Status.RUNNING]
 
     def holding(self) -> list[Sequence]:
-        """Every request not yet finished, waiting or running."""
-        held = (sequence for sequence in (*self.waiting, *self.running) if sequence.status is not Status.FINISHED)
+        """Every request not yet finished, waiting, parked or running."""
+        everyone = (*self.waiting, *self.parked, *self.running)
+        held = (sequence for sequence in everyone if sequence.status is not Status.FINISHED)
         return list(dict.fromkeys(held))  # one that gave its slot up is in both until the step is over
 
     def cancelled(self) -> list[Sequence]:
@@ -107,10 +127,10 @@ class Scheduler:
         return [sequence for sequence in self.holding() if sequence.cancelled]
 
     def retire(self, sequence: Sequence) -> None:
-        """Take a request out: a waiting one at once, a running one keeps its slot until ``compact``."""
+        """Take a request out: a waiting or parked one at once, a running one keeps its slot until ``compact``."""
         status, sequence.status = sequence.status, Status.FINISHED
         if status is Status.WAITING:
-            self.waiting.remove(sequence)
+            (self.parked if sequence in self.parked else self.waiting).remove(sequence)
 
     def compact(self) -> list[tuple[int, int]]:
         """Between steps: the running requests back in slots 0..n-1, the last ones moved into the slots of those
@@ -148,10 +168,19 @@ class Scheduler:
     def step_rows(self) -> int:
         """How many of the running requests (from slot 0) the batch's next step takes: all, or only the live
         ones (below the background ones: ``partition``) while the steps are too slow for them; but all while live
-        requests wait for the slots background ones hold, which give them up only at a sentence's end."""
+        requests wait for the slots background ones hold, which give them up only at a sentence's end. Never one
+        whose sentence ended and waits for its held patches' decode (``ending``): the background ones wait then."""
         live = sum(not sequence.background for sequence in self.running)
         paused = self._too_slow_for_live() and self._live_waiting() <= self._free_slots()
-        return live if paused else len(self.running)
+        return live if paused or any(sequence.ending for sequence in self.running) else len(self.running)
+
+    def held_decodes(self, due: list[Sequence]) -> list[Sequence]:
+        """Of the requests whose held patches are due (a group, or a sentence's end), those decoded this step: every
+        live one, and while live ones run at most ``BACKGROUND_HELD_DECODES`` background ones, those holding the
+        most first (else one always last in the slots would fall ever further behind)."""
+        live = [sequence for sequence in due if not sequence.background]
+        background = sorted((s for s in due if s.background), key=lambda sequence: -len(sequence.latents))
+        return live + background[: BACKGROUND_HELD_DECODES if self._live_running() else None]
 
     def stepped(self, seconds: float) -> None:
         """The batch's step just took ``seconds`` (its own work, not the newcomers' in between)."""

@@ -48,6 +48,7 @@ class Sequence:
     plan: Utterance | None = None
     sentence: Sentence | None = None
     inputs: ModelInputs | None = None
+    ending: bool = False  # its sentence ended; its held patches wait for a step with time for them (background)
     attempts: int = 0  # generations of the current sentence (retry_badcase)
     segments_ended: int = 0  # sentences whose end it was told (SegmentEnd), when it asked
     step: int = 0  # of the current sentence

@@ -4,11 +4,16 @@ is still the one the reference engine gives it alone."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from serve_app.model.batched import scheduler
-from serve_app.model.types import SynthesisRequest
+from serve_app.model.types import PromptAudio, SynthesisRequest
 from tests.model.batched.engines import alone, counted_steps, idle, together
 
 JOBS = [  # several short sentences each: boundaries to give a slot up at
@@ -95,4 +100,67 @@ def test_a_step_that_leaves_background_rows_out_pads_no_graph_over_their_slots(
     results = together(batched, requests, stagger_s=0, gate=(1, job_running))
     for want, got in zip(expected, results, strict=True):
         assert np.array_equal(got, want)
+    assert idle(batched)
+
+
+def test_a_jobs_sentence_end_waits_out_of_the_steps_while_live_ones_run_and_sounds_the_same(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs, not streamed, whose sentence ends while live streams run, with no background decode allowed in a
+    step (``BACKGROUND_HELD_DECODES`` 0; the step-time budget lifted, so that they step beside the live ones): their
+    held patches wait, the jobs out of the steps, until the live ones are done; the jobs' audio is bit for bit
+    what they give without live requests, the live streams' what they give alone."""
+    reference, batched, _ = engines
+    monkeypatch.setattr(scheduler, "LIVE_STEP_SHARE", math.inf)
+    monkeypatch.setattr(scheduler, "BACKGROUND_HELD_DECODES", 0)
+    jobs = [dataclasses.replace(JOBS[0], seed=seed, max_len=30, retry_badcase=False) for seed in (41, 42)]
+    unhurried = together(batched, jobs, stagger_s=0, streaming=[False, False])
+    expected = [*unhurried, *(alone(reference, request) for request in LIVE[:2])]
+    held_decodes, waited = batched.scheduler.held_decodes, []
+
+    def logged(due: list) -> list:
+        now = held_decodes(due)
+        waited.extend(sequence.request.seed for sequence in due if sequence not in now)
+        return now
+
+    monkeypatch.setattr(batched.scheduler, "held_decodes", logged)
+    _, jobs_running = counted_steps(batched, monkeypatch, running=2)
+    results = together(batched, [*jobs, *LIVE[:2]], 0, [False, False, True, True], gate=(2, jobs_running))
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
+    assert set(waited) == {41, 42}, waited  # both jobs' sentence ends waited; never a live request's
+    assert idle(batched)
+
+
+def test_a_prompt_is_encoded_beside_the_batch_while_the_other_streams_go_on(
+    engines: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request with a recording joins a running stream: its prompt is encoded on the prompt workers' thread
+    (slowed here) while the stream keeps stepping, it is admitted again once the prompt is there, and both sound
+    as they do alone."""
+    reference, batched, _ = engines
+    rate = batched.runtime.info.prompt_sample_rate
+    samples = np.sin(np.arange(rate) / 7).astype(np.float32) * 0.3
+    cloned = SynthesisRequest(text="克隆的声音", seed=6, prompt=PromptAudio(samples, rate, "参考音频"), max_len=18)
+    requests = [LIVE[0], cloned]
+    expected = [alone(reference, request) for request in requests]
+    batched.runtime.prompts.cache.clear()
+    encode, encoding = batched.runtime.prompts.encode, []
+
+    def slow(*arguments: object, **options: object) -> object:
+        started = time.monotonic()
+        encoded = encode(*arguments, **options)
+        time.sleep(0.5)
+        encoding.append((started, time.monotonic(), threading.current_thread().name))
+        return encoded
+
+    monkeypatch.setattr(batched.runtime.prompts, "encode", slow)
+    _, live_running = counted_steps(batched, monkeypatch, running=1)
+    step, stepped_at = batched.runner.step, []
+    monkeypatch.setattr(batched.runner, "step", lambda *a, **k: stepped_at.append(time.monotonic()) or step(*a, **k))
+    results = together(batched, requests, stagger_s=0, gate=(1, live_running))
+    for want, got in zip(expected, results, strict=True):
+        assert np.array_equal(got, want)
+    [(started, ended, thread)] = encoding
+    assert thread.startswith("voxcpm-prompts") and sum(started < t < ended for t in stepped_at) >= 5
     assert idle(batched)

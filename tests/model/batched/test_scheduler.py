@@ -201,3 +201,41 @@ def test_a_request_that_gave_its_slot_up_is_held_once() -> None:
     scheduler.start_sentence(job, may_yield=True)  # in the queue again, in its slot until the step is over
     assert job in scheduler.waiting and job in scheduler.running
     assert scheduler.holding() == [live, job]
+
+
+def test_a_request_parked_for_its_prompt_gives_its_slot_up_and_comes_back_when_added_again() -> None:
+    scheduler = Scheduler(max_batch_size=2)
+    parked, other, cancelled = make_sequence("parked"), make_sequence("other"), make_sequence("cancelled")
+    for sequence in (parked, other):
+        scheduler.add(sequence)
+    scheduler.admit()
+    scheduler.park(parked)  # its next sentence waits for its prompt's encoding
+    assert parked.status is Status.WAITING and scheduler.holding() == [parked, other]
+    scheduler.compact()
+    assert scheduler.running == [other] and parked.slot == -1
+    assert scheduler.admit() == []  # parked: not waiting for a slot
+    scheduler.add(parked)  # the prompt is ready
+    assert scheduler.admit() == [parked] and scheduler.parked == []
+    scheduler.add(cancelled)
+    scheduler.admit()  # no slot: it waits
+    scheduler.park(other)
+    scheduler.retire(other)  # one cancelled while parked leaves the parked ones
+    assert scheduler.parked == [] and other not in scheduler.holding()
+
+
+def test_while_live_requests_run_one_background_request_a_step_decodes_its_held_patches_the_most_held_first() -> None:
+    scheduler = Scheduler(max_batch_size=4)
+    live, *jobs = [make_sequence("live"), *(make_sequence(f"job{n}", priority="background") for n in range(3))]
+    for held, job in zip((2, 5, 3), jobs, strict=True):
+        job.latents = [None] * held  # type: ignore[list-item]
+    for sequence in (live, *jobs):
+        scheduler.add(sequence)
+    scheduler.background_slots = 3
+    scheduler.admit()
+    assert scheduler.held_decodes([*jobs, live]) == [live, jobs[1]]  # the others wait a step: their turn comes
+    assert scheduler.step_rows() == 4
+    jobs[0].ending = True  # its sentence ended; its patches wait for a step with time for them
+    assert scheduler.step_rows() == 1  # never stepped again meanwhile, nor the other jobs
+    scheduler.retire(live)
+    scheduler.compact()
+    assert scheduler.held_decodes(jobs) == [jobs[1], jobs[2], jobs[0]]  # no live request: all at once
