@@ -16,7 +16,7 @@ from serve_app.config import AppConfig
 from serve_app.errors import InvalidField, PayloadTooLarge, QuotaExceeded
 from serve_app.ingress.job_schemas import ItemSettings, JobRequest
 from serve_app.ingress.synthesis_requests import RequestBuilder
-from serve_app.jobs.documents import Pauses, chapters
+from serve_app.jobs.documents import chapters
 from serve_app.metrics import RequestTrace
 from serve_app.store.job_store import Job, JobStore
 from serve_app.store.tenants import Principal
@@ -91,7 +91,7 @@ class JobBuilder:
             raise PayloadTooLarge(
                 f"document has {len(document)} characters; the limit is {jobs.max_document_chars}", "document"
             )
-        found = await asyncio.to_thread(chapters, document, jobs.chunk_chars, Pauses(**jobs.pauses.model_dump()))
+        found = await asyncio.to_thread(chapters, document, jobs.chunk_chars, jobs.pauses)
         if not found:
             raise InvalidField("document has nothing to speak", "document")
         settings = await self._settings(defaults.model_dump(), model, caller, "defaults", resolved)

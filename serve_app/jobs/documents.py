@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from serve_app.config.jobs import JobPauses
 from serve_app.model.types import Span
 from serve_app.text.sentences import split_sentences
 
@@ -25,21 +26,12 @@ _MARKS = re.compile(r"(\*{1,3}|_{2,3}|`+)")
 
 
 @dataclass(frozen=True)
-class Pauses:
-    """Seconds of silence after a sentence, a paragraph (and a heading) and a chapter."""
-
-    sentence_s: float = 0.0
-    paragraph_s: float = 0.6
-    chapter_s: float = 1.5
-
-
-@dataclass(frozen=True)
 class Chapter:
     title: str | None  # its heading's text; None for what comes before the first heading
     chunks: list[tuple[Span, ...]]
 
 
-def chapters(document: str, chunk_chars: int, pauses: Pauses) -> list[Chapter]:
+def chapters(document: str, chunk_chars: int, pauses: JobPauses) -> list[Chapter]:
     """The document's chapters, each as the chunks a job renders one at a time; blank chapters left out."""
     found = []
     for title, paragraphs in _sections(document):
@@ -78,7 +70,7 @@ def _plain(text: str) -> str:
     return _MARKS.sub("", _IMAGE_OR_LINK.sub(lambda link: link["text"], text)).strip()
 
 
-def _paragraph(paragraph: str, pauses: Pauses) -> list[Span]:
+def _paragraph(paragraph: str, pauses: JobPauses) -> list[Span]:
     """A paragraph's sentences, the last one followed by the paragraph's pause."""
     spans = [Span(s.strip(), pause_after=pauses.sentence_s) for s in split_sentences(paragraph) if s.strip()]
     if spans:

@@ -148,10 +148,6 @@ class JobStore:
         """Every job, oldest first, from their ``job.json`` alone (no progress read)."""
         return self._all()
 
-    def unfinished(self) -> list[Job]:
-        """Every job with items left to render and not cancelled, oldest first: what a runner resumes."""
-        return [job for job in self._all() if self.progress(job).status(job.items_total) in ("queued", "running")]
-
     def is_cancelled(self, job: Job) -> bool:
         return (self.records.path(job.job_id) / _CANCELLED).exists()
 
