@@ -28,6 +28,7 @@ from serve_app.audio.containers import AudioContainer, sniff
 from serve_app.audio.decode import decode_mono
 from serve_app.errors import PayloadTooLarge, ServiceError, UnsupportedMedia
 from tests.conftest import BOUNDS
+from tests.fuzz_corpus import AMR_NB_TONE
 
 FIELD = "prompt_audio"
 TONE_S = 1.0
@@ -79,7 +80,7 @@ ACCEPTED: dict[str, tuple[Callable[[], bytes], AudioContainer]] = {
     "webm-opus": (lambda: by_ffmpeg("webm", "libopus"), containers.MATROSKA),
     "mkv-aac": (lambda: by_ffmpeg("matroska", "aac", 16000), containers.MATROSKA),
     "ogg-opus-ffmpeg": (lambda: by_ffmpeg("ogg", "libopus"), containers.OGG),
-    "amr-nb": (lambda: by_ffmpeg("amr", "libopencore_amrnb", 8000), containers.AMR),
+    "amr-nb": (lambda: AMR_NB_TONE.read_bytes(), containers.AMR),
 }
 
 
