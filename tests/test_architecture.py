@@ -21,7 +21,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "faults": {"errors"},  # the tests' fault injection switch, for both deployments
     "metrics": set(),
     "audio": {"errors"},
-    "text": set(),
+    "text": {"errors"},
     "hub": set(),
     "timing": {"config", "errors", "audio", "text", "hub"},
     "store": {"config", "errors"},

@@ -17,10 +17,32 @@ BUDGET_RATE, BUDGET_CHANNELS = 48000, 2
 FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's fields and boundaries around its file
 
 
+class SSMLConfig(Strict):
+    """How an SSML text is read (docs/ssml.md), and what it may become before any audio is made."""
+
+    strict: bool = Field(
+        False,
+        description="An element or attribute outside the supported subset is refused (400 naming the text's "
+        "field) rather than its text spoken and its name given in the X-Ignored-Fields header.",
+    )
+    max_break_s: float = Field(
+        10.0, gt=0, le=10, description="One <break>: longer is a 400 naming the text's field (10 s at most)."
+    )
+    max_total_break_s: float = Field(60.0, gt=0, description="Every <break> of one text together: past it, 413.")
+    max_voices: PositiveInt = Field(8, description="<voice> elements in one text: past it, 413.")
+    max_chars: PositiveInt = Field(
+        10_000, description="The text spoken once aliases and <say-as> are written out: past it, 413."
+    )
+    max_depth: PositiveInt = Field(
+        32, le=1000, description="Nested elements: deeper is a 400, refused while the text is parsed."
+    )
+
+
 class LimitsConfig(Strict):
     """Bounds on what one request may ask for."""
 
     max_text_chars: PositiveInt = 5000
+    ssml: SSMLConfig = SSMLConfig()
     max_prompt_audio_bytes: PositiveInt = Field(
         20 * 1024 * 1024,
         description="An uploaded reference recording (prompt_audio, reference_audio, a voice's "

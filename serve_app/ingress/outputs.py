@@ -23,13 +23,17 @@ class Output:
     model: ModelInfo
     trace: RequestTrace
     speed: float = 1.0  # speaking rate, applied by time-stretch before encoding
+    ignored: tuple[str, ...] = ()  # what of the request was not followed (SSML outside the subset)
 
     @property
     def media_type(self) -> str:
         return codecs.MEDIA_TYPES[self.format]
 
     def headers(self) -> dict[str, str]:
-        return {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}  # Serve adds X-Request-ID
+        headers = {"X-Sample-Rate": str(self.sample_rate), "X-Model": self.model.name}  # Serve adds X-Request-ID
+        if self.ignored:
+            headers["X-Ignored-Fields"] = ", ".join(self.ignored)
+        return headers
 
 
 def checked(info: ModelInfo, fmt: AudioFormat, requested_rate: int | None, trace: RequestTrace, speed: float) -> Output:

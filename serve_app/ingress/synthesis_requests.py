@@ -7,6 +7,7 @@ fields a model cannot take (``model/capabilities.py``), and the answer's format 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 from fastapi import UploadFile
@@ -15,7 +16,8 @@ from serve_app.audio.codecs import AudioFormat
 from serve_app.audio.decode import AudioBounds, DecodePool, decode_upload
 from serve_app.config import LimitsConfig, OpenAIRouteConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
-from serve_app.ingress import outputs
+from serve_app.ingress import markup, outputs
+from serve_app.ingress.markup import Marked
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.openai_schemas import OPENAI_PCM_RATE, OPENAI_VOICES, SpeechRequest, served_model
 from serve_app.ingress.outputs import Output
@@ -80,9 +82,11 @@ class RequestBuilder:
             field = "prompt_audio" if prompt is not None else "reference_audio"
             raise InvalidField(f"give either voice_id or {field}, not both", "voice_id")
         adapter = await self.adapter(form.adapter, voice, model, caller)
-        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter"})  # voxcpm's names
+        said = await self.marked(form.text, "text", caller)
+        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter", "text"})  # voxcpm's names
         voices = {"prompt": prompt, "reference": reference, "voice": voice, "adapter": adapter}
-        return SynthesisRequest(**voices, **trace.ids, **knobs), output
+        request = SynthesisRequest(**said.request_text, **voices, **trace.ids, **knobs)  # type: ignore[arg-type]
+        return request, dataclasses.replace(output, ignored=said.ignored)
 
     async def from_openai(
         self, body: SpeechRequest, trace: RequestTrace, caller: Principal, config: OpenAIRouteConfig
@@ -100,8 +104,14 @@ class RequestBuilder:
         voice = await self._openai_voice(body.voice_name, config, caller)
         adapter = await self.adapter(None, voice, model, caller)
         segments = body.timestamps is not None
+        said = await self.marked(body.input, "input", caller)
         knobs = {"voice": voice, "adapter": adapter, "instructions": instructions, "segments": segments}
-        return SynthesisRequest(text=body.input, **knobs, **trace.ids, **body.knobs()), output, ignored
+        request = SynthesisRequest(**said.request_text, **knobs, **trace.ids, **body.knobs())  # type: ignore[arg-type]
+        return request, output, [*ignored, *said.ignored]
+
+    async def marked(self, text: str, field: str, caller: Principal) -> Marked:
+        """The text as the model speaks it: SSML as spans, in saved voices the caller may use (``markup.py``)."""
+        return await markup.marked(text, field, self._limits.ssml, lambda name, at: self.voice(name, at, caller))
 
     async def _openai_voice(self, name: str, config: OpenAIRouteConfig, caller: Principal) -> Voice | None:
         """The saved voice OpenAI's ``voice`` speaks with: a mapped OpenAI name's (a shared voice: no tenant can
