@@ -33,6 +33,13 @@ class JobsConfig(Strict):
         "sentence each), each anchored on the job's voice.",
     )
     pauses: JobPauses = JobPauses()
+    continuation: bool = Field(
+        False,
+        description="VoxCPM2 documents (without instructions): each chunk after the first also continues the one "
+        "before it (its last sentence's audio and text as a continuation prompt, the voice as an isolated "
+        "reference beside it), for prosody across the seams; a document's chunks then render one after another. "
+        "Decided when a job is submitted. Off: not yet shown not to drift over an hour on real weights.",
+    )
     replica_share: float = Field(
         0.5,
         gt=0,

@@ -18,6 +18,7 @@ from serve_app.ingress.job_schemas import ItemSettings, JobRequest
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.jobs.documents import chapters
 from serve_app.metrics import RequestTrace
+from serve_app.model.capabilities import REFERENCE_AUDIO
 from serve_app.store.job_store import Job, JobStore
 from serve_app.store.tenants import Principal
 
@@ -101,7 +102,9 @@ class JobBuilder:
             for chunk in chapter.chunks
         ]
         titles = [chapter.title for chapter in found]
-        return {"settings": settings, "chunks": chunks, "chapters": titles}
+        info = await self._requests.client.model_info(model)
+        continuation = jobs.continuation and REFERENCE_AUDIO in info.capabilities and not settings.get("instructions")
+        return {"settings": settings, "chunks": chunks, "chapters": titles, "continuation": continuation}
 
     async def _items(self, body: JobRequest, model: str, caller: Principal, resolved: dict) -> list[dict[str, Any]]:
         assert body.items is not None
@@ -114,7 +117,19 @@ class JobBuilder:
             self._requests.check_text_length(item.text, f"items[{index}].text")
             where = f"items[{index}]" if "voice_id" in item.model_fields_set else "defaults"  # where a name came from
             settings = await self._settings(item.settings(body.defaults), model, caller, where, resolved)
-            items.append({"id": item.id, "text": item.text, "settings": settings})
+            stored = {"id": item.id, "text": item.text, "settings": settings}
+            said = await self._requests.marked(item.text, f"items[{index}].text", caller)
+            if said.spans:  # SSML: its spans kept, their voices by id (resolved now, as the item's own voice)
+                stored["spans"] = [
+                    {
+                        "text": span.text,
+                        "voice_id": span.voice.voice_id if span.voice else None,
+                        "speed": span.speed,
+                        "pause_after": span.pause_after,
+                    }
+                    for span in said.spans
+                ]
+            items.append(stored)
         return items
 
     async def _settings(

@@ -18,6 +18,7 @@ from serve_app.ingress.schemas import (
     MAX_INSTRUCTIONS_CHARS,
     MAX_NAME_CHARS,
     SPEED_DESCRIPTION,
+    BadCaseRetry,
     LookupKey,
     NonBlankText,
     VoxCPMKnobs,
@@ -26,7 +27,7 @@ from serve_app.ingress.schemas import (
 from serve_app.ingress.timestamps import Mode as TimestampMode
 
 
-class ItemSettings(VoxCPMKnobs):
+class ItemSettings(VoxCPMKnobs, BadCaseRetry):
     """What one item (or, as ``defaults``, every item) is said with."""
 
     voice_id: LookupKey | None = Field(None, description="A saved voice, by id or name; kept with the job.")

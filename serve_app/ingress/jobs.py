@@ -223,9 +223,24 @@ def _status(store: JobStore, job: Job, with_errors: bool) -> dict[str, Any]:
         "characters": job.chars,
         "usage": {"characters": job.chars, "audio_seconds": audio_seconds, "items": len(progress.done)},
     }
+    suspect = {
+        index: facts["badcase_sentences"] for index, facts in progress.done.items() if "badcase_sentences" in facts
+    }
+    described["items_badcase"] = len(suspect)
     if with_errors:
         described["errors"] = [
             {"index": index, "id": error.get("id"), "code": error["code"], "message": error["message"]}
             for index, error in sorted(progress.failed.items())
+        ]
+        described["warnings"] = [
+            {
+                "index": index,
+                "id": progress.done[index].get("id"),
+                "code": "badcase",
+                "message": f"sentences {sentences} (0-based) still ran implausibly long for their text after "
+                "retry_badcase's tries (a loop or babble is likely): listen, or submit the item again with "
+                "another seed",
+            }
+            for index, sentences in sorted(suspect.items())
         ]
     return described

@@ -156,8 +156,8 @@ class TTSStreamForm(VoxCPMKnobs):
         return optional_text(text)
 
 
-class TTSForm(TTSStreamForm):
-    """Fields of ``POST /api/tts``: the streaming ones plus voxcpm's bad-case retry."""
+class BadCaseRetry(BaseModel):
+    """voxcpm's bad-case retry: where audio is generated whole (``/api/tts``, job items), not streamed."""
 
     retry_badcase: bool = Field(
         DEFAULTS["retry_badcase"], description="Regenerate when the audio is implausibly long for the text."
@@ -169,6 +169,10 @@ class TTSForm(TTSStreamForm):
         le=100.0,
         description="Audio/text length ratio that counts as a bad case.",
     )
+
+
+class TTSForm(TTSStreamForm, BadCaseRetry):
+    """Fields of ``POST /api/tts``: the streaming ones plus voxcpm's bad-case retry."""
 
 
 class TTSTimestampsForm(TTSForm):

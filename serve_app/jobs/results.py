@@ -62,6 +62,8 @@ def manifest(job: Job, spec: dict[str, Any], progress: Progress) -> Iterator[dic
             offset += facts["seconds"]
         if mode is not None:
             line |= _timestamps(facts["segments"], mode, shift)
+        if "badcase_sentences" in facts:  # still failed the bad-case check after its retries
+            line["badcase_sentences"] = facts["badcase_sentences"]
         yield line
 
 

@@ -22,18 +22,17 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import metrics
 from serve_app.config import AppConfig
-from serve_app.errors import ServiceError
+from serve_app.jobs.failures import Then, verdict
 from serve_app.jobs.queue import JobQueue, QueuedJob
-from serve_app.jobs.render import CHUNK_FORMAT, ItemFailed, kept, needs_anchor, request_for
+from serve_app.jobs.render import CHUNK_FORMAT, continues, kept, needs_anchor, request_for, sent_characters
 from serve_app.model.remote_errors import model_errors
 from serve_app.model.types import ModelInfo, PromptAudio, SegmentEnd, SynthesisRequest
 from serve_app.store.adapter_store import AdapterStore, declared
-from serve_app.store.job_store import Job, JobStore, application_root
+from serve_app.store.job_store import Job, JobStore, PromptRole, application_root
 from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 
@@ -156,9 +155,9 @@ class JobRunner:
             self._finished.add(job.job_id)
             return
         spec = await asyncio.to_thread(self._store.spec, job)
-        anchored = await asyncio.to_thread(self._store.anchor, job) is not None
+        anchored = await asyncio.to_thread(self._store.prompt, job, "anchor") is not None
         self._specs[job.job_id] = spec
-        self._queue.add(QueuedJob.of(job, progress, needs_anchor(job, spec), anchored))
+        self._queue.add(QueuedJob.of(job, progress, needs_anchor(job, spec), anchored, continues(spec)))
         if not progress.started:
             await asyncio.to_thread(self._store.started, job)
 
@@ -177,24 +176,19 @@ class JobRunner:
         job = queued.job
         try:
             await self._render_item(queued, index)
-        except BackPressureError:  # Serve's router: the model is full; the item was not started
-            self._again(queued, index)
-        except ItemFailed as failed:
-            await self._gave_up(queued, index, failed.code, failed.message)
-        except ServiceError as refused:
-            if refused.status < 500:  # the model refused this item (its text, its settings): for good
-                await self._gave_up(queued, index, refused.code, refused.message)
-            else:  # the replica is failing (503 while Serve replaces it): another try, later
-                await self._tried(queued, index, refused)
         except asyncio.CancelledError:
             pass  # the job was cancelled or deleted: nothing of the item is kept
-        except FileNotFoundError:
-            logger.info("job %s: deleted while item %d was rendered", job.job_id, index)
-        except OSError:  # the store (a full disk): not the model's fault, so no try is counted
-            logger.exception("job %s: item %d could not be kept; tried again later", job.job_id, index)
-            self._again(queued, index)
-        except Exception as exc:  # noqa: BLE001 - the model replica died or failed (Ray says how): another try
-            await self._tried(queued, index, exc)
+        except Exception as error:  # noqa: BLE001 - each kind has its rule (failures.py)
+            outcome = verdict(error)
+            if outcome.then is Then.WAIT:
+                logger.warning("job %s: item %d waits: %r", job.job_id, index, error)
+                self._again(queued, index)
+            elif outcome.then is Then.RETRY:
+                await self._tried(queued, index, error)
+            elif outcome.then is Then.FAIL:
+                await self._gave_up(queued, index, outcome.code, outcome.message)
+            else:
+                logger.info("job %s: deleted while item %d was rendered", job.job_id, index)
         finally:
             queued.in_flight.discard(index)
             self._tasks.pop((job.job_id, index), None)
@@ -208,40 +202,45 @@ class JobRunner:
         queued.pending.appendleft(index)
         self._busy_until[queued.job.model] = time.monotonic() + BUSY_PAUSE_S
 
-    async def _tried(self, queued: QueuedJob, index: int, exc: BaseException) -> None:
+    async def _tried(self, queued: QueuedJob, index: int, error: Exception) -> None:
         """A failed try: again, up to ``jobs.attempts``, then the item fails."""
-        queued.attempts[index] = tries = queued.attempts.get(index, 0) + 1
-        job, most = queued.job, self._config.attempts
-        logger.warning("job %s: item %d failed (try %d of %d): %r", job.job_id, index, tries, most, exc)
+        most = self._config.attempts
+        tries = queued.tried(index)
+        logger.warning("job %s: item %d failed (try %d of %d): %r", queued.job.job_id, index, tries, most, error)
         if tries < most:
             self._again(queued, index)
         else:
-            await self._gave_up(queued, index, "model_failed", f"the model failed {tries} times: {exc}")
+            await self._gave_up(queued, index, "model_failed", f"the model failed {tries} times: {error}")
 
     async def _gave_up(self, queued: QueuedJob, index: int, code: str, message: str) -> None:
-        """The item failed for good. A document's first chunk that would have set the voice of the rest: they go
-        on without it (each chunk in the model's own voice), rather than waiting for ever."""
+        """The item failed for good, its failure written (``queue.py`` lets the items that waited for it go on)."""
         logger.warning("job %s: item %d failed: %s", queued.job.job_id, index, message)
-        if not await self._failed(queued.job, index, code, message):
+        if await self._failed(queued.job, index, code, message):
+            queued.gave_up(index)
+        else:
             self._again(queued, index)  # not even its failure could be written: later
-        elif index == 0:
-            queued.anchored = True
 
     async def _render_item(self, queued: QueuedJob, index: int) -> None:
         job, spec = queued.job, self._specs[queued.job.job_id]
         info = await self._info(job.model)
-        anchor = await asyncio.to_thread(self._anchor, job) if queued.needs_anchor and index != 0 else None
-        request = await asyncio.to_thread(request_for, job, spec, index, self._voices, self._adapters, anchor)
+        anchor = await asyncio.to_thread(self._prompt, job, "anchor", 0) if queued.needs_anchor and index else None
+        tail = await asyncio.to_thread(self._prompt, job, "tail", index - 1) if continues(spec) and index else None
+        request = await asyncio.to_thread(
+            request_for, job, spec, index, self._voices, self._adapters, anchor, tail, info.prompt_sample_rate
+        )
         samples, ends = await self._generate(job.model, request)
         anchoring = queued.needs_anchor and index == 0
-        rendered = await asyncio.to_thread(kept, job, spec, samples, ends, info, anchoring)
-        if (anchor := rendered.anchor) is not None:  # before chunk 0 counts as done: a restart finds it with it
-            await asyncio.to_thread(self._store.save_anchor, job, anchor.samples, anchor.sample_rate, anchor.text)
-            queued.anchored = True
+        rendered = await asyncio.to_thread(kept, job, spec, index, samples, ends, info, anchoring)
+        for role, prompt in (("anchor", rendered.anchor), ("tail", rendered.tail)):  # before the chunk is done:
+            if prompt is not None:  # a restart finds them with it
+                await asyncio.to_thread(
+                    self._store.save_prompt, job, role, prompt.samples, prompt.sample_rate, prompt.text, index
+                )
+        queued.anchored |= rendered.anchor is not None
         audio_format = CHUNK_FORMAT if job.kind == "document" else spec["output"]["format"]
         facts = {**rendered.facts, "rendered_at": time.time()}
         await asyncio.to_thread(self._store.item_done, job, index, rendered.audio, audio_format, facts)
-        characters = sum(len(span.text) for span in request.spoken)  # as sent (a document's: its chunk's)
+        characters = sent_characters(spec, index, request)
         metrics.usage().record(job.owner, "job", characters, rendered.facts["seconds"])
 
     async def _generate(self, model: str, request: SynthesisRequest) -> tuple[np.ndarray, list[SegmentEnd]]:
@@ -266,9 +265,13 @@ class JobRunner:
                 self._infos[model] = await self._models[model].info.remote()
         return self._infos[model]
 
-    def _anchor(self, job: Job) -> PromptAudio | None:
-        stored = self._store.anchor(job)
-        return None if stored is None else PromptAudio(samples=stored[0], sample_rate=stored[1], text=stored[2])
+    def _prompt(self, job: Job, role: PromptRole, chunk: int) -> PromptAudio | None:
+        """The document's stored recording of that role, if it was cut from ``chunk`` (a tail from a chunk that
+        failed for good is not there: the next chunk then starts afresh in the document's voice)."""
+        stored = self._store.prompt(job, role)
+        if stored is None or stored.chunk != chunk:
+            return None
+        return PromptAudio(samples=stored.samples, sample_rate=stored.sample_rate, text=stored.text)
 
     async def _failed(self, job: Job, index: int, code: str, message: str) -> bool:
         """The item's failure written, with the client's id for it; False when the store could not keep it."""

@@ -48,6 +48,7 @@ class ReferenceEngine(RuntimeEngine):
         self.decoder = runtime.decoder(1)
         self.lora = VoxCPMLoRA(runtime.model) if runtime.adapters is not None else None
         self.liveness = Liveness(max_step_s)  # of the generation thread, where the engine is built
+        self.too_long = False  # the sentence just generated failed the bad-case check (one generation at a time)
 
     @classmethod
     def load(
@@ -80,22 +81,23 @@ class ReferenceEngine(RuntimeEngine):
         (``segments``). Closing the iterator stops it."""
         crossfade = Crossfader(self.runtime.seam_samples)
         ended: Sentence | None = None  # spoken, its end not yet told
+        too_long = False  # its bad-case verdict
         told = 0  # sentences whose end was told
         for piece in self._spoken(request, streaming):
             if isinstance(piece, Sentence):
-                ended = piece
+                ended, too_long = piece, self.too_long
                 crossfade.next_segment()
                 continue
             if ended is not None:  # before the next sentence's audio: where the crossfade meets it
                 if request.segments:
-                    yield SegmentEnd(told, ended.text, crossfade.boundary())
+                    yield SegmentEnd(told, ended.text, crossfade.boundary(), too_long)
                 ended, told = None, told + 1
             if len(playable := crossfade.feed(piece)):
                 yield playable
         if len(tail := crossfade.flush()):
             yield tail
         if ended is not None and request.segments:
-            yield SegmentEnd(told, ended.text, crossfade.emitted)
+            yield SegmentEnd(told, ended.text, crossfade.emitted, too_long)
 
     def _spoken(self, request: SynthesisRequest, streaming: bool) -> Iterator[np.ndarray | Sentence]:
         """Each sentence's audio in turn, as its span asks (``span_audio.py``), then the sentence itself."""
@@ -128,6 +130,7 @@ class ReferenceEngine(RuntimeEngine):
     def _sentence(
         self, sentence: Sentence, request: SynthesisRequest, grouping: DecodeGrouping
     ) -> Iterator[np.ndarray]:
+        self.too_long = False  # checked where voxcpm retries: the non-streaming path
         if not grouping.streaming:
             yield self._whole(sentence, request)
             return
@@ -165,9 +168,14 @@ class ReferenceEngine(RuntimeEngine):
         return self.decoder.decode_patches(pending, _SLOT[0])
 
     def _whole(self, sentence: Sentence, request: SynthesisRequest) -> np.ndarray:
-        """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase."""
+        """voxcpm's non-streaming generation of one sentence, whole-utterance decode and retry_badcase; whether
+        its last try still failed the bad-case check, on voxcpm's own count of its patches."""
         generation = self.runtime.generation(sentence, request, streaming=False, retry=True)
+        pieces: list[np.ndarray] = []
         try:
-            return joined(samples.squeeze(0).cpu().numpy() for samples, _, _ in generation)
+            for samples, _, patches in generation:
+                pieces.append(samples.squeeze(0).cpu().numpy())
+                self.too_long = self.runtime.too_long(request, sentence.text, patches.shape[0])
+            return joined(pieces)
         finally:
             generation.close()

@@ -218,6 +218,11 @@ class VoxCPMRuntime:
     def text_tokens(self, text: str) -> int:
         return len(self.model.text_tokenizer(text))
 
+    def too_long(self, request: SynthesisRequest, text: str, patches: int) -> bool:
+        """voxcpm's bad-case check (``retry_badcase``): the sentence's ``patches`` (voxcpm's count: VoxCPM 1.x's
+        includes the prompt patches its decode starts from) reached ``ratio`` x its text tokens."""
+        return patches >= self.text_tokens(text) * request.retry_badcase_ratio_threshold
+
     def speaks(self, text: str) -> bool:
         """Whether this model's tokenizer keeps anything of ``text`` (voxcpm divides by the token count)."""
         return bool(self.model.text_tokenizer(text))

@@ -90,6 +90,7 @@ class SegmentEnd:
     index: int
     text: str
     end: int  # samples from the stream's start, at the model's rate
+    too_long: bool = False  # still ran to retry_badcase's ratio after its retries (checked where they apply)
 
 
 Chunk = np.ndarray | SegmentEnd  # what a stream yields

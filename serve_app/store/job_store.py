@@ -6,8 +6,10 @@ A job is a record of the durable directory (``durable.py``): ``job.json`` (its i
 time, idempotency key) and ``spec.json`` (what to render, as the ingress resolved it: kept out of listings,
 which read ``job.json`` only). Beside them, written later: ``items/<index>.json`` (a finished item's facts)
 after ``items/<index>.<format>`` (its audio), ``items/<index>.failed.json`` (why it failed), ``started`` and
-``cancelled`` markers, and a document's anchor (``anchor.flac`` and ``anchor.json``: the recording its later
-chunks are spoken after). File names are the service's (an index, a fixed format name), never a client's.
+``cancelled`` markers, and a document's prompts: its anchor (``anchor.flac`` and ``anchor.json``: the
+recording its later chunks are spoken after) and, with ``jobs.continuation``, its tail (``tail.flac`` and
+``tail.json``: the last chunk's end, which the next one continues). File names are the service's (an index,
+a fixed format name), never a client's.
 Each file is written to a temporary name, fsynced and renamed, so a crash leaves it whole or absent.
 """
 
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import soundfile as sf
@@ -33,7 +35,7 @@ from serve_app.store.durable import RECORD_ID, DurableDirectory, fsync_directory
 from serve_app.store.tenants import Principal
 
 _META, _SPEC, _ITEMS, _STARTED, _CANCELLED = "job.json", "spec.json", "items", "started", "cancelled"
-_ANCHOR, _ANCHOR_AUDIO = "anchor.json", "anchor.flac"
+PromptRole = Literal["anchor", "tail"]  # a document's voice for every chunk; the end the next chunk continues
 _LEASE = ".runner"
 _ITEM = re.compile(r"^(?P<index>\d+)\.(?P<kind>json|failed\.json)$")
 
@@ -55,6 +57,16 @@ class Job:
     def principal(self) -> Principal:
         """Who the job acts as when it resolves its voices and adapters: its submitter's tenant."""
         return Principal(self.owner, self.admin, key_id=f"job-{self.job_id}")
+
+
+@dataclass(frozen=True)
+class StoredPrompt:
+    """A recording a document's chunks are spoken after, cut from one of its chunks."""
+
+    samples: np.ndarray
+    sample_rate: int
+    text: str | None
+    chunk: int  # the chunk it was cut from
 
 
 @dataclass
@@ -165,23 +177,26 @@ class JobStore:
             target[int(match["index"])] = facts
         return progress
 
-    def save_anchor(self, job: Job, samples: np.ndarray, rate: int, text: str | None) -> None:
-        """The recording a document's later chunks are spoken after (its voice, when the job named none), kept
-        with the job so that the voice holds across restarts."""
+    def save_prompt(
+        self, job: Job, role: PromptRole, samples: np.ndarray, rate: int, text: str | None, chunk: int
+    ) -> None:
+        """A recording cut from chunk ``chunk`` that later chunks are spoken after, kept with the job so that the
+        voice (and, continued, the prosody) holds across restarts."""
         path = self.records.path(job.job_id)
         buffer = io.BytesIO()
         sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_24")
-        self._write(path, _ANCHOR_AUDIO, buffer.getvalue())
-        self._write(path, _ANCHOR, json.dumps({"text": text, "sample_rate": rate}, ensure_ascii=False).encode())
+        self._write(path, f"{role}.flac", buffer.getvalue())
+        facts = {"text": text, "sample_rate": rate, "chunk": chunk}
+        self._write(path, f"{role}.json", json.dumps(facts, ensure_ascii=False).encode())
 
-    def anchor(self, job: Job) -> tuple[np.ndarray, int, str | None] | None:
-        """The stored anchor (samples, rate, its text); None until the first chunk made one."""
+    def prompt(self, job: Job, role: PromptRole) -> StoredPrompt | None:
+        """The stored recording of that role; None until a chunk made one."""
         path = self.records.path(job.job_id)
-        if not (path / _ANCHOR).exists():
+        if not (path / f"{role}.json").exists():
             return None
-        facts = json.loads((path / _ANCHOR).read_text())
-        samples, rate = sf.read(path / _ANCHOR_AUDIO, dtype="float32")
-        return samples, rate, facts["text"]
+        facts = json.loads((path / f"{role}.json").read_text())
+        samples, rate = sf.read(path / f"{role}.flac", dtype="float32")
+        return StoredPrompt(samples, rate, facts["text"], facts.get("chunk", 0))
 
     def started(self, job: Job) -> None:
         self._write(self.records.path(job.job_id), _STARTED, b"")

@@ -56,3 +56,13 @@ def test_a_resumed_job_renders_what_is_left() -> None:
     progress = Progress(done={0: {}, 2: {}}, failed={1: {"code": "x", "message": "y"}})
     resumed = QueuedJob.of(job("j", "alice", 5, created=1), progress, needs_anchor=False, anchored=False)
     assert list(resumed.pending) == [3, 4] and not resumed.finished
+
+
+def test_a_document_whose_chunks_continue_each_other_renders_them_one_at_a_time_in_order() -> None:
+    queue = JobQueue()
+    document = QueuedJob.of(job("book", "alice", 3, created=1), Progress(), False, anchored=False, in_order=True)
+    queue.add(document)
+    queue.add(queued(job("other", "alice", 2, created=2)))
+    assert starts(queue, 4) == [("book", 0), ("other", 0), ("other", 1)]  # the other job fills the room meanwhile
+    document.in_flight.discard(0)
+    assert starts(queue, 3) == [("book", 1)]

@@ -42,3 +42,24 @@ def test_each_sentence_says_where_it_ends(synthetic_engine: Callable[..., Any], 
             assert item.end >= sent - engine.runtime.seam_samples
         else:
             sent += len(item)
+
+
+@pytest.mark.parametrize("preset", ["tiny-voxcpm1.5", "tiny-voxcpm2"])
+def test_a_sentence_still_too_long_after_its_retries_is_told_alike_by_both_engines(
+    synthetic_engine: Callable[..., Any], preset: str
+) -> None:
+    """voxcpm's bad-case check, on voxcpm's own count of patches: a ratio no sentence stays under marks each
+    sentence's end after its retries (what a job reports); a sentence cut by the step budget well under the
+    ratio is not marked; streams are not checked (voxcpm does not retry them)."""
+    reference = synthetic_engine(preset, "voxcpm")
+    batched = synthetic_engine(preset, "batched", max_batch_size=2, kv_cache_length=512)
+    bad = SynthesisRequest(
+        text=TEXT, seed=3, max_len=300, retry_badcase_max_times=2, retry_badcase_ratio_threshold=0.1, segments=True
+    )
+    fine = SynthesisRequest(text="Then a second sentence follows.", seed=3, max_len=20, segments=True)
+    for request, want in ((bad, [True, True]), (fine, [False])):
+        for engine in (reference, batched):
+            ends = [item for item in asyncio.run(items(engine, request, False)) if isinstance(item, SegmentEnd)]
+            assert [end.too_long for end in ends] == want
+    streamed = asyncio.run(items(batched, bad, True))
+    assert not any(item.too_long for item in streamed if isinstance(item, SegmentEnd))

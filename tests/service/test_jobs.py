@@ -18,7 +18,18 @@ import pytest
 import ray
 import requests
 
-from tests.conftest import TINY_V15_STEP_FRAMES, Service, error_of, extra_app, run, scrape, total, wait_until
+from serve_app.store.job_store import application_root
+from tests.conftest import (
+    TINY_V15_STEP_FRAMES,
+    Service,
+    error_of,
+    extra_app,
+    run,
+    scrape,
+    stores,
+    total,
+    wait_until,
+)
 
 ALICE, BOB, METER = "alice-jobs-key", "bob-jobs-key", "meter-jobs-key"  # meter: the usage test's alone
 SETTINGS = {"max_len": 6, "min_len": 6, "seed": 7, "inference_timesteps": 2}  # every sentence 6 steps long
@@ -97,6 +108,19 @@ def test_items_are_rendered_as_direct_requests_and_zipped(url: str) -> None:
         assert audio.getnframes() / audio.getframerate() == pytest.approx(manifest[2]["seconds"], abs=1e-3)
 
 
+def test_an_item_still_bad_after_its_retries_is_reported(url: str) -> None:
+    """Synthetic weights never stop: given room past voxcpm's bad-case ratio, the item runs into it on every try
+    (retried as retry_badcase does), is kept, and is named in the status and the manifest."""
+    items = [{"id": "loops", "text": "三。", "max_len": 40, "retry_badcase_max_times": 2}, {"text": "二。"}]
+    job = submit(url, {"items": items, "defaults": SETTINGS}).json()
+    status = finished(url, job["job_id"])
+    assert status["status"] == "succeeded" and status["items_badcase"] == 1
+    assert [(w["index"], w["id"], w["code"]) for w in status["warnings"]] == [(0, "loops", "badcase")]
+    archive = zipfile.ZipFile(io.BytesIO(requests.get(f"{url}/api/jobs/{job['job_id']}/result").content))
+    manifest = [json.loads(line) for line in archive.read("manifest.jsonl").splitlines()]
+    assert manifest[0]["badcase_sentences"] == [0] and "badcase_sentences" not in manifest[1]
+
+
 def test_a_document_is_one_file_of_its_chunks(tenants_url: str) -> None:
     url, key = tenants_url, bearer(BOB)
     document = "# 第一章\n\n第一段的第一句。第一段的第二句。\n\n第二段。\n\n# 第二章\n\n最后一段。"
@@ -125,6 +149,26 @@ def test_a_document_without_a_voice_speaks_after_its_first_sentence(tenants_url:
     assert finished(tenants_url, job["job_id"], BOB)["status"] == "succeeded"
     anchor = jobs_dir / "jobs" / job["job_id"] / "anchor.json"  # kept with the job (app "jobs")
     assert json.loads(anchor.read_text())["text"] == "第一句。"
+
+
+def test_a_voxcpm2_documents_chunks_continue_each_other_in_order(service: Service, checkpoints: Path) -> None:
+    """``jobs.continuation``: each chunk after the first continues the one before (its last sentence beside the
+    document's voice as an isolated reference: voxcpm's ref_continuation), so they render one after another."""
+    jobs = {"chunk_chars": 1, "continuation": True}
+    source = str(checkpoints / "tiny-voxcpm2")
+    with extra_app(service, checkpoints, "continued", {"jobs": jobs}, source=source) as app_url:
+        response = submit(app_url, {"document": "第一句。第二句。第三句。", "defaults": SETTINGS})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert finished(app_url, job["job_id"])["status"] == "succeeded"
+        stored = application_root(stores(checkpoints)["jobs_dir"], "continued") / job["job_id"]
+        assert json.loads((stored / "spec.json").read_text())["document"]["continuation"] is True
+        tail = json.loads((stored / "tail.json").read_text())
+        assert tail["chunk"] == 2 and tail["text"] == "第三句。"  # the last chunk's end, kept as each one's was
+        rendered = [json.loads((stored / "items" / f"{i}.json").read_text())["rendered_at"] for i in range(3)]
+        assert rendered == sorted(rendered)
+        audio = requests.get(f"{app_url}/api/jobs/{job['job_id']}/audio")
+        assert audio.status_code == 200 and len(audio.content) > 44
 
 
 def test_errors_name_the_field(url: str, reference_wav: Path) -> None:

@@ -39,8 +39,11 @@ class Postprocessor:
         """What the step just taken does to the request's sentence."""
         if not sequence.finished_sentence(stop):
             return Outcome.GOES_ON
-        if not sequence.streaming and self._retry_badcase(sequence, sequence.step + 1):
-            return Outcome.RETRIES
+        if not sequence.streaming:  # where voxcpm retries: checked, and told at the sentence's end
+            request = sequence.request
+            sequence.too_long = self._too_long(sequence, sequence.step + 1)
+            if sequence.too_long and request.retry_badcase and sequence.attempts < request.retry_badcase_max_times:
+                return Outcome.RETRIES
         return Outcome.ENDS
 
     def emit(self, sequence: Sequence, piece: np.ndarray | None, outcome: Outcome) -> Sentence | None:
@@ -72,7 +75,8 @@ class Postprocessor:
     def segment_ended(sequence: Sequence, end: int) -> None:
         """Where the sentence just spoken ends in the request's stream, if it asked (``segments``)."""
         if sequence.request.segments and sequence.sentence is not None:
-            sequence.deliver(SegmentEnd(sequence.segments_ended, sequence.sentence.text, end))
+            ended = SegmentEnd(sequence.segments_ended, sequence.sentence.text, end, sequence.too_long)
+            sequence.deliver(ended)
             sequence.segments_ended += 1
 
     def _decoded(self, sequence: Sequence, piece: np.ndarray, last: bool) -> None:
@@ -89,14 +93,11 @@ class Postprocessor:
         if len(out) or last:
             self.deliver(sequence, out, may_end=last)
 
-    def _retry_badcase(self, sequence: Sequence, steps: int) -> bool:
-        """voxcpm's retry_badcase: generate the sentence again while it ran to ``ratio`` x its text tokens."""
-        request, inputs = sequence.request, sequence.inputs
-        if not request.retry_badcase or sequence.attempts >= request.retry_badcase_max_times:
-            return False
-        # voxcpm 1.x counts the prompt patches its VAE decode starts from; VoxCPM2 counts the generated ones
-        patches = steps + (0 if self.runtime.v2 else inputs.context_patches)  # type: ignore[union-attr]
-        return patches >= self.runtime.text_tokens(sequence.sentence.text) * request.retry_badcase_ratio_threshold  # type: ignore[union-attr]
+    def _too_long(self, sequence: Sequence, steps: int) -> bool:
+        """The sentence failed voxcpm's bad-case check, on voxcpm's count of its patches: VoxCPM 1.x counts the
+        prompt patches its VAE decode starts from, VoxCPM2 the generated ones."""
+        patches = steps + (0 if self.runtime.v2 else sequence.inputs.context_patches)  # type: ignore[union-attr]
+        return self.runtime.too_long(sequence.request, sequence.sentence.text, patches)  # type: ignore[union-attr]
 
     def deliver(self, sequence: Sequence, audio: np.ndarray, may_end: bool = True) -> None:
         """Audio to the consumer; only a sentence's last piece keeps the crossfade's overlap back."""

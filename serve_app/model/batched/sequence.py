@@ -50,6 +50,7 @@ class Sequence:
     inputs: ModelInputs | None = None
     ending: bool = False  # its sentence ended; its held patches wait for a step with time for them (background)
     attempts: int = 0  # generations of the current sentence (retry_badcase)
+    too_long: bool = False  # its last generation failed the bad-case check (told in its SegmentEnd)
     segments_ended: int = 0  # sentences whose end it was told (SegmentEnd), when it asked
     step: int = 0  # of the current sentence
     position: int = 0  # the next KV position

@@ -13,6 +13,7 @@ from serve_app.audio.seams import Crossfader
 from serve_app.model.batched.postprocess import GENERATING, Outcome, Postprocessor
 from serve_app.model.batched.sequence import Sequence
 from serve_app.model.plan import Sentence, Spoken
+from serve_app.model.runtime import VoxCPMRuntime
 from tests.model.batched.engines import make_sequence
 
 TEXT_TOKENS = 4  # every sentence's, in this runtime: retry_badcase retries past 6 x 4 = 24 patches
@@ -21,6 +22,7 @@ TEXT_TOKENS = 4  # every sentence's, in this runtime: retry_badcase retries past
 def _sentence(streaming: bool, min_len: int = 2, max_len: int = 100) -> tuple[Postprocessor, Sequence]:
     info = SimpleNamespace(sample_rate=16000)
     runtime = SimpleNamespace(v2=True, text_tokens=lambda text: TEXT_TOKENS, info=info, seam_samples=0)
+    runtime.too_long = lambda request, text, patches: VoxCPMRuntime.too_long(runtime, request, text, patches)  # type: ignore[arg-type]
     sequence = make_sequence("one sentence", streaming)
     sequence.sentence = Sentence("one sentence", None, min_len, max_len)
     sequence.inputs = SimpleNamespace(min_len=min_len, max_len=max_len, context_patches=0)  # type: ignore[assignment]
@@ -44,7 +46,9 @@ def test_a_non_streaming_sentence_that_ran_too_long_is_retried_up_to_its_limit()
     sequence.step = 23  # its 24th patch: 6 x its 4 text tokens
     assert post.outcome(sequence, stop=True) is Outcome.RETRIES
     sequence.attempts = sequence.request.retry_badcase_max_times
-    assert post.outcome(sequence, stop=True) is Outcome.ENDS
+    assert post.outcome(sequence, stop=True) is Outcome.ENDS and sequence.too_long  # kept, and told as such
+    sequence.step = 22
+    assert post.outcome(sequence, stop=True) is Outcome.ENDS and not sequence.too_long
     post, stream = _sentence(streaming=True)  # a stream's audio is already heard: never retried
     stream.step = 23
     assert post.outcome(stream, stop=True) is Outcome.ENDS
