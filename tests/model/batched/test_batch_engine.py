@@ -121,8 +121,15 @@ def test_steps_as_cuda_graphs_run_them_give_the_reference_audio_bit_for_bit(engi
     replayed = [output.latents.shape[0] for output in calls["run"] if output is not None]
     assert 0 < len(calls["step"]) - len(replayed) < len(replayed)  # some steps eager (mixed timesteps), most not
     assert 3 in replayed  # three rows padded to the graph of four
+    # a step whose streams' calls each take one patch (their first) is the decode graph's: two streams let in at
+    # once (the staggered ones above meet it only where the machine's speed lines their first patches up)
+    opened = threading.Event()
+    pair = [requests[0], requests[1]]
+    threading.Timer(0.2, opened.set).start()
+    for request, want, got in zip(pair, expected[:2], together(batched, pair, 0.0, gate=(0, opened)), strict=True):
+        assert np.array_equal(got, want), request.text
     decoded = [output.samples.shape[0] for output in calls["decode"] if output is not None]
-    assert decoded  # a step whose streams' calls each take one patch (their first): the graph's
+    assert decoded
     assert idle(batched)
 
 
