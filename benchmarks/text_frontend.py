@@ -60,8 +60,8 @@ def main() -> None:
     limits = SSMLConfig(max_chars=100_000, max_voices=100)
 
     def ssml_and_lexicons() -> None:
-        for span in parse(document, limits).spans:
-            split_sentences(rewrite(span.text))
+        for span in parse(document, limits, rewrite=rewrite).spans:
+            split_sentences(span.text)
 
     from voxcpm.utils.text_normalize import TextNormalizer
 

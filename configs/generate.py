@@ -35,6 +35,7 @@ CONTAINER_LINES = [
         r"^      model:$",
         "      voices_dir: /var/lib/voxcpm-serve/voices\n"
         "      adapters_dir: /var/lib/voxcpm-serve/voices/.adapters\n"
+        "      lexicons_dir: /var/lib/voxcpm-serve/voices/.lexicons\n"
         "      jobs_dir: /var/lib/voxcpm-serve/voices/.jobs\n"
         "      usage_dir: /var/lib/voxcpm-serve/voices/.usage\n      model:",
     ),

@@ -122,7 +122,7 @@ def synthetic_engine(synthetic_checkpoint: Callable[..., Path]) -> Iterator[Call
 def stores(checkpoints: Path) -> dict[str, str]:
     """The session's stores (voices, adapters, jobs), shared by every app it deploys."""
     root = checkpoints.parent
-    dirs = ("voices", "adapters", "jobs", "usage")
+    dirs = ("voices", "adapters", "lexicons", "jobs", "usage")
     return {f"{name}_dir": str(root / name) for name in dirs}
 
 

@@ -123,13 +123,13 @@ def test_container_config_is_local_yaml_in_a_container() -> None:
     args = container["applications"][0]["args"]
     assert container["http_options"]["host"] == "0.0.0.0"
     assert args["voices_dir"] in json.loads(volumes[1])
-    for key in ("adapters_dir", "jobs_dir", "usage_dir"):
+    for key in ("adapters_dir", "lexicons_dir", "jobs_dir", "usage_dir"):
         assert Path(args[key]).parent.as_posix() == args["voices_dir"]  # on the voices' volume
     assert Path(args["model"]["source"]).parent.as_posix() in json.loads(volumes[1])
     local["http_options"]["host"] = "0.0.0.0"
     local_args = local["applications"][0]["args"]
     local_args["voices_dir"], local_args["model"]["source"] = args["voices_dir"], args["model"]["source"]
-    for key in ("adapters_dir", "jobs_dir", "usage_dir"):
+    for key in ("adapters_dir", "lexicons_dir", "jobs_dir", "usage_dir"):
         local_args[key] = args[key]
     assert container == local
 
@@ -379,7 +379,7 @@ class TestComposeHardening:
         assert any(hf_home.startswith(volume) for volume in volumes)
         for name in ("container.yaml", "prod.yaml"):
             args = yaml.safe_load((CONFIG_DIR / name).read_text())["applications"][0]["args"]
-            for key in ("voices_dir", "adapters_dir", "jobs_dir", "usage_dir"):
+            for key in ("voices_dir", "adapters_dir", "lexicons_dir", "jobs_dir", "usage_dir"):
                 assert any(args[key].startswith(volume) for volume in volumes), (name, key)
         gpu = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]["voxcpm"]["environment"]
         for variable in ("CUDA_CACHE_PATH", "TRITON_CACHE_DIR"):

@@ -11,6 +11,8 @@
     voxcpm-serve adapters add my-voice lora_weights.safetensors     (a LoRA adapter from voxcpm's trainer)
     voxcpm-serve say "Fine-tuned." --adapter my-voice -o tuned.wav
     voxcpm-serve adapters list
+    voxcpm-serve lexicons add brands brands.pls && voxcpm-serve say "The W3C met." --lexicon brands
+    voxcpm-serve say --ssml 'Wait.<break time="1s"/>Now.'      (SSML: docs/ssml.md)
     voxcpm-serve jobs submit book.md --voice narrator --format mp3      (prints the job's id)
     voxcpm-serve jobs wait JOB_ID && voxcpm-serve jobs fetch JOB_ID -o book/
     voxcpm-serve jobs submit --items sentences.jsonl --seed 1 --timestamps word
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from serve_app.cli import manage_jobs
+from serve_app.cli import manage_jobs, manage_lexicons
 from serve_app.cli.common import EXIT_SERVER, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from serve_app.cli.manage_adapters import adapters
 from serve_app.cli.manage_voices import voices
@@ -83,6 +85,10 @@ def parser() -> argparse.ArgumentParser:
     speak.add_argument("--inference-timesteps", type=int)
     speak.add_argument("--max-len", type=int)
     speak.add_argument("--seed", type=int, help="the same seed and text give the same audio")
+    speak.add_argument(
+        "--lexicon", dest="lexicons", action="append", help="a saved pronunciation lexicon (id or name); repeatable"
+    )
+    speak.add_argument("--ssml", action="store_true", help="the text is SSML (wrapped in <speak> if it has none)")
     speak.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     speak.add_argument(
         "--ws",
@@ -117,6 +123,7 @@ def parser() -> argparse.ArgumentParser:
     drop.add_argument("adapter_ids", nargs="+")
     adapter.set_defaults(run=adapters)
 
+    manage_lexicons.add_parser(commands)
     manage_jobs.add_parser(commands, FORMATS)
     commands.add_parser("health", help="the service's state").set_defaults(run=health)
     return top

@@ -22,8 +22,12 @@ def say(args: argparse.Namespace) -> None:
         say_ws(args)
         return
     text = sys.stdin.read() if args.text == "-" else args.text
+    if args.ssml and not text.lstrip().startswith(("<speak", "<?xml")):
+        text = f"<speak>{text}</speak>"
     fmt = "wav" if args.play else args.format
     form: dict[str, Any] = {"text": text, "format": fmt}
+    if args.lexicons:
+        form["lexicons"] = ",".join(args.lexicons)
     for name in (*SETTINGS, "prompt_text"):
         if getattr(args, name) is not None:
             form[name] = getattr(args, name)

@@ -40,8 +40,10 @@ READ_BYTES = 4096
 def say_ws(args: argparse.Namespace) -> None:
     if args.reference or args.format != "wav":
         raise CliError("--ws speaks with --voice or the first sentence's voice, into WAV or --play", EXIT_USAGE)
+    if args.ssml:
+        raise CliError("--ssml is for HTTP requests: the WebSocket does not read SSML", EXIT_USAGE)
     settings = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
-    init: dict[str, Any] = {"type": "init", **settings}
+    init: dict[str, Any] = {"type": "init", **settings, **({"lexicons": args.lexicons} if args.lexicons else {})}
     output = args.output or (None if args.play else "speech.wav")
     with _connected(args) as ws, contextlib.ExitStack() as stack:
         ws.send(json.dumps(init))

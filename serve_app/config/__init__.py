@@ -138,6 +138,10 @@ class AppConfig(Strict):
         "adapters",
         description="Where uploaded LoRA adapters live; like voices_dir, every ingress and model replica must see it.",
     )
+    lexicons_dir: str = Field(
+        "lexicons",
+        description="Where saved pronunciation lexicons live; like voices_dir, every ingress replica must see it.",
+    )
     jobs: JobsConfig = JobsConfig()
     jobs_dir: str = Field(
         "jobs",

@@ -43,6 +43,13 @@ class LimitsConfig(Strict):
 
     max_text_chars: PositiveInt = 5000
     ssml: SSMLConfig = SSMLConfig()
+    max_lexicon_bytes: PositiveInt = Field(
+        2 * 1024 * 1024, description="An uploaded lexicon (a PLS file or its JSON entries), as sent: 413 naming it."
+    )
+    max_lexicon_entries: PositiveInt = Field(10_000, description="Entries of one lexicon: 413 naming the upload.")
+    max_request_lexicons: PositiveInt = Field(
+        3, le=10, description="Lexicons one request may name (`lexicons`): more is a 400 naming `lexicons`."
+    )
     max_prompt_audio_bytes: PositiveInt = Field(
         20 * 1024 * 1024,
         description="An uploaded reference recording (prompt_audio, reference_audio, a voice's "
@@ -119,6 +126,10 @@ class TenantQuotas(Strict):
     adapters: PositiveInt | None = Field(20, description="Uploaded adapters per tenant; past it an upload is a 403.")
     adapter_bytes: PositiveInt | None = Field(
         2 * 1024**3, description="Bytes of uploaded adapter weights per tenant; past it an upload is a 403."
+    )
+    lexicons: PositiveInt | None = Field(50, description="Saved pronunciation lexicons per tenant; past it a 403.")
+    lexicon_bytes: PositiveInt | None = Field(
+        64 * 1024 * 1024, description="Bytes of lexicon files (as uploaded) per tenant; past it an upload is a 403."
     )
     jobs: PositiveInt | None = Field(
         10, description="Unfinished (queued or running) jobs per tenant; past it a submission is a 403."

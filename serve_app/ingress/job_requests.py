@@ -19,10 +19,11 @@ from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.jobs.documents import chapters
 from serve_app.metrics import RequestTrace
 from serve_app.model.capabilities import REFERENCE_AUDIO
+from serve_app.model.types import Span
 from serve_app.store.job_store import Job, JobStore
 from serve_app.store.tenants import Principal
 
-SETTINGS_EXCLUDED = {"voice_id", "adapter"}  # resolved to ids before the spec is stored
+SETTINGS_EXCLUDED = {"voice_id", "adapter", "lexicons"}  # resolved before the spec is stored (lexicons: applied)
 
 
 class JobBuilder:
@@ -96,8 +97,10 @@ class JobBuilder:
         if not found:
             raise InvalidField("document has nothing to speak", "document")
         settings = await self._settings(defaults.model_dump(), model, caller, "defaults", resolved)
+        rewrite = await self._requests.rewriter(defaults.lexicon_names(), caller)  # applied now, kept as said
+        said = rewrite if rewrite else str
         chunks = [
-            {"chapter": number, "spans": [{"text": s.text, "pause_after": s.pause_after} for s in chunk]}
+            {"chapter": number, "spans": [{"text": said(s.text), "pause_after": s.pause_after} for s in chunk]}
             for number, chapter in enumerate(found)
             for chunk in chapter.chunks
         ]
@@ -116,10 +119,14 @@ class JobBuilder:
         for index, item in enumerate(body.items):
             self._requests.check_text_length(item.text, f"items[{index}].text")
             where = f"items[{index}]" if "voice_id" in item.model_fields_set else "defaults"  # where a name came from
-            settings = await self._settings(item.settings(body.defaults), model, caller, where, resolved)
+            asked = item.settings(body.defaults)
+            settings = await self._settings(asked, model, caller, where, resolved)
             stored = {"id": item.id, "text": item.text, "settings": settings}
-            said = await self._requests.marked(item.text, f"items[{index}].text", caller)
-            if said.spans:  # SSML: its spans kept, their voices by id (resolved now, as the item's own voice)
+            said = await self._requests.marked(item.text, f"items[{index}].text", caller, asked.get("lexicons"))
+            # SSML, or text its lexicons rewrote: the spans kept as said, voices by id (resolved now, as the
+            # item's own voice); the text as sent stays for the manifest and usage
+            spans = said.spans or ((Span(said.text),) if said.text != item.text else ())
+            if spans:
                 stored["spans"] = [
                     {
                         "text": span.text,
@@ -127,7 +134,7 @@ class JobBuilder:
                         "speed": span.speed,
                         "pause_after": span.pause_after,
                     }
-                    for span in said.spans
+                    for span in spans
                 ]
             items.append(stored)
         return items

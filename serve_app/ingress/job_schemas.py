@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app.audio.codecs import AudioFormat
 from serve_app.ingress.schemas import (
     INSTRUCTIONS_DESCRIPTION,
+    LEXICONS_DESCRIPTION,
     MAX_INSTRUCTIONS_CHARS,
     MAX_NAME_CHARS,
     SPEED_DESCRIPTION,
@@ -33,6 +34,9 @@ class ItemSettings(VoxCPMKnobs, BadCaseRetry):
     voice_id: LookupKey | None = Field(None, description="A saved voice, by id or name; kept with the job.")
     adapter: LookupKey | None = Field(None, description="A LoRA adapter of the model, by id or name.")
     instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
+    lexicons: list[LookupKey] | None = Field(
+        None, max_length=10, description=f"{LEXICONS_DESCRIPTION} Applied when the job is submitted."
+    )
 
     @field_validator("instructions")
     @classmethod

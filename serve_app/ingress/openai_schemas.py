@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from serve_app.audio.codecs import AudioFormat
 from serve_app.ingress.schemas import (
+    LEXICONS_DESCRIPTION,
     MAX_INSTRUCTIONS_CHARS,
     SPEED_DESCRIPTION,
     LookupKey,
@@ -85,6 +86,7 @@ class SpeechRequest(VoxCPMKnobs):
         "count as absent.",
     )
     sample_rate: int | None = Field(None, ge=8000, le=96000, description="Output rate (pcm defaults to 24 kHz).")
+    lexicons: list[LookupKey] | None = Field(None, max_length=10, description=LEXICONS_DESCRIPTION)
     timestamps: TimestampMode | None = Field(
         None,
         description="With stream_format sse: a speech.audio.timestamps event per sentence, after its audio: its "

@@ -102,18 +102,39 @@ class VoxCPMKnobs(BaseModel):
             raise ValueError(f"max_len ({max_len}) must be >= min_len ({min_len})")
         return max_len
 
+    def lexicon_names(self) -> list[str]:
+        """The lexicons named, for the forms' comma-separated field and OpenAI's list alike."""
+        given = getattr(self, "lexicons", None) or ()
+        names = given.split(",") if isinstance(given, str) else given
+        return [name.strip() for name in names if name.strip()]
+
     def knobs(self) -> dict[str, Any]:
         """These settings by voxcpm's (and SynthesisRequest's) names."""
         return self.model_dump(include=set(VoxCPMKnobs.model_fields))
 
 
+LEXICONS_DESCRIPTION = (
+    "Saved pronunciation lexicons (POST /api/lexicons) by id or name, up to limits.max_request_lexicons (3): "
+    "the first that has a word says it."
+)
+
+
 class TTSStreamForm(VoxCPMKnobs):
     """Fields of ``POST /api/tts/stream``; names and defaults are the seed's."""
 
-    text: NonBlankText = Field(
-        description="Text to synthesize (non-empty after trimming; at most the configured length).",
+    text: NonBlankText | None = Field(
+        None,
+        description="Text to synthesize (non-empty after trimming; at most the configured length; may be SSML). "
+        "Required unless `turns` is given.",
         examples=["你好，这是流式语音合成。"],
     )
+    turns: str | None = Field(
+        None,
+        description='Instead of text, a dialogue: JSON [{"voice_id": "host", "text": "...", "pause_after": 0.3}, '
+        "...]: each turn in its saved voice, in order, in one answer (with a seed, each turn as its voice alone "
+        "says it); pause_after: seconds of silence after the turn (default 0.3).",
+    )
+    lexicons: str | None = Field(None, max_length=1000, description=f"{LEXICONS_DESCRIPTION} Comma-separated.")
     prompt_audio: UploadFile | None = Field(
         None, description="Reference audio for voice cloning, any format libsndfile reads (WAV, FLAC, OGG, MP3)."
     )

@@ -12,7 +12,20 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import faults, metrics
 from serve_app.config import AppConfig
-from serve_app.ingress import adapters, console, forms, jobs, openai, playground, status, tts, usage, voices, ws
+from serve_app.ingress import (
+    adapters,
+    console,
+    forms,
+    jobs,
+    lexicons,
+    openai,
+    playground,
+    status,
+    tts,
+    usage,
+    voices,
+    ws,
+)
 from serve_app.ingress.auth import Keyring
 from serve_app.ingress.edge import EdgeMiddleware
 from serve_app.ingress.error_responses import install_error_handlers
@@ -22,6 +35,7 @@ from serve_app.ingress.replica_reports import ReplicaReports
 from serve_app.ingress.synthesis_requests import RequestBuilder
 from serve_app.store.adapter_store import AdapterStore, declared
 from serve_app.store.job_store import JobStore, application_root
+from serve_app.store.lexicon_store import LexiconStore
 from serve_app.store.usage_store import UsageLedger, keep_flushed
 from serve_app.store.voice_store import VoiceStore
 from serve_app.timing.aligner import Aligner
@@ -45,6 +59,7 @@ def create_app() -> FastAPI:
     app.include_router(ws.router)
     app.include_router(voices.router)
     app.include_router(adapters.router)
+    app.include_router(lexicons.router)
     app.include_router(jobs.router)
     app.include_router(usage.router)
     app.include_router(playground.router)
@@ -84,9 +99,10 @@ class TTSIngress:
         self.models = ModelClient(models, config.default, config.limits.overload_retries)
         voices = VoiceStore(config.voices_dir, config.access.quotas)
         adapter_store = AdapterStore(config.adapters_dir, config.access.quotas, declared(config))
-        voices.recover()  # what a crash of any replica left in the shared stores
-        adapter_store.recover()
-        self.requests = RequestBuilder(self.models, voices, adapter_store, config.limits)
+        lexicon_store = LexiconStore(config.lexicons_dir, config.access.quotas)
+        for store in (voices, adapter_store, lexicon_store):
+            store.recover()  # what a crash of any replica left in the shared stores
+        self.requests = RequestBuilder(self.models, voices, adapter_store, lexicon_store, config.limits)
         job_store = JobStore(application_root(config.jobs_dir, serve.get_replica_context().app_name))
         self.jobs = jobs.JobDesk(JobBuilder(self.requests, job_store, config), job_store, job_runner)
         self.aligner = Aligner.load(config.aligner) if config.aligner is not None else None

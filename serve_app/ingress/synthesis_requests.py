@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from fastapi import UploadFile
@@ -17,6 +19,7 @@ from serve_app.audio.decode import AudioBounds, DecodePool, decode_upload
 from serve_app.config import LimitsConfig, OpenAIRouteConfig
 from serve_app.errors import BadRequest, InvalidField, NotFound, PayloadTooLarge
 from serve_app.ingress import markup, outputs
+from serve_app.ingress.lexicon_rewriters import LexiconRewriters
 from serve_app.ingress.markup import Marked
 from serve_app.ingress.model_client import ModelClient
 from serve_app.ingress.openai_schemas import OPENAI_PCM_RATE, OPENAI_VOICES, SpeechRequest, served_model
@@ -27,15 +30,26 @@ from serve_app.metrics import RequestTrace
 from serve_app.model import capabilities
 from serve_app.model.types import ModelInfo, PromptAudio, SynthesisRequest
 from serve_app.store.adapter_store import Adapter, AdapterStore
+from serve_app.store.lexicon_store import LexiconStore
 from serve_app.store.tenants import Principal
 from serve_app.store.voice_store import Voice, VoiceStore
+from serve_app.text.lexicons import Rewriter
 
 
 class RequestBuilder:
-    def __init__(self, client: ModelClient, voices: VoiceStore, adapters: AdapterStore, limits: LimitsConfig) -> None:
+    def __init__(
+        self,
+        client: ModelClient,
+        voices: VoiceStore,
+        adapters: AdapterStore,
+        lexicons: LexiconStore,
+        limits: LimitsConfig,
+    ) -> None:
         self._client = client
         self.voices = voices
         self.adapters = adapters
+        self.lexicons = lexicons
+        self._rewriters = LexiconRewriters(lexicons)
         self._limits = limits
         self._audio_bounds = AudioBounds(
             max_seconds=limits.max_prompt_audio_seconds,
@@ -55,6 +69,10 @@ class RequestBuilder:
     def max_adapter_bytes(self) -> int:
         return self._limits.max_adapter_bytes
 
+    @property
+    def limits(self) -> LimitsConfig:
+        return self._limits
+
     def check_text_length(self, text: str, field: str) -> None:
         if len(text) > self._limits.max_text_chars:
             raise PayloadTooLarge(
@@ -69,9 +87,14 @@ class RequestBuilder:
         reference_audio = await self.upload(form.reference_audio, "reference_audio")
         model = self._client.resolve(form.model)
         output = await self.output(model, form.format, form.sample_rate, trace, form.speed)
-        self.check_text_length(form.text, "text")
+        if (form.text is None) == (form.turns is None):
+            raise InvalidField(
+                "give text, or a dialogue as turns: one of them", "text" if form.text is None else "turns"
+            )
+        sent, field = (form.text, "text") if form.text is not None else (form.turns or "", "turns")
+        self.check_text_length(sent, field)
         self.check_text_length(form.prompt_text or "", "prompt_text")
-        trace.characters = len(form.text)
+        trace.characters = len(sent)
         await self._client.require(
             model, {"instructions": form.instructions, "reference_audio": reference_audio or None}
         )
@@ -82,8 +105,9 @@ class RequestBuilder:
             field = "prompt_audio" if prompt is not None else "reference_audio"
             raise InvalidField(f"give either voice_id or {field}, not both", "voice_id")
         adapter = await self.adapter(form.adapter, voice, model, caller)
-        said = await self.marked(form.text, "text", caller)
-        knobs = form.model_dump(exclude={*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter", "text"})  # voxcpm's names
+        said = await self.marked(sent, field, caller, _lexicons(form.lexicon_names(), voice), turns=field == "turns")
+        exclude = {*VOICE_FIELDS, *OUTPUT_FIELDS, "model", "adapter", "text", "turns", "lexicons"}
+        knobs = form.model_dump(exclude=exclude)  # voxcpm's names
         voices = {"prompt": prompt, "reference": reference, "voice": voice, "adapter": adapter}
         request = SynthesisRequest(**said.request_text, **voices, **trace.ids, **knobs)  # type: ignore[arg-type]
         return request, dataclasses.replace(output, ignored=said.ignored)
@@ -104,14 +128,32 @@ class RequestBuilder:
         voice = await self._openai_voice(body.voice_name, config, caller)
         adapter = await self.adapter(None, voice, model, caller)
         segments = body.timestamps is not None
-        said = await self.marked(body.input, "input", caller)
+        said = await self.marked(body.input, "input", caller, _lexicons(body.lexicon_names(), voice))
         knobs = {"voice": voice, "adapter": adapter, "instructions": instructions, "segments": segments}
         request = SynthesisRequest(**said.request_text, **knobs, **trace.ids, **body.knobs())  # type: ignore[arg-type]
         return request, output, [*ignored, *said.ignored]
 
-    async def marked(self, text: str, field: str, caller: Principal) -> Marked:
-        """The text as the model speaks it: SSML as spans, in saved voices the caller may use (``markup.py``)."""
-        return await markup.marked(text, field, self._limits.ssml, lambda name, at: self.voice(name, at, caller))
+    async def marked(
+        self, text: str, field: str, caller: Principal, lexicons: Sequence[str] | None = None, turns: bool = False
+    ) -> Marked:
+        """The text as the model speaks it: SSML, or a dialogue's ``turns``, as spans in saved voices the caller may
+        use (``markup.py``), with the ``lexicons`` it names (ids or names) applied."""
+        rewrite = await self.rewriter(lexicons or (), caller)
+        voice = functools.partial(self._voice_for, caller)
+        read = markup.dialogue if turns else markup.marked
+        return await read(text, field, self._limits.ssml, voice, rewrite or None)
+
+    async def lexicon_ids(self, lexicons: Sequence[str], caller: Principal) -> tuple[str, ...]:
+        """The ids of the ``lexicons`` named (ids or names the caller may use), checked as a request's are."""
+        found = await self._rewriters.found(lexicons, caller, self._limits.max_request_lexicons)
+        return tuple(lexicon.lexicon_id for lexicon in found)
+
+    async def rewriter(self, lexicons: Sequence[str], caller: Principal) -> Rewriter:
+        """The ``lexicons`` named (ids or names the caller may use) as one rewrite of a text."""
+        return await self._rewriters.of(lexicons, caller, self._limits.max_request_lexicons)
+
+    async def _voice_for(self, caller: Principal, name: str, field: str) -> Voice:
+        return await self.voice(name, field, caller)
 
     async def _openai_voice(self, name: str, config: OpenAIRouteConfig, caller: Principal) -> Voice | None:
         """The saved voice OpenAI's ``voice`` speaks with: a mapped OpenAI name's (a shared voice: no tenant can
@@ -139,10 +181,13 @@ class RequestBuilder:
             await self._client.require(info.name, fields)
         return None, ["instructions"]
 
-    async def from_init(self, init: Init, trace: RequestTrace, caller: Principal) -> tuple[SynthesisRequest, Output]:
+    async def from_init(
+        self, init: Init, trace: RequestTrace, caller: Principal
+    ) -> tuple[SynthesisRequest, Output, Callable[[str], str]]:
         """What a WebSocket's ``init`` asks of every sentence of the socket: the request each sentence fills in
-        (its ``text``, its ids, the first sentence's voice as ``prompt``), and how the audio is encoded. A sentence
-        the socket cut is one segment at the model, never split again (``serve_app/text/sentences.py``)."""
+        (its ``text``, its ids, the first sentence's voice as ``prompt``), how the audio is encoded, and what a
+        sentence becomes before the model says it (the socket's lexicons, else its voice's). A sentence the
+        socket cut is one segment at the model, never split again (``serve_app/text/sentences.py``)."""
         model = self._client.resolve(init.model)
         instructions = optional_text(init.instructions)
         await self._client.require(model, {"instructions": instructions})  # VoxCPM2: a voice designed, or styled
@@ -150,7 +195,8 @@ class RequestBuilder:
         adapter = await self.adapter(init.adapter, voice, model, caller)
         output = await self.output(model, init.audio_format, init.sample_rate, trace)
         knobs = {**init.knobs(), "instructions": instructions, "adapter": adapter}
-        return SynthesisRequest(text="", voice=voice, one_sentence=True, **knobs), output
+        rewrite = await self.rewriter(_lexicons(init.lexicon_names(), voice), caller)
+        return SynthesisRequest(text="", voice=voice, one_sentence=True, **knobs), output, rewrite or str
 
     async def output(
         self, model: str, fmt: AudioFormat, rate: int | None, trace: RequestTrace, speed: float = 1.0
@@ -212,3 +258,8 @@ class RequestBuilder:
         info = await self._client.model_info(model)
         samples, rate = await decode_upload(data, self._audio_bounds, field, self._decodes, info.prompt_sample_rate)
         return PromptAudio(samples=samples, sample_rate=rate, text=text)
+
+
+def _lexicons(named: list[str], voice: Voice | None) -> Sequence[str]:
+    """The lexicons a request names, else its saved voice's."""
+    return named or (tuple(voice.lexicon_ids) if voice is not None else ())

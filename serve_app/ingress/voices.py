@@ -36,7 +36,8 @@ DESIGN_SAMPLE_MAX_LEN = 600  # generation steps: tens of seconds at most, whatev
     summary="Save a voice: a recording and its transcript, or one designed from a description (VoxCPM2)",
     responses=documented_errors(400, 403, 409, 413, 415, 503, 507),
     dependencies=[Depends(form_body)],
-    openapi_extra=form_parts(files=2, fields=5),  # audio, reference_audio; name, text, description, model, adapter
+    openapi_extra=form_parts(files=2, fields=6),  # audio, reference_audio; name, text, description, model, adapter,
+    # lexicons
 )
 async def create(
     models: Models,
@@ -83,16 +84,26 @@ async def create(
             description="A LoRA adapter (id or name) that requests naming this voice speak with, unless they name one.",
         ),
     ] = None,
+    lexicons: Annotated[
+        str | None,
+        Form(
+            max_length=1000,
+            description="Pronunciation lexicons (ids or names, comma-separated, up to 3) for requests naming this "
+            "voice and no lexicons of their own: OpenAI's clients get them through the voice.",
+        ),
+    ] = None,
 ) -> dict:
     name = stored_name(name)
     adapter_id = None
     if adapter:
         adapter_id = (await asyncio.to_thread(requests.adapters.find, adapter, "adapter", who)).adapter_id
+    named = [lexicon.strip() for lexicon in (lexicons or "").split(",") if lexicon.strip()]
+    lexicon_ids = await requests.lexicon_ids(named, who)  # refused now (404, 400 naming lexicons), not later
     text = optional_text(text)
     if (description := optional_text(description)) is not None:
         if audio is not None or reference_audio is not None:
             raise InvalidField("give either description or audio, not both", "description")
-        sample = name, description, text, model, adapter_id
+        sample = name, description, text, model, adapter_id, lexicon_ids
         return await _designed(models, requests, who, trace, *sample)
     if audio is None:
         raise InvalidField("audio (with its transcript, text) or description is required", "audio")
@@ -103,7 +114,9 @@ async def create(
     if reference_audio is not None:
         data = await requests.upload(reference_audio, "reference_audio")
         reference = await requests.reference(data, "reference_audio")
-    voice = await asyncio.to_thread(requests.voices.create, who, name, text, samples, rate, reference, None, adapter_id)
+    voice = await asyncio.to_thread(
+        requests.voices.create, who, name, text, samples, rate, reference, None, adapter_id, lexicon_ids
+    )
     return voice.public()
 
 
@@ -117,6 +130,7 @@ async def _designed(
     text: str | None,
     model: str | None,
     adapter_id: str | None,
+    lexicon_ids: tuple[str, ...],
 ) -> dict:
     """A sample spoken from the description, saved as the voice's recording with it."""
     model = models.resolve(model)
@@ -128,7 +142,16 @@ async def _designed(
     request = SynthesisRequest(text=sample_text, instructions=description, max_len=DESIGN_SAMPLE_MAX_LEN, **trace.ids)
     samples = await models.synthesize(request, model)
     voice = await asyncio.to_thread(
-        requests.voices.create, who, name, sample_text, samples, info.sample_rate, None, description, adapter_id
+        requests.voices.create,
+        who,
+        name,
+        sample_text,
+        samples,
+        info.sample_rate,
+        None,
+        description,
+        adapter_id,
+        lexicon_ids,
     )
     return voice.public()
 

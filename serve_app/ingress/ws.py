@@ -172,10 +172,10 @@ class Conversation:
             who = caller(self.ws)
             trace = self._trace()
             trace.tenant = who.tenant  # every sentence's trace takes it (ws_speaker.py), for usage
-            request, output = await self.requests.from_init(init, trace, who)
+            request, output, say = await self.requests.from_init(init, trace, who)
         except ServiceError as exc:
             raise Fatal(CLOSE_BAD_MESSAGE if exc.status < 500 else CLOSE_TRY_LATER, exc) from None
-        self.settings = Settings(request, output, init.timestamps)  # one_sentence: from_init says why
+        self.settings = Settings(request, output, init.timestamps, say)  # one_sentence: from_init says why
         limits = self.limits
         self.contexts = ContextTable(limits.max_contexts, limits.max_buffered_chars, init.max_wait_ms / 1000)
         self.speaker = Speaker(

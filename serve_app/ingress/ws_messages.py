@@ -12,6 +12,7 @@ from serve_app.ingress.error_responses import validation_message
 from serve_app.ingress.schemas import (
     CONTROL_CHARACTERS,
     INSTRUCTIONS_DESCRIPTION,
+    LEXICONS_DESCRIPTION,
     MAX_INSTRUCTIONS_CHARS,
     LookupKey,
     VoxCPMKnobs,
@@ -41,6 +42,7 @@ class Init(VoxCPMKnobs):
     )
     instructions: str | None = Field(None, max_length=MAX_INSTRUCTIONS_CHARS, description=INSTRUCTIONS_DESCRIPTION)
     max_wait_ms: int = Field(500, ge=0, le=10000, description="Speak buffered words after this long without a stop.")
+    lexicons: list[LookupKey] | None = Field(None, max_length=10, description=LEXICONS_DESCRIPTION)
     timestamps: Literal["word", "segment"] | None = Field(
         None,
         description="A `timestamps` message per segment, before its last audio frame: its words' times (aligned "

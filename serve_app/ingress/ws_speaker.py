@@ -44,6 +44,7 @@ class Settings:
     request: SynthesisRequest  # every sentence's, but for its text, its ids and its prompt
     output: Output
     timestamps: Mode | None = None  # a `timestamps` message per segment: its words, or the segment itself
+    say: Callable[[str], str] = str  # a sentence as the model says it: the socket's lexicons applied
 
 
 async def send_event(ws: WebSocket, **event: Any) -> None:
@@ -141,7 +142,8 @@ class Speaker:
             characters=len(sentence),
         )
         output = replace(settled, trace=trace)
-        request = replace(self.settings.request, text=sentence, prompt=context.anchor, **trace.ids)
+        said = self.settings.say(sentence)  # what the model says (the socket's lexicons); events name the written
+        request = replace(self.settings.request, text=said, prompt=context.anchor, **trace.ids)
         try:
             chunks = await self.models.chunks(request, output)
         except ServiceError as exc:
@@ -165,7 +167,7 @@ class Speaker:
             await self._send_frame(context, b"", hold=0)
         await send_event(self.ws, type="segment_end", context_id=context.id, index=index, end_sample=context.samples)
         if context.anchor is None and self.settings.request.voice is None and len(audio):
-            context.anchor = own_voice(audio, output.model, sentence, self.settings.request.instructions)
+            context.anchor = own_voice(audio, output.model, said, self.settings.request.instructions)
 
     async def _send_audio(self, context: Context, output: Output, chunks: Any) -> np.ndarray:
         """The sentence's audio as binary frames in the socket's encoding (with timestamps asked for, all but its

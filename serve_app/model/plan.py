@@ -30,6 +30,7 @@ class Sentence:
     max_len: int  # what is left of the request's step budget
     speed: float = 1.0  # its span's speaking rate
     pause_after: int = 0  # samples of silence after it (its span's pause, where it is the span's last sentence)
+    turn: bool = False  # the first of a span in a saved voice of its own: a seeded request's noise starts again
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Part:
     instructions: str | None
     speed: float = 1.0
     pause_after: int = 0
+    turn: bool = False  # in a saved voice of its own (a dialogue's turn)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ def utterance(
     ``max_len`` is a budget of generation steps for the whole text. Where the request's voice has no
     recording, the first sentence in it gives its own audio, ``encode``d, as the prompt of its later ones
     (:func:`own_voice`): the request's voice is one speaker across spans too. Every sentence carries its
-    part's description, as voxcpm's CLI prefixes it (``build_final_text``).
+    part's description, as voxcpm's CLI prefixes it (``build_final_text``). A span in a saved voice of its
+    own is a turn (a dialogue's): its first sentence says so (``Sentence.turn``), and the engines start a
+    seeded request's noise again there, so that the turn is what that voice alone says for it with the seed.
     """
     from voxcpm.cli import build_final_text  # here: the ingress imports this module's own_voice, not voxcpm
 
@@ -98,6 +102,7 @@ def utterance(
                 budget,
                 part.speed,
                 pause,
+                turn=part.turn and index == 0,
             )
             budget -= spoken.steps
             if part.prompt is None and first is None:

@@ -110,6 +110,8 @@ class ReferenceEngine(RuntimeEngine):
         try:
             sentence = next(plan, None)
             while sentence is not None:
+                if sentence.turn and request.seed is not None:
+                    torch.manual_seed(request.seed)  # a turn: as its voice alone says it with the seed
                 pieces: list[np.ndarray] = []
                 said = SpanAudio(sentence, self.info.sample_rate, self.runtime.seam_samples)
                 for piece in self._sentence(sentence, request, grouping):

@@ -169,7 +169,11 @@ class VoxCPMRuntime:
         future); a prompt encoded before comes from the cache at once either way."""
         if not self.speaks(request.text):
             raise BadRequest(f"text has nothing {self.info.name} can speak (its tokenizer keeps none of it)", "text")
-        parts = [self._part(request, span, defer) for span in request.spoken]
+        spans = request.spoken
+        parts = [self._part(request, span, defer) for span in spans]
+        for index, span in enumerate(spans):  # a turn: a span whose saved voice is not the one before's
+            if span.voice is not None and (index == 0 or spans[index - 1].voice != span.voice):
+                parts[index] = dataclasses.replace(parts[index], turn=True)
         own = functools.partial(self.prompts.encode, reference=None, denoise=False)
         return plan.utterance(request, parts, self.info, lambda audio: defer(functools.partial(own, audio)))
 

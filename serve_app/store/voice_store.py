@@ -58,6 +58,10 @@ class Voice:
     owner: str | None = None  # the tenant that saved it; None: shared (an admin's, or saved before tenants)
     bytes: int = 0  # its recordings on disk, counted against its owner's quota
     adapter_id: str | None = None  # a LoRA adapter requests naming the voice speak with (store/adapter_store.py)
+    lexicon_ids: tuple[str, ...] = ()  # pronunciation lexicons for requests naming the voice and none of their own
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lexicon_ids", tuple(self.lexicon_ids))  # read back from JSON as a list
 
     def public(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "digest"}
@@ -86,6 +90,7 @@ class VoiceStore:
         reference: tuple[np.ndarray, int] | None = None,
         description: str | None = None,
         adapter_id: str | None = None,
+        lexicon_ids: tuple[str, ...] = (),
     ) -> Voice:
         """A voice from a recording and its transcript, with an isolated reference beside it, or (with
         ``description``) from a sample generated from that description; owned by the caller's tenant, or
@@ -108,6 +113,7 @@ class VoiceStore:
             reference_seconds=None if reference is None else len(reference[0]) / reference[1],
             owner=None if caller.admin else caller.tenant,
             adapter_id=adapter_id,
+            lexicon_ids=lexicon_ids,
         )
         with self.records.staging("audio") as staging:
             size = _write_flac(staging / _AUDIO, samples, sample_rate)

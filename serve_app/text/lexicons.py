@@ -89,6 +89,30 @@ def from_pls(document: str | bytes, max_entries: int, field: str) -> Lexicon:
     return Lexicon(tuple(entries), skipped)
 
 
+def from_entries(entries: object, max_entries: int, field: str) -> Lexicon:
+    """Entries given as JSON: ``[{"grapheme", "alias" or "pinyin", "case_sensitive"?}]``; a 400 naming the
+    entry's field where one is not that, a 413 past ``max_entries``."""
+    if not isinstance(entries, list):
+        raise BadRequest(f"{field} is a JSON list of entries", field)
+    if len(entries) > max_entries:
+        raise PayloadTooLarge(f"the lexicon has {len(entries)} entries; at most {max_entries}", field)
+    read = []
+    for index, entry in enumerate(entries):
+        where = f"{field}[{index}]"
+        if not isinstance(entry, dict) or set(entry) - {"grapheme", "alias", "pinyin", "case_sensitive"}:
+            raise BadRequest(f"{where}: an object of grapheme, alias or pinyin, and case_sensitive", where)
+        grapheme = " ".join(str(entry.get("grapheme") or "").split())
+        if not grapheme:
+            raise BadRequest(f"{where}.grapheme is required", f"{where}.grapheme")
+        if ("alias" in entry) == ("pinyin" in entry):
+            raise BadRequest(f"{where}: give alias or pinyin, one of them", where)
+        said = " ".join(str(entry["alias"]).split()) if "alias" in entry else pinyin(str(entry["pinyin"]))
+        if not said:
+            raise BadRequest(f"{where}: pinyin syllables with tone numbers (zuo4), or a non-empty alias", where)
+        read.append(Entry(grapheme, said, bool(entry.get("case_sensitive", True))))
+    return Lexicon(tuple(read))
+
+
 class Rewriter:
     """Lexicons applied to a text: the first lexicon that has a grapheme says it (a request's order)."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -72,11 +73,14 @@ def is_ssml(text: str) -> bool:
     return _SSML_START.match(text) is not None
 
 
-def parse(text: str, limits: MarkupLimits, field_name: str = "text") -> Markup:
+def parse(
+    text: str, limits: MarkupLimits, field_name: str = "text", rewrite: Callable[[str], str] | None = None
+) -> Markup:
     """The SSML text as spans; a 400 naming ``field_name`` for malformed or forbidden XML (with its line and
-    column) or an element used wrongly, a 413 naming it past ``limits``."""
+    column) or an element used wrongly, a 413 naming it past ``limits``. ``rewrite`` (pronunciation lexicons)
+    applies to the text as written, not to what ``<sub>``, ``<say-as>`` and ``<phoneme>`` say: those win."""
     root = _tree(text, limits.max_depth, field_name)
-    reader = _Reader(limits, field_name)
+    reader = _Reader(limits, field_name, rewrite)
     if _name(root) != "speak":
         raise BadRequest(f"SSML's root element is <speak>, not <{_name(root)}>", field_name)
     reader.element(root, _Style(None, 1.0, root.get(_XML_LANG) or language(text, None)))
@@ -133,8 +137,8 @@ class _Reader:
     """Walks the tree in document order, gathering text into spans: a span closes where its voice or rate
     changes, at a sentence boundary, and at a break (which becomes its pause)."""
 
-    def __init__(self, limits: MarkupLimits, field_name: str) -> None:
-        self.limits, self.field = limits, field_name
+    def __init__(self, limits: MarkupLimits, field_name: str, rewrite: Callable[[str], str] | None) -> None:
+        self.limits, self.field, self._rewrite = limits, field_name, rewrite
         self.spans: list[MarkedSpan] = []
         self.ignored: list[str] = []
         self._pieces: list[str] = []
@@ -148,7 +152,7 @@ class _Reader:
         if name == "break":
             self._break(element)
         elif name == "sub":
-            self._text(self._required(element, "alias"), style)
+            self._text(self._required(element, "alias"), style, written=False)
         elif name == "say-as":
             self._say_as(element, style)
         elif name == "phoneme":
@@ -195,9 +199,12 @@ class _Reader:
             self._ignore(name)
         return _Style(style.voice, style.speed, lang)
 
-    def _text(self, text: str | None, style: _Style) -> None:
+    def _text(self, text: str | None, style: _Style, written: bool = True) -> None:
+        """Text to say in ``style``: the document's own (``written``: lexicons apply) or what an element says."""
         if not text:
             return
+        if written and self._rewrite is not None:
+            text = self._rewrite(text)
         if self._open and style != self._style:
             self.close_span()
         if not self._open:
@@ -242,7 +249,7 @@ class _Reader:
             self._text(content, style)
             return
         lang = language(content, style.lang)
-        self._text(say_as(kind, content, lang, element.get("format")), style)
+        self._text(say_as(kind, content, lang, element.get("format")), style, written=False)
 
     def _phoneme(self, element: ElementTree.Element, style: _Style) -> None:
         alphabet = (element.get("alphabet") or "").strip().lower()
@@ -255,7 +262,7 @@ class _Reader:
             raise BadRequest(
                 f'<phoneme ph={element.get("ph")!r}>: pinyin syllables with tone numbers, such as "zuo4"', self.field
             )
-        self._text("".join(f"{{{syllable.lower()}}}" for syllable in syllables), style)
+        self._text("".join(f"{{{syllable.lower()}}}" for syllable in syllables), style, written=False)
 
     def _rate(self, rate: str) -> float:
         rate = rate.strip().lower()

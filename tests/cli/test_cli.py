@@ -44,6 +44,24 @@ def test_voices_add_list_use_rm(service: Service, tmp_path: Path, reference_wav:
     assert missing.returncode == 4 and "voice_id" in missing.stderr
 
 
+def test_lexicons_add_list_use_rm_and_ssml(url: str, tmp_path: Path) -> None:
+    pls = Path(__file__).parents[1] / "data" / "pls" / "a_alias.pls"
+    added = run(url, "lexicons", "add", "cli-brands", str(pls))
+    assert added.returncode == 0 and "1 entries" in added.stdout, added.stderr
+    lexicon_id = added.stdout.split()[0]
+    assert lexicon_id in run(url, "lexicons", "list").stdout
+    settings = ("--max-len", "8", "--seed", "3", "-q")
+    said = run(url, "say", "The W3C.", "--lexicon", "cli-brands", *settings, "-o", str(tmp_path / "a.wav"))
+    written = run(url, "say", "The World Wide Web Consortium.", *settings, "-o", str(tmp_path / "b.wav"))
+    assert said.returncode == written.returncode == 0, said.stderr
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    paused = run(url, "say", '<break time="1s"/>', "--ssml", "-o", str(tmp_path / "c.wav"), "-q")
+    assert paused.returncode == 4 and "says nothing" in paused.stderr  # wrapped in <speak>, read as SSML
+    assert run(url, "lexicons", "rm", lexicon_id).returncode == 0
+    missing = run(url, "lexicons", "rm", lexicon_id)
+    assert missing.returncode == 4 and "lexicon_id" in missing.stderr
+
+
 def test_refusals_show_the_servers_message(url: str, tmp_path: Path) -> None:
     result = run(url, "say", "x", "--cfg-value", "9", cwd=tmp_path)
     assert result.returncode == 4

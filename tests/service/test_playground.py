@@ -129,6 +129,23 @@ def test_uploads_uses_and_deletes_an_adapter(page: Page, synthetic_engine: Calla
     page.wait_for_function("!document.querySelector('#adapter-list').textContent.includes('browser-adapter')")
 
 
+def test_ssml_examples_and_a_lexicon_uploaded_chosen_and_deleted(page: Page) -> None:
+    page.select_option("#ssml-example", "pause")
+    assert page.input_value("#text").startswith("<speak>") and page.input_value("#ssml-example") == ""
+    page.fill("#lexicon-name", "browser-lexicon")
+    page.set_input_files("#lexicon-file", str(REPO / "tests" / "data" / "pls" / "a_alias.pls"))
+    page.click("#lexicon-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#lexicon-list').textContent.includes('browser-lexicon')")
+    page.select_option("#lexicons", label="browser-lexicon")
+    page.fill("#max_len", "10")
+    with page.expect_request(lambda request: request.url.endswith("/api/tts/stream")) as sent:
+        page.click("#speak")
+    assert b'name="lexicons"' in (sent.value.post_data_buffer or b"")
+    page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=60_000)
+    page.click("button[aria-label='Delete lexicon browser-lexicon']")
+    page.wait_for_function("!document.querySelector('#lexicon-list').textContent.includes('browser-lexicon')")
+
+
 def test_sends_the_api_key_the_user_typed(page: Page) -> None:
     """A service with API keys: the key typed on the page goes with every API call of the page."""
     with page.expect_request(lambda request: request.url.endswith("/v1/models")) as models:

@@ -4,6 +4,7 @@ in saved voices by name; what is outside the subset is spoken and named; hostile
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import requests
 
 from tests.conftest import error_of, openai_error_of, save_voice
+from tests.service.test_jobs import finished
 
 SETTINGS = {"seed": 5, "max_len": 16, "min_len": 8, "inference_timesteps": 2, "retry_badcase": "false"}
 RATE = 44100
@@ -91,9 +93,29 @@ def test_a_job_item_may_be_ssml(url: str) -> None:
     job = requests.post(f"{url}/api/jobs", json={"items": [{"text": plain}, {"text": marked}], "defaults": defaults})
     assert job.status_code == 202, job.text
     job_id = job.json()["job_id"]
-    deadline = time.monotonic() + 120
-    while requests.get(f"{url}/api/jobs/{job_id}").json()["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    assert finished(url, job_id)["status"] == "succeeded"
     first, second = (pcm(requests.get(f"{url}/api/jobs/{job_id}/items/{index}")) for index in (0, 1))
     assert len(second) == len(first) + round(0.5 * RATE)
+
+
+def test_a_dialogue_as_turns_is_its_ssml(url: str, reference_wav: Path) -> None:
+    """``turns`` instead of ``text``: each turn in its saved voice, 0.3 s after each but the last, as the same
+    dialogue written in SSML; each turn's field named where it is wrong."""
+    host, guest = (save_voice(url, reference_wav, text=text)["name"] for text in ("参考音频的文本", "另一段参考文本"))
+    turns = [{"voice_id": host, "text": "Welcome back."}, {"voice_id": guest, "text": "Thanks for having me."}]
+    said = pcm(requests.post(f"{url}/api/tts", data={"turns": json.dumps(turns), **SETTINGS}))
+    ssml = (
+        f'<speak><voice name="{host}">Welcome back.</voice><break time="300ms"/>'
+        f'<voice name="{guest}">Thanks for having me.</voice></speak>'
+    )
+    assert np.array_equal(said, pcm(tts(url, ssml)))
+    refusals = [
+        ({"turns": "[{"}, 400, "turns"),
+        ({"turns": json.dumps([{"voice_id": host}])}, 400, "turns[0].text"),
+        ({"turns": json.dumps([turns[0], {"voice_id": "nobody", "text": "x"}])}, 404, "turns[1].voice_id"),
+        ({"turns": json.dumps(turns), "text": "both"}, 422, "turns"),
+        ({}, 422, "text"),
+    ]
+    for data, status, field in refusals:
+        refused = requests.post(f"{url}/api/tts", data={**data, "max_len": 2})
+        assert refused.status_code == status and error_of(refused)["field"] == field, refused.text

@@ -225,3 +225,21 @@ def test_without_keys_only_loopback_clients_are_served(url: str) -> None:
     # probes answer everyone; loopback clients are served as before
     assert requests.get(f"{url}/health", headers=remote("203.0.113.9")).status_code == 200
     assert requests.get(f"{url}/api/voices").status_code == 200
+
+
+def test_a_tenants_lexicon_is_its_own(tenants_url: str) -> None:
+    entries = json.dumps([{"grapheme": "W3C", "alias": "World Wide Web Consortium"}])
+    saved = requests.post(
+        f"{tenants_url}/api/lexicons", data={"name": "alices", "entries": entries}, headers=bearer(ALICE_1)
+    )
+    assert saved.status_code == 201, saved.text
+    lexicon_id = saved.json()["lexicon_id"]
+    assert requests.get(f"{tenants_url}/api/lexicons/{lexicon_id}", headers=bearer(ALICE_2)).status_code == 200
+    theirs = requests.get(f"{tenants_url}/api/lexicons/{lexicon_id}", headers=bearer(BOB))
+    assert theirs.status_code == 404 and error_of(theirs)["field"] == "lexicon_id"
+    for name in (lexicon_id, "alices"):
+        spoken = requests.post(
+            f"{tenants_url}/api/tts", data={"text": "W3C", "lexicons": name, "max_len": 2}, headers=bearer(BOB)
+        )
+        assert spoken.status_code == 404 and error_of(spoken)["field"] == "lexicons"
+    assert requests.delete(f"{tenants_url}/api/lexicons/{lexicon_id}", headers=bearer(BOB)).status_code == 404

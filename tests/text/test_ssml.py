@@ -9,6 +9,7 @@ import pytest
 
 from serve_app.config.access import SSMLConfig
 from serve_app.errors import BadRequest, PayloadTooLarge, ServiceError
+from serve_app.text.lexicons import Entry, Lexicon, Rewriter
 from serve_app.text.ssml import MarkedSpan, is_ssml, parse
 
 LIMITS = SSMLConfig()
@@ -131,3 +132,15 @@ def test_what_markup_becomes_is_bounded_by_the_limits() -> None:
         with pytest.raises(PayloadTooLarge) as refused:
             parse(text, limits)
         assert refused.value.field == "text"
+
+
+def test_lexicons_rewrite_the_text_as_written_and_sub_say_as_and_phoneme_win() -> None:
+    rewrite = Rewriter([Lexicon((Entry("W3C", "World Wide Web Consortium"), Entry("12", "twelve"), Entry("作", "做")))])
+    text = (
+        '<speak xml:lang="en-US">The W3C and <sub alias="the consortium">W3C</sub> met '
+        '<say-as interpret-as="digits">12</say-as> times in 12 rooms, '
+        '<phoneme alphabet="pinyin" ph="zuo1">作</phoneme>坊.</speak>'
+    )
+    assert parse(text, LIMITS, rewrite=rewrite).spans == [
+        MarkedSpan("The World Wide Web Consortium and the consortium met one two times in twelve rooms, {zuo1}坊.")
+    ]

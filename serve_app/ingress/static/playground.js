@@ -152,6 +152,8 @@ function requestForm() {
   if ($("seed").value !== "") form.append("seed", $("seed").value); // the same seed and text: the same audio
   const reference = $("reference").files[0] || recorded;
   if ($("adapter").value) form.append("adapter", $("adapter").value);
+  const lexicons = requestLexicons(); // playground-text.js
+  if (lexicons.length) form.append("lexicons", lexicons.join(","));
   if ($("voice").value) {
     form.append("voice_id", $("voice").value);
   } else if (reference) {

@@ -322,6 +322,8 @@ class BatchedEngine(RuntimeEngine):
             sentence = dataclasses.replace(sentence, prompt=sentence.prompt.result())  # its error fails the request
         sequence.sentence = sentence
         sequence.attempts += 1
+        if sentence.turn and sequence.attempts == 1 and sequence.request.seed is not None:
+            sequence.generator.manual_seed(sequence.request.seed)  # a turn: as its voice alone says it (plan.py)
         inputs = self.runtime.model_inputs(sentence, sequence.request)
         room = self.runner.kv_length - inputs.text.shape[1]  # positions left in the slot for generated steps
         if room <= 0:

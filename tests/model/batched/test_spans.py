@@ -101,6 +101,28 @@ def test_a_span_in_a_saved_voice_speaks_with_it(engines: tuple) -> None:
     plan.close()
 
 
+def test_a_dialogue_turn_is_what_its_voice_alone_says_with_the_seed(engines: tuple) -> None:
+    """Two saved voices taking turns in one request: each turn's audio is that voice's alone for its text with
+    the same seed (the engines start the seeded noise again at a turn), but for the seam between them and the
+    VAE's float rounding (a stream's later sentences are decoded in larger groups of patches than a first)."""
+    reference, _, voices = engines
+    rate, seam = reference.info.prompt_sample_rate, reference.runtime.seam_samples
+    settings = {**SETTINGS, "max_len": 400}  # a budget neither turn reaches: each has all it would alone
+    recordings = [(np.sin(np.arange(rate) / (5 + n)) * 0.3).astype(np.float32) for n in range(2)]
+    speakers = [voices.create(ADMIN, f"speaker {n}", "参考音频", recordings[n], rate) for n in range(2)]
+    dialogue = SynthesisRequest(spans=(Span(FIRST, voice=speakers[0]), Span(SECOND, voice=speakers[1])), **settings)
+    alone_first = both(engines, SynthesisRequest(text=FIRST, voice=speakers[0], **settings))
+    alone_second = both(engines, SynthesisRequest(text=SECOND, voice=speakers[1], **settings))
+    audio = both(engines, dialogue)
+    first = first_sentence_length(reference, dialogue)
+    assert first == len(alone_first) and len(audio) == len(alone_first) + len(alone_second) - seam
+    assert np.array_equal(audio[: first - seam], alone_first[:-seam])
+    assert np.abs(audio[first:] - alone_second[seam:]).max() < DECODE_ROUNDING
+    # the same two sentences in one voice, no turn: the noise goes on, and the second sentence is another
+    one_voice = SynthesisRequest(spans=(Span(FIRST, voice=speakers[1]), Span(SECOND, voice=speakers[1])), **settings)
+    assert np.abs(both(engines, one_voice)[-len(alone_second) + seam :] - alone_second[seam:]).max() > 0.01
+
+
 def test_a_span_rate_or_pause_out_of_range_is_refused_before_any_audio(engines: tuple) -> None:
     reference = engines[0]
     for span in (Span(FIRST, speed=5.0), Span(FIRST, pause_after=-1.0), Span(FIRST, pause_after=60.0)):
