@@ -22,6 +22,7 @@ from serve_app.model.capabilities import REFERENCE_AUDIO
 from serve_app.model.types import Span
 from serve_app.store.job_store import Job, JobStore
 from serve_app.store.tenants import Principal
+from serve_app.text.lexicons import Rewriter
 
 SETTINGS_EXCLUDED = {"voice_id", "adapter", "lexicons"}  # resolved before the spec is stored (lexicons: applied)
 
@@ -116,13 +117,17 @@ class JobBuilder:
                 f"items has {len(body.items)} items; the limit is {self._config.jobs.max_items}", "items"
             )
         items = []
+        rewrites: dict[tuple[str, ...], Rewriter] = {}
         for index, item in enumerate(body.items):
             self._requests.check_text_length(item.text, f"items[{index}].text")
             where = f"items[{index}]" if "voice_id" in item.model_fields_set else "defaults"  # where a name came from
             asked = item.settings(body.defaults)
             settings = await self._settings(asked, model, caller, where, resolved)
             stored = {"id": item.id, "text": item.text, "settings": settings}
-            said = await self._requests.marked(item.text, f"items[{index}].text", caller, asked.get("lexicons"))
+            names = tuple(asked.get("lexicons") or ())
+            if names not in rewrites:  # each distinct list looked up once per job, not once per item
+                rewrites[names] = await self._requests.rewriter(names, caller)
+            said = await self._requests.marked(item.text, f"items[{index}].text", caller, rewrite=rewrites[names])
             # SSML, or text its lexicons rewrote: the spans kept as said, voices by id (resolved now, as the
             # item's own voice); the text as sent stays for the manifest and usage
             spans = said.spans or ((Span(said.text),) if said.text != item.text else ())

@@ -134,11 +134,19 @@ class RequestBuilder:
         return request, output, [*ignored, *said.ignored]
 
     async def marked(
-        self, text: str, field: str, caller: Principal, lexicons: Sequence[str] | None = None, turns: bool = False
+        self,
+        text: str,
+        field: str,
+        caller: Principal,
+        lexicons: Sequence[str] | None = None,
+        turns: bool = False,
+        rewrite: Rewriter | None = None,
     ) -> Marked:
         """The text as the model speaks it: SSML, or a dialogue's ``turns``, as spans in saved voices the caller may
-        use (``markup.py``), with the ``lexicons`` it names (ids or names) applied."""
-        rewrite = await self.rewriter(lexicons or (), caller)
+        use (``markup.py``), with the ``lexicons`` it names (ids or names) applied, or ``rewrite``, their rewrite
+        built already (a job's items share one per distinct list)."""
+        if rewrite is None:
+            rewrite = await self.rewriter(lexicons or (), caller)
         voice = functools.partial(self._voice_for, caller)
         read = markup.dialogue if turns else markup.marked
         return await read(text, field, self._limits.ssml, voice, rewrite or None)
